@@ -1,0 +1,1001 @@
+//! One HTTP/1.1 client connection: read a head, decide (reject, answer locally, or proxy), relay
+//! bodies both ways, repeat while keep-alive holds. The request head is rewritten for the upstream
+//! in one pass over httparse's slices into a reused buffer; nothing is converted into a header map.
+
+use crate::accesslog::Entry;
+use crate::config::Limits;
+use crate::h1::{self, BodyError, Framing, Relay, ResponseError};
+use crate::metrics::UpstreamError;
+use crate::request::{self, parse_host};
+use crate::server::Worker;
+use crate::static_files::{self, Conditional, LocalBody, LocalResponse};
+use crate::table::{Action, Route};
+use crate::upstream::{self, UpConn};
+use bytes::{Buf, BytesMut};
+use http::{Method, StatusCode};
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Header slots parsed per request; `limits.max_headers` may not exceed it.
+pub const MAX_HEADERS: usize = 128;
+/// Largest upstream response head.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Request bodies up to this size are read and discarded when berth answers itself, so the
+/// connection can stay open; larger ones close it.
+const DRAIN_MAX: u64 = 64 * 1024;
+
+/// A client transport. `idle_wait` waits for the next request without holding a read buffer, so
+/// that idle keep-alive connections cost a few hundred bytes, not a buffer each.
+pub trait ClientIo: AsyncRead + AsyncWrite + Unpin {
+    fn idle_wait(&self) -> impl std::future::Future<Output = io::Result<()>> {
+        std::future::ready(Ok(()))
+    }
+}
+
+impl ClientIo for TcpStream {
+    fn idle_wait(&self) -> impl std::future::Future<Output = io::Result<()>> {
+        self.readable()
+    }
+}
+
+impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {}
+
+/// What the request head says, kept for the rest of the exchange.
+struct Req {
+    method: Method,
+    http10: bool,
+    host: String,
+    /// Raw request target as received (for the access log and redirects).
+    target: Vec<u8>,
+    framing: Framing,
+    keep_alive: bool,
+    upgrade: bool,
+    expect_continue: bool,
+    request_id: String,
+}
+
+enum Decision {
+    /// Answer with this status and close; the request is not served.
+    Reject(StatusCode),
+    Local(LocalResponse, Option<Arc<Route>>),
+    Proxy(Arc<Route>),
+}
+
+struct Conn {
+    w: Rc<Worker>,
+    peer: SocketAddr,
+    tls: bool,
+    buf: BytesMut,
+    /// Scratch: the upstream request head.
+    up_head: Vec<u8>,
+    /// Scratch: bytes about to be written (heads, re-chunked bodies).
+    out: Vec<u8>,
+    served: u64,
+}
+
+pub async fn serve<S: ClientIo>(w: Rc<Worker>, mut io: S, peer: SocketAddr, tls: bool) {
+    let mut c = Conn {
+        w,
+        peer,
+        tls,
+        buf: BytesMut::new(),
+        up_head: Vec::new(),
+        out: Vec::new(),
+        served: 0,
+    };
+    c.run(&mut io).await;
+}
+
+enum HeadError {
+    Closed,
+    Timeout,
+    TooLarge,
+}
+
+/// How an exchange ended for the client connection.
+struct Outcome {
+    status: u16,
+    bytes: u64,
+    keep: bool,
+    upstream: Option<SocketAddr>,
+}
+
+impl Conn {
+    fn limits(&self) -> &Limits {
+        &self.w.shared.limits
+    }
+
+    async fn run<S: ClientIo>(&mut self, io: &mut S) {
+        loop {
+            let head_len = match self.read_head(io).await {
+                Ok(n) => n,
+                Err(HeadError::Closed) => return,
+                Err(HeadError::Timeout) => {
+                    self.reject(io, StatusCode::REQUEST_TIMEOUT).await;
+                    return;
+                }
+                Err(HeadError::TooLarge) => {
+                    self.reject(io, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+                        .await;
+                    return;
+                }
+            };
+            let start = Instant::now();
+            let head = self.buf.split_to(head_len);
+            let (req, decision) = self.decide(&head);
+            drop(head);
+            let (outcome, route) = match decision {
+                Decision::Reject(status) => {
+                    self.reject(io, status).await;
+                    if let Some(req) = &req {
+                        self.log(req, status.as_u16(), 0, None, start);
+                    }
+                    return;
+                }
+                Decision::Local(resp, route) => {
+                    let Some(req) = &req else { return };
+                    (self.respond_local(io, req, resp).await, route)
+                }
+                Decision::Proxy(route) => {
+                    let Some(req) = &req else { return };
+                    (self.proxy(io, req, &route).await, Some(route))
+                }
+            };
+            if let Some(req) = &req {
+                self.log(req, outcome.status, outcome.bytes, outcome.upstream, start);
+            }
+            if let Some(route) = route {
+                route
+                    .metrics
+                    .record(outcome.status, start.elapsed().as_secs_f64());
+            }
+            self.served += 1;
+            if !outcome.keep || self.w.shared.shutdown.is_cancelled() {
+                return;
+            }
+            if self.buf.is_empty() {
+                // Idle: give the buffer back rather than hold it per connection.
+                self.buf = BytesMut::new();
+            }
+        }
+    }
+
+    fn log(
+        &self,
+        req: &Req,
+        status: u16,
+        bytes: u64,
+        upstream: Option<SocketAddr>,
+        start: Instant,
+    ) {
+        let log = &self.w.shared.log;
+        if log.enabled() {
+            log.log(&Entry {
+                host: &req.host,
+                method: req.method.as_str(),
+                path: &req.target,
+                status,
+                bytes,
+                duration: start.elapsed(),
+                upstream,
+                request_id: &req.request_id,
+                client: self.peer.ip(),
+                proto: if req.http10 { "HTTP/1.0" } else { "HTTP/1.1" },
+            });
+        }
+    }
+
+    async fn read_head<S: ClientIo>(&mut self, io: &mut S) -> Result<usize, HeadError> {
+        let lim = self.limits().clone();
+        if self.buf.is_empty() {
+            let idle = if self.served == 0 {
+                lim.header_timeout.0
+            } else {
+                lim.idle_timeout.0
+            };
+            let shutdown = self.w.shared.shutdown.clone();
+            tokio::select! {
+                r = tokio::time::timeout(idle, io.idle_wait()) => match r {
+                    Ok(Ok(())) => {}
+                    _ => return Err(HeadError::Closed),
+                },
+                _ = shutdown.cancelled() => return Err(HeadError::Closed),
+            }
+        }
+        let deadline = tokio::time::Instant::now() + lim.header_timeout.0;
+        let max = lim.max_header_bytes.0 as usize;
+        loop {
+            if let Some(end) = h1::find_head_end(&self.buf) {
+                return if end > max {
+                    Err(HeadError::TooLarge)
+                } else {
+                    Ok(end)
+                };
+            }
+            if self.buf.len() > max {
+                return Err(HeadError::TooLarge);
+            }
+            self.buf.reserve(4096);
+            match tokio::time::timeout_at(deadline, io.read_buf(&mut self.buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return Err(HeadError::Closed),
+                Ok(Ok(_)) => {}
+                Err(_) => {
+                    return if self.buf.is_empty() {
+                        Err(HeadError::Closed)
+                    } else {
+                        Err(HeadError::Timeout)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Parse and check the head, pick the route, and for proxied requests write the upstream
+    /// head into `self.up_head`. Every refusal here happens before any byte goes upstream.
+    fn decide(&mut self, head: &[u8]) -> (Option<Req>, Decision) {
+        let bad = |_| (None, Decision::Reject(StatusCode::BAD_REQUEST));
+        if h1::has_bare_lf(head) {
+            return bad("bare LF");
+        }
+        let max_headers = self.limits().max_headers.min(MAX_HEADERS);
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Request::new(&mut slots[..max_headers]);
+        match parsed.parse(head) {
+            Ok(httparse::Status::Complete(_)) => {}
+            Err(httparse::Error::TooManyHeaders) => {
+                return (
+                    None,
+                    Decision::Reject(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+                )
+            }
+            _ => return bad("malformed head"),
+        }
+        let (Some(method), Some(target), Some(version)) =
+            (parsed.method, parsed.path, parsed.version)
+        else {
+            return bad("incomplete request line");
+        };
+        let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+            return bad("method");
+        };
+        let http10 = version == 0;
+        let headers: &[httparse::Header<'_>] = parsed.headers;
+
+        // Framing and connection-level headers (battery S1–S12).
+        let mut host_hdr: Option<&[u8]> = None;
+        let mut hosts = 0;
+        let mut cl: Option<u64> = None;
+        let mut te = false;
+        let mut close = http10;
+        let mut conn_upgrade = false;
+        let mut conn_tokens: [&[u8]; 8] = [b""; 8];
+        let mut n_tokens = 0;
+        let mut upgrade: Option<&[u8]> = None;
+        let mut expect_continue = false;
+        let mut rid: Option<&[u8]> = None;
+        let mut xff: Option<&[u8]> = None;
+        let mut cond = Conditional::default();
+        for h in headers {
+            let name = h.name.as_bytes();
+            let v = h1::trim_ows(h.value);
+            match name.len() {
+                4 if name.eq_ignore_ascii_case(b"host") => {
+                    hosts += 1;
+                    host_hdr = Some(v);
+                }
+                14 if name.eq_ignore_ascii_case(b"content-length") => {
+                    let Some(n) = h1::parse_content_length(v) else {
+                        return bad("content-length");
+                    };
+                    if cl.is_some() {
+                        return bad("repeated content-length");
+                    }
+                    cl = Some(n);
+                }
+                17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                    if te || !v.eq_ignore_ascii_case(b"chunked") {
+                        return bad("transfer-encoding");
+                    }
+                    te = true;
+                }
+                10 if name.eq_ignore_ascii_case(b"connection") => {
+                    for t in h1::tokens(v) {
+                        if t.eq_ignore_ascii_case(b"close") {
+                            close = true;
+                        } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                            close = false;
+                        } else if t.eq_ignore_ascii_case(b"upgrade") {
+                            conn_upgrade = true;
+                        } else if n_tokens < conn_tokens.len() {
+                            conn_tokens[n_tokens] = t;
+                            n_tokens += 1;
+                        } else {
+                            return bad("too many connection options");
+                        }
+                    }
+                }
+                7 if name.eq_ignore_ascii_case(b"upgrade") => upgrade = Some(v),
+                6 if name.eq_ignore_ascii_case(b"expect") => {
+                    if !v.eq_ignore_ascii_case(b"100-continue") {
+                        return (None, Decision::Reject(StatusCode::EXPECTATION_FAILED));
+                    }
+                    expect_continue = !http10;
+                }
+                12 if name.eq_ignore_ascii_case(b"x-request-id") => rid = Some(v),
+                15 if name.eq_ignore_ascii_case(b"x-forwarded-for") => {
+                    if xff.is_some() {
+                        return bad("repeated x-forwarded-for");
+                    }
+                    xff = Some(v);
+                }
+                13 if name.eq_ignore_ascii_case(b"if-none-match") => cond.if_none_match = Some(v),
+                17 if name.eq_ignore_ascii_case(b"if-modified-since") => {
+                    cond.if_modified_since = Some(v)
+                }
+                5 if name.eq_ignore_ascii_case(b"range") => cond.range = Some(v),
+                8 if name.eq_ignore_ascii_case(b"if-range") => cond.if_range = Some(v),
+                15 if name.eq_ignore_ascii_case(b"accept-encoding") => {
+                    cond.accept_encoding = Some(v)
+                }
+                _ => {}
+            }
+        }
+        if te && (cl.is_some() || http10) {
+            return bad("transfer-encoding with content-length or HTTP/1.0");
+        }
+        if hosts > 1 || (hosts == 0 && !http10) {
+            return bad("host");
+        }
+        let framing = match (te, cl) {
+            (true, _) => Framing::Chunked,
+            (false, Some(n)) => Framing::Length(n),
+            (false, None) => Framing::None,
+        };
+
+        // Target and host.
+        let (authority, origin) = match request::split_absolute(target.as_bytes()) {
+            Some((auth, origin)) => (Some(auth), origin),
+            None => (None, target.as_bytes()),
+        };
+        let Some((raw_path, query)) = request::split_target(origin) else {
+            return bad("target form");
+        };
+        let host_src = authority.or(host_hdr).unwrap_or(b"");
+        let host = if host_src.is_empty() && http10 {
+            String::new()
+        } else {
+            match parse_host(host_src) {
+                Some(h) => h,
+                None => return bad("invalid host"),
+            }
+        };
+        let Ok(norm) = request::normalize_path(raw_path) else {
+            return bad("path");
+        };
+        let request_id = match rid {
+            Some(r) if request::valid_request_id(r) => String::from_utf8_lossy(r).into_owned(),
+            _ => request::new_request_id(),
+        };
+        let ws = conn_upgrade
+            && upgrade.is_some_and(|u| h1::tokens(u).any(|t| t.eq_ignore_ascii_case(b"websocket")));
+        let req = Req {
+            method,
+            http10,
+            host,
+            target: target.as_bytes().to_vec(),
+            framing,
+            keep_alive: !close,
+            upgrade: ws,
+            expect_continue: expect_continue && framing != Framing::None,
+            request_id,
+        };
+
+        // Route.
+        let table = self.w.shared.table.load();
+        let Some(route) = table.lookup(&req.host, &norm).cloned() else {
+            return (Some(req), Decision::Local(request::not_found(), None));
+        };
+        if route.spec.https_redirect && !self.tls {
+            let resp = request::https_redirect(&req.host, self.w.shared.https_port, origin);
+            return (Some(req), Decision::Local(resp, Some(route)));
+        }
+        if let Framing::Length(n) = framing {
+            if n > route.max_body {
+                return (
+                    Some(req),
+                    Decision::Local(request::error(StatusCode::PAYLOAD_TOO_LARGE), Some(route)),
+                );
+            }
+        }
+        match &route.action {
+            Action::Static(root) => {
+                let path = if route.spec.strip_prefix {
+                    request::upstream_target(raw_path, b"", &norm, Some(&route.spec.path.0))
+                } else {
+                    request::encode_path(&norm).into_bytes()
+                };
+                let resp = static_files::serve(root, &req.method, &path, cond);
+                (Some(req), Decision::Local(resp, Some(route)))
+            }
+            Action::Proxy(_) => {
+                let strip = route
+                    .spec
+                    .strip_prefix
+                    .then_some(route.spec.path.0.as_str());
+                let up_target = request::upstream_target(raw_path, query, &norm, strip);
+                self.write_upstream_head(
+                    &req,
+                    &up_target,
+                    host_src,
+                    headers,
+                    &conn_tokens[..n_tokens],
+                    xff,
+                    upgrade,
+                );
+                (Some(req), Decision::Proxy(route))
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn write_upstream_head(
+        &mut self,
+        req: &Req,
+        target: &[u8],
+        host: &[u8],
+        headers: &[httparse::Header<'_>],
+        conn_tokens: &[&[u8]],
+        xff: Option<&[u8]>,
+        upgrade: Option<&[u8]>,
+    ) {
+        let h = &mut self.up_head;
+        h.clear();
+        h.extend_from_slice(req.method.as_str().as_bytes());
+        h.push(b' ');
+        h.extend_from_slice(target);
+        h.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+        h.extend_from_slice(host);
+        h.extend_from_slice(b"\r\n");
+        for hd in headers {
+            let name = hd.name.as_bytes();
+            let ours = [
+                &b"host"[..],
+                b"x-forwarded-for",
+                b"x-forwarded-proto",
+                b"x-forwarded-host",
+                b"x-request-id",
+            ];
+            if h1::is_hop_by_hop(name)
+                || ours.iter().any(|o| o.eq_ignore_ascii_case(name))
+                || conn_tokens.iter().any(|t| t.eq_ignore_ascii_case(name))
+            {
+                continue;
+            }
+            h.extend_from_slice(name);
+            h.extend_from_slice(b": ");
+            h.extend_from_slice(hd.value);
+            h.extend_from_slice(b"\r\n");
+        }
+        h.extend_from_slice(b"X-Forwarded-For: ");
+        if let Some(prev) = xff {
+            h.extend_from_slice(prev);
+            h.extend_from_slice(b", ");
+        }
+        h.extend_from_slice(self.peer.ip().to_string().as_bytes());
+        h.extend_from_slice(if self.tls {
+            b"\r\nX-Forwarded-Proto: https"
+        } else {
+            b"\r\nX-Forwarded-Proto: http"
+        });
+        h.extend_from_slice(b"\r\nX-Forwarded-Host: ");
+        h.extend_from_slice(host);
+        h.extend_from_slice(b"\r\nX-Request-Id: ");
+        h.extend_from_slice(req.request_id.as_bytes());
+        h.extend_from_slice(b"\r\n");
+        if req.upgrade {
+            h.extend_from_slice(b"Connection: upgrade\r\nUpgrade: ");
+            h.extend_from_slice(upgrade.unwrap_or(b"websocket"));
+            h.extend_from_slice(b"\r\n");
+        }
+        match req.framing {
+            Framing::Length(n) => {
+                h.extend_from_slice(format!("Content-Length: {n}\r\n").as_bytes())
+            }
+            Framing::Chunked => h.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+            Framing::None | Framing::UntilClose => {}
+        }
+        h.extend_from_slice(b"\r\n");
+    }
+
+    /// Answer with an error and close the connection (with a lingering close so the client reads
+    /// the answer even if it is still sending).
+    async fn reject<S: ClientIo>(&mut self, io: &mut S, status: StatusCode) {
+        let resp = request::error(status);
+        self.out.clear();
+        write_local_head(&mut self.out, &resp, false);
+        if let LocalBody::Bytes(b) = &resp.body {
+            self.out.extend_from_slice(b);
+        }
+        let t = self.limits().body_timeout.0;
+        let _ = tokio::time::timeout(t, async {
+            io.write_all(&self.out).await?;
+            io.flush().await
+        })
+        .await;
+        linger_close(io).await;
+    }
+
+    /// A response berth makes itself. A request body is discarded when small and already here;
+    /// otherwise the connection closes after the answer.
+    async fn respond_local<S: ClientIo>(
+        &mut self,
+        io: &mut S,
+        req: &Req,
+        resp: LocalResponse,
+    ) -> Outcome {
+        let status = resp.status.as_u16();
+        let mut keep = req.keep_alive && !self.w.shared.shutdown.is_cancelled();
+        match req.framing {
+            Framing::None => {}
+            Framing::Length(n) if n <= DRAIN_MAX && self.buf.len() as u64 >= n => {
+                self.buf.advance(n as usize)
+            }
+            _ => keep = false,
+        }
+        let bytes = match self.write_local(io, req, resp, keep).await {
+            Ok(n) => n,
+            Err(_) => {
+                return Outcome {
+                    status,
+                    bytes: 0,
+                    keep: false,
+                    upstream: None,
+                }
+            }
+        };
+        if !keep && req.framing != Framing::None {
+            linger_close(io).await;
+        }
+        Outcome {
+            status,
+            bytes,
+            keep,
+            upstream: None,
+        }
+    }
+
+    async fn write_local<S: ClientIo>(
+        &mut self,
+        io: &mut S,
+        req: &Req,
+        resp: LocalResponse,
+        keep: bool,
+    ) -> io::Result<u64> {
+        let t = self.limits().body_timeout.0;
+        self.out.clear();
+        write_local_head(&mut self.out, &resp, keep);
+        let head_only = req.method == Method::HEAD;
+        let mut bytes = 0;
+        let file = match resp.body {
+            LocalBody::Bytes(b) if !head_only => {
+                self.out.extend_from_slice(&b);
+                bytes = b.len() as u64;
+                None
+            }
+            LocalBody::File { file, offset, len } if !head_only => Some((file, offset, len)),
+            _ => None,
+        };
+        timed(t, async {
+            io.write_all(&self.out).await?;
+            if let Some((file, offset, len)) = file {
+                let mut f = tokio::fs::File::from_std(file);
+                f.seek(io::SeekFrom::Start(offset)).await?;
+                let mut f = f.take(len);
+                let mut chunk = vec![0u8; 64 * 1024];
+                loop {
+                    let n = f.read(&mut chunk).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    timed(t, io.write_all(&chunk[..n])).await?;
+                    bytes += n as u64;
+                }
+            }
+            io.flush().await
+        })
+        .await?;
+        Ok(bytes)
+    }
+
+    async fn proxy<S: ClientIo>(&mut self, io: &mut S, req: &Req, route: &Arc<Route>) -> Outcome {
+        let Action::Proxy(pool) = &route.action else {
+            return self.fail(io, StatusCode::INTERNAL_SERVER_ERROR, None).await;
+        };
+        let shared = self.w.shared.clone();
+        let lim = &shared.limits;
+        let body_pending = req.framing != Framing::None;
+
+        let (up, mut conn) = match self.w.checkout(pool, idempotent(&req.method)).await {
+            Ok(c) => c,
+            Err((status, addr)) => return self.fail(io, status, addr).await,
+        };
+        let _active = up.track();
+
+        // Send the head and the body.
+        if req.expect_continue && self.buf.is_empty() {
+            if io
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .is_err()
+            {
+                return Outcome {
+                    status: 499,
+                    bytes: 0,
+                    keep: false,
+                    upstream: Some(up.addr),
+                };
+            }
+            let _ = io.flush().await;
+        }
+        let mut fresh_retry = !body_pending;
+        loop {
+            self.out.clear();
+            self.out.extend_from_slice(&self.up_head);
+            let relay = Relay {
+                framing: req.framing,
+                dst_chunked: req.framing == Framing::Chunked,
+                limit: route.max_body,
+                read_timeout: lim.body_timeout.0,
+                write_timeout: lim.upstream_timeout.0,
+                out: &mut self.out,
+            };
+            match relay.run(io, &mut self.buf, &mut conn.stream).await {
+                Ok(_) => {}
+                Err(BodyError::Write(_)) if conn.reused && fresh_retry => {
+                    fresh_retry = false;
+                    match upstream::connect(up.addr, lim.upstream_connect_timeout.0).await {
+                        Ok(c) => {
+                            conn = c;
+                            continue;
+                        }
+                        Err(_) => {
+                            return self.fail(io, StatusCode::BAD_GATEWAY, Some(up.addr)).await
+                        }
+                    }
+                }
+                Err(BodyError::Write(_)) => {
+                    shared.metrics.upstream_error(UpstreamError::Connect);
+                    return self.fail(io, StatusCode::BAD_GATEWAY, Some(up.addr)).await;
+                }
+                Err(BodyError::TooLarge) => {
+                    return self
+                        .fail(io, StatusCode::PAYLOAD_TOO_LARGE, Some(up.addr))
+                        .await
+                }
+                Err(BodyError::ReadTimeout) => {
+                    return self
+                        .fail(io, StatusCode::REQUEST_TIMEOUT, Some(up.addr))
+                        .await
+                }
+                Err(BodyError::Malformed(_)) => {
+                    return self.fail(io, StatusCode::BAD_REQUEST, Some(up.addr)).await
+                }
+                Err(BodyError::ReadIo(_)) => {
+                    return Outcome {
+                        status: 499,
+                        bytes: 0,
+                        keep: false,
+                        upstream: Some(up.addr),
+                    }
+                }
+            }
+            // Read the response head.
+            match self.read_response(io, req, &mut conn).await {
+                Ok(r) => break self.relay_response(io, r, conn, up.addr).await,
+                Err(Some(status)) => return self.fail(io, status, Some(up.addr)).await,
+                Err(None) if fresh_retry && conn.reused => {
+                    // The pooled connection was closed under us before answering: once more on a
+                    // fresh one (nothing reached the application).
+                    fresh_retry = false;
+                    match upstream::connect(up.addr, lim.upstream_connect_timeout.0).await {
+                        Ok(c) => conn = c,
+                        Err(_) => {
+                            return self.fail(io, StatusCode::BAD_GATEWAY, Some(up.addr)).await
+                        }
+                    }
+                }
+                Err(None) => {
+                    shared.metrics.upstream_error(UpstreamError::BadResponse);
+                    return self.fail(io, StatusCode::BAD_GATEWAY, Some(up.addr)).await;
+                }
+            }
+        }
+    }
+
+    /// Read the upstream's response head (skipping 1xx other than 101) and write the client's
+    /// version of it into `self.out`. `Err(None)`: the upstream closed before sending a byte.
+    async fn read_response<S: ClientIo>(
+        &mut self,
+        _io: &mut S,
+        req: &Req,
+        conn: &mut UpConn,
+    ) -> Result<RespInfo, Option<StatusCode>> {
+        let shared = self.w.shared.clone();
+        let deadline = tokio::time::Instant::now() + shared.limits.upstream_timeout.0;
+        let is_head = req.method == Method::HEAD;
+        loop {
+            let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            match h1::parse_response(&conn.buf, &mut slots, is_head) {
+                Ok((head, headers)) => {
+                    if (100..200).contains(&head.status) && !(head.status == 101 && req.upgrade) {
+                        let len = head.len;
+                        conn.buf.advance(len);
+                        continue;
+                    }
+                    if head.status == 101 && !req.upgrade {
+                        return Err(Some(StatusCode::BAD_GATEWAY));
+                    }
+                    let upgraded = head.status == 101;
+                    let client_chunked = !req.http10
+                        && matches!(head.framing, Framing::Chunked | Framing::UntilClose);
+                    let keep = req.keep_alive
+                        && !upgraded
+                        && (matches!(head.framing, Framing::None | Framing::Length(_))
+                            || client_chunked);
+                    self.out.clear();
+                    write_response_head(
+                        &mut self.out,
+                        head.status,
+                        headers,
+                        head.framing,
+                        client_chunked,
+                        keep,
+                        upgraded,
+                    );
+                    let info = RespInfo {
+                        status: head.status,
+                        framing: head.framing,
+                        up_keep: head.keep_alive,
+                        client_chunked,
+                        keep,
+                        upgraded,
+                    };
+                    let len = head.len;
+                    conn.buf.advance(len);
+                    return Ok(info);
+                }
+                Err(ResponseError::Invalid(why)) => {
+                    tracing::debug!(why, "invalid upstream response");
+                    shared.metrics.upstream_error(UpstreamError::BadResponse);
+                    return Err(Some(StatusCode::BAD_GATEWAY));
+                }
+                Err(ResponseError::Incomplete) => {}
+            }
+            if conn.buf.len() > MAX_RESPONSE_HEAD {
+                return Err(Some(StatusCode::BAD_GATEWAY));
+            }
+            conn.buf.reserve(8 * 1024);
+            match tokio::time::timeout_at(deadline, conn.stream.read_buf(&mut conn.buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) if conn.buf.is_empty() => return Err(None),
+                Ok(Ok(0)) | Ok(Err(_)) => return Err(Some(StatusCode::BAD_GATEWAY)),
+                Ok(Ok(_)) => {}
+                Err(_) => {
+                    shared.metrics.upstream_error(UpstreamError::Timeout);
+                    return Err(Some(StatusCode::GATEWAY_TIMEOUT));
+                }
+            }
+        }
+    }
+
+    async fn relay_response<S: ClientIo>(
+        &mut self,
+        io: &mut S,
+        r: RespInfo,
+        mut conn: UpConn,
+        addr: SocketAddr,
+    ) -> Outcome {
+        let lim = self.limits().clone();
+        if r.upgraded {
+            return self.tunnel(io, conn, addr).await;
+        }
+        let relay = Relay {
+            framing: r.framing,
+            dst_chunked: r.client_chunked,
+            limit: u64::MAX,
+            read_timeout: lim.upstream_timeout.0,
+            write_timeout: lim.body_timeout.0,
+            out: &mut self.out,
+        };
+        match relay.run(&mut conn.stream, &mut conn.buf, io).await {
+            Ok(bytes) => {
+                if r.up_keep {
+                    self.w.pool.put(addr, conn);
+                }
+                Outcome {
+                    status: r.status,
+                    bytes,
+                    keep: r.keep,
+                    upstream: Some(addr),
+                }
+            }
+            Err(_) => Outcome {
+                status: r.status,
+                bytes: 0,
+                keep: false,
+                upstream: Some(addr),
+            },
+        }
+    }
+
+    /// After a 101: the head is in `self.out`; pass bytes both ways until either side closes.
+    async fn tunnel<S: ClientIo>(
+        &mut self,
+        io: &mut S,
+        mut conn: UpConn,
+        addr: SocketAddr,
+    ) -> Outcome {
+        let out = std::mem::take(&mut self.out);
+        let early_up = conn.buf.split();
+        let early_client = self.buf.split();
+        let r = async {
+            io.write_all(&out).await?;
+            io.write_all(&early_up).await?;
+            io.flush().await?;
+            conn.stream.write_all(&early_client).await?;
+            tokio::io::copy_bidirectional(io, &mut conn.stream).await
+        }
+        .await;
+        let bytes = r.map(|(_, down)| down).unwrap_or(0);
+        Outcome {
+            status: 101,
+            bytes,
+            keep: false,
+            upstream: Some(addr),
+        }
+    }
+
+    /// An error answer for a request whose body may be partly unread: always closes.
+    async fn fail<S: ClientIo>(
+        &mut self,
+        io: &mut S,
+        status: StatusCode,
+        upstream: Option<SocketAddr>,
+    ) -> Outcome {
+        self.reject(io, status).await;
+        Outcome {
+            status: status.as_u16(),
+            bytes: 0,
+            keep: false,
+            upstream,
+        }
+    }
+}
+
+/// RFC 9110 §9.2.2: a request that may be sent twice.
+pub fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+struct RespInfo {
+    status: u16,
+    framing: Framing,
+    up_keep: bool,
+    client_chunked: bool,
+    keep: bool,
+    upgraded: bool,
+}
+
+async fn timed<T>(
+    t: std::time::Duration,
+    f: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    tokio::time::timeout(t, f)
+        .await
+        .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "client too slow")))
+}
+
+/// Close gracefully: stop writing, then read and discard for a moment so that the kernel does
+/// not answer the client's unread bytes with a reset that would destroy our response.
+async fn linger_close<S: ClientIo>(io: &mut S) {
+    let _ = io.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        let mut total = 0usize;
+        while let Ok(n) = io.read(&mut sink).await {
+            total += n;
+            if n == 0 || total > 1 << 20 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+fn write_local_head(out: &mut Vec<u8>, resp: &LocalResponse, keep: bool) {
+    status_line(out, resp.status.as_u16());
+    for (name, value) in &resp.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !keep {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn status_line(out: &mut Vec<u8>, status: u16) {
+    let reason = StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+fn write_response_head(
+    out: &mut Vec<u8>,
+    status: u16,
+    headers: &[httparse::Header<'_>],
+    framing: Framing,
+    client_chunked: bool,
+    keep: bool,
+    upgraded: bool,
+) {
+    status_line(out, status);
+    let mut conn_tokens: [&[u8]; 8] = [b""; 8];
+    let mut n = 0;
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("connection") {
+            for t in h1::tokens(h.value) {
+                if n < conn_tokens.len() {
+                    conn_tokens[n] = t;
+                    n += 1;
+                }
+            }
+        }
+    }
+    for h in headers {
+        let name = h.name.as_bytes();
+        let keep_cl = framing == Framing::None && name.eq_ignore_ascii_case(b"content-length");
+        let keep_upgrade = upgraded && name.eq_ignore_ascii_case(b"upgrade");
+        if (h1::is_hop_by_hop(name) && !keep_cl && !keep_upgrade)
+            || conn_tokens[..n]
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case(name))
+        {
+            continue;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        Framing::Length(len) => {
+            out.extend_from_slice(format!("Content-Length: {len}\r\n").as_bytes())
+        }
+        Framing::Chunked | Framing::UntilClose if client_chunked => {
+            out.extend_from_slice(b"Transfer-Encoding: chunked\r\n")
+        }
+        _ => {}
+    }
+    if upgraded {
+        out.extend_from_slice(b"Connection: upgrade\r\n");
+    } else if !keep {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}

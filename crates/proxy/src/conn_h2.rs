@@ -1,0 +1,549 @@
+//! HTTP/2 clients (ALPN "h2" over TLS), served by hyper's h2 server on the worker's LocalSet and
+//! forwarded to upstreams over the same HTTP/1.1 pool as the HTTP/1.1 front. The h2 crate already
+//! enforces the frame-level battery (H2–H5: malformed or connection-specific headers, content-length
+//! mismatches, rapid reset, CONTINUATION floods); this module adds routing-level checks.
+
+use crate::accesslog::Entry;
+use crate::conn_h1::idempotent;
+use crate::h1::{self, Framing, ResponseError};
+use crate::request;
+use crate::server::Worker;
+use crate::static_files::{self, Conditional, LocalBody, LocalResponse};
+use crate::table::{Action, Route};
+use crate::upstream::UpConn;
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Response bodies live on the worker thread only, so they need not be `Send`.
+type RespBody = Pin<Box<dyn Body<Data = Bytes, Error = io::Error>>>;
+
+/// Spawns hyper's per-stream tasks on the worker's LocalSet (they are `!Send`).
+#[derive(Clone, Copy)]
+struct LocalExec;
+
+impl<F: std::future::Future + 'static> hyper::rt::Executor<F> for LocalExec {
+    fn execute(&self, fut: F) {
+        tokio::task::spawn_local(fut);
+    }
+}
+
+pub async fn serve(
+    w: Rc<Worker>,
+    io: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: SocketAddr,
+) {
+    let lim = &w.shared.limits;
+    let mut builder = hyper::server::conn::http2::Builder::new(LocalExec);
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_concurrent_streams(256)
+        .max_header_list_size(lim.max_header_bytes.0.min(u64::from(u32::MAX)) as u32)
+        .keep_alive_interval(Some(lim.idle_timeout.0))
+        .keep_alive_timeout(lim.header_timeout.0);
+    let shutdown = w.shared.shutdown.clone();
+    let svc_w = w.clone();
+    let svc = hyper::service::service_fn(move |req| {
+        let w = svc_w.clone();
+        async move { Ok::<_, Infallible>(handle(w, peer, req).await) }
+    });
+    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+fn local(resp: LocalResponse, head_only: bool) -> Response<RespBody> {
+    let mut r = Response::new(match resp.body {
+        LocalBody::Bytes(b) if !head_only => full(b),
+        LocalBody::File { file, offset, len } if !head_only => {
+            let file = tokio::fs::File::from_std(file);
+            let reader = async move {
+                let mut f = file;
+                f.seek(io::SeekFrom::Start(offset)).await?;
+                Ok::<_, io::Error>(f.take(len))
+            };
+            ReadBody::lazy(reader)
+        }
+        _ => full(Bytes::new()),
+    });
+    *r.status_mut() = resp.status;
+    *r.headers_mut() = resp.headers;
+    r
+}
+
+fn full(b: Bytes) -> RespBody {
+    Box::pin(http_body_util::Full::new(b).map_err(|never| match never {}))
+}
+
+async fn handle(w: Rc<Worker>, peer: SocketAddr, req: Request<Incoming>) -> Response<RespBody> {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let target = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
+    // `:authority` wins over `Host` (RFC 9113 §8.3.1).
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().as_bytes().to_vec());
+    let host_src = authority.or_else(|| {
+        req.headers()
+            .get(http::header::HOST)
+            .map(|h| h.as_bytes().to_vec())
+    });
+    let host = host_src.as_deref().and_then(request::parse_host);
+    let request_id = match req.headers().get("x-request-id") {
+        Some(v) if request::valid_request_id(v.as_bytes()) => {
+            String::from_utf8_lossy(v.as_bytes()).into_owned()
+        }
+        _ => request::new_request_id(),
+    };
+    let (resp, route, upstream) = match (&host, route_for(&w, host.as_deref(), &target)) {
+        (Some(host), Ok((route, norm))) => {
+            let host_src = host_src.clone().unwrap_or_default();
+            respond(
+                &w,
+                peer,
+                req,
+                host,
+                &host_src,
+                &target,
+                &norm,
+                &route,
+                &request_id,
+            )
+            .await
+        }
+        (_, Err(resp)) => (*resp, None, None),
+        (None, _) => (
+            local(request::error(StatusCode::BAD_REQUEST), false),
+            None,
+            None,
+        ),
+    };
+    let status = resp.status().as_u16();
+    if let Some(route) = &route {
+        route.metrics.record(status, start.elapsed().as_secs_f64());
+    }
+    let log = &w.shared.log;
+    if log.enabled() {
+        log.log(&Entry {
+            host: host.as_deref().unwrap_or(""),
+            method: method.as_str(),
+            path: target.as_bytes(),
+            status,
+            bytes: resp.body().size_hint().exact().unwrap_or(0),
+            duration: start.elapsed(),
+            upstream,
+            request_id: &request_id,
+            client: peer.ip(),
+            proto: "HTTP/2",
+        });
+    }
+    resp
+}
+
+type Routed = Result<(Arc<Route>, String), Box<Response<RespBody>>>;
+
+fn route_for(w: &Worker, host: Option<&str>, target: &str) -> Routed {
+    let bad = || Err(Box::new(local(request::error(StatusCode::BAD_REQUEST), false)));
+    let Some(host) = host else { return bad() };
+    let Some((raw_path, _)) = request::split_target(target.as_bytes()) else {
+        return bad();
+    };
+    let Ok(norm) = request::normalize_path(raw_path) else {
+        return bad();
+    };
+    match w.shared.table.load().lookup(host, &norm) {
+        Some(r) => Ok((r.clone(), norm)),
+        None => Err(Box::new(local(request::not_found(), false))),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn respond(
+    w: &Rc<Worker>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    host: &str,
+    host_src: &[u8],
+    target: &str,
+    norm: &str,
+    route: &Arc<Route>,
+    request_id: &str,
+) -> (Response<RespBody>, Option<Arc<Route>>, Option<SocketAddr>) {
+    let head_only = req.method() == Method::HEAD;
+    let (raw_path, query) = request::split_target(target.as_bytes()).unwrap_or((b"/", b""));
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| h1::parse_content_length(v.as_bytes()));
+    if declared.is_some_and(|n| n > route.max_body) {
+        return (
+            local(request::error(StatusCode::PAYLOAD_TOO_LARGE), head_only),
+            Some(route.clone()),
+            None,
+        );
+    }
+    let _ = host;
+    match &route.action {
+        Action::Static(root) => {
+            let h = req.headers();
+            let get = |n: &str| h.get(n).map(|v| v.as_bytes());
+            let cond = Conditional {
+                if_none_match: get("if-none-match"),
+                if_modified_since: get("if-modified-since"),
+                range: get("range"),
+                if_range: get("if-range"),
+                accept_encoding: get("accept-encoding"),
+            };
+            let path = if route.spec.strip_prefix {
+                request::upstream_target(raw_path, b"", norm, Some(&route.spec.path.0))
+            } else {
+                request::encode_path(norm).into_bytes()
+            };
+            let resp = static_files::serve(root, req.method(), &path, cond);
+            (local(resp, head_only), Some(route.clone()), None)
+        }
+        Action::Proxy(pool) => {
+            let strip = route
+                .spec
+                .strip_prefix
+                .then_some(route.spec.path.0.as_str());
+            let up_target = request::upstream_target(raw_path, query, norm, strip);
+            let (resp, addr) = proxy(
+                w,
+                peer,
+                req,
+                pool,
+                &up_target,
+                host_src,
+                declared,
+                route.max_body,
+                request_id,
+            )
+            .await;
+            (resp, Some(route.clone()), addr)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn proxy(
+    w: &Rc<Worker>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    pool: &crate::table::Pool,
+    target: &[u8],
+    host: &[u8],
+    declared: Option<u64>,
+    max_body: u64,
+    request_id: &str,
+) -> (Response<RespBody>, Option<SocketAddr>) {
+    let lim = &w.shared.limits;
+    let is_head = req.method() == Method::HEAD;
+    let err = |s: StatusCode, addr| (local(request::error(s), is_head), addr);
+    let (parts, mut body) = req.into_parts();
+    let framing = match declared {
+        _ if body.is_end_stream() => Framing::None,
+        Some(n) => Framing::Length(n),
+        None => Framing::Chunked,
+    };
+    let head = upstream_head(&parts, target, host, peer, framing, request_id);
+    let (up, mut conn) = match w.checkout(pool, idempotent(&parts.method)).await {
+        Ok(c) => c,
+        Err((s, addr)) => return err(s, addr),
+    };
+    let _active = up.track();
+    let addr = up.addr;
+    // Request: head, then the body frames as they arrive.
+    let send = async {
+        conn.stream.write_all(&head).await?;
+        let mut sent = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(io::Error::other)?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            sent += data.len() as u64;
+            if sent > max_body {
+                return Err(io::Error::new(
+                    io::ErrorKind::FileTooLarge,
+                    "body too large",
+                ));
+            }
+            if framing == Framing::Chunked && !data.is_empty() {
+                conn.stream
+                    .write_all(format!("{:x}\r\n", data.len()).as_bytes())
+                    .await?;
+                conn.stream.write_all(&data).await?;
+                conn.stream.write_all(b"\r\n").await?;
+            } else {
+                conn.stream.write_all(&data).await?;
+            }
+        }
+        if framing == Framing::Chunked {
+            conn.stream.write_all(b"0\r\n\r\n").await?;
+        }
+        Ok::<_, io::Error>(())
+    };
+    match tokio::time::timeout(lim.body_timeout.0, send).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) if e.kind() == io::ErrorKind::FileTooLarge => {
+            return err(StatusCode::PAYLOAD_TOO_LARGE, Some(addr))
+        }
+        Ok(Err(_)) => return err(StatusCode::BAD_GATEWAY, Some(addr)),
+        Err(_) => return err(StatusCode::REQUEST_TIMEOUT, Some(addr)),
+    }
+    // Response head.
+    let deadline = tokio::time::Instant::now() + lim.upstream_timeout.0;
+    let (status, headers, framing, up_keep) = loop {
+        let mut slots = [httparse::EMPTY_HEADER; crate::conn_h1::MAX_HEADERS];
+        match h1::parse_response(&conn.buf, &mut slots, is_head) {
+            Ok((head, hs)) if (100..200).contains(&head.status) => {
+                let len = head.len;
+                let _ = hs;
+                conn.buf.advance(len);
+                continue;
+            }
+            Ok((head, hs)) => {
+                let headers = response_headers(hs, head.framing);
+                let out = (head.status, headers, head.framing, head.keep_alive);
+                let len = head.len;
+                conn.buf.advance(len);
+                break out;
+            }
+            Err(ResponseError::Invalid(_)) => return err(StatusCode::BAD_GATEWAY, Some(addr)),
+            Err(ResponseError::Incomplete) => {}
+        }
+        conn.buf.reserve(8 * 1024);
+        match tokio::time::timeout_at(deadline, conn.stream.read_buf(&mut conn.buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return err(StatusCode::BAD_GATEWAY, Some(addr)),
+            Ok(Ok(_)) => {}
+            Err(_) => return err(StatusCode::GATEWAY_TIMEOUT, Some(addr)),
+        }
+    };
+    let Ok(status) = StatusCode::from_u16(status) else {
+        return err(StatusCode::BAD_GATEWAY, Some(addr));
+    };
+    let body = match framing {
+        Framing::None => {
+            if up_keep {
+                w.pool.put(addr, conn);
+            }
+            full(Bytes::new())
+        }
+        Framing::Length(n) if conn.buf.len() as u64 == n && up_keep => {
+            let b = conn.buf.split().freeze();
+            w.pool.put(addr, conn);
+            full(b)
+        }
+        _ => relay_body(w, conn, framing, up_keep, addr),
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    (resp, Some(addr))
+}
+
+/// Stream an upstream body into the h2 response through an in-memory pipe; the pooled connection
+/// goes back to the pool when the body is complete.
+fn relay_body(
+    w: &Rc<Worker>,
+    mut conn: UpConn,
+    framing: Framing,
+    up_keep: bool,
+    addr: SocketAddr,
+) -> RespBody {
+    let (mut tx, rx) = tokio::io::duplex(64 * 1024);
+    let timeout = w.shared.limits.upstream_timeout.0;
+    let write_timeout = w.shared.limits.body_timeout.0;
+    let w = w.clone();
+    tokio::task::spawn_local(async move {
+        let mut out = Vec::new();
+        let relay = h1::Relay {
+            framing,
+            dst_chunked: false,
+            limit: u64::MAX,
+            read_timeout: timeout,
+            write_timeout,
+            out: &mut out,
+        };
+        if relay
+            .run(&mut conn.stream, &mut conn.buf, &mut tx)
+            .await
+            .is_ok()
+            && up_keep
+        {
+            w.pool.put(addr, conn);
+        }
+    });
+    ReadBody::reading(rx)
+}
+
+fn upstream_head(
+    parts: &http::request::Parts,
+    target: &[u8],
+    host: &[u8],
+    peer: SocketAddr,
+    framing: Framing,
+    request_id: &str,
+) -> Vec<u8> {
+    let mut h = Vec::with_capacity(512);
+    h.extend_from_slice(parts.method.as_str().as_bytes());
+    h.push(b' ');
+    h.extend_from_slice(target);
+    h.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+    h.extend_from_slice(host);
+    h.extend_from_slice(b"\r\n");
+    let mut xff: Option<&[u8]> = None;
+    for (name, value) in &parts.headers {
+        let n = name.as_str().as_bytes();
+        if n == b"x-forwarded-for" {
+            xff = Some(value.as_bytes());
+            continue;
+        }
+        if h1::is_hop_by_hop(n)
+            || matches!(
+                n,
+                b"host" | b"x-forwarded-proto" | b"x-forwarded-host" | b"x-request-id"
+            )
+        {
+            continue;
+        }
+        h.extend_from_slice(n);
+        h.extend_from_slice(b": ");
+        h.extend_from_slice(value.as_bytes());
+        h.extend_from_slice(b"\r\n");
+    }
+    h.extend_from_slice(b"X-Forwarded-For: ");
+    if let Some(prev) = xff {
+        h.extend_from_slice(prev);
+        h.extend_from_slice(b", ");
+    }
+    h.extend_from_slice(peer.ip().to_string().as_bytes());
+    h.extend_from_slice(b"\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: ");
+    h.extend_from_slice(host);
+    h.extend_from_slice(b"\r\nX-Request-Id: ");
+    h.extend_from_slice(request_id.as_bytes());
+    h.extend_from_slice(b"\r\n");
+    match framing {
+        Framing::Length(n) => h.extend_from_slice(format!("Content-Length: {n}\r\n").as_bytes()),
+        Framing::Chunked => h.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        Framing::None | Framing::UntilClose => {}
+    }
+    h.extend_from_slice(b"\r\n");
+    h
+}
+
+/// Upstream response headers as an h2 header map: connection-specific ones are removed (RFC 9113
+/// §8.2.2), names lower-cased by `HeaderName`.
+fn response_headers(hs: &[httparse::Header<'_>], framing: Framing) -> HeaderMap {
+    let mut map = HeaderMap::with_capacity(hs.len());
+    let listed: Vec<&[u8]> = hs
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .flat_map(|h| h1::tokens(h.value))
+        .collect();
+    for h in hs {
+        let n = h.name.as_bytes();
+        let keep_cl = framing == Framing::None && n.eq_ignore_ascii_case(b"content-length");
+        if (h1::is_hop_by_hop(n) && !keep_cl) || listed.iter().any(|t| t.eq_ignore_ascii_case(n)) {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(n), HeaderValue::from_bytes(h.value))
+        {
+            map.append(name, value);
+        }
+    }
+    if let Framing::Length(n) = framing {
+        map.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    map
+}
+
+/// A response body read from an `AsyncRead` (a pipe or a file), possibly opened lazily.
+struct ReadBody<R> {
+    state: ReadState<R>,
+    buf: BytesMut,
+}
+
+enum ReadState<R> {
+    Opening(Pin<Box<dyn std::future::Future<Output = io::Result<R>>>>),
+    Reading(R),
+    Done,
+}
+
+impl<R: AsyncRead + Unpin + 'static> ReadBody<R> {
+    fn reading(r: R) -> RespBody {
+        Box::pin(ReadBody {
+            state: ReadState::Reading(r),
+            buf: BytesMut::new(),
+        })
+    }
+    fn lazy(f: impl std::future::Future<Output = io::Result<R>> + 'static) -> RespBody {
+        Box::pin(ReadBody {
+            state: ReadState::Opening(Box::pin(f)),
+            buf: BytesMut::new(),
+        })
+    }
+}
+
+impl<R: AsyncRead + Unpin> Body for ReadBody<R> {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.state {
+                ReadState::Opening(f) => match f.as_mut().poll(cx) {
+                    Poll::Ready(Ok(r)) => this.state = ReadState::Reading(r),
+                    Poll::Ready(Err(e)) => {
+                        this.state = ReadState::Done;
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                    Poll::Pending => return Poll::Pending,
+                },
+                ReadState::Reading(r) => {
+                    this.buf.reserve(16 * 1024);
+                    return match tokio_util::io::poll_read_buf(Pin::new(r), cx, &mut this.buf) {
+                        Poll::Ready(Ok(0)) => {
+                            this.state = ReadState::Done;
+                            Poll::Ready(None)
+                        }
+                        Poll::Ready(Ok(_)) => {
+                            Poll::Ready(Some(Ok(Frame::data(this.buf.split().freeze()))))
+                        }
+                        Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
+                ReadState::Done => return Poll::Ready(None),
+            }
+        }
+    }
+}

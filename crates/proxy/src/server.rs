@@ -1,0 +1,423 @@
+//! Listeners and workers. Each worker is an OS thread running a current-thread tokio runtime with
+//! its own SO_REUSEPORT socket per listener, so the kernel spreads connections over workers and a
+//! connection never moves between threads: worker state (the upstream pool) needs no lock.
+
+use crate::accesslog::AccessLog;
+use crate::config::{FileConfig, Limits, Listen, RouteError, RouteSpec};
+use crate::metrics::Metrics;
+use crate::table::RouteTable;
+use crate::tls;
+use crate::upstream::{ConnPool, Registry};
+use arc_swap::ArcSwap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Process-wide proxy state shared by every worker.
+pub struct Shared {
+    pub table: Arc<ArcSwap<RouteTable>>,
+    pub limits: Limits,
+    pub metrics: Metrics,
+    pub log: AccessLog,
+    pub conns: AtomicUsize,
+    /// Cancelled on graceful shutdown: stop accepting, finish in-flight requests.
+    pub shutdown: CancellationToken,
+    /// Port of the HTTPS listener, for `https_redirect`.
+    pub https_port: Option<u16>,
+}
+
+/// One worker thread's state.
+pub struct Worker {
+    pub shared: Arc<Shared>,
+    pub pool: ConnPool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Routes(#[from] RouteError),
+    #[error("access log: {0}")]
+    AccessLog(std::io::Error),
+    #[error("cannot start worker thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Addresses actually bound (the config may say port 0).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub http: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
+}
+
+/// The running data plane, and the route API the control plane uses.
+pub struct Proxy {
+    shared: Arc<Shared>,
+    registry: Registry,
+    resolver: Option<Arc<tls::Resolver>>,
+    health: Mutex<CancellationToken>,
+    stop_workers: CancellationToken,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    pub bound: Bound,
+}
+
+impl Proxy {
+    /// Bind the listeners, load certificates and routes, and start the workers. Must be called
+    /// inside a tokio runtime (health checks run there, not on the workers).
+    pub fn start(cfg: &FileConfig) -> Result<Proxy, StartError> {
+        let workers = cfg
+            .server
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let limits = cfg.limits.clone();
+        let metrics = Metrics::new();
+        let registry = Registry::default();
+        let specs = cfg.route_specs();
+        check_routes(&specs)?;
+        let table = Arc::new(ArcSwap::from_pointee(RouteTable::build(
+            specs,
+            limits.max_body.0,
+            &registry,
+            &metrics,
+        )));
+
+        let http = bind_group(cfg.server.http, workers)?;
+        let https = bind_group(cfg.server.https, workers)?;
+        let bound = Bound {
+            http: first_addr(&http),
+            https: first_addr(&https),
+        };
+
+        let mut resolver = None;
+        let acceptor = if https.is_empty() {
+            None
+        } else {
+            let files = tls::load_cert_files(&cert_files(cfg))?;
+            let ca = if cfg.tls.local_ca {
+                Some(tls::LocalCa::load_or_create(
+                    &cfg.server.data_dir.join("ca"),
+                )?)
+            } else {
+                None
+            };
+            let allow = {
+                let (table, domain) = (table.clone(), cfg.server.domain.clone());
+                Arc::new(move |host: &str| {
+                    host == domain
+                        || host
+                            .strip_suffix(domain.as_str())
+                            .is_some_and(|p| p.ends_with('.'))
+                        || table.load().knows_host(host)
+                }) as tls::AllowFn
+            };
+            let r = Arc::new(tls::Resolver::new(files, ca, allow));
+            resolver = Some(r.clone());
+            Some(tokio_rustls::TlsAcceptor::from(tls::server_config(r)?))
+        };
+
+        let shared = Arc::new(Shared {
+            table,
+            https_port: bound.https.map(|a| a.port()),
+            log: crate::accesslog::AccessLog::open(&cfg.server.access_log)
+                .map_err(StartError::AccessLog)?,
+            limits,
+            metrics,
+            conns: AtomicUsize::new(0),
+            shutdown: CancellationToken::new(),
+        });
+
+        let stop_workers = CancellationToken::new();
+        let mut threads = Vec::new();
+        let mut http = http.into_iter();
+        let mut https = https.into_iter();
+        for i in 0..workers {
+            let (h, s) = (http.next(), https.next());
+            let (shared, acceptor, stop) = (shared.clone(), acceptor.clone(), stop_workers.clone());
+            let t = std::thread::Builder::new()
+                .name(format!("berth-worker-{i}"))
+                .spawn(move || run_worker(shared, h, s, acceptor, stop))
+                .map_err(StartError::Thread)?;
+            threads.push(t);
+        }
+        let proxy = Proxy {
+            shared,
+            registry,
+            resolver,
+            health: Mutex::new(CancellationToken::new()),
+            stop_workers,
+            threads: Mutex::new(threads),
+            bound,
+        };
+        proxy.restart_health_checks();
+        Ok(proxy)
+    }
+
+    pub fn routes(&self) -> Vec<RouteSpec> {
+        self.shared.table.load().specs().to_vec()
+    }
+
+    /// Replace the whole route table atomically. In-flight requests finish on the table they
+    /// started with; an invalid list changes nothing.
+    pub fn set_routes(&self, specs: Vec<RouteSpec>) -> Result<(), RouteError> {
+        check_routes(&specs)?;
+        let table = RouteTable::build(
+            specs,
+            self.shared.limits.max_body.0,
+            &self.registry,
+            &self.shared.metrics,
+        );
+        self.shared.table.store(Arc::new(table));
+        self.restart_health_checks();
+        Ok(())
+    }
+
+    /// Re-read certificate files (SIGHUP). On error the old certificates stay in force.
+    pub fn reload_certs(&self, cfg: &FileConfig) -> Result<(), tls::TlsError> {
+        if let Some(r) = &self.resolver {
+            r.set_files(tls::load_cert_files(&cert_files(cfg))?);
+        }
+        Ok(())
+    }
+
+    pub fn metrics(&self) -> String {
+        self.shared.metrics.encode()
+    }
+
+    fn restart_health_checks(&self) {
+        let mut token = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        token.cancel();
+        *token = CancellationToken::new();
+        crate::upstream::spawn_health_checks(&self.shared.table.load(), token.clone());
+    }
+
+    /// Graceful shutdown: stop accepting, let open requests finish for up to the grace period,
+    /// then stop the workers.
+    pub async fn shutdown(&self) {
+        self.shared.shutdown.cancel();
+        self.health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .cancel();
+        let grace = self.shared.limits.shutdown_grace.0;
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.shared.conns.load(Ordering::Relaxed) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.stop_workers.cancel();
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        let _ =
+            tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| drop(t.join())))
+                .await;
+    }
+}
+
+fn cert_files(cfg: &FileConfig) -> Vec<tls::CertFile> {
+    cfg.tls
+        .certs
+        .iter()
+        .map(|c| tls::CertFile {
+            cert: c.cert.clone(),
+            key: c.key.clone(),
+        })
+        .collect()
+}
+
+/// Checks beyond `config::validate_routes` that look at the machine: static roots must exist.
+fn check_routes(specs: &[RouteSpec]) -> Result<(), RouteError> {
+    crate::config::validate_routes(specs)?;
+    for (index, r) in specs.iter().enumerate() {
+        if let Some(root) = &r.static_root {
+            if !root.is_dir() {
+                return Err(RouteError {
+                    index,
+                    host: r.host.0.clone(),
+                    path: r.path.0.clone(),
+                    reason: format!("static directory {} does not exist", root.display()),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn first_addr(l: &[std::net::TcpListener]) -> Option<SocketAddr> {
+    l.first().and_then(|l| l.local_addr().ok())
+}
+
+/// One listening socket per worker on the same address (SO_REUSEPORT). With port 0 the first
+/// bind picks the port and the others join it.
+fn bind_group(listen: Listen, n: usize) -> Result<Vec<std::net::TcpListener>, StartError> {
+    let Listen::On(addr) = listen else {
+        return Ok(Vec::new());
+    };
+    let first = bind_one(addr)?;
+    let actual = first
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let mut all = vec![first];
+    for _ in 1..n {
+        all.push(bind_one(actual)?);
+    }
+    Ok(all)
+}
+
+fn bind_one(addr: SocketAddr) -> Result<std::net::TcpListener, StartError> {
+    use socket2::{Domain, Socket, Type};
+    let err = |source| StartError::Bind { addr, source };
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(err)?;
+    s.set_reuse_address(true).map_err(err)?;
+    s.set_reuse_port(true).map_err(err)?;
+    s.set_nonblocking(true).map_err(err)?;
+    s.bind(&addr.into()).map_err(err)?;
+    s.listen(4096).map_err(err)?;
+    Ok(s.into())
+}
+
+fn run_worker(
+    shared: Arc<Shared>,
+    http: Option<std::net::TcpListener>,
+    https: Option<std::net::TcpListener>,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    stop: CancellationToken,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("worker runtime: {e}");
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    let w = Rc::new(Worker {
+        pool: ConnPool::new(shared.limits.upstream_idle_per_host),
+        shared,
+    });
+    local.block_on(&rt, async move {
+        for (l, acc) in [(http, None), (https, acceptor)] {
+            let Some(l) = l else { continue };
+            match TcpListener::from_std(l) {
+                Ok(l) => drop(tokio::task::spawn_local(accept_loop(w.clone(), l, acc))),
+                Err(e) => tracing::error!("listener: {e}"),
+            }
+        }
+        stop.cancelled().await;
+    });
+}
+
+/// Decrements the open-connection count when a connection task ends, however it ends.
+struct ConnGuard(Arc<Shared>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.conns.fetch_sub(1, Ordering::Relaxed);
+        self.0.metrics.open_connections.dec();
+    }
+}
+
+async fn accept_loop(w: Rc<Worker>, listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
+    let shared = w.shared.clone();
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = shared.shutdown.cancelled() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of file descriptors and the like: back off briefly instead of spinning.
+                tracing::warn!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if shared.conns.load(Ordering::Relaxed) >= shared.limits.max_connections {
+            shared.metrics.rejected_connections.inc();
+            drop(stream);
+            continue;
+        }
+        shared.conns.fetch_add(1, Ordering::Relaxed);
+        shared.metrics.open_connections.inc();
+        let guard = ConnGuard(shared.clone());
+        let _ = stream.set_nodelay(true);
+        let (w, tls) = (w.clone(), tls.clone());
+        tokio::task::spawn_local(async move {
+            let _guard = guard;
+            match tls {
+                None => crate::conn_h1::serve(w, stream, peer, false).await,
+                Some(acc) => {
+                    let t = w.shared.limits.header_timeout.0;
+                    let Ok(Ok(tls)) = tokio::time::timeout(t, acc.accept(stream)).await else {
+                        return;
+                    };
+                    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        crate::conn_h2::serve(w, tls, peer).await;
+                    } else {
+                        crate::conn_h1::serve(w, tls, peer, true).await;
+                    }
+                }
+            }
+        });
+    }
+}
+
+impl Worker {
+    /// An upstream connection for a request on `pool`: a pooled one when there is one, else a new
+    /// connection. A failed connect counts against the upstream (passive health) and, for an
+    /// idempotent request, is retried once on another upstream. Errors are the status to answer.
+    pub async fn checkout(
+        &self,
+        pool: &crate::table::Pool,
+        idempotent: bool,
+    ) -> Result<
+        (Arc<crate::upstream::Upstream>, crate::upstream::UpConn),
+        (http::StatusCode, Option<SocketAddr>),
+    > {
+        use crate::metrics::UpstreamError;
+        let mut avoid: Option<Arc<crate::upstream::Upstream>> = None;
+        loop {
+            let Some(up) = pool.pick(avoid.as_deref()).cloned() else {
+                self.shared
+                    .metrics
+                    .upstream_error(UpstreamError::NoneAvailable);
+                return Err((http::StatusCode::BAD_GATEWAY, None));
+            };
+            if let Some(c) = self.pool.take(up.addr) {
+                return Ok((up, c));
+            }
+            match crate::upstream::connect(up.addr, self.shared.limits.upstream_connect_timeout.0)
+                .await
+            {
+                Ok(c) => {
+                    up.connect_ok();
+                    return Ok((up, c));
+                }
+                Err(e) => {
+                    tracing::debug!(upstream = %up.addr, error = %e, "upstream connect failed");
+                    self.shared.metrics.upstream_error(UpstreamError::Connect);
+                    let several = pool.upstreams.len() > 1;
+                    up.connect_failed(several);
+                    if idempotent && several && avoid.is_none() {
+                        avoid = Some(up);
+                        continue;
+                    }
+                    return Err((http::StatusCode::BAD_GATEWAY, Some(up.addr)));
+                }
+            }
+        }
+    }
+}

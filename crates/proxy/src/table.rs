@@ -1,0 +1,236 @@
+//! The compiled, immutable routing table. A reload builds a whole new table and swaps it in with
+//! one atomic pointer store (`arc_swap`); requests hold an `Arc` to the table they started with.
+
+use crate::config::{Balance, HealthSpec, RouteSpec};
+use crate::metrics::RouteMetrics;
+use crate::upstream::{Registry, Upstream};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+pub struct RouteTable {
+    exact: HashMap<Box<str>, Vec<Arc<Route>>>,
+    /// Keyed by the suffix after `*.`: `*.apps.test` is stored under `apps.test`.
+    wildcard: HashMap<Box<str>, Vec<Arc<Route>>>,
+    any: Vec<Arc<Route>>,
+    specs: Vec<RouteSpec>,
+}
+
+pub struct Route {
+    pub spec: RouteSpec,
+    pub action: Action,
+    pub max_body: u64,
+    pub metrics: RouteMetrics,
+}
+
+pub enum Action {
+    Proxy(Pool),
+    Static(PathBuf),
+}
+
+pub struct Pool {
+    pub upstreams: Vec<Arc<Upstream>>,
+    pub balance: Balance,
+    pub health: Option<HealthSpec>,
+    next: AtomicUsize,
+}
+
+impl Pool {
+    /// Pick an upstream that is up, skipping `avoid` (the one that just failed). When every
+    /// upstream is down, `None` (→ 502).
+    pub fn pick(&self, avoid: Option<&Upstream>) -> Option<&Arc<Upstream>> {
+        let n = self.upstreams.len();
+        let usable =
+            |u: &&Arc<Upstream>| u.is_up() && avoid.is_none_or(|a| !std::ptr::eq(a, &***u));
+        match self.balance {
+            Balance::RoundRobin => {
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                (0..n)
+                    .map(|i| &self.upstreams[(start + i) % n])
+                    .find(|u| usable(u))
+            }
+            Balance::LeastConn => {
+                // Ties go round-robin so equal upstreams share the load.
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                (0..n)
+                    .map(|i| &self.upstreams[(start + i) % n])
+                    .filter(|u| usable(u))
+                    .min_by_key(|u| u.active())
+            }
+        }
+    }
+}
+
+impl RouteTable {
+    pub fn empty() -> RouteTable {
+        RouteTable {
+            exact: HashMap::new(),
+            wildcard: HashMap::new(),
+            any: Vec::new(),
+            specs: Vec::new(),
+        }
+    }
+
+    /// Compile validated specs. Upstream state (health, active counts) is shared with the previous
+    /// table through `registry`, so a reload does not forget that a backend is down.
+    pub fn build(
+        specs: Vec<RouteSpec>,
+        default_max_body: u64,
+        registry: &Registry,
+        metrics: &crate::metrics::Metrics,
+    ) -> RouteTable {
+        let mut t = RouteTable::empty();
+        for spec in &specs {
+            let action = match &spec.static_root {
+                Some(root) => Action::Static(root.clone()),
+                None => Action::Proxy(Pool {
+                    upstreams: spec.upstreams.iter().map(|u| registry.get(u.0)).collect(),
+                    balance: spec.balance,
+                    health: spec.health.clone(),
+                    next: AtomicUsize::new(0),
+                }),
+            };
+            let route = Arc::new(Route {
+                max_body: spec.max_body.map_or(default_max_body, |s| s.0),
+                metrics: metrics.route(&format!("{}{}", spec.host, spec.path)),
+                spec: spec.clone(),
+                action,
+            });
+            let host = spec.host.0.as_str();
+            let list = if host == "*" {
+                &mut t.any
+            } else if let Some(suffix) = host.strip_prefix("*.") {
+                t.wildcard.entry(suffix.into()).or_default()
+            } else {
+                t.exact.entry(host.into()).or_default()
+            };
+            list.push(route);
+        }
+        for list in t
+            .exact
+            .values_mut()
+            .chain(t.wildcard.values_mut())
+            .chain([&mut t.any])
+        {
+            list.sort_by_key(|r| std::cmp::Reverse(r.spec.path.0.len()));
+        }
+        t.specs = specs;
+        t
+    }
+
+    pub fn specs(&self) -> &[RouteSpec] {
+        &self.specs
+    }
+
+    /// Find the route for a lower-case host (no port) and a normalized path. The exact host wins
+    /// over the wildcard, which wins over `*`; within a host the longest matching prefix wins,
+    /// falling back to the next less specific host level when no prefix there matches.
+    pub fn lookup(&self, host: &str, path: &str) -> Option<&Arc<Route>> {
+        if let Some(r) = self.exact.get(host).and_then(|l| list_match(l, path)) {
+            return Some(r);
+        }
+        if let Some((_, parent)) = host.split_once('.') {
+            if let Some(r) = self.wildcard.get(parent).and_then(|l| list_match(l, path)) {
+                return Some(r);
+            }
+        }
+        list_match(&self.any, path)
+    }
+
+    /// Is there any route for this host? (Used to decide whether the local CA may issue a cert.)
+    pub fn knows_host(&self, host: &str) -> bool {
+        self.exact.contains_key(host)
+            || host
+                .split_once('.')
+                .is_some_and(|(_, p)| self.wildcard.contains_key(p))
+            || !self.any.is_empty()
+    }
+
+    /// Every proxy pool, for the health checker.
+    pub fn pools(&self) -> impl Iterator<Item = &Pool> {
+        self.exact
+            .values()
+            .chain(self.wildcard.values())
+            .chain([&self.any])
+            .flatten()
+            .filter_map(|r| match &r.action {
+                Action::Proxy(p) => Some(p),
+                Action::Static(_) => None,
+            })
+    }
+}
+
+fn list_match<'a>(list: &'a [Arc<Route>], path: &str) -> Option<&'a Arc<Route>> {
+    list.iter().find(|r| prefix_matches(&r.spec.path.0, path))
+}
+
+/// `/api/` matches `/api/x` and `/api`; `/api` matches `/api` and `/api/x` but not `/apix`.
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+    if prefix == "/" {
+        return true;
+    }
+    match path.strip_prefix(prefix.trim_end_matches('/')) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{HostPattern, PathPrefix};
+
+    fn spec(host: &str, path: &str, root: &str) -> RouteSpec {
+        RouteSpec {
+            host: HostPattern::parse(host).unwrap(),
+            path: PathPrefix::parse(path).unwrap(),
+            strip_prefix: false,
+            upstreams: vec![],
+            balance: Balance::RoundRobin,
+            health: None,
+            max_body: None,
+            static_root: Some(root.into()),
+            https_redirect: false,
+        }
+    }
+
+    #[test]
+    fn lookup_prefers_exact_host_then_longest_prefix() {
+        let specs = vec![
+            spec("example.test", "/", "root"),
+            spec("example.test", "/api/", "api"),
+            spec("example.test", "/api/v2", "v2"),
+            spec("*.apps.test", "/", "wild"),
+            spec("x.apps.test", "/only/", "x-only"),
+            spec("*", "/", "any"),
+        ];
+        let t = RouteTable::build(
+            specs,
+            1,
+            &Registry::default(),
+            &crate::metrics::Metrics::new(),
+        );
+        let root = |h: &str, p: &str| match t.lookup(h, p).map(|r| &r.action) {
+            Some(Action::Static(root)) => root.to_string_lossy().into_owned(),
+            _ => "none".into(),
+        };
+        let cases = [
+            ("example.test", "/", "root"),
+            ("example.test", "/api", "api"),
+            ("example.test", "/api/x", "api"),
+            ("example.test", "/apix", "root"),
+            ("example.test", "/api/v2/y", "v2"),
+            ("example.test", "/api/v2x", "api"),
+            ("a.apps.test", "/", "wild"),
+            ("a.b.apps.test", "/", "any"),
+            ("apps.test", "/", "any"),
+            ("x.apps.test", "/only/1", "x-only"),
+            ("x.apps.test", "/other", "wild"),
+            ("elsewhere.test", "/", "any"),
+        ];
+        for (h, p, want) in cases {
+            assert_eq!(root(h, p), want, "{h}{p}");
+        }
+    }
+}

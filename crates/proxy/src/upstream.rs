@@ -1,0 +1,247 @@
+//! Upstreams: shared health state (atomics, read on the request path without locks), the
+//! per-worker pool of idle keep-alive connections, and the active health checker.
+
+use crate::config::HealthSpec;
+use bytes::BytesMut;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Consecutive connect failures after which an upstream is ejected (passive health).
+const EJECT_AFTER: u32 = 2;
+/// How long a passively ejected upstream is skipped.
+const EJECT_FOR: Duration = Duration::from_secs(5);
+/// Idle pooled connections older than this are closed rather than reused.
+const POOL_IDLE_MAX: Duration = Duration::from_secs(30);
+
+pub struct Upstream {
+    pub addr: SocketAddr,
+    /// Set by the active health checker; true until a check fails.
+    healthy: AtomicBool,
+    /// Consecutive connect failures (passive health).
+    fails: AtomicU32,
+    /// Milliseconds since `epoch()` until which the upstream is ejected.
+    ejected_until: AtomicU64,
+    /// In-flight requests across all workers (for least_conn).
+    active: AtomicUsize,
+}
+
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    epoch().elapsed().as_millis() as u64
+}
+
+impl Upstream {
+    fn new(addr: SocketAddr) -> Upstream {
+        Upstream {
+            addr,
+            healthy: AtomicBool::new(true),
+            fails: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+            active: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed) && {
+            let until = self.ejected_until.load(Ordering::Relaxed);
+            until == 0 || now_ms() >= until
+        }
+    }
+
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Count an in-flight request until the guard drops.
+    pub fn track(self: &Arc<Self>) -> ActiveGuard {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(self.clone())
+    }
+
+    pub fn connect_failed(&self, may_eject: bool) {
+        let fails = self.fails.fetch_add(1, Ordering::Relaxed) + 1;
+        if may_eject && fails >= EJECT_AFTER {
+            self.ejected_until
+                .store(now_ms() + EJECT_FOR.as_millis() as u64, Ordering::Relaxed);
+            tracing::warn!(upstream = %self.addr, "upstream ejected after {fails} connect failures");
+        }
+    }
+
+    pub fn connect_ok(&self) {
+        if self.fails.load(Ordering::Relaxed) != 0 {
+            self.fails.store(0, Ordering::Relaxed);
+            self.ejected_until.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn set_healthy(&self, up: bool) {
+        if self.healthy.swap(up, Ordering::Relaxed) != up {
+            if up {
+                tracing::info!(upstream = %self.addr, "upstream healthy");
+            } else {
+                tracing::warn!(upstream = %self.addr, "upstream failed its health check");
+            }
+        }
+    }
+}
+
+pub struct ActiveGuard(Arc<Upstream>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One `Upstream` per address across table generations, so health survives a reload. Touched
+/// only when a table is built, never on the request path.
+#[derive(Default)]
+pub struct Registry(Mutex<HashMap<SocketAddr, Weak<Upstream>>>);
+
+impl Registry {
+    pub fn get(&self, addr: SocketAddr) -> Arc<Upstream> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(u) = map.get(&addr).and_then(Weak::upgrade) {
+            return u;
+        }
+        map.retain(|_, w| w.strong_count() > 0);
+        let u = Arc::new(Upstream::new(addr));
+        map.insert(addr, Arc::downgrade(&u));
+        u
+    }
+}
+
+/// A connection to an upstream with its read buffer.
+pub struct UpConn {
+    pub stream: TcpStream,
+    pub buf: BytesMut,
+    /// Taken from the pool (a failure before any response byte may be a stale keep-alive).
+    pub reused: bool,
+}
+
+/// Idle keep-alive connections of one worker thread. Worker-local: no lock, no atomics.
+pub struct ConnPool {
+    idle: RefCell<HashMap<SocketAddr, Vec<(UpConn, Instant)>>>,
+    max_per_host: usize,
+}
+
+impl ConnPool {
+    pub fn new(max_per_host: usize) -> ConnPool {
+        ConnPool {
+            idle: RefCell::new(HashMap::new()),
+            max_per_host,
+        }
+    }
+
+    /// A live idle connection, newest first; stale ones (closed by the peer or too old) are dropped.
+    pub fn take(&self, addr: SocketAddr) -> Option<UpConn> {
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.get_mut(&addr)?;
+        while let Some((mut conn, since)) = list.pop() {
+            if since.elapsed() > POOL_IDLE_MAX {
+                continue;
+            }
+            // A readable idle connection is either closed (EOF) or sent garbage: not reusable.
+            let mut probe = [0u8; 1];
+            match conn.stream.try_read(&mut probe) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    conn.reused = true;
+                    return Some(conn);
+                }
+                _ => continue,
+            }
+        }
+        None
+    }
+
+    pub fn put(&self, addr: SocketAddr, mut conn: UpConn) {
+        if !conn.buf.is_empty() {
+            return; // bytes beyond the response: the upstream is confused; do not reuse
+        }
+        if conn.buf.capacity() > 64 * 1024 {
+            conn.buf = BytesMut::new();
+        }
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.entry(addr).or_default();
+        if list.len() < self.max_per_host {
+            list.push((conn, Instant::now()));
+        }
+    }
+}
+
+pub async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<UpConn> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    stream.set_nodelay(true)?;
+    Ok(UpConn {
+        stream,
+        buf: BytesMut::with_capacity(8 * 1024),
+        reused: false,
+    })
+}
+
+/// Probe every pool's upstreams per its `health` spec until `stop` is cancelled. One task per
+/// (upstream, spec); a 2xx/3xx answer within the timeout is healthy.
+pub fn spawn_health_checks(
+    table: &crate::table::RouteTable,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut seen = std::collections::HashSet::new();
+    for pool in table.pools() {
+        let Some(spec) = &pool.health else { continue };
+        for up in &pool.upstreams {
+            if !seen.insert((up.addr, spec.path.0.clone())) {
+                continue;
+            }
+            let (up, spec, stop) = (up.clone(), spec.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(spec.interval.0);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tick.tick() => {}
+                    }
+                    let ok = tokio::time::timeout(spec.timeout.0, probe(up.addr, &spec))
+                        .await
+                        .unwrap_or(false);
+                    up.set_healthy(ok);
+                }
+            });
+        }
+    }
+}
+
+async fn probe(addr: SocketAddr, spec: &HealthSpec) -> bool {
+    let Ok(mut s) = TcpStream::connect(addr).await else {
+        return false;
+    };
+    let req = format!(
+        "GET {} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: berth-health\r\nConnection: close\r\n\r\n",
+        spec.path
+    );
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    let mut n = 0;
+    while n < 12 {
+        match s.read(&mut buf[n..]).await {
+            Ok(0) | Err(_) => return false,
+            Ok(k) => n += k,
+        }
+    }
+    // "HTTP/1.x 2xx" or "3xx"
+    buf.starts_with(b"HTTP/1.") && matches!(buf[9], b'2' | b'3')
+}
