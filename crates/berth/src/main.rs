@@ -112,8 +112,13 @@ fn serve(config: Option<PathBuf>) -> Result<()> {
 }
 
 async fn run(cfg: FileConfig, config_path: Option<PathBuf>) -> Result<()> {
-    let proxy = Arc::new(Proxy::start(&cfg).map_err(|e| {
-        anyhow::anyhow!("{e}").context("cannot start the proxy (hint: another server on that port? set [server] addresses in --config)")
+    let proxy = Arc::new(Proxy::start(&cfg).map_err(|e| match e {
+        proxy::StartError::Bind { .. } => {
+            anyhow::anyhow!(
+                "{e} (hint: is another server using that port? set [server] addresses in --config)"
+            )
+        }
+        e => anyhow::anyhow!("{e}"),
     })?);
     let admin = match cfg.server.admin {
         Listen::On(addr) => {

@@ -166,7 +166,12 @@ async fn handle(w: Rc<Worker>, peer: SocketAddr, req: Request<Incoming>) -> Resp
 type Routed = Result<(Arc<Route>, String), Box<Response<RespBody>>>;
 
 fn route_for(w: &Worker, host: Option<&str>, target: &str) -> Routed {
-    let bad = || Err(Box::new(local(request::error(StatusCode::BAD_REQUEST), false)));
+    let bad = || {
+        Err(Box::new(local(
+            request::error(StatusCode::BAD_REQUEST),
+            false,
+        )))
+    };
     let Some(host) = host else { return bad() };
     let Some((raw_path, _)) = request::split_target(target.as_bytes()) else {
         return bad();

@@ -1,1 +1,412 @@
+//! Test support for berth's integration tests: run the real `berth` binary on ephemeral ports in
+//! a fresh temp dir, talk to it with raw bytes, run real upstreams that record what reaches them,
+//! and wait for conditions with a deadline instead of sleeping.
+#![forbid(unsafe_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Poll `f` until it returns `Some`, or panic with `what` after `timeout`.
+pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A running `berth serve` process; killed when dropped.
+pub struct Berth {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub http: SocketAddr,
+    pub https: SocketAddr,
+    pub admin: SocketAddr,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+    server_section: String,
+}
+
+impl Berth {
+    /// Start `bin serve` with `extra` appended to a config that listens on ephemeral loopback
+    /// ports, keeps its data in a fresh temp dir and writes the access log to `access.log`.
+    /// `extra` may contain `{dir}`, replaced by the temp dir's path (for static roots).
+    pub fn start(bin: &str, extra: &str) -> Berth {
+        Self::start_with(bin, "", &[], extra)
+    }
+
+    /// Like `start`, with `server_extra` lines added to the `[server]` table and `files`
+    /// (path relative to the temp dir, content) written before berth starts.
+    pub fn start_with(
+        bin: &str,
+        server_extra: &str,
+        files: &[(&str, &[u8])],
+        extra: &str,
+    ) -> Berth {
+        let dir = tempfile::tempdir().unwrap();
+        for (rel, content) in files {
+            write_file(&dir.path().join(rel), content);
+        }
+        let d = dir.path().display().to_string();
+        let server_section = format!(
+            "[server]\nhttp = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nworkers = 2\ndata_dir = \"{d}/data\"\naccess_log = \"{d}/access.log\"\n{server_extra}\n"
+        );
+        let config = format!("{server_section}\n{}", extra.replace("{dir}", &d));
+        let config_path = dir.path().join("berth.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let log_path = dir.path().join("berth.stderr");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = Command::new(bin)
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .env("BERTH_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut b = Berth {
+            child,
+            http: "0.0.0.0:0".parse().unwrap(),
+            https: "0.0.0.0:0".parse().unwrap(),
+            admin: "0.0.0.0:0".parse().unwrap(),
+            dir,
+            config_path,
+            log_path,
+            server_section,
+        };
+        let listen = b.dir.path().join("data/listen.json");
+        let v: serde_json::Value = eventually(Duration::from_secs(20), "berth to listen", || {
+            if let Ok(Some(status)) = b.child.try_wait() {
+                panic!("berth exited with {status}: {}", b.stderr());
+            }
+            let text = std::fs::read_to_string(&listen).ok()?;
+            serde_json::from_str(&text).ok()
+        });
+        let addr = |k: &str| {
+            v[k].as_str()
+                .map(|s| s.parse().unwrap())
+                .unwrap_or("0.0.0.0:0".parse().unwrap())
+        };
+        b.http = addr("http");
+        b.https = addr("https");
+        b.admin = addr("admin");
+        b
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// The local CA's root certificate (for `curl --cacert`).
+    pub fn ca(&self) -> PathBuf {
+        self.path("data/ca/root.pem")
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// Replace everything after the `[server]` table of the config file with `extra` (`{dir}`
+    /// expanded). Send SIGHUP afterwards to apply it.
+    pub fn rewrite_config(&self, extra: &str) {
+        let d = self.dir.path().display().to_string();
+        std::fs::write(
+            &self.config_path,
+            format!("{}\n{}", self.server_section, extra.replace("{dir}", &d)),
+        )
+        .unwrap();
+    }
+}
+
+impl Drop for Berth {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Send `bytes` on a fresh connection, then read until the peer closes or `timeout` passes.
+pub fn raw(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(timeout)).unwrap();
+    let _ = s.write_all(bytes);
+    read_until_close(&mut s, timeout)
+}
+
+/// Read until EOF, a reset, or `timeout` overall.
+pub fn read_until_close(s: &mut TcpStream, timeout: Duration) -> Vec<u8> {
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    while Instant::now() < deadline {
+        s.set_read_timeout(Some(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1)),
+        ))
+        .unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+/// Did the peer close the connection (EOF or reset) within `timeout`?
+pub fn closed_within(s: &mut TcpStream, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+/// Status codes of every HTTP/1.x response in `bytes`, in order.
+pub fn statuses(bytes: &[u8]) -> Vec<u16> {
+    let text = String::from_utf8_lossy(bytes);
+    text.match_indices("HTTP/1.1 ")
+        .filter_map(|(i, _)| text.get(i + 9..i + 12)?.parse().ok())
+        .collect()
+}
+
+/// The first status code in `bytes`, or 0.
+pub fn status(bytes: &[u8]) -> u16 {
+    statuses(bytes).first().copied().unwrap_or(0)
+}
+
+/// How an [`Upstream`] answers.
+#[derive(Clone)]
+pub enum Reply {
+    /// 200 with this body and a Content-Length; keep-alive.
+    Ok(&'static str),
+    /// These exact bytes, then close.
+    Raw(&'static [u8]),
+    /// 200 echoing the request head and body as the body (for header and body checks).
+    Echo,
+    /// Wait this long, then answer 200.
+    Slow(Duration),
+    /// 101 Switching Protocols, then echo every byte back (a WebSocket stand-in).
+    Upgrade,
+    /// 200 with `n` bytes of body.
+    Bytes(usize),
+}
+
+/// A real HTTP/1.1 upstream on an ephemeral port that records every request it receives.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    /// Every request head (and body) received, raw.
+    pub requests: Arc<Mutex<Vec<Vec<u8>>>>,
+    pub connections: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Upstream {
+    pub fn start(reply: Reply) -> Upstream {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (r, c, st) = (requests.clone(), connections.clone(), stop.clone());
+        thread::spawn(move || {
+            for s in l.incoming() {
+                if st.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(s) = s else { continue };
+                c.fetch_add(1, Ordering::Relaxed);
+                let (r, reply) = (r.clone(), reply.clone());
+                thread::spawn(move || serve_upstream(s, r, reply));
+            }
+        });
+        Upstream {
+            addr,
+            requests,
+            connections,
+            stop,
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+
+    pub fn last(&self) -> String {
+        String::from_utf8_lossy(
+            self.requests
+                .lock()
+                .unwrap()
+                .last()
+                .map(|v| &v[..])
+                .unwrap_or(b""),
+        )
+        .into_owned()
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+fn serve_upstream(s: TcpStream, log: Arc<Mutex<Vec<Vec<u8>>>>, reply: Reply) {
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    loop {
+        // Head.
+        let mut head = Vec::new();
+        loop {
+            let mut line = Vec::new();
+            match r.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            head.extend_from_slice(&line);
+            if line == b"\r\n" || line == b"\n" {
+                break;
+            }
+        }
+        let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        let header = |name: &str| {
+            text.lines().find_map(|l| {
+                l.strip_prefix(&format!("{name}:"))
+                    .map(|v| v.trim().to_string())
+            })
+        };
+        // Body.
+        let mut body = Vec::new();
+        if let Some(n) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+            body.resize(n, 0);
+            if r.read_exact(&mut body).is_err() {
+                return;
+            }
+        } else if header("transfer-encoding").is_some_and(|v| v == "chunked") {
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                let n = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+                    .unwrap_or(0);
+                if n == 0 {
+                    let mut end = String::new();
+                    while r.read_line(&mut end).unwrap_or(0) > 0 && end != "\r\n" {
+                        end.clear();
+                    }
+                    break;
+                }
+                let mut chunk = vec![0; n + 2];
+                if r.read_exact(&mut chunk).is_err() {
+                    return;
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+        }
+        let mut record = head.clone();
+        record.extend_from_slice(&body);
+        log.lock().unwrap().push(record.clone());
+        let ok = |w: &mut TcpStream, b: &[u8]| {
+            let h = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: text/plain\r\n\r\n",
+                b.len()
+            );
+            w.write_all(h.as_bytes()).and_then(|_| w.write_all(b))
+        };
+        let res = match &reply {
+            Reply::Ok(b) => ok(&mut w, b.as_bytes()),
+            Reply::Echo => ok(&mut w, &record),
+            Reply::Bytes(n) => ok(&mut w, &vec![b'x'; *n]),
+            Reply::Slow(d) => {
+                thread::sleep(*d);
+                ok(&mut w, b"slow")
+            }
+            Reply::Raw(b) => {
+                let _ = w.write_all(b);
+                return;
+            }
+            Reply::Upgrade => {
+                let _ = w.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
+                let mut buf = [0u8; 4096];
+                let mut carry = r.buffer().to_vec();
+                let _ = w.write_all(&carry);
+                carry.clear();
+                loop {
+                    match r.get_mut().read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if w.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        if res.is_err() {
+            return;
+        }
+    }
+}
+
+/// Run a command and return (status success, stdout, stderr).
+pub fn run(cmd: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `curl` with `args`; returns (exit ok, stdout).
+pub fn curl(args: &[&str]) -> (bool, String) {
+    let (ok, out, _) = run("curl", &[&["-sS", "--max-time", "20"], args].concat());
+    (ok, out)
+}
+
+pub fn write_file(path: &Path, content: &[u8]) {
+    if let Some(p) = path.parent() {
+        std::fs::create_dir_all(p).unwrap();
+    }
+    std::fs::write(path, content).unwrap();
+}
