@@ -126,9 +126,11 @@ impl Conn {
                 }
             };
             let start = Instant::now();
-            let head = self.buf.split_to(head_len);
-            let (req, decision) = self.decide(&head);
-            drop(head);
+            // Parse in place: the head is dropped from the buffer, which keeps any pipelined bytes.
+            let buf = std::mem::take(&mut self.buf);
+            let (req, decision) = self.decide(&buf[..head_len]);
+            self.buf = buf;
+            self.buf.advance(head_len);
             let (outcome, route) = match decision {
                 Decision::Reject(status) => {
                     self.reject(io, status).await;
@@ -193,15 +195,23 @@ impl Conn {
     async fn read_head<S: ClientIo>(&mut self, io: &mut S) -> Result<usize, HeadError> {
         let lim = self.limits().clone();
         if self.buf.is_empty() {
+            // Waiting for the first byte of a request: the idle timeout applies (the header
+            // timeout on a new connection), and shutdown closes the connection at once.
             let idle = if self.served == 0 {
                 lim.header_timeout.0
             } else {
                 lim.idle_timeout.0
             };
             let shutdown = self.w.shared.shutdown.clone();
+            let buf = &mut self.buf;
+            let first = async {
+                io.idle_wait().await?;
+                buf.reserve(4096);
+                io.read_buf(buf).await
+            };
             tokio::select! {
-                r = tokio::time::timeout(idle, io.idle_wait()) => match r {
-                    Ok(Ok(())) => {}
+                r = tokio::time::timeout(idle, first) => match r {
+                    Ok(Ok(n)) if n > 0 => {}
                     _ => return Err(HeadError::Closed),
                 },
                 _ = shutdown.cancelled() => return Err(HeadError::Closed),
