@@ -445,14 +445,12 @@ impl Conn {
                     headers,
                     &conn_tokens[..n_tokens],
                     xff,
-                    upgrade,
                 );
                 (Some(req), Decision::Proxy(route))
             }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn write_upstream_head(
         &mut self,
         req: &Req,
@@ -461,7 +459,6 @@ impl Conn {
         headers: &[httparse::Header<'_>],
         conn_tokens: &[&[u8]],
         xff: Option<&[u8]>,
-        upgrade: Option<&[u8]>,
     ) {
         let h = &mut self.up_head;
         h.clear();
@@ -508,9 +505,8 @@ impl Conn {
         h.extend_from_slice(req.request_id.as_bytes());
         h.extend_from_slice(b"\r\n");
         if req.upgrade {
-            h.extend_from_slice(b"Connection: upgrade\r\nUpgrade: ");
-            h.extend_from_slice(upgrade.unwrap_or(b"websocket"));
-            h.extend_from_slice(b"\r\n");
+            // Only the websocket token: an h2c offer must never reach the upstream (S14).
+            h.extend_from_slice(b"Connection: upgrade\r\nUpgrade: websocket\r\n");
         }
         match req.framing {
             Framing::Length(n) => {
