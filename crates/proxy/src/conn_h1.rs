@@ -977,11 +977,10 @@ fn write_response_head(
         let name = h.name.as_bytes();
         let keep_cl = framing == Framing::None && name.eq_ignore_ascii_case(b"content-length");
         let keep_upgrade = upgraded && name.eq_ignore_ascii_case(b"upgrade");
-        if (h1::is_hop_by_hop(name) && !keep_cl && !keep_upgrade)
-            || conn_tokens[..n]
-                .iter()
-                .any(|t| t.eq_ignore_ascii_case(name))
-        {
+        let listed = conn_tokens[..n]
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(name));
+        if !keep_upgrade && ((h1::is_hop_by_hop(name) && !keep_cl) || listed) {
             continue;
         }
         out.extend_from_slice(name);

@@ -1,0 +1,414 @@
+//! Issue 2, item 2: `berth check` (valid and invalid configs, file:line:reason, unknown keys),
+//! `berth serve` falling back to defaults for keys a config leaves out, and the local CA (root
+//! written to the data dir so `curl --cacert` verifies; a leaf issued per SNI host; reused on
+//! restart).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use test_support::{run, Berth, Reply, Upstream};
+
+/// Run `berth check --config <path>`: (exit ok, stdout, stderr).
+fn check(path: &Path) -> (bool, String, String) {
+    run(BIN, &["check", "--config", path.to_str().unwrap()])
+}
+
+fn write_config(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn check_accepts_a_valid_config() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("www")).unwrap();
+    let (cert, key) = self_signed("files.test");
+    std::fs::create_dir_all(dir.path().join("certs")).unwrap();
+    std::fs::write(dir.path().join("certs/origin.pem"), cert).unwrap();
+    std::fs::write(dir.path().join("certs/origin.key"), key).unwrap();
+    // The issue's example, verbatim apart from nothing: relative paths resolve against the file.
+    let text = r#"
+[server]
+http = "127.0.0.1:8080"
+https = "127.0.0.1:8443"
+admin = "127.0.0.1:8081"        # admin API + /metrics, loopback by default
+workers = 1                     # proxy worker threads (default: number of cores)
+access_log = "stdout"           # or a file path, or "off"
+
+[tls]
+certs = [{ cert = "certs/origin.pem", key = "certs/origin.key" }]
+
+[[route]]
+host = "ci.example.test"        # exact host
+upstreams = ["127.0.0.1:60000"]
+https_redirect = true
+
+[[route]]
+host = "*.apps.example.test"    # wildcard for one label
+upstreams = ["127.0.0.1:9001"]
+
+[[route]]
+host = "example.test"
+path = "/api/"                  # longest matching prefix wins
+strip_prefix = true
+upstreams = ["127.0.0.1:8000", "127.0.0.1:8001"]
+balance = "least_conn"          # default "round_robin"
+health = { path = "/healthz", interval = "2s", timeout = "1s" }
+max_body = "10MiB"
+
+[[route]]
+host = "example.test"
+static = "www"
+"#;
+    let p = write_config(dir.path(), "berth.toml", text);
+    let (ok, out, err) = check(&p);
+    assert!(ok, "berth check rejected the issue's example: {out}{err}");
+}
+
+#[test]
+fn check_rejects_invalid_configs_with_file_line_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    // (config text, line of the error, words the reason must contain)
+    let cases: &[(&str, usize, &[&str])] = &[
+        ("[server]\nhttp = \"nope\"\n", 2, &["nope"]),
+        (
+            "# comment\n[[route]]\nhost = \"a.test\"\nupstreams = [\"1.2.3.4\"]\n",
+            4,
+            &["upstream", "1.2.3.4"],
+        ),
+        (
+            "[[route]]\nhost = \"a..test\"\nupstreams = [\"127.0.0.1:9\"]\n",
+            2,
+            &["host", "a..test"],
+        ),
+        ("\n\n[limits]\nupstream_timeout = \"ten\"\n", 4, &["ten"]),
+        ("[limits]\nmax_body = \"10 parsecs\"\n", 2, &["10 parsecs"]),
+        (
+            "[[route]]\nhost = \"a.test\"\nupstreams = [\"127.0.0.1:9\"]\nbalance = \"random\"\n",
+            4,
+            &["random"],
+        ),
+        (
+            "[[route]]\nhost = \"a.test\"\npath = \"api\"\nupstreams = [\"127.0.0.1:9\"]\n",
+            3,
+            &["api"],
+        ),
+        // TOML syntax error.
+        ("[server\nhttp = 1\n", 1, &[]),
+    ];
+    for (i, (text, line, words)) in cases.iter().enumerate() {
+        let name = format!("bad{i}.toml");
+        let p = write_config(dir.path(), &name, text);
+        let (ok, out, err) = check(&p);
+        assert!(!ok, "berth check accepted {text:?}: {out}");
+        let msg = format!("{out}{err}");
+        let at = format!("{}:{line}", p.display());
+        assert!(
+            msg.contains(&at),
+            "error for {text:?} does not name {at}: {msg}"
+        );
+        for w in *words {
+            assert!(
+                msg.contains(w),
+                "error for {text:?} does not say {w:?}: {msg}"
+            );
+        }
+    }
+}
+
+#[test]
+fn check_rejects_routes_without_exactly_one_action() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("www")).unwrap();
+    let cases = [
+        // Neither upstreams nor static.
+        "[[route]]\nhost = \"a.test\"\n",
+        // Both.
+        "[[route]]\nhost = \"a.test\"\nupstreams = [\"127.0.0.1:9\"]\nstatic = \"www\"\n",
+    ];
+    for text in cases {
+        let p = write_config(dir.path(), "b.toml", text);
+        let (ok, out, err) = check(&p);
+        assert!(!ok, "berth check accepted {text:?}: {out}");
+        assert!(
+            err.contains(&format!("{}:1", p.display())),
+            "error for {text:?} does not name the route's line: {err}"
+        );
+        assert!(err.contains("static") && err.contains("upstreams"), "{err}");
+    }
+}
+
+#[test]
+fn check_rejects_unknown_keys_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&str, usize, &str)] = &[
+        ("[bogus]\nx = 1\n", 1, "bogus"),
+        ("[server]\nhttp = \"127.0.0.1:0\"\nlisten = \"x\"\n", 3, "listen"),
+        ("[limits]\nheader_timeout = \"1s\"\nheader_timout = \"1s\"\n", 3, "header_timout"),
+        ("[tls]\nlocal_ca = true\nacme = true\n", 3, "acme"),
+        (
+            "[[route]]\nhost = \"a.test\"\nupstream = [\"127.0.0.1:9\"]\n",
+            3,
+            "upstream",
+        ),
+        (
+            "[[route]]\nhost = \"a.test\"\nupstreams = [\"127.0.0.1:9\"]\nhealth = { path = \"/h\", intervall = \"2s\" }\n",
+            4,
+            "intervall",
+        ),
+        ("top_level = 1\n", 1, "top_level"),
+    ];
+    for (text, line, key) in cases {
+        let p = write_config(dir.path(), "u.toml", text);
+        let (ok, out, err) = check(&p);
+        assert!(!ok, "berth check accepted unknown key {key:?}: {out}");
+        assert!(
+            err.contains(&format!("{}:{line}", p.display())),
+            "unknown key {key:?}: error does not name line {line}: {err}"
+        );
+        assert!(
+            err.contains(&format!("`{key}`")) || err.contains(&format!("\"{key}\"")),
+            "unknown key {key:?} not named: {err}"
+        );
+    }
+}
+
+#[test]
+fn check_rejects_a_missing_file_and_a_missing_static_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.toml");
+    let (ok, _, err) = check(&missing);
+    assert!(!ok);
+    assert!(err.contains("nope.toml"), "{err}");
+
+    let p = write_config(
+        dir.path(),
+        "s.toml",
+        "[[route]]\nhost = \"a.test\"\nstatic = \"no-such-dir\"\n",
+    );
+    let (ok, out, err) = check(&p);
+    assert!(
+        !ok,
+        "berth check accepted a static root that does not exist: {out}"
+    );
+    assert!(err.contains("no-such-dir"), "{err}");
+}
+
+#[test]
+fn serve_refuses_an_invalid_config_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_config(
+        dir.path(),
+        "berth.toml",
+        "[server]\nhttp = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n[[route]]\nhost = \"a.test\"\nupstreamz = [\"127.0.0.1:9\"]\n",
+    );
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--config", p.to_str().unwrap()])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "serve started on an invalid config");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:8", p.display())), "{err}");
+    assert!(err.contains("upstreamz"), "{err}");
+}
+
+/// A config that sets only listeners, data dir and one route: everything else (TLS with the local
+/// CA, the `localhost` base domain, limits, path "/", round robin) comes from the defaults.
+#[test]
+fn a_partial_config_falls_back_to_defaults() {
+    let up = Upstream::start(Reply::Ok("app"));
+    let b = Berth::start(
+        BIN,
+        &format!(
+            "[[route]]\nhost = \"app.localhost\"\nupstreams = [\"{}\"]\n",
+            up.addr
+        ),
+    );
+
+    // [tls] omitted: the local CA is on, and curl verifies against its root.
+    let (ok, out, err) = curl_https(&b, "app.localhost", "/x", &[]);
+    assert!(ok, "curl --cacert failed: {err}");
+    assert_eq!(out, "app");
+
+    // `path` omitted: "/" matches every path.
+    assert_eq!(
+        get(b.http, "app.localhost", "/deep/er/path?q=1").status,
+        200
+    );
+
+    // `domain` omitted: "localhost", so any *.localhost name gets a local-CA leaf even without a
+    // route (and then berth's 404).
+    let (ok, out, err) = curl_https(
+        &b,
+        "unrouted.localhost",
+        "/",
+        &["-o", "/dev/null", "-w", "%{http_code}"],
+    );
+    assert!(
+        ok,
+        "TLS for a *.localhost name without a route failed: {err}"
+    );
+    assert_eq!(out, "404");
+
+    // [limits] omitted: documented defaults (32 KiB of headers → a 20 KiB header passes, a
+    // 40 KiB one gets 431).
+    let small = "a".repeat(20 * 1024);
+    assert_eq!(
+        get_with(b.http, "app.localhost", "/", &[("X-Big", &small)]).status,
+        200
+    );
+    let big = "a".repeat(40 * 1024);
+    assert_eq!(
+        get_with(b.http, "app.localhost", "/", &[("X-Big", &big)]).status,
+        431
+    );
+
+    // The route as berth understood it: defaults filled in.
+    let r = admin_get(&b, "/api/v1/routes");
+    assert_eq!(r.status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v[0]["path"], "/", "{v}");
+    assert_eq!(v[0]["balance"], "round_robin", "{v}");
+}
+
+#[test]
+fn local_ca_root_is_written_and_curl_verifies_against_it() {
+    let up = Upstream::start(Reply::Ok("hello over tls"));
+    let b = Berth::start(BIN, &route("app.localhost", &[up.addr], ""));
+    let pem = std::fs::read_to_string(b.ca()).expect("local CA root written to the data dir");
+    assert!(pem.contains("-----BEGIN CERTIFICATE-----"), "{pem}");
+    let ca_text = {
+        let (ok, out, err) = run(
+            "openssl",
+            &["x509", "-noout", "-text", "-in", b.ca().to_str().unwrap()],
+        );
+        assert!(ok, "{err}");
+        out
+    };
+    assert!(ca_text.contains("CA:TRUE"), "root is not a CA: {ca_text}");
+
+    let (ok, out, err) = curl_https(&b, "app.localhost", "/", &[]);
+    assert!(ok, "curl --cacert <root> failed: {err}");
+    assert_eq!(out, "hello over tls");
+
+    // Without the root, the same request does not verify: it really is berth's own CA.
+    let port = b.https.port();
+    let (ok, _, _) = run(
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "10",
+            "--resolve",
+            &format!("app.localhost:{port}:127.0.0.1"),
+            &format!("https://app.localhost:{port}/"),
+        ],
+    );
+    assert!(!ok, "curl verified berth's leaf without --cacert");
+}
+
+#[test]
+fn local_ca_issues_a_leaf_per_sni_host() {
+    let up = Upstream::start(Reply::Ok("x"));
+    let b = Berth::start(
+        BIN,
+        &format!(
+            "{}{}",
+            route("one.localhost", &[up.addr], ""),
+            route("two.localhost", &[up.addr], "")
+        ),
+    );
+    let one = presented_cert(&b, "one.localhost");
+    let two = presented_cert(&b, "two.localhost");
+    assert!(
+        one.contains("DNS:one.localhost"),
+        "leaf for one.localhost: {one}"
+    );
+    assert!(
+        !one.contains("two.localhost"),
+        "leaf for one.localhost: {one}"
+    );
+    assert!(
+        two.contains("DNS:two.localhost"),
+        "leaf for two.localhost: {two}"
+    );
+    assert!(
+        !two.contains("one.localhost"),
+        "leaf for two.localhost: {two}"
+    );
+    assert!(!one.contains("CA:TRUE"), "leaf is a CA: {one}");
+    // Both are issued by the root in the data dir.
+    let (_, root, _) = run(
+        "openssl",
+        &[
+            "x509",
+            "-noout",
+            "-subject",
+            "-in",
+            b.ca().to_str().unwrap(),
+        ],
+    );
+    let root_subject = root
+        .trim()
+        .trim_start_matches("subject=")
+        .trim()
+        .to_string();
+    for leaf in [&one, &two] {
+        let issuer = leaf
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Issuer:"))
+            .unwrap()
+            .trim()
+            .to_string();
+        assert_eq!(
+            issuer.replace(' ', ""),
+            root_subject.replace(' ', ""),
+            "leaf not issued by the local root"
+        );
+    }
+    for host in ["one.localhost", "two.localhost"] {
+        let (ok, out, err) = curl_https(&b, host, "/", &[]);
+        assert!(ok && out == "x", "{host}: {err}");
+    }
+}
+
+#[test]
+fn local_ca_is_generated_once_and_reused_on_restart() {
+    let up = Upstream::start(Reply::Ok("again"));
+    let cfg = route("app.localhost", &[up.addr], "");
+    let first = Berth::start(BIN, &cfg);
+    let ca_dir = first.path("data/ca");
+    let files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&ca_dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                format!("data/ca/{}", e.file_name().to_string_lossy()),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    let root = std::fs::read(first.ca()).unwrap();
+    drop(first);
+
+    // A second berth whose data dir already holds that CA keeps it.
+    let refs: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_slice()))
+        .collect();
+    let second = Berth::start_with(BIN, "", &refs, &cfg);
+    assert_eq!(
+        std::fs::read(second.ca()).unwrap(),
+        root,
+        "the local CA was regenerated although the data dir had one"
+    );
+    let saved = second.path("old-root.pem");
+    std::fs::write(&saved, &root).unwrap();
+    let (ok, out, err) = curl_https_ca(&second, &saved, "app.localhost", "/", &[]);
+    assert!(ok, "the old root no longer verifies: {err}");
+    assert_eq!(out, "again");
+}
