@@ -118,6 +118,9 @@ async fn handle(w: Rc<Worker>, peer: SocketAddr, req: Request<Incoming>) -> Resp
         }
         _ => request::new_request_id(),
     };
+    // h2 checks the pseudo-header syntax only; anything but http(s) is not a request for us (H3).
+    let scheme_ok = matches!(req.uri().scheme_str(), Some("http" | "https"));
+    let host = host.filter(|_| scheme_ok);
     let (resp, route, upstream) = match (&host, route_for(&w, host.as_deref(), &target)) {
         (Some(host), Ok((route, norm))) => {
             let host_src = host_src.clone().unwrap_or_default();

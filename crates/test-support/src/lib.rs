@@ -249,6 +249,7 @@ impl Upstream {
                     break;
                 }
                 let Ok(s) = s else { continue };
+                let _ = s.set_nodelay(true);
                 c.fetch_add(1, Ordering::Relaxed);
                 let (r, reply) = (r.clone(), reply.clone());
                 thread::spawn(move || serve_upstream(s, r, reply));
@@ -347,7 +348,10 @@ fn serve_upstream(s: TcpStream, log: Arc<Mutex<Vec<Vec<u8>>>>, reply: Reply) {
                 "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: text/plain\r\n\r\n",
                 b.len()
             );
-            w.write_all(h.as_bytes()).and_then(|_| w.write_all(b))
+            // One write: a head and body in two small writes would meet Nagle + delayed ACK.
+            let mut msg = h.into_bytes();
+            msg.extend_from_slice(b);
+            w.write_all(&msg)
         };
         let res = match &reply {
             Reply::Ok(b) => ok(&mut w, b.as_bytes()),
