@@ -28,6 +28,8 @@ const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Request bodies up to this size are read and discarded when berth answers itself, so the
 /// connection can stay open; larger ones close it.
 const DRAIN_MAX: u64 = 64 * 1024;
+/// Scratch buffers larger than this are freed between requests rather than kept per connection.
+const SCRATCH_KEEP: usize = 2048;
 
 /// A client transport. `idle_wait` waits for the next request without holding a read buffer, so
 /// that idle keep-alive connections cost a few hundred bytes, not a buffer each.
@@ -116,55 +118,70 @@ impl Conn {
                 Ok(n) => n,
                 Err(HeadError::Closed) => return,
                 Err(HeadError::Timeout) => {
-                    self.reject(io, StatusCode::REQUEST_TIMEOUT).await;
+                    Box::pin(self.reject(io, StatusCode::REQUEST_TIMEOUT)).await;
                     return;
                 }
                 Err(HeadError::TooLarge) => {
-                    self.reject(io, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
-                        .await;
+                    Box::pin(self.reject(io, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)).await;
                     return;
                 }
             };
-            let start = Instant::now();
-            // Parse in place: the head is dropped from the buffer, which keeps any pipelined bytes.
-            let buf = std::mem::take(&mut self.buf);
-            let (req, decision) = self.decide(&buf[..head_len]);
-            self.buf = buf;
-            self.buf.advance(head_len);
-            let (outcome, route) = match decision {
-                Decision::Reject(status) => {
-                    self.reject(io, status).await;
-                    if let Some(req) = &req {
-                        self.log(req, status.as_u16(), 0, None, start);
-                    }
-                    return;
-                }
-                Decision::Local(resp, route) => {
-                    let Some(req) = &req else { return };
-                    (self.respond_local(io, req, resp).await, route)
-                }
-                Decision::Proxy(route) => {
-                    let Some(req) = &req else { return };
-                    (self.proxy(io, req, &route).await, Some(route))
-                }
-            };
-            if let Some(req) = &req {
-                self.log(req, outcome.status, outcome.bytes, outcome.upstream, start);
-            }
-            if let Some(route) = route {
-                route
-                    .metrics
-                    .record(outcome.status, start.elapsed().as_secs_f64());
+            // The exchange's future is large (body relays, upstream I/O); boxing it keeps the
+            // connection task small while it waits idle between requests.
+            if !Box::pin(self.exchange(io, head_len)).await {
+                return;
             }
             self.served += 1;
-            if !outcome.keep || self.w.shared.shutdown.is_cancelled() {
+            if self.w.shared.shutdown.is_cancelled() {
                 return;
             }
             if self.buf.is_empty() {
-                // Idle: give the buffer back rather than hold it per connection.
+                // Idle: hold no buffers between requests.
                 self.buf = BytesMut::new();
             }
+            if self.out.capacity() > SCRATCH_KEEP {
+                self.out = Vec::new();
+            }
+            if self.up_head.capacity() > SCRATCH_KEEP {
+                self.up_head = Vec::new();
+            }
         }
+    }
+
+    /// One request and its response. Returns whether the connection stays open.
+    async fn exchange<S: ClientIo>(&mut self, io: &mut S, head_len: usize) -> bool {
+        let start = Instant::now();
+        // Parse in place: the head is dropped from the buffer, which keeps any pipelined bytes.
+        let buf = std::mem::take(&mut self.buf);
+        let (req, decision) = self.decide(&buf[..head_len]);
+        self.buf = buf;
+        self.buf.advance(head_len);
+        let (outcome, route) = match decision {
+            Decision::Reject(status) => {
+                self.reject(io, status).await;
+                if let Some(req) = &req {
+                    self.log(req, status.as_u16(), 0, None, start);
+                }
+                return false;
+            }
+            Decision::Local(resp, route) => {
+                let Some(req) = &req else { return false };
+                (self.respond_local(io, req, resp).await, route)
+            }
+            Decision::Proxy(route) => {
+                let Some(req) = &req else { return false };
+                (self.proxy(io, req, &route).await, Some(route))
+            }
+        };
+        if let Some(req) = &req {
+            self.log(req, outcome.status, outcome.bytes, outcome.upstream, start);
+        }
+        if let Some(route) = route {
+            route
+                .metrics
+                .record(outcome.status, start.elapsed().as_secs_f64());
+        }
+        outcome.keep
     }
 
     fn log(

@@ -82,14 +82,8 @@ impl Proxy {
         let limits = cfg.limits.clone();
         let metrics = Metrics::new();
         let registry = Registry::default();
-        let specs = cfg.route_specs();
-        check_routes(&specs)?;
-        let table = Arc::new(ArcSwap::from_pointee(RouteTable::build(
-            specs,
-            limits.max_body.0,
-            &registry,
-            &metrics,
-        )));
+        let table = RouteTable::build(cfg.route_specs(), limits.max_body.0, &registry, &metrics)?;
+        let table = Arc::new(ArcSwap::from_pointee(table));
 
         let http = bind_group(cfg.server.http, workers)?;
         let https = bind_group(cfg.server.https, workers)?;
@@ -169,13 +163,12 @@ impl Proxy {
     /// Replace the whole route table atomically. In-flight requests finish on the table they
     /// started with; an invalid list changes nothing.
     pub fn set_routes(&self, specs: Vec<RouteSpec>) -> Result<(), RouteError> {
-        check_routes(&specs)?;
         let table = RouteTable::build(
             specs,
             self.shared.limits.max_body.0,
             &self.registry,
             &self.shared.metrics,
-        );
+        )?;
         self.shared.table.store(Arc::new(table));
         self.restart_health_checks();
         Ok(())
@@ -232,24 +225,6 @@ fn cert_files(cfg: &FileConfig) -> Vec<tls::CertFile> {
             key: c.key.clone(),
         })
         .collect()
-}
-
-/// Checks beyond `config::validate_routes` that look at the machine: static roots must exist.
-fn check_routes(specs: &[RouteSpec]) -> Result<(), RouteError> {
-    crate::config::validate_routes(specs)?;
-    for (index, r) in specs.iter().enumerate() {
-        if let Some(root) = &r.static_root {
-            if !root.is_dir() {
-                return Err(RouteError {
-                    index,
-                    host: r.host.0.clone(),
-                    path: r.path.0.clone(),
-                    reason: format!("static directory {} does not exist", root.display()),
-                });
-            }
-        }
-    }
-    Ok(())
 }
 
 fn first_addr(l: &[std::net::TcpListener]) -> Option<SocketAddr> {
@@ -355,23 +330,26 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener, tls: Option<tokio_rus
         let guard = ConnGuard(shared.clone());
         let _ = stream.set_nodelay(true);
         let (w, tls) = (w.clone(), tls.clone());
-        tokio::task::spawn_local(async move {
-            let _guard = guard;
-            match tls {
-                None => crate::conn_h1::serve(w, stream, peer, false).await,
-                Some(acc) => {
-                    let t = w.shared.limits.header_timeout.0;
-                    let Ok(Ok(tls)) = tokio::time::timeout(t, acc.accept(stream)).await else {
-                        return;
-                    };
-                    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                        crate::conn_h2::serve(w, tls, peer).await;
-                    } else {
-                        crate::conn_h1::serve(w, tls, peer, true).await;
-                    }
+        match tls {
+            // Plain HTTP: the connection future itself is small (see conn_h1::Conn::run).
+            None => drop(tokio::task::spawn_local(async move {
+                let _guard = guard;
+                crate::conn_h1::serve(w, stream, peer, false).await
+            })),
+            // TLS: the handshake and h2 state are large; box them so the task enum stays small.
+            Some(acc) => drop(tokio::task::spawn_local(Box::pin(async move {
+                let _guard = guard;
+                let t = w.shared.limits.header_timeout.0;
+                let Ok(Ok(tls)) = tokio::time::timeout(t, acc.accept(stream)).await else {
+                    return;
+                };
+                if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    crate::conn_h2::serve(w, tls, peer).await;
+                } else {
+                    crate::conn_h1::serve(w, tls, peer, true).await;
                 }
-            }
-        });
+            }))),
+        }
     }
 }
 

@@ -5,7 +5,6 @@ use crate::config::{Balance, HealthSpec, RouteSpec};
 use crate::metrics::RouteMetrics;
 use crate::upstream::{Registry, Upstream};
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -26,7 +25,7 @@ pub struct Route {
 
 pub enum Action {
     Proxy(Pool),
-    Static(PathBuf),
+    Static(crate::static_files::Root),
 }
 
 pub struct Pool {
@@ -72,18 +71,29 @@ impl RouteTable {
         }
     }
 
-    /// Compile validated specs. Upstream state (health, active counts) is shared with the previous
-    /// table through `registry`, so a reload does not forget that a backend is down.
+    /// Compile specs (checked by `config::validate_routes`). Upstream state (health, active
+    /// counts) is shared with the previous table through `registry`, so a reload does not forget
+    /// that a backend is down. Static roots are opened here; a missing one fails the build.
     pub fn build(
         specs: Vec<RouteSpec>,
         default_max_body: u64,
         registry: &Registry,
         metrics: &crate::metrics::Metrics,
-    ) -> RouteTable {
+    ) -> Result<RouteTable, crate::config::RouteError> {
+        crate::config::validate_routes(&specs)?;
         let mut t = RouteTable::empty();
-        for spec in &specs {
+        for (index, spec) in specs.iter().enumerate() {
             let action = match &spec.static_root {
-                Some(root) => Action::Static(root.clone()),
+                Some(root) => {
+                    Action::Static(crate::static_files::Root::open(root).map_err(|e| {
+                        crate::config::RouteError {
+                            index,
+                            host: spec.host.0.clone(),
+                            path: spec.path.0.clone(),
+                            reason: format!("static directory {}: {e}", root.display()),
+                        }
+                    })?)
+                }
                 None => Action::Proxy(Pool {
                     upstreams: spec.upstreams.iter().map(|u| registry.get(u.0)).collect(),
                     balance: spec.balance,
@@ -116,7 +126,7 @@ impl RouteTable {
             list.sort_by_key(|r| std::cmp::Reverse(r.spec.path.0.len()));
         }
         t.specs = specs;
-        t
+        Ok(t)
     }
 
     pub fn specs(&self) -> &[RouteSpec] {
@@ -182,6 +192,8 @@ mod tests {
     use crate::config::{HostPattern, PathPrefix};
 
     fn spec(host: &str, path: &str, root: &str) -> RouteSpec {
+        let root = std::env::temp_dir().join(format!("berth-table-test-{root}"));
+        std::fs::create_dir_all(&root).unwrap();
         RouteSpec {
             host: HostPattern::parse(host).unwrap(),
             path: PathPrefix::parse(path).unwrap(),
@@ -190,7 +202,7 @@ mod tests {
             balance: Balance::RoundRobin,
             health: None,
             max_body: None,
-            static_root: Some(root.into()),
+            static_root: Some(root),
             https_redirect: false,
         }
     }
@@ -210,9 +222,16 @@ mod tests {
             1,
             &Registry::default(),
             &crate::metrics::Metrics::new(),
-        );
+        )
+        .unwrap();
         let root = |h: &str, p: &str| match t.lookup(h, p).map(|r| &r.action) {
-            Some(Action::Static(root)) => root.to_string_lossy().into_owned(),
+            Some(Action::Static(root)) => root
+                .path
+                .to_string_lossy()
+                .split("berth-table-test-")
+                .nth(1)
+                .unwrap()
+                .to_owned(),
             _ => "none".into(),
         };
         let cases = [
