@@ -89,12 +89,22 @@ fn check(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `BERTH_LOG` (tracing's env-filter syntax), default `info`. rustls warns once per handshake
+/// about clients that send an IP address as SNI (wrk and others do): any client could make berth
+/// write a line per connection, so rustls is held at `error` unless `BERTH_LOG` names it.
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    let spec = std::env::var("BERTH_LOG").unwrap_or_else(|_| "info".into());
+    let spec = if spec.contains("rustls") {
+        spec
+    } else {
+        format!("{spec},rustls=error")
+    };
+    tracing_subscriber::EnvFilter::try_new(&spec).unwrap_or_else(|_| "info,rustls=error".into())
+}
+
 fn serve(config: Option<PathBuf>) -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(log_filter())
         .with_writer(std::io::stderr)
         .init();
     let cfg = match &config {

@@ -71,6 +71,8 @@ enum Decision {
 struct Conn {
     w: Rc<Worker>,
     peer: SocketAddr,
+    /// The client's address as written into X-Forwarded-For, formatted once per connection.
+    peer_ip: String,
     tls: bool,
     buf: BytesMut,
     /// Scratch: the upstream request head.
@@ -84,6 +86,7 @@ pub async fn serve<S: ClientIo>(w: Rc<Worker>, mut io: S, peer: SocketAddr, tls:
     let mut c = Conn {
         w,
         peer,
+        peer_ip: peer.ip().to_string(),
         tls,
         buf: BytesMut::new(),
         up_head: Vec::new(),
@@ -219,7 +222,7 @@ impl Conn {
             } else {
                 lim.idle_timeout.0
             };
-            let shutdown = self.w.shared.shutdown.clone();
+            let w = self.w.clone();
             let buf = &mut self.buf;
             let first = async {
                 io.idle_wait().await?;
@@ -227,14 +230,14 @@ impl Conn {
                 io.read_buf(buf).await
             };
             tokio::select! {
-                r = tokio::time::timeout(idle, first) => match r {
-                    Ok(Ok(n)) if n > 0 => {}
+                r = h1::timed_for(idle, first) => match r {
+                    Some(Ok(n)) if n > 0 => {}
                     _ => return Err(HeadError::Closed),
                 },
-                _ = shutdown.cancelled() => return Err(HeadError::Closed),
+                _ = w.shared.shutdown.cancelled() => return Err(HeadError::Closed),
             }
         }
-        let deadline = tokio::time::Instant::now() + lim.header_timeout.0;
+        let mut deadline = None;
         let max = lim.max_header_bytes.0 as usize;
         loop {
             if let Some(end) = h1::find_head_end(&self.buf) {
@@ -248,10 +251,11 @@ impl Conn {
                 return Err(HeadError::TooLarge);
             }
             self.buf.reserve(4096);
-            match tokio::time::timeout_at(deadline, io.read_buf(&mut self.buf)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => return Err(HeadError::Closed),
-                Ok(Ok(_)) => {}
-                Err(_) => {
+            let read = io.read_buf(&mut self.buf);
+            match h1::timed(&mut deadline, lim.header_timeout.0, read).await {
+                Some(Ok(0)) | Some(Err(_)) => return Err(HeadError::Closed),
+                Some(Ok(_)) => {}
+                None => {
                     return if self.buf.is_empty() {
                         Err(HeadError::Closed)
                     } else {
@@ -414,7 +418,12 @@ impl Conn {
             method,
             http10,
             host,
-            target: target.as_bytes().to_vec(),
+            // Kept only for the access log.
+            target: if self.w.shared.log.enabled() {
+                target.as_bytes().to_vec()
+            } else {
+                Vec::new()
+            },
             framing,
             keep_alive: !close,
             upgrade: ws,
@@ -487,15 +496,8 @@ impl Conn {
         h.extend_from_slice(b"\r\n");
         for hd in headers {
             let name = hd.name.as_bytes();
-            let ours = [
-                &b"host"[..],
-                b"x-forwarded-for",
-                b"x-forwarded-proto",
-                b"x-forwarded-host",
-                b"x-request-id",
-            ];
             if h1::is_hop_by_hop(name)
-                || ours.iter().any(|o| o.eq_ignore_ascii_case(name))
+                || is_set_by_berth(name)
                 || conn_tokens.iter().any(|t| t.eq_ignore_ascii_case(name))
             {
                 continue;
@@ -510,7 +512,7 @@ impl Conn {
             h.extend_from_slice(prev);
             h.extend_from_slice(b", ");
         }
-        h.extend_from_slice(self.peer.ip().to_string().as_bytes());
+        h.extend_from_slice(self.peer_ip.as_bytes());
         h.extend_from_slice(if self.tls {
             b"\r\nX-Forwarded-Proto: https"
         } else {
@@ -527,7 +529,9 @@ impl Conn {
         }
         match req.framing {
             Framing::Length(n) => {
-                h.extend_from_slice(format!("Content-Length: {n}\r\n").as_bytes())
+                h.extend_from_slice(b"Content-Length: ");
+                h1::push_dec(h, n);
+                h.extend_from_slice(b"\r\n");
             }
             Framing::Chunked => h.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
             Framing::None | Framing::UntilClose => {}
@@ -749,7 +753,7 @@ impl Conn {
         conn: &mut UpConn,
     ) -> Result<RespInfo, Option<StatusCode>> {
         let shared = self.w.shared.clone();
-        let deadline = tokio::time::Instant::now() + shared.limits.upstream_timeout.0;
+        let (mut deadline, timeout) = (None, shared.limits.upstream_timeout.0);
         let is_head = req.method == Method::HEAD;
         loop {
             let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -803,11 +807,12 @@ impl Conn {
                 return Err(Some(StatusCode::BAD_GATEWAY));
             }
             conn.buf.reserve(8 * 1024);
-            match tokio::time::timeout_at(deadline, conn.stream.read_buf(&mut conn.buf)).await {
-                Ok(Ok(0)) | Ok(Err(_)) if conn.buf.is_empty() => return Err(None),
-                Ok(Ok(0)) | Ok(Err(_)) => return Err(Some(StatusCode::BAD_GATEWAY)),
-                Ok(Ok(_)) => {}
-                Err(_) => {
+            let read = conn.stream.read_buf(&mut conn.buf);
+            match h1::timed(&mut deadline, timeout, read).await {
+                Some(Ok(0)) | Some(Err(_)) if conn.buf.is_empty() => return Err(None),
+                Some(Ok(0)) | Some(Err(_)) => return Err(Some(StatusCode::BAD_GATEWAY)),
+                Some(Ok(_)) => {}
+                None => {
                     shared.metrics.upstream_error(UpstreamError::Timeout);
                     return Err(Some(StatusCode::GATEWAY_TIMEOUT));
                 }
@@ -899,6 +904,19 @@ impl Conn {
     }
 }
 
+/// Request headers berth writes itself for the upstream (a client's copy is dropped).
+fn is_set_by_berth(name: &[u8]) -> bool {
+    let is = |h: &[u8]| h.eq_ignore_ascii_case(name);
+    match name.len() {
+        4 => is(b"host"),
+        12 => is(b"x-request-id"),
+        15 => is(b"x-forwarded-for"),
+        16 => is(b"x-forwarded-host"),
+        17 => is(b"x-forwarded-proto"),
+        _ => false,
+    }
+}
+
 /// RFC 9110 §9.2.2: a request that may be sent twice.
 pub fn idempotent(m: &Method) -> bool {
     matches!(
@@ -920,9 +938,9 @@ async fn timed<T>(
     t: std::time::Duration,
     f: impl std::future::Future<Output = io::Result<T>>,
 ) -> io::Result<T> {
-    tokio::time::timeout(t, f)
+    h1::timed_for(t, f)
         .await
-        .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "client too slow")))
+        .unwrap_or_else(|| Err(io::Error::new(io::ErrorKind::TimedOut, "client too slow")))
 }
 
 /// Close gracefully: stop writing, then read and discard for a moment so that the kernel does
@@ -962,7 +980,7 @@ fn status_line(out: &mut Vec<u8>, status: u16) {
         .and_then(|s| s.canonical_reason())
         .unwrap_or("");
     out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.to_string().as_bytes());
+    h1::push_dec(out, u64::from(status));
     out.push(b' ');
     out.extend_from_slice(reason.as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -1007,7 +1025,9 @@ fn write_response_head(
     }
     match framing {
         Framing::Length(len) => {
-            out.extend_from_slice(format!("Content-Length: {len}\r\n").as_bytes())
+            out.extend_from_slice(b"Content-Length: ");
+            h1::push_dec(out, len);
+            out.extend_from_slice(b"\r\n");
         }
         Framing::Chunked | Framing::UntilClose if client_chunked => {
             out.extend_from_slice(b"Transfer-Encoding: chunked\r\n")

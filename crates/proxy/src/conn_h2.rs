@@ -183,7 +183,7 @@ fn route_for(w: &Worker, host: Option<&str>, target: &str) -> Routed {
         return bad();
     };
     match w.shared.table.load().lookup(host, &norm) {
-        Some(r) => Ok((r.clone(), norm)),
+        Some(r) => Ok((r.clone(), norm.into_owned())),
         None => Err(Box::new(local(request::not_found(), false))),
     }
 }

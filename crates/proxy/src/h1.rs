@@ -13,6 +13,59 @@ const MAX_CHUNK_LINE: usize = 4096;
 /// Largest trailer section accepted (trailers are dropped, not forwarded).
 const MAX_TRAILERS: usize = 16 * 1024;
 
+/// Like `tokio::time::timeout_at`, but lazy: an operation that completes on its first poll
+/// (most writes, and reads whose bytes are already there) reads no clock and arms no timer.
+/// `deadline` is computed from `d` the first time it is needed and kept for later calls, so a
+/// loop of reads shares one deadline. `None`: timed out.
+pub async fn timed<F: std::future::Future>(
+    deadline: &mut Option<tokio::time::Instant>,
+    d: Duration,
+    f: F,
+) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(f.as_mut().poll(cx))).await;
+    if let std::task::Poll::Ready(v) = first {
+        return Some(v);
+    }
+    let at = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + d);
+    tokio::time::timeout_at(at, f).await.ok()
+}
+
+/// [`timed`] with a fresh deadline `d` from now.
+pub async fn timed_for<F: std::future::Future>(d: Duration, f: F) -> Option<F::Output> {
+    timed(&mut None, d, f).await
+}
+
+/// Append `n` in decimal (no allocation, unlike `format!`).
+pub fn push_dec(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// Append `n` in lower-case hex (chunk sizes).
+pub fn push_hex(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b"0123456789abcdef"[(n & 15) as usize];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
 /// Where the request head ends (index just past the blank line), if it is complete.
 pub fn find_head_end(buf: &[u8]) -> Option<usize> {
     // Heads end with CRLF CRLF; a bare-LF head is rejected later, but must still be found so that
@@ -74,21 +127,20 @@ pub fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|t| !t.is_empty())
 }
 
-/// Headers a proxy never forwards as they are (RFC 9110 §7.6.1), plus ones berth sets itself.
+/// Headers a proxy never forwards as they are (RFC 9110 §7.6.1), plus framing headers berth
+/// writes itself. Dispatches on length first: this runs for every header of every request.
 pub fn is_hop_by_hop(name: &[u8]) -> bool {
-    const HOP: [&[u8]; 10] = [
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"http2-settings",
-        b"content-length",
-        b"expect",
-    ];
-    HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+    let is = |h: &[u8]| h.eq_ignore_ascii_case(name);
+    match name.len() {
+        2 => is(b"te"),
+        6 => is(b"expect"),
+        7 => is(b"trailer") || is(b"upgrade"),
+        10 => is(b"connection") || is(b"keep-alive"),
+        14 => is(b"content-length") || is(b"http2-settings"),
+        16 => is(b"proxy-connection"),
+        17 => is(b"transfer-encoding"),
+        _ => false,
+    }
 }
 
 /// A body could not be relayed.
@@ -214,7 +266,8 @@ fn emit(out: &mut Vec<u8>, data: &[u8], chunked: bool) {
         return;
     }
     if chunked {
-        out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+        push_hex(out, data.len() as u64);
+        out.extend_from_slice(b"\r\n");
         out.extend_from_slice(data);
         out.extend_from_slice(b"\r\n");
     } else {
@@ -234,13 +287,13 @@ async fn flush<W: AsyncWrite + Unpin>(
         dst.write_all(out).await?;
         dst.flush().await
     };
-    match tokio::time::timeout(t, write).await {
-        Ok(Ok(())) => {
+    match timed_for(t, write).await {
+        Some(Ok(())) => {
             out.clear();
             Ok(())
         }
-        Ok(Err(e)) => Err(BodyError::Write(e)),
-        Err(_) => Err(BodyError::Write(io::Error::new(
+        Some(Err(e)) => Err(BodyError::Write(e)),
+        None => Err(BodyError::Write(io::Error::new(
             io::ErrorKind::TimedOut,
             "write timed out",
         ))),
@@ -256,13 +309,13 @@ pub async fn fill<R: AsyncRead + Unpin>(
 ) -> Result<(), BodyError> {
     let room = want.clamp(8 * 1024, 64 * 1024) as usize;
     buf.reserve(room);
-    match tokio::time::timeout(t, src.read_buf(buf)).await {
-        Ok(Ok(0)) => Err(BodyError::Malformed(
+    match timed_for(t, src.read_buf(buf)).await {
+        Some(Ok(0)) => Err(BodyError::Malformed(
             "connection closed before the end of the body",
         )),
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(BodyError::ReadIo(e)),
-        Err(_) => Err(BodyError::ReadTimeout),
+        Some(Ok(_)) => Ok(()),
+        Some(Err(e)) => Err(BodyError::ReadIo(e)),
+        None => Err(BodyError::ReadTimeout),
     }
 }
 
@@ -558,6 +611,17 @@ mod tests {
             relay(Framing::Length(10), b"abc", false).await.is_err(),
             "EOF before end"
         );
+    }
+
+    #[test]
+    fn numbers() {
+        for n in [0u64, 7, 10, 255, 4096, u64::MAX] {
+            let (mut d, mut h) = (Vec::new(), Vec::new());
+            push_dec(&mut d, n);
+            push_hex(&mut h, n);
+            assert_eq!(d, n.to_string().as_bytes());
+            assert_eq!(h, format!("{n:x}").as_bytes());
+        }
     }
 
     #[test]

@@ -41,7 +41,19 @@ fn is_port(p: &str) -> bool {
 /// `;parameters` dropped: what routing matches on, so that `/public/..%2Fadmin` routes like
 /// `/admin` and `/admin;/` like `/admin/` (battery case P2). `Err` → 400: NUL, backslash,
 /// invalid UTF-8, or `..` above the root.
-pub fn normalize_path(raw_path: &[u8]) -> Result<String, &'static str> {
+pub fn normalize_path(raw_path: &[u8]) -> Result<std::borrow::Cow<'_, str>, &'static str> {
+    // The common path is already normal: printable ASCII without '%', '\\', ';', dot segments
+    // or empty segments. Take it as it is, without allocating.
+    let plain = raw_path.first() == Some(&b'/')
+        && raw_path
+            .iter()
+            .all(|&b| b > 0x20 && b < 0x7f && !matches!(b, b'%' | b'\\' | b';'))
+        && !raw_path.windows(2).any(|w| w == b"//" || w == b"/.");
+    if plain {
+        if let Ok(s) = std::str::from_utf8(raw_path) {
+            return Ok(std::borrow::Cow::Borrowed(s));
+        }
+    }
     let decoded = percent_decode(raw_path).collect::<Vec<u8>>();
     let decoded = String::from_utf8(decoded).map_err(|_| "path is not UTF-8")?;
     if decoded
@@ -72,7 +84,7 @@ pub fn normalize_path(raw_path: &[u8]) -> Result<String, &'static str> {
     if path.is_empty() || (trailing && !path.ends_with('/')) {
         path.push('/');
     }
-    Ok(path)
+    Ok(std::borrow::Cow::Owned(path))
 }
 
 /// Characters escaped when a normalised path is put back on the wire.
@@ -152,8 +164,15 @@ pub fn valid_request_id(v: &[u8]) -> bool {
         })
 }
 
+/// 32 random hex digits.
 pub fn new_request_id() -> String {
-    format!("{:032x}", fastrand::u128(..))
+    let mut id = Vec::with_capacity(32);
+    for part in [fastrand::u64(..), fastrand::u64(..)] {
+        for i in (0..16).rev() {
+            id.push(b"0123456789abcdef"[((part >> (i * 4)) & 15) as usize]);
+        }
+    }
+    String::from_utf8(id).unwrap_or_default()
 }
 
 /// 308 to the same host and path on https.
@@ -211,6 +230,7 @@ mod tests {
         ];
         for (raw, want) in ok {
             assert_eq!(normalize_path(raw.as_bytes()).as_deref(), Ok(want), "{raw}");
+            assert!(valid_request_id(new_request_id().as_bytes()));
         }
         for raw in [
             "/..",
