@@ -212,8 +212,7 @@ fn serve_file(
         return Err(StatusCode::NOT_FOUND); // directories, FIFOs, devices, sockets
     }
 
-    let mut headers = HeaderMap::new();
-    headers.insert(header::CONTENT_TYPE, content_type(Path::new(&rel)));
+    let mut headers = HeaderMap::with_capacity(8);
 
     // Precompressed siblings (`rel` is the requested name, like nginx's `$uri.gz`), looked
     // for only when the client accepts the coding: the common request costs no extra syscall.
@@ -237,16 +236,16 @@ fn serve_file(
 
     let len = meta.len();
     let mtime = meta.modified().ok();
-    let etag = make_etag(mtime, len, coding);
-    headers.insert(header::ETAG, header_value(&etag)?);
-    if let Some(t) = mtime {
-        headers.insert(
-            header::LAST_MODIFIED,
-            header_value(&httpdate::fmt_http_date(t))?,
-        );
+    let v = validators(&rel, &meta, coding);
+    headers.insert(header::CONTENT_TYPE, v.content_type);
+    let etag = v.etag.clone();
+    let etag = etag.to_str().unwrap_or_default();
+    headers.insert(header::ETAG, v.etag);
+    if let Some(lm) = v.last_modified {
+        headers.insert(header::LAST_MODIFIED, lm);
     }
 
-    if not_modified(cond, &etag, mtime) {
+    if not_modified(cond, etag, mtime) {
         return Ok(LocalResponse {
             status: StatusCode::NOT_MODIFIED,
             headers,
@@ -255,7 +254,7 @@ fn serve_file(
     }
 
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    let (status, offset, body_len) = match select_range(cond, head, &etag, mtime, len) {
+    let (status, offset, body_len) = match select_range(cond, head, etag, mtime, len) {
         ByteRange::Full => (StatusCode::OK, 0, len),
         ByteRange::Part(first, last) => {
             let value = format!("bytes {first}-{last}/{len}");
@@ -379,6 +378,67 @@ fn parse_date(raw: &[u8]) -> Option<SystemTime> {
 }
 
 /// A strong validator from mtime (with nanoseconds) and size, like nginx's `"mtime-size"`.
+/// The header values that depend only on which file (and which version of it) is served.
+#[derive(Clone)]
+struct Validators {
+    content_type: HeaderValue,
+    etag: HeaderValue,
+    last_modified: Option<HeaderValue>,
+}
+
+/// Identity and version of an open file: device, inode, mtime (s, ns), size, coding.
+type FileKey = (u64, u64, i64, i64, u64, Option<&'static str>);
+
+thread_local! {
+    /// Formatting an ETag, an HTTP date and a MIME type is most of the user-space work of a
+    /// small file, so each worker keeps them per file version (bounded; cleared when full). A
+    /// changed file has a new mtime or size, hence a new key: nothing is ever served stale.
+    static VALIDATORS: std::cell::RefCell<std::collections::HashMap<FileKey, (Box<str>, Validators)>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+const VALIDATOR_CACHE_MAX: usize = 4096;
+
+fn validators(rel: &str, meta: &Metadata, coding: Option<&'static str>) -> Validators {
+    use std::os::unix::fs::MetadataExt;
+    let key = (
+        meta.dev(),
+        meta.ino(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.len(),
+        coding,
+    );
+    let ext = Path::new(rel)
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("");
+    let hit = VALIDATORS.with(|c| {
+        c.borrow()
+            .get(&key)
+            .filter(|(e, _)| &**e == ext)
+            .map(|(_, v)| v.clone())
+    });
+    if let Some(v) = hit {
+        return v;
+    }
+    let mtime = meta.modified().ok();
+    let v = Validators {
+        content_type: content_type(Path::new(rel)),
+        etag: HeaderValue::from_str(&make_etag(mtime, meta.len(), coding))
+            .unwrap_or_else(|_| HeaderValue::from_static("\"0\"")),
+        last_modified: mtime.and_then(|t| HeaderValue::from_str(&httpdate::fmt_http_date(t)).ok()),
+    };
+    VALIDATORS.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() >= VALIDATOR_CACHE_MAX {
+            c.clear();
+        }
+        c.insert(key, (ext.into(), v.clone()));
+    });
+    v
+}
+
 fn make_etag(mtime: Option<SystemTime>, len: u64, coding: Option<&str>) -> String {
     let since = mtime
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
