@@ -464,79 +464,27 @@ impl Conn {
                     .strip_prefix
                     .then_some(route.spec.path.0.as_str());
                 let up_target = request::upstream_target(raw_path, query, &norm, strip);
-                self.write_upstream_head(
-                    &req,
-                    &up_target,
-                    host_src,
-                    headers,
-                    &conn_tokens[..n_tokens],
+                let head = request::UpstreamHead {
+                    method: req.method.as_str(),
+                    target: &up_target,
+                    host: host_src,
                     xff,
+                    client_ip: &self.peer_ip,
+                    tls: self.tls,
+                    request_id: &req.request_id,
+                    websocket: req.upgrade,
+                    framing: req.framing,
+                };
+                let listed = &conn_tokens[..n_tokens];
+                request::write_upstream_head(
+                    &mut self.up_head,
+                    &head,
+                    headers.iter().map(|h| (h.name.as_bytes(), h.value)),
+                    |name| listed.iter().any(|t| t.eq_ignore_ascii_case(name)),
                 );
                 (Some(req), Decision::Proxy(route))
             }
         }
-    }
-
-    fn write_upstream_head(
-        &mut self,
-        req: &Req,
-        target: &[u8],
-        host: &[u8],
-        headers: &[httparse::Header<'_>],
-        conn_tokens: &[&[u8]],
-        xff: Option<&[u8]>,
-    ) {
-        let h = &mut self.up_head;
-        h.clear();
-        h.extend_from_slice(req.method.as_str().as_bytes());
-        h.push(b' ');
-        h.extend_from_slice(target);
-        h.extend_from_slice(b" HTTP/1.1\r\nHost: ");
-        h.extend_from_slice(host);
-        h.extend_from_slice(b"\r\n");
-        for hd in headers {
-            let name = hd.name.as_bytes();
-            if h1::is_hop_by_hop(name)
-                || is_set_by_berth(name)
-                || conn_tokens.iter().any(|t| t.eq_ignore_ascii_case(name))
-            {
-                continue;
-            }
-            h.extend_from_slice(name);
-            h.extend_from_slice(b": ");
-            h.extend_from_slice(hd.value);
-            h.extend_from_slice(b"\r\n");
-        }
-        h.extend_from_slice(b"X-Forwarded-For: ");
-        if let Some(prev) = xff {
-            h.extend_from_slice(prev);
-            h.extend_from_slice(b", ");
-        }
-        h.extend_from_slice(self.peer_ip.as_bytes());
-        h.extend_from_slice(if self.tls {
-            b"\r\nX-Forwarded-Proto: https"
-        } else {
-            b"\r\nX-Forwarded-Proto: http"
-        });
-        h.extend_from_slice(b"\r\nX-Forwarded-Host: ");
-        h.extend_from_slice(host);
-        h.extend_from_slice(b"\r\nX-Request-Id: ");
-        h.extend_from_slice(req.request_id.as_bytes());
-        h.extend_from_slice(b"\r\n");
-        if req.upgrade {
-            // Only the websocket token: an h2c offer must never reach the upstream (S14).
-            h.extend_from_slice(b"Connection: upgrade\r\nUpgrade: websocket\r\n");
-        }
-        match req.framing {
-            Framing::Length(n) => {
-                h.extend_from_slice(b"Content-Length: ");
-                h1::push_dec(h, n);
-                h.extend_from_slice(b"\r\n");
-            }
-            Framing::Chunked => h.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
-            Framing::None | Framing::UntilClose => {}
-        }
-        h.extend_from_slice(b"\r\n");
     }
 
     /// Answer with an error and close the connection (with a lingering close so the client reads
@@ -901,19 +849,6 @@ impl Conn {
             keep: false,
             upstream,
         }
-    }
-}
-
-/// Request headers berth writes itself for the upstream (a client's copy is dropped).
-fn is_set_by_berth(name: &[u8]) -> bool {
-    let is = |h: &[u8]| h.eq_ignore_ascii_case(name);
-    match name.len() {
-        4 => is(b"host"),
-        12 => is(b"x-request-id"),
-        15 => is(b"x-forwarded-for"),
-        16 => is(b"x-forwarded-host"),
-        17 => is(b"x-forwarded-proto"),
-        _ => false,
     }
 }
 

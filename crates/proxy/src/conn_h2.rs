@@ -417,51 +417,26 @@ fn upstream_head(
     framing: Framing,
     request_id: &str,
 ) -> Vec<u8> {
-    let mut h = Vec::with_capacity(512);
-    h.extend_from_slice(parts.method.as_str().as_bytes());
-    h.push(b' ');
-    h.extend_from_slice(target);
-    h.extend_from_slice(b" HTTP/1.1\r\nHost: ");
-    h.extend_from_slice(host);
-    h.extend_from_slice(b"\r\n");
-    let mut xff: Option<&[u8]> = None;
-    for (name, value) in &parts.headers {
-        let n = name.as_str().as_bytes();
-        if n == b"x-forwarded-for" {
-            xff = Some(value.as_bytes());
-            continue;
-        }
-        if h1::is_hop_by_hop(n)
-            || matches!(
-                n,
-                b"host" | b"x-forwarded-proto" | b"x-forwarded-host" | b"x-request-id"
-            )
-        {
-            continue;
-        }
-        h.extend_from_slice(n);
-        h.extend_from_slice(b": ");
-        h.extend_from_slice(value.as_bytes());
-        h.extend_from_slice(b"\r\n");
-    }
-    h.extend_from_slice(b"X-Forwarded-For: ");
-    if let Some(prev) = xff {
-        h.extend_from_slice(prev);
-        h.extend_from_slice(b", ");
-    }
-    h.extend_from_slice(peer.ip().to_string().as_bytes());
-    h.extend_from_slice(b"\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: ");
-    h.extend_from_slice(host);
-    h.extend_from_slice(b"\r\nX-Request-Id: ");
-    h.extend_from_slice(request_id.as_bytes());
-    h.extend_from_slice(b"\r\n");
-    match framing {
-        Framing::Length(n) => h.extend_from_slice(format!("Content-Length: {n}\r\n").as_bytes()),
-        Framing::Chunked => h.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
-        Framing::None | Framing::UntilClose => {}
-    }
-    h.extend_from_slice(b"\r\n");
-    h
+    let xff = parts.headers.get("x-forwarded-for").map(|v| v.as_bytes());
+    let client_ip = peer.ip().to_string();
+    let head = request::UpstreamHead {
+        method: parts.method.as_str(),
+        target,
+        host,
+        xff,
+        client_ip: &client_ip,
+        tls: true,
+        request_id,
+        websocket: false,
+        framing,
+    };
+    let mut out = Vec::with_capacity(512);
+    let headers = parts
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+    request::write_upstream_head(&mut out, &head, headers, |_| false);
+    out
 }
 
 /// Upstream response headers as an h2 header map: connection-specific ones are removed (RFC 9113

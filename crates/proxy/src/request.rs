@@ -155,6 +155,93 @@ pub fn upstream_target(raw_path: &[u8], query: &[u8], norm: &str, strip: Option<
     t
 }
 
+/// What the upstream request head is made of, from either front (HTTP/1.1 or h2).
+pub struct UpstreamHead<'a> {
+    pub method: &'a str,
+    pub target: &'a [u8],
+    /// The Host header (or `:authority`) as the client sent it.
+    pub host: &'a [u8],
+    /// The client's own X-Forwarded-For, which berth extends.
+    pub xff: Option<&'a [u8]>,
+    pub client_ip: &'a str,
+    pub tls: bool,
+    pub request_id: &'a str,
+    pub websocket: bool,
+    pub framing: crate::h1::Framing,
+}
+
+/// Write the HTTP/1.1 request head for the upstream into `out`: the client's end-to-end headers
+/// (`headers`, minus hop-by-hop ones, minus those berth sets, minus any for which `also_skip`
+/// says so — e.g. names listed in the client's Connection header), then berth's forwarding
+/// headers and the body framing. One pass, straight into the reused buffer.
+pub fn write_upstream_head<'h>(
+    out: &mut Vec<u8>,
+    p: &UpstreamHead<'_>,
+    headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
+    also_skip: impl Fn(&[u8]) -> bool,
+) {
+    use crate::h1::{is_hop_by_hop, push_dec, Framing};
+    out.clear();
+    out.extend_from_slice(p.method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(p.target);
+    out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+    out.extend_from_slice(p.host);
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in headers {
+        if is_hop_by_hop(name) || is_set_by_berth(name) || also_skip(name) {
+            continue;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    if let Some(prev) = p.xff {
+        out.extend_from_slice(prev);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(p.client_ip.as_bytes());
+    out.extend_from_slice(if p.tls {
+        b"\r\nX-Forwarded-Proto: https"
+    } else {
+        b"\r\nX-Forwarded-Proto: http"
+    });
+    out.extend_from_slice(b"\r\nX-Forwarded-Host: ");
+    out.extend_from_slice(p.host);
+    out.extend_from_slice(b"\r\nX-Request-Id: ");
+    out.extend_from_slice(p.request_id.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if p.websocket {
+        // Only the websocket token: an h2c offer must never reach the upstream (S14).
+        out.extend_from_slice(b"Connection: upgrade\r\nUpgrade: websocket\r\n");
+    }
+    match p.framing {
+        Framing::Length(n) => {
+            out.extend_from_slice(b"Content-Length: ");
+            push_dec(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        Framing::None | Framing::UntilClose => {}
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Request headers berth writes itself for the upstream (a client's copy is dropped).
+fn is_set_by_berth(name: &[u8]) -> bool {
+    let is = |h: &[u8]| h.eq_ignore_ascii_case(name);
+    match name.len() {
+        4 => is(b"host"),
+        12 => is(b"x-request-id"),
+        15 => is(b"x-forwarded-for"),
+        16 => is(b"x-forwarded-host"),
+        17 => is(b"x-forwarded-proto"),
+        _ => false,
+    }
+}
+
 /// A client-supplied X-Request-Id is kept when it looks like an id (so traces join up), and
 /// replaced otherwise (so logs cannot be injected into).
 pub fn valid_request_id(v: &[u8]) -> bool {
