@@ -586,3 +586,55 @@ fn a_client_that_does_not_read_holds_back_the_upstream() {
         (written.load(Ordering::Relaxed) > stalled_at).then_some(())
     });
 }
+
+/// An upstream that answers one keep-alive request per connection and then closes it, the way
+/// a backend with a short keep-alive timeout does. Counts the connections it has closed.
+fn closing_upstream() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::io::{BufRead, BufReader};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let closed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = closed.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                line.clear();
+            }
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+            drop(s);
+            c.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    (addr, closed)
+}
+
+#[test]
+fn pooled_connections_closed_by_the_upstream_are_not_reused() {
+    let (up, closed) = closing_upstream();
+    let b = Berth::start(BIN, &route("app.localhost", &[up], ""));
+    for i in 1..=5 {
+        // Each response leaves a pooled connection that the upstream closes right after.
+        let r = get(b.http, "app.localhost", "/");
+        assert_eq!(
+            (r.status, r.body.as_slice()),
+            (200, &b"ok"[..]),
+            "HTTP/1.1 request {i}"
+        );
+        eventually(Duration::from_secs(5), "the upstream to close", || {
+            (closed.load(Ordering::SeqCst) >= i).then_some(())
+        });
+    }
+    for i in 1..=5 {
+        let (ok, out, err) = common::curl_https(&b, "app.localhost", "/", &["--http2"]);
+        assert!(ok && out == "ok", "h2 request {i}: {out:?} {err}");
+        eventually(Duration::from_secs(5), "the upstream to close", || {
+            (closed.load(Ordering::SeqCst) >= 5 + i).then_some(())
+        });
+    }
+}

@@ -617,7 +617,8 @@ impl Conn {
             }
             let _ = io.flush().await;
         }
-        let mut fresh_retry = !body_pending;
+        // A stale pooled connection is retried once, fresh, for requests safe to send twice.
+        let mut fresh_retry = !body_pending && idempotent(&req.method);
         loop {
             self.out.clear();
             self.out.extend_from_slice(&self.up_head);

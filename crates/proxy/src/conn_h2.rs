@@ -284,71 +284,34 @@ async fn proxy(
     };
     let _active = up.track();
     let addr = up.addr;
-    // Request: head, then the body frames as they arrive.
-    let send = async {
-        conn.stream.write_all(&head).await?;
-        let mut sent = 0u64;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(io::Error::other)?;
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            sent += data.len() as u64;
-            if sent > max_body {
-                return Err(io::Error::new(
-                    io::ErrorKind::FileTooLarge,
-                    "body too large",
-                ));
-            }
-            if framing == Framing::Chunked && !data.is_empty() {
-                conn.stream
-                    .write_all(format!("{:x}\r\n", data.len()).as_bytes())
-                    .await?;
-                conn.stream.write_all(&data).await?;
-                conn.stream.write_all(b"\r\n").await?;
-            } else {
-                conn.stream.write_all(&data).await?;
-            }
-        }
-        if framing == Framing::Chunked {
-            conn.stream.write_all(b"0\r\n\r\n").await?;
-        }
-        Ok::<_, io::Error>(())
-    };
-    match tokio::time::timeout(lim.body_timeout.0, send).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) if e.kind() == io::ErrorKind::FileTooLarge => {
-            return err(StatusCode::PAYLOAD_TOO_LARGE, Some(addr))
-        }
-        Ok(Err(_)) => return err(StatusCode::BAD_GATEWAY, Some(addr)),
-        Err(_) => return err(StatusCode::REQUEST_TIMEOUT, Some(addr)),
-    }
-    // Response head.
-    let deadline = tokio::time::Instant::now() + lim.upstream_timeout.0;
+    let mut fresh_retry = framing == Framing::None && idempotent(&parts.method);
     let (status, headers, framing, up_keep) = loop {
-        let mut slots = [httparse::EMPTY_HEADER; crate::conn_h1::MAX_HEADERS];
-        match h1::parse_response(&conn.buf, &mut slots, is_head) {
-            Ok((head, hs)) if (100..200).contains(&head.status) => {
-                let len = head.len;
-                let _ = hs;
-                conn.buf.advance(len);
-                continue;
+        let sent = h1::timed_for(
+            lim.body_timeout.0,
+            send_request(&mut conn, &head, &mut body, framing, max_body),
+        );
+        match sent.await {
+            Some(Ok(())) => {}
+            Some(Err(e)) if e.kind() == io::ErrorKind::FileTooLarge => {
+                return err(StatusCode::PAYLOAD_TOO_LARGE, Some(addr))
             }
-            Ok((head, hs)) => {
-                let headers = response_headers(hs, head.framing);
-                let out = (head.status, headers, head.framing, head.keep_alive);
-                let len = head.len;
-                conn.buf.advance(len);
-                break out;
-            }
-            Err(ResponseError::Invalid(_)) => return err(StatusCode::BAD_GATEWAY, Some(addr)),
-            Err(ResponseError::Incomplete) => {}
+            Some(Err(_)) if fresh_retry && conn.reused => {}
+            Some(Err(_)) => return err(StatusCode::BAD_GATEWAY, Some(addr)),
+            None => return err(StatusCode::REQUEST_TIMEOUT, Some(addr)),
         }
-        conn.buf.reserve(8 * 1024);
-        match tokio::time::timeout_at(deadline, conn.stream.read_buf(&mut conn.buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return err(StatusCode::BAD_GATEWAY, Some(addr)),
-            Ok(Ok(_)) => {}
-            Err(_) => return err(StatusCode::GATEWAY_TIMEOUT, Some(addr)),
+        match read_response_head(&mut conn, is_head, lim.upstream_timeout.0).await {
+            Ok(r) => break r,
+            Err(Some(status)) => return err(status, Some(addr)),
+            // A pooled connection the upstream had closed: once more on a fresh one (nothing
+            // reached the application), as the HTTP/1.1 front does.
+            Err(None) if fresh_retry && conn.reused => {
+                fresh_retry = false;
+                match crate::upstream::connect(addr, lim.upstream_connect_timeout.0).await {
+                    Ok(c) => conn = c,
+                    Err(_) => return err(StatusCode::BAD_GATEWAY, Some(addr)),
+                }
+            }
+            Err(None) => return err(StatusCode::BAD_GATEWAY, Some(addr)),
         }
     };
     let Ok(status) = StatusCode::from_u16(status) else {
@@ -372,6 +335,96 @@ async fn proxy(
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
     (resp, Some(addr))
+}
+
+/// Write the request head, then the body frames as they arrive (re-chunked when the length is
+/// unknown). A body over `max_body` is `FileTooLarge`.
+async fn send_request(
+    conn: &mut UpConn,
+    head: &[u8],
+    body: &mut Incoming,
+    framing: Framing,
+    max_body: u64,
+) -> io::Result<()> {
+    conn.stream.write_all(head).await?;
+    let mut sent = 0u64;
+    let mut size_line = Vec::with_capacity(20);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(io::Error::other)?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        sent += data.len() as u64;
+        if sent > max_body {
+            return Err(io::Error::new(
+                io::ErrorKind::FileTooLarge,
+                "body too large",
+            ));
+        }
+        if framing == Framing::Chunked && !data.is_empty() {
+            size_line.clear();
+            h1::push_hex(&mut size_line, data.len() as u64);
+            size_line.extend_from_slice(b"\r\n");
+            conn.stream.write_all(&size_line).await?;
+            conn.stream.write_all(&data).await?;
+            conn.stream.write_all(b"\r\n").await?;
+        } else {
+            conn.stream.write_all(&data).await?;
+        }
+    }
+    if framing == Framing::Chunked {
+        conn.stream.write_all(b"0\r\n\r\n").await?;
+    }
+    Ok(())
+}
+
+/// Read the upstream's response head (skipping 1xx), as an h2 header map. `Err(None)`: the
+/// upstream closed before sending a byte.
+async fn read_response_head(
+    conn: &mut UpConn,
+    is_head: bool,
+    timeout: std::time::Duration,
+) -> Result<(u16, HeaderMap, Framing, bool), Option<StatusCode>> {
+    let mut deadline = None;
+    loop {
+        let mut slots = [httparse::EMPTY_HEADER; crate::conn_h1::MAX_HEADERS];
+        let parsed = match h1::parse_response(&conn.buf, &mut slots, is_head) {
+            Ok((head, _)) if (100..200).contains(&head.status) => Some(Err(head.len)),
+            Ok((head, hs)) => {
+                let headers = response_headers(hs, head.framing);
+                Some(Ok((
+                    head.status,
+                    headers,
+                    head.framing,
+                    head.keep_alive,
+                    head.len,
+                )))
+            }
+            Err(ResponseError::Invalid(_)) => return Err(Some(StatusCode::BAD_GATEWAY)),
+            Err(ResponseError::Incomplete) => None,
+        };
+        match parsed {
+            Some(Err(informational)) => {
+                conn.buf.advance(informational);
+                continue;
+            }
+            Some(Ok((status, headers, framing, keep, len))) => {
+                conn.buf.advance(len);
+                return Ok((status, headers, framing, keep));
+            }
+            None => {}
+        }
+        if conn.buf.len() > 64 * 1024 {
+            return Err(Some(StatusCode::BAD_GATEWAY));
+        }
+        conn.buf.reserve(8 * 1024);
+        match h1::timed(&mut deadline, timeout, conn.stream.read_buf(&mut conn.buf)).await {
+            Some(Ok(0)) | Some(Err(_)) if conn.buf.is_empty() => return Err(None),
+            Some(Ok(0)) | Some(Err(_)) => return Err(Some(StatusCode::BAD_GATEWAY)),
+            Some(Ok(_)) => {}
+            None => return Err(Some(StatusCode::GATEWAY_TIMEOUT)),
+        }
+    }
 }
 
 /// Stream an upstream body into the h2 response through an in-memory pipe; the pooled connection
