@@ -569,3 +569,40 @@ fn d4_connections_beyond_the_cap_are_refused_accepted_ones_unaffected() {
     let r = raw(b.http, &get("app.localhost"), Duration::from_secs(5));
     assert_eq!(status(&r), 200, "{}", String::from_utf8_lossy(&r));
 }
+
+#[test]
+fn idle_keepalive_connections_close_at_the_idle_timeout() {
+    let _g = serial();
+    let up = Upstream::start(Reply::Ok("ok"));
+    let b = Berth::start(
+        BIN,
+        &format!(
+            "[limits]\nidle_timeout = \"600ms\"\n{}",
+            route("app.test", &up, "")
+        ),
+    );
+    let req = b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n";
+    // A busy connection (a request every 200 ms) outlives several idle timeouts...
+    let mut busy = TcpStream::connect(b.http).unwrap();
+    busy.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = Instant::now();
+    let mut idle_from = started;
+    while started.elapsed() < Duration::from_millis(2000) {
+        // Pacing the client (the load pattern under test), not waiting for berth.
+        thread::sleep(Duration::from_millis(200));
+        busy.write_all(req).unwrap();
+        assert_eq!(read_response(&mut busy).unwrap().0, 200);
+        idle_from = Instant::now();
+    }
+    // ...and is closed once it stays idle longer than the timeout (not before).
+    let (rest, closed) = read_to_close(&mut busy, Duration::from_secs(5));
+    let waited = idle_from.elapsed();
+    assert!(
+        closed && rest.is_empty(),
+        "idle connection not closed: {rest:?}"
+    );
+    assert!(
+        waited >= Duration::from_millis(500) && waited < Duration::from_secs(3),
+        "closed after {waited:?}, idle_timeout is 600ms"
+    );
+}
