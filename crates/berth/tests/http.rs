@@ -638,3 +638,36 @@ fn pooled_connections_closed_by_the_upstream_are_not_reused() {
         });
     }
 }
+
+#[test]
+fn http10_keep_alive_is_acknowledged_and_kept() {
+    let up = Upstream::start(Reply::Ok("hi"));
+    let b = Berth::start(BIN, &route("app.localhost", &[up.addr], ""));
+    let mut s = std::net::TcpStream::connect(b.http).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    for i in 0..3 {
+        s.write_all(b"GET / HTTP/1.0\r\nHost: app.localhost\r\nConnection: keep-alive\r\n\r\n")
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !got.ends_with(b"hi") {
+            let n = std::io::Read::read(&mut s, &mut buf).unwrap();
+            assert!(n > 0, "closed before response {i}");
+            got.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+        assert!(
+            text.contains("connection: keep-alive"),
+            "response {i}: {text}"
+        );
+    }
+    // Without the token, HTTP/1.0 closes after the response.
+    let out = test_support::raw(
+        b.http,
+        b"GET / HTTP/1.0\r\nHost: app.localhost\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    assert!(String::from_utf8_lossy(&out)
+        .to_ascii_lowercase()
+        .contains("connection: close"));
+}

@@ -492,7 +492,7 @@ impl Conn {
     async fn reject<S: ClientIo>(&mut self, io: &mut S, status: StatusCode) {
         let resp = request::error(status);
         self.out.clear();
-        write_local_head(&mut self.out, &resp, false);
+        write_local_head(&mut self.out, &resp, false, false);
         if let LocalBody::Bytes(b) = &resp.body {
             self.out.extend_from_slice(b);
         }
@@ -553,7 +553,7 @@ impl Conn {
     ) -> io::Result<u64> {
         let t = self.limits().body_timeout.0;
         self.out.clear();
-        write_local_head(&mut self.out, &resp, keep);
+        write_local_head(&mut self.out, &resp, keep, req.http10);
         let head_only = req.method == Method::HEAD;
         let mut bytes = 0;
         let file = match resp.body {
@@ -731,6 +731,7 @@ impl Conn {
                         head.framing,
                         client_chunked,
                         keep,
+                        req.http10,
                         upgraded,
                     );
                     let info = RespInfo {
@@ -896,7 +897,7 @@ async fn linger_close<S: ClientIo>(io: &mut S) {
     .await;
 }
 
-fn write_local_head(out: &mut Vec<u8>, resp: &LocalResponse, keep: bool) {
+fn write_local_head(out: &mut Vec<u8>, resp: &LocalResponse, keep: bool, http10: bool) {
     status_line(out, resp.status.as_u16());
     for (name, value) in &resp.headers {
         out.extend_from_slice(name.as_str().as_bytes());
@@ -904,10 +905,17 @@ fn write_local_head(out: &mut Vec<u8>, resp: &LocalResponse, keep: bool) {
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    persistence(out, keep, http10);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// HTTP/1.1 connections persist unless told otherwise; HTTP/1.0 ones only when told.
+fn persistence(out: &mut Vec<u8>, keep: bool, http10: bool) {
     if !keep {
         out.extend_from_slice(b"Connection: close\r\n");
+    } else if http10 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
     }
-    out.extend_from_slice(b"\r\n");
 }
 
 fn status_line(out: &mut Vec<u8>, status: u16) {
@@ -929,6 +937,7 @@ fn write_response_head(
     framing: Framing,
     client_chunked: bool,
     keep: bool,
+    http10: bool,
     upgraded: bool,
 ) {
     status_line(out, status);
@@ -972,8 +981,8 @@ fn write_response_head(
     }
     if upgraded {
         out.extend_from_slice(b"Connection: upgrade\r\n");
-    } else if !keep {
-        out.extend_from_slice(b"Connection: close\r\n");
+    } else {
+        persistence(out, keep, http10);
     }
     out.extend_from_slice(b"\r\n");
 }
