@@ -723,17 +723,6 @@ impl Conn {
                         && !upgraded
                         && (matches!(head.framing, Framing::None | Framing::Length(_))
                             || client_chunked);
-                    self.out.clear();
-                    write_response_head(
-                        &mut self.out,
-                        head.status,
-                        headers,
-                        head.framing,
-                        client_chunked,
-                        keep,
-                        req.http10,
-                        upgraded,
-                    );
                     let info = RespInfo {
                         status: head.status,
                         framing: head.framing,
@@ -742,6 +731,8 @@ impl Conn {
                         keep,
                         upgraded,
                     };
+                    self.out.clear();
+                    write_response_head(&mut self.out, &info, headers, req.http10);
                     let len = head.len;
                     conn.buf.advance(len);
                     return Ok(info);
@@ -862,6 +853,7 @@ pub fn idempotent(m: &Method) -> bool {
     )
 }
 
+#[derive(Clone, Copy)]
 struct RespInfo {
     status: u16,
     framing: Framing,
@@ -930,16 +922,22 @@ fn status_line(out: &mut Vec<u8>, status: u16) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// The client's version of an upstream response head: hop-by-hop headers out, framing and
+/// persistence as decided in `r`.
 fn write_response_head(
     out: &mut Vec<u8>,
-    status: u16,
+    r: &RespInfo,
     headers: &[httparse::Header<'_>],
-    framing: Framing,
-    client_chunked: bool,
-    keep: bool,
     http10: bool,
-    upgraded: bool,
 ) {
+    let RespInfo {
+        status,
+        framing,
+        client_chunked,
+        keep,
+        upgraded,
+        ..
+    } = *r;
     status_line(out, status);
     let mut conn_tokens: [&[u8]; 8] = [b""; 8];
     let mut n = 0;
