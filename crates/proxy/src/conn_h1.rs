@@ -108,6 +108,9 @@ struct Outcome {
     bytes: u64,
     keep: bool,
     upstream: Option<SocketAddr>,
+    /// Close with a lingering close (the client may still be sending a body we did not read).
+    /// Done after the request is logged and counted, so the close never delays either.
+    linger: bool,
 }
 
 impl Conn {
@@ -122,11 +125,11 @@ impl Conn {
                 Err(HeadError::Closed) => return,
                 Err(HeadError::Timeout) => {
                     Box::pin(self.reject(io, StatusCode::REQUEST_TIMEOUT)).await;
-                    return;
+                    return Box::pin(linger_close(io)).await;
                 }
                 Err(HeadError::TooLarge) => {
                     Box::pin(self.reject(io, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)).await;
-                    return;
+                    return Box::pin(linger_close(io)).await;
                 }
             };
             // The exchange's future is large (body relays, upstream I/O); boxing it keeps the
@@ -165,6 +168,7 @@ impl Conn {
                 if let Some(req) = &req {
                     self.log(req, status.as_u16(), 0, None, start);
                 }
+                linger_close(io).await;
                 return false;
             }
             Decision::Local(resp, route) => {
@@ -183,6 +187,9 @@ impl Conn {
             route
                 .metrics
                 .record(outcome.status, start.elapsed().as_secs_f64());
+        }
+        if outcome.linger {
+            linger_close(io).await;
         }
         outcome.keep
     }
@@ -487,8 +494,8 @@ impl Conn {
         }
     }
 
-    /// Answer with an error and close the connection (with a lingering close so the client reads
-    /// the answer even if it is still sending).
+    /// Write an error answer that closes the connection; the caller then closes with
+    /// `linger_close` so the client reads the answer even if it is still sending.
     async fn reject<S: ClientIo>(&mut self, io: &mut S, status: StatusCode) {
         let resp = request::error(status);
         self.out.clear();
@@ -502,7 +509,6 @@ impl Conn {
             io.flush().await
         })
         .await;
-        linger_close(io).await;
     }
 
     /// A response berth makes itself. A request body is discarded when small and already here;
@@ -530,17 +536,16 @@ impl Conn {
                     bytes: 0,
                     keep: false,
                     upstream: None,
+                    linger: false,
                 }
             }
         };
-        if !keep && req.framing != Framing::None {
-            linger_close(io).await;
-        }
         Outcome {
             status,
             bytes,
             keep,
             upstream: None,
+            linger: !keep && req.framing != Framing::None,
         }
     }
 
@@ -613,6 +618,7 @@ impl Conn {
                     bytes: 0,
                     keep: false,
                     upstream: Some(up.addr),
+                    linger: false,
                 };
             }
             let _ = io.flush().await;
@@ -667,6 +673,7 @@ impl Conn {
                         bytes: 0,
                         keep: false,
                         upstream: Some(up.addr),
+                        linger: false,
                     }
                 }
             }
@@ -790,6 +797,7 @@ impl Conn {
                     bytes,
                     keep: r.keep,
                     upstream: Some(addr),
+                    linger: false,
                 }
             }
             Err(_) => Outcome {
@@ -797,6 +805,7 @@ impl Conn {
                 bytes: 0,
                 keep: false,
                 upstream: Some(addr),
+                linger: false,
             },
         }
     }
@@ -825,6 +834,7 @@ impl Conn {
             bytes,
             keep: false,
             upstream: Some(addr),
+            linger: false,
         }
     }
 
@@ -841,6 +851,7 @@ impl Conn {
             bytes: 0,
             keep: false,
             upstream,
+            linger: true,
         }
     }
 }
