@@ -168,7 +168,7 @@ impl Conn {
                 if let Some(req) = &req {
                     self.log(req, status.as_u16(), 0, None, start);
                 }
-                linger_close(io).await;
+                Box::pin(linger_close(io)).await;
                 return false;
             }
             Decision::Local(resp, route) => {
@@ -189,7 +189,7 @@ impl Conn {
                 .record(outcome.status, start.elapsed().as_secs_f64());
         }
         if outcome.linger {
-            linger_close(io).await;
+            Box::pin(linger_close(io)).await;
         }
         outcome.keep
     }
@@ -708,51 +708,13 @@ impl Conn {
         req: &Req,
         conn: &mut UpConn,
     ) -> Result<RespInfo, Option<StatusCode>> {
-        let shared = self.w.shared.clone();
-        let (mut deadline, timeout) = (None, shared.limits.upstream_timeout.0);
-        let is_head = req.method == Method::HEAD;
+        let (mut deadline, timeout) = (None, self.limits().upstream_timeout.0);
         loop {
-            let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            match h1::parse_response(&conn.buf, &mut slots, is_head) {
-                Ok((head, headers)) => {
-                    if (100..200).contains(&head.status) && !(head.status == 101 && req.upgrade) {
-                        let len = head.len;
-                        conn.buf.advance(len);
-                        continue;
-                    }
-                    if head.status == 101 && !req.upgrade {
-                        return Err(Some(StatusCode::BAD_GATEWAY));
-                    }
-                    let upgraded = head.status == 101;
-                    let client_chunked = !req.http10
-                        && matches!(head.framing, Framing::Chunked | Framing::UntilClose);
-                    let keep = req.keep_alive
-                        && !upgraded
-                        && (matches!(head.framing, Framing::None | Framing::Length(_))
-                            || client_chunked);
-                    let info = RespInfo {
-                        status: head.status,
-                        framing: head.framing,
-                        up_keep: head.keep_alive,
-                        client_chunked,
-                        keep,
-                        upgraded,
-                    };
-                    self.out.clear();
-                    write_response_head(&mut self.out, &info, headers, req.http10);
-                    let len = head.len;
-                    conn.buf.advance(len);
-                    return Ok(info);
-                }
-                Err(ResponseError::Invalid(why)) => {
-                    tracing::debug!(why, "invalid upstream response");
-                    shared.metrics.upstream_error(UpstreamError::BadResponse);
-                    return Err(Some(StatusCode::BAD_GATEWAY));
-                }
-                Err(ResponseError::Incomplete) => {}
-            }
-            if conn.buf.len() > MAX_RESPONSE_HEAD {
-                return Err(Some(StatusCode::BAD_GATEWAY));
+            match self.parse_response_head(req, conn) {
+                Parsed::Head(info) => return Ok(info),
+                Parsed::Informational => continue,
+                Parsed::Bad => return Err(Some(StatusCode::BAD_GATEWAY)),
+                Parsed::Incomplete => {}
             }
             conn.buf.reserve(8 * 1024);
             let read = conn.stream.read_buf(&mut conn.buf);
@@ -761,11 +723,59 @@ impl Conn {
                 Some(Ok(0)) | Some(Err(_)) => return Err(Some(StatusCode::BAD_GATEWAY)),
                 Some(Ok(_)) => {}
                 None => {
-                    shared.metrics.upstream_error(UpstreamError::Timeout);
+                    self.w.shared.metrics.upstream_error(UpstreamError::Timeout);
                     return Err(Some(StatusCode::GATEWAY_TIMEOUT));
                 }
             }
         }
+    }
+
+    /// One attempt at the buffered response head. Synchronous, so that the header slots live
+    /// on the stack and not in the connection's future across its awaits.
+    fn parse_response_head(&mut self, req: &Req, conn: &mut UpConn) -> Parsed {
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let (head, headers) =
+            match h1::parse_response(&conn.buf, &mut slots, req.method == Method::HEAD) {
+                Ok(parsed) => parsed,
+                Err(ResponseError::Incomplete) if conn.buf.len() > MAX_RESPONSE_HEAD => {
+                    return Parsed::Bad
+                }
+                Err(ResponseError::Incomplete) => return Parsed::Incomplete,
+                Err(ResponseError::Invalid(why)) => {
+                    tracing::debug!(why, "invalid upstream response");
+                    self.w
+                        .shared
+                        .metrics
+                        .upstream_error(UpstreamError::BadResponse);
+                    return Parsed::Bad;
+                }
+            };
+        let len = head.len;
+        if (100..200).contains(&head.status) && !(head.status == 101 && req.upgrade) {
+            conn.buf.advance(len);
+            return Parsed::Informational;
+        }
+        if head.status == 101 && !req.upgrade {
+            return Parsed::Bad;
+        }
+        let upgraded = head.status == 101;
+        let client_chunked =
+            !req.http10 && matches!(head.framing, Framing::Chunked | Framing::UntilClose);
+        let keep = req.keep_alive
+            && !upgraded
+            && (matches!(head.framing, Framing::None | Framing::Length(_)) || client_chunked);
+        let info = RespInfo {
+            status: head.status,
+            framing: head.framing,
+            up_keep: head.keep_alive,
+            client_chunked,
+            keep,
+            upgraded,
+        };
+        self.out.clear();
+        write_response_head(&mut self.out, &info, headers, req.http10);
+        conn.buf.advance(len);
+        Parsed::Head(info)
     }
 
     async fn relay_response<S: ClientIo>(
@@ -862,6 +872,13 @@ pub fn idempotent(m: &Method) -> bool {
         *m,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     )
+}
+
+enum Parsed {
+    Head(RespInfo),
+    Informational,
+    Incomplete,
+    Bad,
 }
 
 #[derive(Clone, Copy)]

@@ -387,21 +387,24 @@ async fn read_response_head(
 ) -> Result<(u16, HeaderMap, Framing, bool), Option<StatusCode>> {
     let mut deadline = None;
     loop {
-        let mut slots = [httparse::EMPTY_HEADER; crate::conn_h1::MAX_HEADERS];
-        let parsed = match h1::parse_response(&conn.buf, &mut slots, is_head) {
-            Ok((head, _)) if (100..200).contains(&head.status) => Some(Err(head.len)),
-            Ok((head, hs)) => {
-                let headers = response_headers(hs, head.framing);
-                Some(Ok((
-                    head.status,
-                    headers,
-                    head.framing,
-                    head.keep_alive,
-                    head.len,
-                )))
+        // In a block: the header slots must not live across the await below.
+        let parsed = {
+            let mut slots = [httparse::EMPTY_HEADER; crate::conn_h1::MAX_HEADERS];
+            match h1::parse_response(&conn.buf, &mut slots, is_head) {
+                Ok((head, _)) if (100..200).contains(&head.status) => Some(Err(head.len)),
+                Ok((head, hs)) => {
+                    let headers = response_headers(hs, head.framing);
+                    Some(Ok((
+                        head.status,
+                        headers,
+                        head.framing,
+                        head.keep_alive,
+                        head.len,
+                    )))
+                }
+                Err(ResponseError::Invalid(_)) => return Err(Some(StatusCode::BAD_GATEWAY)),
+                Err(ResponseError::Incomplete) => None,
             }
-            Err(ResponseError::Invalid(_)) => return Err(Some(StatusCode::BAD_GATEWAY)),
-            Err(ResponseError::Incomplete) => None,
         };
         match parsed {
             Some(Err(informational)) => {
