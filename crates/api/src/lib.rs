@@ -49,6 +49,7 @@ pub fn router(proxy: Arc<Proxy>) -> Router {
         )
         .route("/api/v1/routes", get(get_routes).put(put_routes))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn(local_host_only))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -56,6 +57,32 @@ pub fn router(proxy: Arc<Proxy>) -> Router {
             )
         })
         .with_state(proxy)
+}
+
+/// The admin API has no token yet (it listens on loopback): refuse requests whose Host is not
+/// an IP literal or `localhost`, so that a web page cannot reach it through DNS rebinding
+/// (a name that resolves to 127.0.0.1 still sends its own name as Host).
+async fn local_host_only(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<Response, ApiError> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    let local = name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok();
+    if !local {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "the admin API answers only to an IP address or localhost as Host",
+        ));
+    }
+    Ok(next.run(req).await)
 }
 
 async fn get_routes(State(proxy): State<Arc<Proxy>>) -> Json<Vec<RouteSpec>> {

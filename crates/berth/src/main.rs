@@ -184,13 +184,19 @@ fn reload(proxy: &Proxy, path: Option<&Path>) {
         tracing::warn!("SIGHUP ignored: berth runs on embedded defaults (no --config)");
         return;
     };
+    // All or nothing: check the routes, then load the certificates, then swap both.
     let result = load(path).and_then(|cfg| {
+        proxy.check_routes(cfg.route_specs())?;
         proxy.reload_certs(&cfg)?;
         proxy.set_routes(cfg.route_specs())?;
         Ok(cfg.routes.len())
     });
     match result {
-        Ok(n) => tracing::info!(routes = n, "config reloaded from {}", path.display()),
+        Ok(n) => tracing::info!(
+            routes = n,
+            "config reloaded from {} (routes and certificates; [server] and [limits] apply at restart)",
+            path.display()
+        ),
         Err(e) => tracing::error!("config reload failed, keeping the running config: {e:#}"),
     }
 }

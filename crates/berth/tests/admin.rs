@@ -555,3 +555,19 @@ fn sigterm_closes_idle_keepalive_connections_without_waiting_for_the_grace_perio
     assert!(status.success(), "berth exited with {status}");
     assert!(t.elapsed() < Duration::from_secs(5));
 }
+
+#[test]
+fn admin_api_refuses_foreign_host_names() {
+    // A page that rebinds evil.example to 127.0.0.1 still sends Host: evil.example.
+    let b = Berth::start(BIN, "");
+    for (host, want) in [
+        ("127.0.0.1", 200),
+        ("localhost:8081", 200),
+        ("[::1]:8081", 200),
+        ("evil.example", 403),
+        ("evil.example:8081", 403),
+    ] {
+        let r = get(b.admin, host, "/api/v1/routes");
+        assert_eq!(r.status, want, "Host: {host}: {}", r.text());
+    }
+}

@@ -75,7 +75,7 @@ fn read_to_close(s: &mut TcpStream, timeout: Duration) -> (Vec<u8>, bool) {
 fn metric(admin: SocketAddr, name: &str) -> f64 {
     let r = raw(
         admin,
-        b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+        b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
         Duration::from_secs(5),
     );
     let text = String::from_utf8_lossy(&r);

@@ -8,7 +8,7 @@ use crate::h1::{self, BodyError, Framing, Relay, ResponseError};
 use crate::metrics::UpstreamError;
 use crate::request::{self, parse_host};
 use crate::server::Worker;
-use crate::static_files::{self, Conditional, LocalBody, LocalResponse};
+use crate::static_files::{Conditional, LocalBody, LocalResponse};
 use crate::table::{Action, Route};
 use crate::upstream::{self, UpConn};
 use bytes::{Buf, BytesMut};
@@ -124,11 +124,15 @@ impl Conn {
                 Ok(n) => n,
                 Err(HeadError::Closed) => return,
                 Err(HeadError::Timeout) => {
-                    Box::pin(self.reject(io, StatusCode::REQUEST_TIMEOUT)).await;
+                    let status = StatusCode::REQUEST_TIMEOUT;
+                    Box::pin(self.reject(io, status)).await;
+                    self.log_rejected(status, Instant::now());
                     return Box::pin(linger_close(io)).await;
                 }
                 Err(HeadError::TooLarge) => {
-                    Box::pin(self.reject(io, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)).await;
+                    let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+                    Box::pin(self.reject(io, status)).await;
+                    self.log_rejected(status, Instant::now());
                     return Box::pin(linger_close(io)).await;
                 }
             };
@@ -165,8 +169,9 @@ impl Conn {
         let (outcome, route) = match decision {
             Decision::Reject(status) => {
                 self.reject(io, status).await;
-                if let Some(req) = &req {
-                    self.log(req, status.as_u16(), 0, None, start);
+                match &req {
+                    Some(req) => self.log(req, status.as_u16(), 0, None, start),
+                    None => self.log_rejected(status, start),
                 }
                 Box::pin(linger_close(io)).await;
                 return false;
@@ -219,8 +224,29 @@ impl Conn {
         }
     }
 
+    /// A request refused before it could be parsed: counted, and logged with what is known.
+    fn log_rejected(&self, status: StatusCode, start: Instant) {
+        self.w.shared.metrics.rejected_requests.inc();
+        let log = &self.w.shared.log;
+        if log.enabled() {
+            log.log(&Entry {
+                host: "",
+                method: "-",
+                path: b"",
+                status: status.as_u16(),
+                bytes: 0,
+                duration: start.elapsed(),
+                upstream: None,
+                request_id: "",
+                client: self.peer.ip(),
+                proto: "HTTP/1.1",
+            });
+        }
+    }
+
     async fn read_head<S: ClientIo>(&mut self, io: &mut S) -> Result<usize, HeadError> {
         let lim = self.limits().clone();
+        let mut deadline = None;
         if self.buf.is_empty() {
             // Waiting for the first byte of a request: the idle timeout applies (the header
             // timeout on a new connection), and shutdown closes the connection at once.
@@ -236,15 +262,20 @@ impl Conn {
                 buf.reserve(4096);
                 io.read_buf(buf).await
             };
+            // On a new connection the header timeout runs from accept to the end of the head;
+            // on a kept-alive one, from the first byte of the next request.
+            let mut wait = None;
             tokio::select! {
-                r = h1::timed_for(idle, first) => match r {
+                r = h1::timed(&mut wait, idle, first) => match r {
                     Some(Ok(n)) if n > 0 => {}
                     _ => return Err(HeadError::Closed),
                 },
                 _ = w.shared.shutdown.cancelled() => return Err(HeadError::Closed),
             }
+            if self.served == 0 {
+                deadline = wait;
+            }
         }
-        let mut deadline = None;
         let max = lim.max_header_bytes.0 as usize;
         loop {
             if let Some(end) = h1::find_head_end(&self.buf) {
@@ -457,12 +488,7 @@ impl Conn {
         }
         match &route.action {
             Action::Static(root) => {
-                let path = if route.spec.strip_prefix {
-                    request::upstream_target(raw_path, b"", &norm, Some(&route.spec.path.0))
-                } else {
-                    request::encode_path(&norm).into_bytes()
-                };
-                let resp = static_files::serve(root, &req.method, &path, cond);
+                let resp = request::serve_static(&route, root, &req.method, &norm, query, cond);
                 (Some(req), Decision::Local(resp, Some(route)))
             }
             Action::Proxy(_) => {
@@ -570,25 +596,28 @@ impl Conn {
             LocalBody::File { file, offset, len } if !head_only => Some((file, offset, len)),
             _ => None,
         };
-        timed(t, async {
-            io.write_all(&self.out).await?;
-            if let Some((file, offset, len)) = file {
-                let mut f = tokio::fs::File::from_std(file);
-                f.seek(io::SeekFrom::Start(offset)).await?;
-                let mut f = f.take(len);
-                let mut chunk = vec![0u8; 64 * 1024];
-                loop {
-                    let n = f.read(&mut chunk).await?;
-                    if n == 0 {
-                        break;
-                    }
-                    timed(t, io.write_all(&chunk[..n])).await?;
-                    bytes += n as u64;
+        // Every write has its own timeout (a slow reader of a large file is fine, a stalled one
+        // is not); a file that shrinks under us is an error, so the connection closes rather
+        // than leave the client waiting for bytes that will not come.
+        timed(t, io.write_all(&self.out)).await?;
+        if let Some((file, offset, len)) = file {
+            let mut f = tokio::fs::File::from_std(file);
+            f.seek(io::SeekFrom::Start(offset)).await?;
+            let mut f = f.take(len);
+            let mut chunk = vec![0u8; 64 * 1024];
+            while bytes < len {
+                let n = f.read(&mut chunk).await?;
+                if n == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "file shrank while sent",
+                    ));
                 }
+                timed(t, io.write_all(&chunk[..n])).await?;
+                bytes += n as u64;
             }
-            io.flush().await
-        })
-        .await?;
+        }
+        timed(t, io.flush()).await?;
         Ok(bytes)
     }
 
@@ -608,11 +637,12 @@ impl Conn {
 
         // Send the head and the body.
         if req.expect_continue && self.buf.is_empty() {
-            if io
-                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                .await
-                .is_err()
-            {
+            let t = lim.body_timeout.0;
+            let sent = timed(t, async {
+                io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+                io.flush().await
+            });
+            if sent.await.is_err() {
                 return Outcome {
                     status: 499,
                     bytes: 0,
@@ -751,18 +781,19 @@ impl Conn {
                 }
             };
         let len = head.len;
-        if (100..200).contains(&head.status) && !(head.status == 101 && req.upgrade) {
+        if head.status == 101 && !req.upgrade {
+            return Parsed::Bad; // a protocol switch nobody asked for: never parse past it
+        }
+        if (100..200).contains(&head.status) && head.status != 101 {
             conn.buf.advance(len);
             return Parsed::Informational;
-        }
-        if head.status == 101 && !req.upgrade {
-            return Parsed::Bad;
         }
         let upgraded = head.status == 101;
         let client_chunked =
             !req.http10 && matches!(head.framing, Framing::Chunked | Framing::UntilClose);
         let keep = req.keep_alive
             && !upgraded
+            && !self.w.shared.shutdown.is_cancelled()
             && (matches!(head.framing, Framing::None | Framing::Length(_)) || client_chunked);
         let info = RespInfo {
             status: head.status,
@@ -830,11 +861,15 @@ impl Conn {
         let out = std::mem::take(&mut self.out);
         let early_up = conn.buf.split();
         let early_client = self.buf.split();
+        let t = self.limits().body_timeout.0;
         let r = async {
-            io.write_all(&out).await?;
-            io.write_all(&early_up).await?;
-            io.flush().await?;
-            conn.stream.write_all(&early_client).await?;
+            timed(t, async {
+                io.write_all(&out).await?;
+                io.write_all(&early_up).await?;
+                io.flush().await?;
+                conn.stream.write_all(&early_client).await
+            })
+            .await?;
             tokio::io::copy_bidirectional(io, &mut conn.stream).await
         }
         .await;
@@ -903,9 +938,10 @@ async fn timed<T>(
 /// Close gracefully: stop writing, then read and discard for a moment so that the kernel does
 /// not answer the client's unread bytes with a reset that would destroy our response.
 async fn linger_close<S: ClientIo>(io: &mut S) {
-    let _ = io.shutdown().await;
     let mut sink = [0u8; 4096];
+    // All of it bounded: for TLS, shutdown flushes close_notify to a client that may not read.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        let _ = io.shutdown().await;
         let mut total = 0usize;
         while let Ok(n) = io.read(&mut sink).await {
             total += n;

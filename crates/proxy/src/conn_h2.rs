@@ -8,7 +8,7 @@ use crate::conn_h1::idempotent;
 use crate::h1::{self, Framing, ResponseError};
 use crate::request;
 use crate::server::Worker;
-use crate::static_files::{self, Conditional, LocalBody, LocalResponse};
+use crate::static_files::{Conditional, LocalBody, LocalResponse};
 use crate::table::{Action, Route};
 use crate::upstream::UpConn;
 use bytes::{Buf, Bytes, BytesMut};
@@ -54,19 +54,106 @@ pub async fn serve(
         .keep_alive_interval(Some(lim.idle_timeout.0))
         .keep_alive_timeout(lim.header_timeout.0);
     let shutdown = w.shared.shutdown.clone();
-    let svc_w = w.clone();
+    let activity = Rc::new(Activity {
+        streams: std::cell::Cell::new(0),
+        last: std::cell::Cell::new(tokio::time::Instant::now()),
+        served: std::cell::Cell::new(false),
+    });
+    let (svc_w, svc_activity) = (w.clone(), activity.clone());
     let svc = hyper::service::service_fn(move |req| {
-        let w = svc_w.clone();
-        async move { Ok::<_, Infallible>(handle(w, peer, req).await) }
+        let (w, activity) = (svc_w.clone(), svc_activity.clone());
+        async move {
+            let guard = StreamGuard::open(activity);
+            let resp = handle(w, peer, req).await;
+            Ok::<_, Infallible>(resp.map(|body| {
+                Box::pin(Tracked {
+                    body,
+                    _guard: guard,
+                }) as RespBody
+            }))
+        }
     });
     let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(io), svc);
     tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+    // hyper's h2 server has no header or idle timeout (its keep-alive PINGs only check that the
+    // peer is alive), so a watchdog closes a connection that has sent no request within
+    // `header_timeout` of the handshake, or has had no open stream for `idle_timeout`.
+    loop {
+        let quiet_for = if activity.served.get() {
+            lim.idle_timeout.0
+        } else {
+            lim.header_timeout.0
+        };
+        let deadline = activity.last.get() + quiet_for;
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = shutdown.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+                return;
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                let idle = activity.streams.get() == 0
+                    && activity.last.get() + quiet_for <= tokio::time::Instant::now();
+                if idle {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), conn.as_mut()).await;
+                    return;
+                }
+            }
         }
+    }
+}
+
+/// What the watchdog of one h2 connection watches: open streams and the last change.
+struct Activity {
+    streams: std::cell::Cell<usize>,
+    last: std::cell::Cell<tokio::time::Instant>,
+    served: std::cell::Cell<bool>,
+}
+
+/// Counts a stream as open from its request until its response body is dropped.
+struct StreamGuard(Rc<Activity>);
+
+impl StreamGuard {
+    fn open(a: Rc<Activity>) -> StreamGuard {
+        a.streams.set(a.streams.get() + 1);
+        a.served.set(true);
+        a.last.set(tokio::time::Instant::now());
+        StreamGuard(a)
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.streams.set(self.0.streams.get().saturating_sub(1));
+        self.0.last.set(tokio::time::Instant::now());
+    }
+}
+
+/// A response body that keeps its stream counted as open while it is being sent.
+struct Tracked {
+    body: RespBody,
+    _guard: StreamGuard,
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        self.body.as_mut().poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -122,13 +209,12 @@ async fn handle(w: Rc<Worker>, peer: SocketAddr, req: Request<Incoming>) -> Resp
     let scheme_ok = matches!(req.uri().scheme_str(), Some("http" | "https"));
     let host = host.filter(|_| scheme_ok);
     let (resp, route, upstream) = match (&host, route_for(&w, host.as_deref(), &target)) {
-        (Some(host), Ok((route, norm))) => {
+        (Some(_), Ok((route, norm))) => {
             let host_src = host_src.clone().unwrap_or_default();
             respond(
                 &w,
                 peer,
                 req,
-                host,
                 &host_src,
                 &target,
                 &norm,
@@ -193,7 +279,6 @@ async fn respond(
     w: &Rc<Worker>,
     peer: SocketAddr,
     req: Request<Incoming>,
-    host: &str,
     host_src: &[u8],
     target: &str,
     norm: &str,
@@ -213,7 +298,6 @@ async fn respond(
             None,
         );
     }
-    let _ = host;
     match &route.action {
         Action::Static(root) => {
             let h = req.headers();
@@ -225,12 +309,7 @@ async fn respond(
                 if_range: get("if-range"),
                 accept_encoding: get("accept-encoding"),
             };
-            let path = if route.spec.strip_prefix {
-                request::upstream_target(raw_path, b"", norm, Some(&route.spec.path.0))
-            } else {
-                request::encode_path(norm).into_bytes()
-            };
-            let resp = static_files::serve(root, req.method(), &path, cond);
+            let resp = request::serve_static(route, root, req.method(), norm, query, cond);
             (local(resp, head_only), Some(route.clone()), None)
         }
         Action::Proxy(pool) => {
@@ -282,22 +361,28 @@ async fn proxy(
         Ok(c) => c,
         Err((s, addr)) => return err(s, addr),
     };
-    let _active = up.track();
+    let active = up.track();
     let addr = up.addr;
     let mut fresh_retry = framing == Framing::None && idempotent(&parts.method);
     let (status, headers, framing, up_keep) = loop {
-        let sent = h1::timed_for(
+        let sent = send_request(
+            &mut conn,
+            &head,
+            &mut body,
+            framing,
+            max_body,
             lim.body_timeout.0,
-            send_request(&mut conn, &head, &mut body, framing, max_body),
         );
         match sent.await {
-            Some(Ok(())) => {}
-            Some(Err(e)) if e.kind() == io::ErrorKind::FileTooLarge => {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::FileTooLarge => {
                 return err(StatusCode::PAYLOAD_TOO_LARGE, Some(addr))
             }
-            Some(Err(_)) if fresh_retry && conn.reused => {}
-            Some(Err(_)) => return err(StatusCode::BAD_GATEWAY, Some(addr)),
-            None => return err(StatusCode::REQUEST_TIMEOUT, Some(addr)),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                return err(StatusCode::REQUEST_TIMEOUT, Some(addr))
+            }
+            Err(_) if fresh_retry && conn.reused => {}
+            Err(_) => return err(StatusCode::BAD_GATEWAY, Some(addr)),
         }
         match read_response_head(&mut conn, is_head, lim.upstream_timeout.0).await {
             Ok(r) => break r,
@@ -329,7 +414,8 @@ async fn proxy(
             w.pool.put(addr, conn);
             full(b)
         }
-        _ => relay_body(w, conn, framing, up_keep, addr),
+        // The upstream stays counted as busy (least_conn) until its body has been relayed.
+        _ => relay_body(w, conn, framing, up_keep, addr, active),
     };
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
@@ -345,11 +431,17 @@ async fn send_request(
     body: &mut Incoming,
     framing: Framing,
     max_body: u64,
+    t: std::time::Duration,
 ) -> io::Result<()> {
-    conn.stream.write_all(head).await?;
+    // Each wait has its own timeout (between frames from the client, each write upstream), so
+    // a long upload is fine as long as it keeps moving: `TimedOut` when it stalls.
+    let stalled = || io::Error::new(io::ErrorKind::TimedOut, "request body stalled");
+    h1::timed_for(t, conn.stream.write_all(head))
+        .await
+        .ok_or_else(stalled)??;
     let mut sent = 0u64;
     let mut size_line = Vec::with_capacity(20);
-    while let Some(frame) = body.frame().await {
+    while let Some(frame) = h1::timed_for(t, body.frame()).await.ok_or_else(stalled)? {
         let frame = frame.map_err(io::Error::other)?;
         let Ok(data) = frame.into_data() else {
             continue;
@@ -365,15 +457,22 @@ async fn send_request(
             size_line.clear();
             h1::push_hex(&mut size_line, data.len() as u64);
             size_line.extend_from_slice(b"\r\n");
-            conn.stream.write_all(&size_line).await?;
-            conn.stream.write_all(&data).await?;
-            conn.stream.write_all(b"\r\n").await?;
+            let write = async {
+                conn.stream.write_all(&size_line).await?;
+                conn.stream.write_all(&data).await?;
+                conn.stream.write_all(b"\r\n").await
+            };
+            h1::timed_for(t, write).await.ok_or_else(stalled)??;
         } else {
-            conn.stream.write_all(&data).await?;
+            h1::timed_for(t, conn.stream.write_all(&data))
+                .await
+                .ok_or_else(stalled)??;
         }
     }
     if framing == Framing::Chunked {
-        conn.stream.write_all(b"0\r\n\r\n").await?;
+        h1::timed_for(t, conn.stream.write_all(b"0\r\n\r\n"))
+            .await
+            .ok_or_else(stalled)??;
     }
     Ok(())
 }
@@ -391,6 +490,8 @@ async fn read_response_head(
         let parsed = {
             let mut slots = [httparse::EMPTY_HEADER; crate::conn_h1::MAX_HEADERS];
             match h1::parse_response(&conn.buf, &mut slots, is_head) {
+                // h2 never upgrades: a 101 is a confused upstream, never something to skip.
+                Ok((head, _)) if head.status == 101 => return Err(Some(StatusCode::BAD_GATEWAY)),
                 Ok((head, _)) if (100..200).contains(&head.status) => Some(Err(head.len)),
                 Ok((head, hs)) => {
                     let headers = response_headers(hs, head.framing);
@@ -438,12 +539,14 @@ fn relay_body(
     framing: Framing,
     up_keep: bool,
     addr: SocketAddr,
+    active: crate::upstream::ActiveGuard,
 ) -> RespBody {
     let (mut tx, rx) = tokio::io::duplex(64 * 1024);
     let timeout = w.shared.limits.upstream_timeout.0;
     let write_timeout = w.shared.limits.body_timeout.0;
     let w = w.clone();
     tokio::task::spawn_local(async move {
+        let _active = active;
         let mut out = Vec::new();
         let relay = h1::Relay {
             framing,
@@ -487,10 +590,20 @@ fn upstream_head(
         framing,
     };
     let mut out = Vec::with_capacity(512);
+    // h2 clients may split Cookie into several fields; HTTP/1.1 wants one (RFC 9113 §8.2.3).
+    let cookies: Vec<&[u8]> = parts
+        .headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    let joined = (cookies.len() > 1).then(|| cookies.join(&b"; "[..]));
     let headers = parts
         .headers
         .iter()
-        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+        .filter(|(n, _)| joined.is_none() || *n != http::header::COOKIE)
+        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+        .chain(joined.as_deref().map(|j| (&b"cookie"[..], j)));
     request::write_upstream_head(&mut out, &head, headers, |_| false);
     out
 }

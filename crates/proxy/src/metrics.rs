@@ -84,6 +84,8 @@ pub struct Metrics {
     upstream_errors: Family<ErrorKind, Counter>,
     pub open_connections: Gauge,
     pub rejected_connections: Counter,
+    /// Requests refused before routing (malformed, too large, too slow): 400, 408, 417, 431.
+    pub rejected_requests: Counter,
 }
 
 /// Handles for one route, resolved once per table build.
@@ -117,6 +119,7 @@ impl Metrics {
         let upstream_errors = Family::<ErrorKind, Counter>::default();
         let open_connections = Gauge::default();
         let rejected_connections = Counter::default();
+        let rejected_requests = Counter::default();
         registry.register(
             "requests",
             "Requests by route and status class",
@@ -142,7 +145,13 @@ impl Metrics {
             "Client connections closed at once because the connection cap was reached",
             rejected_connections.clone(),
         );
+        registry.register(
+            "rejected_requests",
+            "Requests refused before routing: malformed, too large or too slow (400/408/417/431)",
+            rejected_requests.clone(),
+        );
         Metrics {
+            rejected_requests,
             registry,
             requests,
             latency,

@@ -242,6 +242,38 @@ fn is_set_by_berth(name: &[u8]) -> bool {
     }
 }
 
+/// Serve a request on a static route: the normalised path (minus the route's prefix with
+/// `strip_prefix`), the query kept for directory redirects, whose Location gets the prefix back.
+pub fn serve_static(
+    route: &crate::table::Route,
+    root: &crate::static_files::Root,
+    method: &http::Method,
+    norm: &str,
+    query: &[u8],
+    cond: crate::static_files::Conditional<'_>,
+) -> LocalResponse {
+    let strip = route
+        .spec
+        .strip_prefix
+        .then(|| route.spec.path.0.trim_end_matches('/'));
+    let mut path = match strip {
+        Some(prefix) => upstream_target(b"", b"", norm, Some(prefix)),
+        None => encode_path(norm).into_bytes(),
+    };
+    path.extend_from_slice(query);
+    let mut resp = crate::static_files::serve(root, method, &path, cond);
+    if let (Some(prefix), true) = (strip, resp.status.is_redirection()) {
+        let location = resp
+            .headers
+            .get(http::header::LOCATION)
+            .map(|l| format!("{prefix}{}", String::from_utf8_lossy(l.as_bytes())));
+        if let Some(v) = location.and_then(|l| http::HeaderValue::from_str(&l).ok()) {
+            resp.headers.insert(http::header::LOCATION, v);
+        }
+    }
+    resp
+}
+
 /// A client-supplied X-Request-Id is kept when it looks like an id (so traces join up), and
 /// replaced otherwise (so logs cannot be injected into).
 pub fn valid_request_id(v: &[u8]) -> bool {

@@ -174,6 +174,17 @@ impl Proxy {
         Ok(())
     }
 
+    /// Check routes as `set_routes` would (static roots opened too), without applying them.
+    pub fn check_routes(&self, specs: Vec<RouteSpec>) -> Result<(), RouteError> {
+        RouteTable::build(
+            specs,
+            self.shared.limits.max_body.0,
+            &self.registry,
+            &self.shared.metrics,
+        )
+        .map(drop)
+    }
+
     /// Re-read certificate files (SIGHUP). On error the old certificates stay in force.
     pub fn reload_certs(&self, cfg: &FileConfig) -> Result<(), tls::TlsError> {
         if let Some(r) = &self.resolver {
@@ -290,6 +301,15 @@ fn run_worker(
                 Err(e) => tracing::error!("listener: {e}"),
             }
         }
+        // Idle upstream connections are also checked every few seconds, not only when taken.
+        let sweeper = w.clone();
+        tokio::task::spawn_local(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                sweeper.pool.sweep();
+            }
+        });
         stop.cancelled().await;
     });
 }

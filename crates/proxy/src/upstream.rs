@@ -164,6 +164,21 @@ impl ConnPool {
         None
     }
 
+    /// Close idle connections that are too old or that the upstream has closed (or written to),
+    /// and forget addresses with none left. Run periodically by each worker, so connections to
+    /// upstreams that left the route table do not linger until they would be taken.
+    pub fn sweep(&self) {
+        let mut idle = self.idle.borrow_mut();
+        for list in idle.values_mut() {
+            list.retain(|(conn, since)| {
+                let mut probe = [0u8; 1];
+                since.elapsed() <= POOL_IDLE_MAX
+                    && matches!(conn.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            });
+        }
+        idle.retain(|_, list| !list.is_empty());
+    }
+
     pub fn put(&self, addr: SocketAddr, mut conn: UpConn) {
         if !conn.buf.is_empty() {
             return; // bytes beyond the response: the upstream is confused; do not reuse
