@@ -571,3 +571,24 @@ fn admin_api_refuses_foreign_host_names() {
         assert_eq!(r.status, want, "Host: {host}: {}", r.text());
     }
 }
+
+#[test]
+fn refused_requests_are_logged_and_counted() {
+    let up = Upstream::start(Reply::Ok("hello"));
+    let b = Berth::start(BIN, &route("app.localhost", &[up.addr], ""));
+    // Ambiguous framing: refused before routing (battery S1).
+    let smuggle = b"POST / HTTP/1.1\r\nHost: app.localhost\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    let out = test_support::raw(b.http, smuggle, Duration::from_secs(5));
+    assert_eq!(test_support::status(&out), 400);
+    let m = eventually(WAIT, "the rejection to be counted", || {
+        let m = admin_get(&b, "/metrics").text();
+        (metric(&m, "berth_rejected_requests_total", &[]).unwrap_or(0.0) >= 1.0).then_some(m)
+    });
+    assert!(m.contains("berth_rejected_requests_total"), "{m}");
+    eventually(WAIT, "an access log line for the 400", || {
+        access_lines(&b)
+            .iter()
+            .any(|v| v["status"] == 400)
+            .then_some(())
+    });
+}

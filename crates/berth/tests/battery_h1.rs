@@ -1620,6 +1620,12 @@ fn s16_invalid_upstream_responses() {
             want_status: &[502],
         },
         Case16 {
+            // A 101 nobody asked for, followed by what looks like a response: never parsed.
+            id: "S16l",
+            reply: b"HTTP/1.1 101 Switching Protocols\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged",
+            want_status: &[502],
+        },
+        Case16 {
             id: "S16ok",
             reply: b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
             want_status: &[200],

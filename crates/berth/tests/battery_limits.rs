@@ -606,3 +606,91 @@ fn idle_keepalive_connections_close_at_the_idle_timeout() {
         "closed after {waited:?}, idle_timeout is 600ms"
     );
 }
+
+#[test]
+fn d1_header_timeout_runs_from_accept_not_from_the_first_byte() {
+    let _g = serial();
+    let up = Upstream::start(Reply::Ok("ok"));
+    let b = Berth::start(
+        BIN,
+        &format!(
+            "[limits]\nheader_timeout = \"1s\"\n{}",
+            route("app.test", &up, "")
+        ),
+    );
+    let mut s = TcpStream::connect(b.http).unwrap();
+    s.set_nonblocking(true).unwrap();
+    let accepted = Instant::now();
+    // First byte late (0.7 s), then a trickle: the 408 must come 1 s after accept.
+    thread::sleep(Duration::from_millis(700));
+    let mut answered_at = None;
+    let mut buf = [0u8; 1024];
+    for b in b"GET / HTTP/1.1\r\nHost: app.test\r\nX-Slow: aaaaaaaaaaaaaaaaaaaa".iter() {
+        let _ = s.write_all(&[*b]);
+        thread::sleep(Duration::from_millis(50)); // the slow client's pace
+        if let Ok(n) = s.read(&mut buf) {
+            answered_at = Some(accepted.elapsed());
+            assert!(
+                n == 0 || buf.starts_with(b"HTTP/1.1 408"),
+                "{:?}",
+                String::from_utf8_lossy(&buf[..n])
+            );
+            break;
+        }
+    }
+    let answered_at = answered_at.expect("no 408 while the head trickled in for 3 s");
+    assert!(
+        answered_at < Duration::from_millis(1500),
+        "408 came {answered_at:?} after accept with header_timeout = 1s"
+    );
+}
+
+/// Open a TLS connection with ALPN h2 and stay silent (`silent`) or send only the connection
+/// preface and an empty SETTINGS frame (`preface`); print how long until berth closed it.
+const H2_QUIET: &str = r#"
+import socket, ssl, sys, time
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+ctx.set_alpn_protocols(["h2"])
+t = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1]))), server_hostname="app.localhost")
+assert t.selected_alpn_protocol() == "h2", t.selected_alpn_protocol()
+start = time.time()
+if sys.argv[2] == "preface":
+    t.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+t.settimeout(10)
+try:
+    while t.recv(65536):
+        pass
+except Exception:
+    pass
+print(time.time() - start)
+"#;
+
+#[test]
+fn d1_quiet_h2_connections_close_at_the_header_timeout() {
+    let _g = serial();
+    let up = Upstream::start(Reply::Ok("ok"));
+    let b = Berth::start(
+        BIN,
+        &format!(
+            "[limits]\nheader_timeout = \"1s\"\n{}",
+            route("app.localhost", &up, "")
+        ),
+    );
+    for mode in ["silent", "preface"] {
+        let out = Command::new("python3")
+            .args(["-c", H2_QUIET, &b.https.port().to_string(), mode])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let secs: f64 = text
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{mode}: {text} {}", String::from_utf8_lossy(&out.stderr)));
+        assert!(
+            secs < 3.0,
+            "{mode} h2 connection open for {secs:.1}s with header_timeout = 1s"
+        );
+    }
+}

@@ -671,3 +671,62 @@ fn http10_keep_alive_is_acknowledged_and_kept() {
         .to_ascii_lowercase()
         .contains("connection: close"));
 }
+
+#[test]
+fn h2_cookie_fields_reach_the_upstream_as_one_header() {
+    let up = Upstream::start(Reply::Echo);
+    let b = Berth::start(BIN, &route("app.localhost", &[up.addr], ""));
+    // nghttp sends each -H as its own h2 field, as browsers split cookies (RFC 9113 §8.2.3).
+    let url = format!("https://127.0.0.1:{}/", b.https.port());
+    let (ok, out, err) = run(
+        "nghttp",
+        &[
+            "-H",
+            ":authority: app.localhost",
+            "-H",
+            "cookie: a=1",
+            "-H",
+            "cookie: b=2",
+            &url,
+        ],
+    );
+    assert!(ok, "nghttp failed: {err}");
+    let seen = up.last().to_ascii_lowercase();
+    let cookies: Vec<&str> = seen.lines().filter(|l| l.starts_with("cookie:")).collect();
+    assert_eq!(
+        cookies,
+        ["cookie: a=1; b=2"],
+        "upstream saw {seen:?} (client got {out:?})"
+    );
+}
+
+#[test]
+fn slow_readers_of_large_static_files_get_the_whole_file() {
+    const LEN: usize = 6 << 20;
+    let big = vec![b'z'; LEN];
+    let b = Berth::start_with(
+        BIN,
+        "",
+        &[("www/big.bin", &big)],
+        "[limits]\nbody_timeout = \"1s\"\n[[route]]\nhost = \"files.localhost\"\nstatic = \"{dir}/www\"\n",
+    );
+    // 6 MiB at 2 MiB/s takes 3 s: longer than body_timeout, which bounds each write, not the whole.
+    let url = format!("http://{}/big.bin", b.http);
+    let (ok, out, err) = run(
+        "curl",
+        &[
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{size_download}",
+            "--limit-rate",
+            "2M",
+            "-H",
+            "Host: files.localhost",
+            &url,
+        ],
+    );
+    assert!(ok, "curl failed: {err}");
+    assert_eq!(out.trim(), LEN.to_string());
+}

@@ -254,3 +254,18 @@ fn certificate_files_are_chosen_by_sni_over_the_local_ca() {
     let (ok, _, _) = curl_https_ca(&b, &file_ca, "app.localhost", "/", &[]);
     assert!(!ok, "app.localhost was served the files.test certificate");
 }
+
+#[test]
+fn static_routes_with_strip_prefix_redirect_directories_under_the_prefix() {
+    let b = Berth::start_with(
+        BIN,
+        "",
+        &[("site/guide/index.html", b"guide")],
+        "[[route]]\nhost = \"docs.test\"\npath = \"/docs/\"\nstrip_prefix = true\nstatic = \"{dir}/site\"\n",
+    );
+    let r = get(b.http, "docs.test", "/docs/guide?v=1");
+    assert_eq!(r.status, 308);
+    assert_eq!(r.header("location").as_deref(), Some("/docs/guide/?v=1"));
+    let r = get(b.http, "docs.test", "/docs/guide/");
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"guide"[..]));
+}
