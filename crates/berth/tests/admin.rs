@@ -592,3 +592,49 @@ fn refused_requests_are_logged_and_counted() {
             .then_some(())
     });
 }
+
+#[test]
+fn sighup_with_bad_routes_keeps_the_old_certificates_too() {
+    let (cert_a, key_a) = self_signed("files.test");
+    let (cert_b, key_b) = self_signed("files.test");
+    let up = Upstream::start(Reply::Ok("up"));
+    let tls = |which: &str| {
+        format!("[tls]\ncerts = [{{ cert = \"{{dir}}/{which}.pem\", key = \"{{dir}}/{which}.key\" }}]\n")
+    };
+    let b = Berth::start_with(
+        BIN,
+        "",
+        &[
+            ("a.pem", &cert_a),
+            ("a.key", &key_a),
+            ("b.pem", &cert_b),
+            ("b.key", &key_b),
+        ],
+        &format!("{}{}", tls("a"), route("files.test", &[up.addr], "")),
+    );
+    let serial = |text: &str| {
+        text.lines()
+            .skip_while(|l| !l.contains("Serial Number"))
+            .nth(1)
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    };
+    let before = serial(&presented_cert(&b, "files.test"));
+    assert!(!before.is_empty());
+    // New certificate, but a route whose static root does not exist: nothing may change.
+    b.rewrite_config(&format!(
+        "{}{}[[route]]\nhost = \"site.test\"\nstatic = \"{{dir}}/missing\"\n",
+        tls("b"),
+        route("files.test", &[up.addr], "")
+    ));
+    b.signal("HUP");
+    eventually(WAIT, "the refused reload in berth's log", || {
+        b.stderr().contains("config reload failed").then_some(())
+    });
+    assert_eq!(
+        serial(&presented_cert(&b, "files.test")),
+        before,
+        "certificates changed half-way"
+    );
+}
