@@ -708,7 +708,7 @@ impl Conn {
                 }
             }
             // Read the response head.
-            match self.read_response(io, req, &mut conn).await {
+            match self.read_response(req, &mut conn).await {
                 Ok(r) => break self.relay_response(io, r, conn, up.addr).await,
                 Err(Some(status)) => return self.fail(io, status, Some(up.addr)).await,
                 Err(None) if fresh_retry && conn.reused => {
@@ -732,9 +732,8 @@ impl Conn {
 
     /// Read the upstream's response head (skipping 1xx other than 101) and write the client's
     /// version of it into `self.out`. `Err(None)`: the upstream closed before sending a byte.
-    async fn read_response<S: ClientIo>(
+    async fn read_response(
         &mut self,
-        _io: &mut S,
         req: &Req,
         conn: &mut UpConn,
     ) -> Result<RespInfo, Option<StatusCode>> {
