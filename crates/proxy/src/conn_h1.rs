@@ -4,7 +4,7 @@
 
 use crate::accesslog::Entry;
 use crate::config::Limits;
-use crate::h1::{self, BodyError, Framing, Relay, ResponseError};
+use crate::h1::{self, BodyError, Framing, Relay};
 use crate::metrics::UpstreamError;
 use crate::request::{self, parse_host};
 use crate::server::Worker;
@@ -22,9 +22,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt
 use tokio::net::TcpStream;
 
 /// Header slots parsed per request; `limits.max_headers` may not exceed it.
-pub const MAX_HEADERS: usize = 128;
-/// Largest upstream response head.
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+const MAX_HEADERS: usize = 128;
 /// Request bodies up to this size are read and discarded when berth answers itself, so the
 /// connection can stay open; larger ones close it.
 const DRAIN_MAX: u64 = 64 * 1024;
@@ -730,82 +728,54 @@ impl Conn {
         }
     }
 
-    /// Read the upstream's response head (skipping 1xx other than 101) and write the client's
-    /// version of it into `self.out`. `Err(None)`: the upstream closed before sending a byte.
+    /// Read the upstream's response head and write the client's version of it into
+    /// `self.out`. `Err(None)`: the upstream closed before sending a byte.
     async fn read_response(
         &mut self,
         req: &Req,
         conn: &mut UpConn,
     ) -> Result<RespInfo, Option<StatusCode>> {
-        let (mut deadline, timeout) = (None, self.limits().upstream_timeout.0);
-        loop {
-            match self.parse_response_head(req, conn) {
-                Parsed::Head(info) => return Ok(info),
-                Parsed::Informational => continue,
-                Parsed::Bad => return Err(Some(StatusCode::BAD_GATEWAY)),
-                Parsed::Incomplete => {}
+        let shared = self.w.shared.clone();
+        let out = &mut self.out;
+        let closing = shared.shutdown.is_cancelled();
+        let read = conn.read_head(
+            req.method == Method::HEAD,
+            req.upgrade,
+            shared.limits.upstream_timeout.0,
+            |head, headers| {
+                let upgraded = head.status == 101;
+                let client_chunked =
+                    !req.http10 && matches!(head.framing, Framing::Chunked | Framing::UntilClose);
+                let keep = req.keep_alive
+                    && !upgraded
+                    && !closing
+                    && (matches!(head.framing, Framing::None | Framing::Length(_))
+                        || client_chunked);
+                let info = RespInfo {
+                    status: head.status,
+                    framing: head.framing,
+                    up_keep: head.keep_alive,
+                    client_chunked,
+                    keep,
+                    upgraded,
+                };
+                out.clear();
+                write_response_head(out, &info, headers, req.http10);
+                info
+            },
+        );
+        match read.await {
+            Ok(info) => Ok(info),
+            Err(upstream::HeadError::ClosedEarly) => Err(None),
+            Err(upstream::HeadError::Bad) => {
+                shared.metrics.upstream_error(UpstreamError::BadResponse);
+                Err(Some(StatusCode::BAD_GATEWAY))
             }
-            conn.buf.reserve(8 * 1024);
-            let read = conn.stream.read_buf(&mut conn.buf);
-            match h1::timed(&mut deadline, timeout, read).await {
-                Some(Ok(0)) | Some(Err(_)) if conn.buf.is_empty() => return Err(None),
-                Some(Ok(0)) | Some(Err(_)) => return Err(Some(StatusCode::BAD_GATEWAY)),
-                Some(Ok(_)) => {}
-                None => {
-                    self.w.shared.metrics.upstream_error(UpstreamError::Timeout);
-                    return Err(Some(StatusCode::GATEWAY_TIMEOUT));
-                }
+            Err(upstream::HeadError::Timeout) => {
+                shared.metrics.upstream_error(UpstreamError::Timeout);
+                Err(Some(StatusCode::GATEWAY_TIMEOUT))
             }
         }
-    }
-
-    /// One attempt at the buffered response head. Synchronous, so that the header slots live
-    /// on the stack and not in the connection's future across its awaits.
-    fn parse_response_head(&mut self, req: &Req, conn: &mut UpConn) -> Parsed {
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let (head, headers) =
-            match h1::parse_response(&conn.buf, &mut slots, req.method == Method::HEAD) {
-                Ok(parsed) => parsed,
-                Err(ResponseError::Incomplete) if conn.buf.len() > MAX_RESPONSE_HEAD => {
-                    return Parsed::Bad
-                }
-                Err(ResponseError::Incomplete) => return Parsed::Incomplete,
-                Err(ResponseError::Invalid(why)) => {
-                    tracing::debug!(why, "invalid upstream response");
-                    self.w
-                        .shared
-                        .metrics
-                        .upstream_error(UpstreamError::BadResponse);
-                    return Parsed::Bad;
-                }
-            };
-        let len = head.len;
-        if head.status == 101 && !req.upgrade {
-            return Parsed::Bad; // a protocol switch nobody asked for: never parse past it
-        }
-        if (100..200).contains(&head.status) && head.status != 101 {
-            conn.buf.advance(len);
-            return Parsed::Informational;
-        }
-        let upgraded = head.status == 101;
-        let client_chunked =
-            !req.http10 && matches!(head.framing, Framing::Chunked | Framing::UntilClose);
-        let keep = req.keep_alive
-            && !upgraded
-            && !self.w.shared.shutdown.is_cancelled()
-            && (matches!(head.framing, Framing::None | Framing::Length(_)) || client_chunked);
-        let info = RespInfo {
-            status: head.status,
-            framing: head.framing,
-            up_keep: head.keep_alive,
-            client_chunked,
-            keep,
-            upgraded,
-        };
-        self.out.clear();
-        write_response_head(&mut self.out, &info, headers, req.http10);
-        conn.buf.advance(len);
-        Parsed::Head(info)
     }
 
     async fn relay_response<S: ClientIo>(
@@ -906,13 +876,6 @@ pub fn idempotent(m: &Method) -> bool {
         *m,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     )
-}
-
-enum Parsed {
-    Head(RespInfo),
-    Informational,
-    Incomplete,
-    Bad,
 }
 
 #[derive(Clone, Copy)]

@@ -5,13 +5,14 @@
 
 use crate::accesslog::Entry;
 use crate::conn_h1::idempotent;
-use crate::h1::{self, Framing, ResponseError};
+use crate::h1::{self, Framing};
+use crate::metrics::UpstreamError;
 use crate::request;
 use crate::server::Worker;
 use crate::static_files::{Conditional, LocalBody, LocalResponse};
 use crate::table::{Action, Route};
-use crate::upstream::UpConn;
-use bytes::{Buf, Bytes, BytesMut};
+use crate::upstream::{HeadError, UpConn};
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
@@ -384,19 +385,34 @@ async fn proxy(
             Err(_) if fresh_retry && conn.reused => {}
             Err(_) => return err(StatusCode::BAD_GATEWAY, Some(addr)),
         }
-        match read_response_head(&mut conn, is_head, lim.upstream_timeout.0).await {
+        let read = conn.read_head(is_head, false, lim.upstream_timeout.0, |head, hs| {
+            (
+                head.status,
+                response_headers(hs, head.framing),
+                head.framing,
+                head.keep_alive,
+            )
+        });
+        match read.await {
             Ok(r) => break r,
-            Err(Some(status)) => return err(status, Some(addr)),
+            Err(HeadError::Bad) => {
+                w.shared.metrics.upstream_error(UpstreamError::BadResponse);
+                return err(StatusCode::BAD_GATEWAY, Some(addr));
+            }
+            Err(HeadError::Timeout) => {
+                w.shared.metrics.upstream_error(UpstreamError::Timeout);
+                return err(StatusCode::GATEWAY_TIMEOUT, Some(addr));
+            }
             // A pooled connection the upstream had closed: once more on a fresh one (nothing
             // reached the application), as the HTTP/1.1 front does.
-            Err(None) if fresh_retry && conn.reused => {
+            Err(HeadError::ClosedEarly) if fresh_retry && conn.reused => {
                 fresh_retry = false;
                 match crate::upstream::connect(addr, lim.upstream_connect_timeout.0).await {
                     Ok(c) => conn = c,
                     Err(_) => return err(StatusCode::BAD_GATEWAY, Some(addr)),
                 }
             }
-            Err(None) => return err(StatusCode::BAD_GATEWAY, Some(addr)),
+            Err(HeadError::ClosedEarly) => return err(StatusCode::BAD_GATEWAY, Some(addr)),
         }
     };
     let Ok(status) = StatusCode::from_u16(status) else {
@@ -475,60 +491,6 @@ async fn send_request(
             .ok_or_else(stalled)??;
     }
     Ok(())
-}
-
-/// Read the upstream's response head (skipping 1xx), as an h2 header map. `Err(None)`: the
-/// upstream closed before sending a byte.
-async fn read_response_head(
-    conn: &mut UpConn,
-    is_head: bool,
-    timeout: std::time::Duration,
-) -> Result<(u16, HeaderMap, Framing, bool), Option<StatusCode>> {
-    let mut deadline = None;
-    loop {
-        // In a block: the header slots must not live across the await below.
-        let parsed = {
-            let mut slots = [httparse::EMPTY_HEADER; crate::conn_h1::MAX_HEADERS];
-            match h1::parse_response(&conn.buf, &mut slots, is_head) {
-                // h2 never upgrades: a 101 is a confused upstream, never something to skip.
-                Ok((head, _)) if head.status == 101 => return Err(Some(StatusCode::BAD_GATEWAY)),
-                Ok((head, _)) if (100..200).contains(&head.status) => Some(Err(head.len)),
-                Ok((head, hs)) => {
-                    let headers = response_headers(hs, head.framing);
-                    Some(Ok((
-                        head.status,
-                        headers,
-                        head.framing,
-                        head.keep_alive,
-                        head.len,
-                    )))
-                }
-                Err(ResponseError::Invalid(_)) => return Err(Some(StatusCode::BAD_GATEWAY)),
-                Err(ResponseError::Incomplete) => None,
-            }
-        };
-        match parsed {
-            Some(Err(informational)) => {
-                conn.buf.advance(informational);
-                continue;
-            }
-            Some(Ok((status, headers, framing, keep, len))) => {
-                conn.buf.advance(len);
-                return Ok((status, headers, framing, keep));
-            }
-            None => {}
-        }
-        if conn.buf.len() > 64 * 1024 {
-            return Err(Some(StatusCode::BAD_GATEWAY));
-        }
-        conn.buf.reserve(8 * 1024);
-        match h1::timed(&mut deadline, timeout, conn.stream.read_buf(&mut conn.buf)).await {
-            Some(Ok(0)) | Some(Err(_)) if conn.buf.is_empty() => return Err(None),
-            Some(Ok(0)) | Some(Err(_)) => return Err(Some(StatusCode::BAD_GATEWAY)),
-            Some(Ok(_)) => {}
-            None => return Err(Some(StatusCode::GATEWAY_TIMEOUT)),
-        }
-    }
 }
 
 /// Stream an upstream body into the h2 response through an in-memory pipe; the pooled connection

@@ -2,7 +2,7 @@
 //! per-worker pool of idle keep-alive connections, and the active health checker.
 
 use crate::config::HealthSpec;
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -190,6 +190,90 @@ impl ConnPool {
         let list = idle.entry(addr).or_default();
         if list.len() < self.max_per_host {
             list.push((conn, Instant::now()));
+        }
+    }
+}
+
+/// Largest upstream response head accepted.
+pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// Header slots for one parsed upstream response head.
+const RESPONSE_HEADERS: usize = 128;
+
+/// Why no usable response head came back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadError {
+    /// Closed before sending a byte: on a reused connection, a stale keep-alive.
+    ClosedEarly,
+    /// Malformed, ambiguous, too large, a 101 nobody asked for, or closed mid-head (502).
+    Bad,
+    /// No head within the upstream timeout (504).
+    Timeout,
+}
+
+impl UpConn {
+    /// Read the response head of one exchange, for either front. 1xx heads other than 101 are
+    /// skipped; a 101 is accepted only when `upgrade` was asked for. `take` sees the final head
+    /// and its headers and makes what the front needs of them (the client's head bytes, or an h2
+    /// header map); the head is then consumed from the buffer, leaving the body's first bytes.
+    pub async fn read_head<T>(
+        &mut self,
+        is_head: bool,
+        upgrade: bool,
+        timeout: Duration,
+        mut take: impl FnMut(&crate::h1::ResponseHead, &[httparse::Header<'_>]) -> T,
+    ) -> Result<T, HeadError> {
+        let mut deadline = None;
+        loop {
+            if let Some(done) = self.try_head(is_head, upgrade, &mut take) {
+                return done;
+            }
+            self.buf.reserve(8 * 1024);
+            let read = self.stream.read_buf(&mut self.buf);
+            match crate::h1::timed(&mut deadline, timeout, read).await {
+                Some(Ok(0)) | Some(Err(_)) if self.buf.is_empty() => {
+                    return Err(HeadError::ClosedEarly)
+                }
+                Some(Ok(0)) | Some(Err(_)) => return Err(HeadError::Bad),
+                Some(Ok(_)) => {}
+                None => return Err(HeadError::Timeout),
+            }
+        }
+    }
+
+    /// One parse of the buffered bytes; `None` when more are needed. Synchronous, so that the
+    /// header slots stay on the stack and out of the caller's future.
+    fn try_head<T>(
+        &mut self,
+        is_head: bool,
+        upgrade: bool,
+        take: &mut impl FnMut(&crate::h1::ResponseHead, &[httparse::Header<'_>]) -> T,
+    ) -> Option<Result<T, HeadError>> {
+        use crate::h1::ResponseError;
+        loop {
+            let mut slots = [httparse::EMPTY_HEADER; RESPONSE_HEADERS];
+            let (head, headers) = match crate::h1::parse_response(&self.buf, &mut slots, is_head) {
+                Ok(parsed) => parsed,
+                Err(ResponseError::Incomplete) if self.buf.len() > MAX_RESPONSE_HEAD => {
+                    return Some(Err(HeadError::Bad))
+                }
+                Err(ResponseError::Incomplete) => return None,
+                Err(ResponseError::Invalid(why)) => {
+                    tracing::debug!(why, "invalid upstream response");
+                    return Some(Err(HeadError::Bad));
+                }
+            };
+            let len = head.len;
+            if head.status == 101 && !upgrade {
+                return Some(Err(HeadError::Bad)); // a protocol switch nobody asked for
+            }
+            if (100..200).contains(&head.status) && head.status != 101 {
+                self.buf.advance(len);
+                continue;
+            }
+            let made = take(&head, headers);
+            self.buf.advance(len);
+            return Some(Ok(made));
         }
     }
 }
