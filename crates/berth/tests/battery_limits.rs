@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
-use test_support::{eventually, raw, status, Berth, Reply, Upstream};
+use test_support::{eventually, raw, read_response, status, Berth, Reply, Upstream};
 
 const BIN: &str = env!("CARGO_BIN_EXE_berth");
 
@@ -29,26 +29,6 @@ fn route(host: &str, up: &Upstream, extra: &str) -> String {
 
 fn get(host: &str) -> Vec<u8> {
     format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").into_bytes()
-}
-
-/// Read one response (head + Content-Length body) from a keep-alive connection.
-fn read_response(s: &mut TcpStream) -> std::io::Result<(u16, Vec<u8>)> {
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        if s.read(&mut byte)? == 0 {
-            return Err(ErrorKind::UnexpectedEof.into());
-        }
-        buf.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .map_or(0, |v| v.trim().parse().unwrap());
-    let mut body = vec![0; len];
-    s.read_exact(&mut body)?;
-    Ok((status(&buf), body))
 }
 
 /// Read until EOF or reset (`true`) or until `timeout` passes (`false`).

@@ -4,14 +4,14 @@
 //! R1's HTTP/2 load comes from `h2load` (Debian package nghttp2-client).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
-use test_support::{eventually, raw, status, Berth, Reply, Upstream};
+use test_support::{eventually, raw, read_head, read_response, status, Berth, Reply, Upstream};
 
 const BIN: &str = env!("CARGO_BIN_EXE_berth");
 
@@ -63,31 +63,6 @@ fn admin(b: &Berth, method: &str, path: &str, body: &str) -> (u16, String) {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status(&r), body)
-}
-
-/// Read a response head byte by byte; returns (status, content-length, head).
-fn read_head(s: &mut TcpStream) -> std::io::Result<(u16, Option<usize>, String)> {
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        if s.read(&mut byte)? == 0 {
-            return Err(ErrorKind::UnexpectedEof.into());
-        }
-        buf.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&buf).into_owned();
-    let len = head.to_ascii_lowercase().lines().find_map(|l| {
-        l.strip_prefix("content-length:")
-            .map(|v| v.trim().parse().unwrap())
-    });
-    Ok((status(&buf), len, head))
-}
-
-fn read_response(s: &mut TcpStream) -> std::io::Result<(u16, Vec<u8>)> {
-    let (st, len, _) = read_head(s)?;
-    let mut body = vec![0; len.unwrap_or(0)];
-    s.read_exact(&mut body)?;
-    Ok((st, body))
 }
 
 /// A minimal keep-alive upstream for load: answers every request head with `200 ok` in one

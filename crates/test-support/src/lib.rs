@@ -176,6 +176,33 @@ pub fn read_until_close(s: &mut TcpStream, timeout: Duration) -> Vec<u8> {
     out
 }
 
+/// Read one response head from a keep-alive connection, byte by byte (so nothing after it is
+/// consumed): (status, Content-Length if any, the head as text).
+pub fn read_head(s: &mut TcpStream) -> std::io::Result<(u16, Option<usize>, String)> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    let len = head.to_ascii_lowercase().lines().find_map(|l| {
+        l.strip_prefix("content-length:")
+            .map(|v| v.trim().parse().unwrap())
+    });
+    Ok((status(&buf), len, head))
+}
+
+/// Read one response (head + Content-Length body) from a keep-alive connection.
+pub fn read_response(s: &mut TcpStream) -> std::io::Result<(u16, Vec<u8>)> {
+    let (st, len, _) = read_head(s)?;
+    let mut body = vec![0; len.unwrap_or(0)];
+    s.read_exact(&mut body)?;
+    Ok((st, body))
+}
+
 /// Did the peer close the connection (EOF or reset) within `timeout`?
 pub fn closed_within(s: &mut TcpStream, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
