@@ -730,3 +730,77 @@ fn slow_readers_of_large_static_files_get_the_whole_file() {
     assert!(ok, "curl failed: {err}");
     assert_eq!(out.trim(), LEN.to_string());
 }
+
+/// An upstream that answers with a chunked body: `chunks` chunks of "tick\n", one every
+/// `every`, then either the last chunk (`finish`) or an abrupt close.
+fn trickling_upstream(chunks: usize, every: Duration, finish: bool) -> std::net::SocketAddr {
+    use std::io::{BufRead, BufReader};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut line = String::new();
+                while r.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                    line.clear();
+                }
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+                for _ in 0..chunks {
+                    if s.write_all(b"5\r\ntick\n\r\n").is_err() {
+                        return;
+                    }
+                    std::thread::sleep(every); // the upstream's pace, not synchronisation
+                }
+                if finish {
+                    let _ = s.write_all(b"0\r\n\r\n");
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn h2_streams_longer_than_the_idle_timeout_finish_without_burning_cpu() {
+    let up = trickling_upstream(15, Duration::from_millis(200), true);
+    let b = Berth::start(
+        BIN,
+        &format!(
+            "[limits]\nidle_timeout = \"1s\"\n{}",
+            route("app.localhost", &[up], "")
+        ),
+    );
+    let before = cpu_ticks(b.child.id());
+    let (ok, out, err) = common::curl_https(&b, "app.localhost", "/", &["--http2"]);
+    let used = cpu_ticks(b.child.id()) - before;
+    assert!(ok, "curl failed: {err}");
+    assert_eq!(out.matches("tick").count(), 15);
+    // 3 s of trickle; a watchdog that spun on a past deadline would burn ~100 ticks a second.
+    assert!(
+        used < 50,
+        "berth used {used} ticks of CPU for a 3 s trickle"
+    );
+}
+
+#[test]
+fn h2_bodies_cut_short_by_the_upstream_are_not_delivered_as_whole() {
+    let up = trickling_upstream(2, Duration::from_millis(10), false);
+    let b = Berth::start(BIN, &route("app.localhost", &[up], ""));
+    let (ok, out, _) = common::curl_https(&b, "app.localhost", "/", &["--http2"]);
+    assert!(
+        !ok,
+        "a truncated body arrived as a complete response: {out:?}"
+    );
+    let (ok, _, _) = common::curl_https(&b, "app.localhost", "/", &["--http1.1"]);
+    assert!(!ok, "HTTP/1.1 must fail the same way");
+}

@@ -55,37 +55,45 @@ pub async fn serve(
         .keep_alive_interval(Some(lim.idle_timeout.0))
         .keep_alive_timeout(lim.header_timeout.0);
     let shutdown = w.shared.shutdown.clone();
+    let now = tokio::time::Instant::now();
     let activity = Rc::new(Activity {
         streams: std::cell::Cell::new(0),
-        last: std::cell::Cell::new(tokio::time::Instant::now()),
+        last: std::cell::Cell::new(now),
+        progress: std::cell::Cell::new(now),
         served: std::cell::Cell::new(false),
     });
     let (svc_w, svc_activity) = (w.clone(), activity.clone());
     let svc = hyper::service::service_fn(move |req| {
-        let (w, activity) = (svc_w.clone(), svc_activity.clone());
+        // Counted as open from the moment hyper hands the stream over, not from its first poll.
+        let guard = StreamGuard::open(svc_activity.clone());
+        let w = svc_w.clone();
         async move {
-            let guard = StreamGuard::open(activity);
-            let resp = handle(w, peer, req).await;
-            Ok::<_, Infallible>(resp.map(|body| {
-                Box::pin(Tracked {
-                    body,
-                    _guard: guard,
-                }) as RespBody
-            }))
+            let resp = handle(w, peer, req, &guard.0).await;
+            Ok::<_, Infallible>(resp.map(|body| Box::pin(Tracked { body, guard }) as RespBody))
         }
     });
     let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(io), svc);
     tokio::pin!(conn);
-    // hyper's h2 server has no header or idle timeout (its keep-alive PINGs only check that the
-    // peer is alive), so a watchdog closes a connection that has sent no request within
-    // `header_timeout` of the handshake, or has had no open stream for `idle_timeout`.
+    // hyper's h2 server has no header, idle or send timeout (its keep-alive PINGs only check that
+    // the peer is alive), so a watchdog closes a connection that
+    // - has sent no request within `header_timeout` of the handshake,
+    // - has had no open stream for `idle_timeout`, or
+    // - has open streams none of which moved (a body frame either way) for `stall`: e.g. a
+    //   client that stops granting flow-control window.
+    // Every wake-up is computed from the latest activity, so it never spins.
+    let stall = lim.body_timeout.0.max(lim.upstream_timeout.0);
     loop {
         let quiet_for = if activity.served.get() {
             lim.idle_timeout.0
         } else {
             lim.header_timeout.0
         };
-        let deadline = activity.last.get() + quiet_for;
+        let busy = activity.streams.get() > 0;
+        let wake = if busy {
+            activity.progress.get() + stall
+        } else {
+            activity.last.get() + quiet_for
+        };
         tokio::select! {
             _ = conn.as_mut() => return,
             _ = shutdown.cancelled() => {
@@ -93,12 +101,18 @@ pub async fn serve(
                 let _ = conn.await;
                 return;
             }
-            _ = tokio::time::sleep_until(deadline) => {
-                let idle = activity.streams.get() == 0
-                    && activity.last.get() + quiet_for <= tokio::time::Instant::now();
-                if idle {
+            _ = tokio::time::sleep_until(wake) => {
+                let now = tokio::time::Instant::now();
+                if activity.streams.get() > 0 {
+                    if activity.progress.get() + stall <= now {
+                        tracing::debug!(%peer, "h2 connection stalled; closing");
+                        return;
+                    }
+                } else if activity.last.get() + quiet_for <= now {
                     conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), conn.as_mut()).await;
+                    // A stream that raced the GOAWAY is finished, within the stall bound.
+                    let bound = if activity.served.get() { stall } else { std::time::Duration::from_secs(1) };
+                    let _ = tokio::time::timeout(bound, conn.as_mut()).await;
                     return;
                 }
             }
@@ -106,11 +120,20 @@ pub async fn serve(
     }
 }
 
-/// What the watchdog of one h2 connection watches: open streams and the last change.
-struct Activity {
+/// What the watchdog of one h2 connection watches.
+pub(crate) struct Activity {
     streams: std::cell::Cell<usize>,
+    /// When a stream last opened or closed.
     last: std::cell::Cell<tokio::time::Instant>,
+    /// When any stream last moved a body frame (either way) or opened.
+    progress: std::cell::Cell<tokio::time::Instant>,
     served: std::cell::Cell<bool>,
+}
+
+impl Activity {
+    pub(crate) fn touch(&self) {
+        self.progress.set(tokio::time::Instant::now());
+    }
 }
 
 /// Counts a stream as open from its request until its response body is dropped.
@@ -121,6 +144,7 @@ impl StreamGuard {
         a.streams.set(a.streams.get() + 1);
         a.served.set(true);
         a.last.set(tokio::time::Instant::now());
+        a.touch();
         StreamGuard(a)
     }
 }
@@ -132,10 +156,11 @@ impl Drop for StreamGuard {
     }
 }
 
-/// A response body that keeps its stream counted as open while it is being sent.
+/// A response body that keeps its stream counted as open while it is being sent, and marks
+/// progress for the watchdog with every frame.
 struct Tracked {
     body: RespBody,
-    _guard: StreamGuard,
+    guard: StreamGuard,
 }
 
 impl Body for Tracked {
@@ -146,7 +171,11 @@ impl Body for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        self.body.as_mut().poll_frame(cx)
+        let polled = self.body.as_mut().poll_frame(cx);
+        if polled.is_ready() {
+            self.guard.0.touch();
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -168,7 +197,7 @@ fn local(resp: LocalResponse, head_only: bool) -> Response<RespBody> {
                 f.seek(io::SeekFrom::Start(offset)).await?;
                 Ok::<_, io::Error>(f.take(len))
             };
-            ReadBody::lazy(reader)
+            ReadBody::lazy(reader, len)
         }
         _ => full(Bytes::new()),
     });
@@ -181,7 +210,12 @@ fn full(b: Bytes) -> RespBody {
     Box::pin(http_body_util::Full::new(b).map_err(|never| match never {}))
 }
 
-async fn handle(w: Rc<Worker>, peer: SocketAddr, req: Request<Incoming>) -> Response<RespBody> {
+async fn handle(
+    w: Rc<Worker>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    activity: &Activity,
+) -> Response<RespBody> {
     let start = Instant::now();
     let method = req.method().clone();
     let target = req
@@ -221,6 +255,7 @@ async fn handle(w: Rc<Worker>, peer: SocketAddr, req: Request<Incoming>) -> Resp
                 &norm,
                 &route,
                 &request_id,
+                activity,
             )
             .await
         }
@@ -285,6 +320,7 @@ async fn respond(
     norm: &str,
     route: &Arc<Route>,
     request_id: &str,
+    activity: &Activity,
 ) -> (Response<RespBody>, Option<Arc<Route>>, Option<SocketAddr>) {
     let head_only = req.method() == Method::HEAD;
     let (raw_path, query) = request::split_target(target.as_bytes()).unwrap_or((b"/", b""));
@@ -329,6 +365,7 @@ async fn respond(
                 declared,
                 route.max_body,
                 request_id,
+                activity,
             )
             .await;
             (resp, Some(route.clone()), addr)
@@ -347,6 +384,7 @@ async fn proxy(
     declared: Option<u64>,
     max_body: u64,
     request_id: &str,
+    activity: &Activity,
 ) -> (Response<RespBody>, Option<SocketAddr>) {
     let lim = &w.shared.limits;
     let is_head = req.method() == Method::HEAD;
@@ -373,6 +411,7 @@ async fn proxy(
             framing,
             max_body,
             lim.body_timeout.0,
+            activity,
         );
         match sent.await {
             Ok(()) => {}
@@ -448,6 +487,7 @@ async fn send_request(
     framing: Framing,
     max_body: u64,
     t: std::time::Duration,
+    activity: &Activity,
 ) -> io::Result<()> {
     // Each wait has its own timeout (between frames from the client, each write upstream), so
     // a long upload is fine as long as it keeps moving: `TimedOut` when it stalls.
@@ -459,6 +499,7 @@ async fn send_request(
     let mut size_line = Vec::with_capacity(20);
     while let Some(frame) = h1::timed_for(t, body.frame()).await.ok_or_else(stalled)? {
         let frame = frame.map_err(io::Error::other)?;
+        activity.touch();
         let Ok(data) = frame.into_data() else {
             continue;
         };
@@ -504,6 +545,7 @@ fn relay_body(
     active: crate::upstream::ActiveGuard,
 ) -> RespBody {
     let (mut tx, rx) = tokio::io::duplex(64 * 1024);
+    let (whole, whole_rx) = tokio::sync::oneshot::channel();
     let timeout = w.shared.limits.upstream_timeout.0;
     let write_timeout = w.shared.limits.body_timeout.0;
     let w = w.clone();
@@ -522,12 +564,15 @@ fn relay_body(
             .run(&mut conn.stream, &mut conn.buf, &mut tx)
             .await
             .is_ok()
-            && up_keep
         {
-            w.pool.put(addr, conn);
+            // Said before `tx` drops, so the reader sees it when it reaches EOF.
+            let _ = whole.send(());
+            if up_keep {
+                w.pool.put(addr, conn);
+            }
         }
     });
-    ReadBody::reading(rx)
+    ReadBody::reading(rx, EndCheck::Signal(whole_rx))
 }
 
 fn upstream_head(
@@ -600,6 +645,17 @@ fn response_headers(hs: &[httparse::Header<'_>], framing: Framing) -> HeaderMap 
 struct ReadBody<R> {
     state: ReadState<R>,
     buf: BytesMut,
+    read: u64,
+    end: EndCheck,
+}
+
+/// How a body read to EOF proves it is complete; an incomplete one ends in an error, so hyper
+/// resets the stream instead of ending it cleanly (a truncated body must not look whole).
+enum EndCheck {
+    /// Exactly this many bytes (a static file that shrinks while sent fails).
+    Length(u64),
+    /// The relay task's word that the upstream body arrived whole.
+    Signal(tokio::sync::oneshot::Receiver<()>),
 }
 
 enum ReadState<R> {
@@ -609,21 +665,32 @@ enum ReadState<R> {
 }
 
 impl<R: AsyncRead + Unpin + 'static> ReadBody<R> {
-    fn reading(r: R) -> RespBody {
+    fn reading(r: R, end: EndCheck) -> RespBody {
         Box::pin(ReadBody {
             state: ReadState::Reading(r),
             buf: BytesMut::new(),
+            read: 0,
+            end,
         })
     }
-    fn lazy(f: impl std::future::Future<Output = io::Result<R>> + 'static) -> RespBody {
+    fn lazy(f: impl std::future::Future<Output = io::Result<R>> + 'static, len: u64) -> RespBody {
         Box::pin(ReadBody {
             state: ReadState::Opening(Box::pin(f)),
             buf: BytesMut::new(),
+            read: 0,
+            end: EndCheck::Length(len),
         })
+    }
+
+    fn complete(&mut self) -> bool {
+        match &mut self.end {
+            EndCheck::Length(n) => self.read == *n,
+            EndCheck::Signal(rx) => rx.try_recv().is_ok(),
+        }
     }
 }
 
-impl<R: AsyncRead + Unpin> Body for ReadBody<R> {
+impl<R: AsyncRead + Unpin + 'static> Body for ReadBody<R> {
     type Data = Bytes;
     type Error = io::Error;
 
@@ -647,9 +714,16 @@ impl<R: AsyncRead + Unpin> Body for ReadBody<R> {
                     return match tokio_util::io::poll_read_buf(Pin::new(r), cx, &mut this.buf) {
                         Poll::Ready(Ok(0)) => {
                             this.state = ReadState::Done;
-                            Poll::Ready(None)
+                            if this.complete() {
+                                Poll::Ready(None)
+                            } else {
+                                let e =
+                                    io::Error::new(io::ErrorKind::UnexpectedEof, "body cut short");
+                                Poll::Ready(Some(Err(e)))
+                            }
                         }
-                        Poll::Ready(Ok(_)) => {
+                        Poll::Ready(Ok(n)) => {
+                            this.read += n as u64;
                             Poll::Ready(Some(Ok(Frame::data(this.buf.split().freeze()))))
                         }
                         Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
