@@ -733,3 +733,68 @@ fn t1_tls_versions_ciphers_and_alpn() {
         );
     }
 }
+
+/// An h2 client that asks for a large file and then never grants flow-control window (no
+/// WINDOW_UPDATE), while answering SETTINGS and PINGs like a live peer. Prints the seconds until
+/// berth closed the connection. Raw frames, standard library only.
+const H2_NO_WINDOW: &str = r#"
+import socket, ssl, struct, sys, time
+def frame(t, flags, sid, payload=b""):
+    return struct.pack(">I", len(payload))[1:] + bytes([t, flags]) + struct.pack(">I", sid) + payload
+def lit(name, value):
+    return b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+ctx.set_alpn_protocols(["h2"])
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1]))), server_hostname="files.localhost")
+hdrs = lit(b":method", b"GET") + lit(b":scheme", b"https") + lit(b":path", b"/big.bin") + lit(b":authority", b"files.localhost")
+s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0) + frame(1, 0x5, 1, hdrs))
+start = time.time()
+s.settimeout(15)
+buf = b""
+try:
+    while time.time() - start < 15:
+        d = s.recv(65536)
+        if not d:
+            break
+        buf += d
+        while len(buf) >= 9:
+            n = int.from_bytes(buf[:3], "big")
+            if len(buf) < 9 + n:
+                break
+            t, fl, payload = buf[3], buf[4], buf[9:9 + n]
+            buf = buf[9 + n:]
+            if t == 4 and not fl & 1:
+                s.sendall(frame(4, 1, 0))
+            if t == 6 and not fl & 1:
+                s.sendall(frame(6, 1, 0, payload))
+except Exception:
+    pass
+print(time.time() - start)
+"#;
+
+#[test]
+fn h2_client_that_grants_no_window_is_closed() {
+    let _s = serial();
+    let big = vec![b'x'; 4 << 20];
+    let b = Berth::start_with(
+        BIN,
+        "",
+        &[("www/big.bin", &big)],
+        "[limits]\nbody_timeout = \"1s\"\nupstream_timeout = \"1s\"\n[[route]]\nhost = \"files.localhost\"\nstatic = \"{dir}/www\"\n",
+    );
+    let out = Command::new("python3")
+        .args(["-c", H2_NO_WINDOW, &b.https.port().to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let secs: f64 = text
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{text} {}", String::from_utf8_lossy(&out.stderr)));
+    assert!(
+        secs < 6.0,
+        "a stalled h2 stream kept its connection open for {secs:.1}s"
+    );
+}

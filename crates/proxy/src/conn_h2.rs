@@ -89,11 +89,13 @@ pub async fn serve(
             lim.header_timeout.0
         };
         let busy = activity.streams.get() > 0;
-        let wake = if busy {
+        let due = if busy {
             activity.progress.get() + stall
         } else {
             activity.last.get() + quiet_for
         };
+        // Streams open and close without waking the watchdog: look again at least every second.
+        let wake = due.min(tokio::time::Instant::now() + std::time::Duration::from_secs(1));
         tokio::select! {
             _ = conn.as_mut() => return,
             _ = shutdown.cancelled() => {
