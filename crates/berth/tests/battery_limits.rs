@@ -674,3 +674,58 @@ fn d1_quiet_h2_connections_close_at_the_header_timeout() {
         );
     }
 }
+
+/// TLS with ALPN http/1.1: connect, wait 0.7 s before the handshake, then trickle a head;
+/// print the seconds from connect until berth answered or closed.
+const TLS_TRICKLE: &str = r#"
+import socket, ssl, sys, time
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+ctx.set_alpn_protocols(["http/1.1"])
+start = time.time()
+raw = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+time.sleep(0.7)
+t = ctx.wrap_socket(raw, server_hostname="app.localhost")
+t.setblocking(False)
+for b in b"GET / HTTP/1.1\r\nHost: app.localhost\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa":
+    try:
+        t.send(bytes([b]))
+    except Exception:
+        break
+    time.sleep(0.05)
+    try:
+        if t.recv(1024) is not None:
+            break
+    except ssl.SSLWantReadError:
+        pass
+    except Exception:
+        break
+print(time.time() - start)
+"#;
+
+#[test]
+fn d1_tls_header_timeout_includes_the_handshake_wait() {
+    let _g = serial();
+    let up = Upstream::start(Reply::Ok("ok"));
+    let b = Berth::start(
+        BIN,
+        &format!(
+            "[limits]\nheader_timeout = \"1s\"\n{}",
+            route("app.localhost", &up, "")
+        ),
+    );
+    let out = Command::new("python3")
+        .args(["-c", TLS_TRICKLE, &b.https.port().to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let secs: f64 = text
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{text} {}", String::from_utf8_lossy(&out.stderr)));
+    assert!(
+        secs < 1.5,
+        "TLS head still accepted {secs:.2}s after connect (header_timeout 1s)"
+    );
+}

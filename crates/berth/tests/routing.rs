@@ -268,4 +268,8 @@ fn static_routes_with_strip_prefix_redirect_directories_under_the_prefix() {
     assert_eq!(r.header("location"), Some("/docs/guide/?v=1"));
     let r = get(b.http, "docs.test", "/docs/guide/");
     assert_eq!((r.status, r.body.as_slice()), (200, &b"guide"[..]));
+    // The mount point itself, without its slash, goes to the slash form too.
+    let r = get(b.http, "docs.test", "/docs?v=2");
+    assert_eq!(r.status, 308);
+    assert_eq!(r.header("location"), Some("/docs/?v=2"));
 }

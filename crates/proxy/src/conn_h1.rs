@@ -68,6 +68,7 @@ enum Decision {
 
 struct Conn {
     w: Rc<Worker>,
+    accepted: Option<tokio::time::Instant>,
     peer: SocketAddr,
     /// The client's address as written into X-Forwarded-For, formatted once per connection.
     peer_ip: String,
@@ -80,9 +81,18 @@ struct Conn {
     served: u64,
 }
 
-pub async fn serve<S: ClientIo>(w: Rc<Worker>, mut io: S, peer: SocketAddr, tls: bool) {
+/// `accepted`: when the TCP connection was accepted, if time has passed since (a TLS
+/// handshake), so that the first request's header timeout still runs from accept.
+pub async fn serve<S: ClientIo>(
+    w: Rc<Worker>,
+    mut io: S,
+    peer: SocketAddr,
+    tls: bool,
+    accepted: Option<tokio::time::Instant>,
+) {
     let mut c = Conn {
         w,
+        accepted,
         peer,
         peer_ip: peer.ip().to_string(),
         tls,
@@ -262,7 +272,10 @@ impl Conn {
             };
             // On a new connection the header timeout runs from accept to the end of the head;
             // on a kept-alive one, from the first byte of the next request.
-            let mut wait = None;
+            let mut wait = match self.accepted {
+                Some(at) if self.served == 0 => Some(at + lim.header_timeout.0),
+                _ => None,
+            };
             tokio::select! {
                 r = h1::timed(&mut wait, idle, first) => match r {
                     Some(Ok(n)) if n > 0 => {}

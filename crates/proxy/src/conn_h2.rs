@@ -45,6 +45,7 @@ pub async fn serve(
     w: Rc<Worker>,
     io: tokio_rustls::server::TlsStream<TcpStream>,
     peer: SocketAddr,
+    accepted: tokio::time::Instant,
 ) {
     let lim = &w.shared.limits;
     let mut builder = hyper::server::conn::http2::Builder::new(LocalExec);
@@ -55,11 +56,11 @@ pub async fn serve(
         .keep_alive_interval(Some(lim.idle_timeout.0))
         .keep_alive_timeout(lim.header_timeout.0);
     let shutdown = w.shared.shutdown.clone();
-    let now = tokio::time::Instant::now();
+    // The header timeout runs from accept, the TLS handshake included.
     let activity = Rc::new(Activity {
         streams: std::cell::Cell::new(0),
-        last: std::cell::Cell::new(now),
-        progress: std::cell::Cell::new(now),
+        last: std::cell::Cell::new(accepted),
+        progress: std::cell::Cell::new(accepted),
         served: std::cell::Cell::new(false),
     });
     let (svc_w, svc_activity) = (w.clone(), activity.clone());
@@ -261,12 +262,20 @@ async fn handle(
             )
             .await
         }
-        (_, Err(resp)) => (*resp, None, None),
-        (None, _) => (
-            local(request::error(StatusCode::BAD_REQUEST), false),
-            None,
-            None,
-        ),
+        (_, Err(resp)) => {
+            if resp.status() == StatusCode::BAD_REQUEST {
+                w.shared.metrics.rejected_requests.inc();
+            }
+            (*resp, None, None)
+        }
+        (None, _) => {
+            w.shared.metrics.rejected_requests.inc();
+            (
+                local(request::error(StatusCode::BAD_REQUEST), false),
+                None,
+                None,
+            )
+        }
     };
     let status = resp.status().as_u16();
     if let Some(route) = &route {

@@ -256,6 +256,16 @@ pub fn serve_static(
         .spec
         .strip_prefix
         .then(|| route.spec.path.0.trim_end_matches('/'));
+    if let Some(prefix) = strip.filter(|p| !p.is_empty() && norm == *p) {
+        // `/docs` for a site mounted at `/docs/`: like any directory, to the slash form.
+        let mut location = format!("{prefix}/").into_bytes();
+        location.extend_from_slice(query);
+        let mut r = text_response(StatusCode::PERMANENT_REDIRECT, "308 Permanent Redirect\n");
+        if let Ok(v) = http::HeaderValue::from_bytes(&location) {
+            r.headers.insert(http::header::LOCATION, v);
+        }
+        return r;
+    }
     let mut path = match strip {
         Some(prefix) => upstream_target(b"", b"", norm, Some(prefix)),
         None => encode_path(norm).into_bytes(),

@@ -354,19 +354,20 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener, tls: Option<tokio_rus
             // Plain HTTP: the connection future itself is small (see conn_h1::Conn::run).
             None => drop(tokio::task::spawn_local(async move {
                 let _guard = guard;
-                crate::conn_h1::serve(w, stream, peer, false).await
+                crate::conn_h1::serve(w, stream, peer, false, None).await
             })),
             // TLS: the handshake and h2 state are large; box them so the task enum stays small.
             Some(acc) => drop(tokio::task::spawn_local(Box::pin(async move {
                 let _guard = guard;
                 let t = w.shared.limits.header_timeout.0;
+                let accepted = tokio::time::Instant::now();
                 let Ok(Ok(tls)) = tokio::time::timeout(t, acc.accept(stream)).await else {
                     return;
                 };
                 if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                    crate::conn_h2::serve(w, tls, peer).await;
+                    crate::conn_h2::serve(w, tls, peer, accepted).await;
                 } else {
-                    crate::conn_h1::serve(w, tls, peer, true).await;
+                    crate::conn_h1::serve(w, tls, peer, true, Some(accepted)).await;
                 }
             }))),
         }
