@@ -186,9 +186,9 @@ fn reload(proxy: &Proxy, path: Option<&Path>) {
     };
     // All or nothing: check the routes, then load the certificates, then swap both.
     let result = load(path).and_then(|cfg| {
-        proxy.check_routes(cfg.route_specs())?;
+        let table = proxy.prepare_routes(cfg.route_specs())?;
         proxy.reload_certs(&cfg)?;
-        proxy.set_routes(cfg.route_specs())?;
+        proxy.install_routes(table);
         Ok(cfg.routes.len())
     });
     match result {

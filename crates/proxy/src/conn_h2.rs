@@ -416,13 +416,7 @@ async fn proxy(
     let mut fresh_retry = framing == Framing::None && idempotent(&parts.method);
     let (status, headers, framing, up_keep) = loop {
         let sent = send_request(
-            &mut conn,
-            &head,
-            &mut body,
-            framing,
-            max_body,
-            lim.body_timeout.0,
-            activity,
+            &mut conn, &head, &mut body, framing, max_body, lim, activity,
         );
         match sent.await {
             Ok(()) => {}
@@ -497,15 +491,18 @@ async fn send_request(
     body: &mut Incoming,
     framing: Framing,
     max_body: u64,
-    t: std::time::Duration,
+    lim: &crate::config::Limits,
     activity: &Activity,
 ) -> io::Result<()> {
+    let (t, up_t) = (lim.body_timeout.0, lim.upstream_timeout.0);
     // Each wait has its own timeout (between frames from the client, each write upstream), so
     // a long upload is fine as long as it keeps moving: `TimedOut` when it stalls.
+    // A stalled client is a 408 (`TimedOut`); an upstream that stops reading is a 502.
     let stalled = || io::Error::new(io::ErrorKind::TimedOut, "request body stalled");
-    h1::timed_for(t, conn.stream.write_all(head))
+    let stuck = || io::Error::other("upstream stopped reading");
+    h1::timed_for(up_t, conn.stream.write_all(head))
         .await
-        .ok_or_else(stalled)??;
+        .ok_or_else(stuck)??;
     let mut sent = 0u64;
     let mut size_line = Vec::with_capacity(20);
     while let Some(frame) = h1::timed_for(t, body.frame()).await.ok_or_else(stalled)? {
@@ -530,17 +527,17 @@ async fn send_request(
                 conn.stream.write_all(&data).await?;
                 conn.stream.write_all(b"\r\n").await
             };
-            h1::timed_for(t, write).await.ok_or_else(stalled)??;
+            h1::timed_for(up_t, write).await.ok_or_else(stuck)??;
         } else {
-            h1::timed_for(t, conn.stream.write_all(&data))
+            h1::timed_for(up_t, conn.stream.write_all(&data))
                 .await
-                .ok_or_else(stalled)??;
+                .ok_or_else(stuck)??;
         }
     }
     if framing == Framing::Chunked {
-        h1::timed_for(t, conn.stream.write_all(b"0\r\n\r\n"))
+        h1::timed_for(up_t, conn.stream.write_all(b"0\r\n\r\n"))
             .await
-            .ok_or_else(stalled)??;
+            .ok_or_else(stuck)??;
     }
     Ok(())
 }

@@ -163,26 +163,26 @@ impl Proxy {
     /// Replace the whole route table atomically. In-flight requests finish on the table they
     /// started with; an invalid list changes nothing.
     pub fn set_routes(&self, specs: Vec<RouteSpec>) -> Result<(), RouteError> {
-        let table = RouteTable::build(
-            specs,
-            self.shared.limits.max_body.0,
-            &self.registry,
-            &self.shared.metrics,
-        )?;
-        self.shared.table.store(Arc::new(table));
-        self.restart_health_checks();
+        let table = self.prepare_routes(specs)?;
+        self.install_routes(table);
         Ok(())
     }
 
-    /// Check routes as `set_routes` would (static roots opened too), without applying them.
-    pub fn check_routes(&self, specs: Vec<RouteSpec>) -> Result<(), RouteError> {
+    /// Build a table from `specs` (static roots opened), to install later with
+    /// `install_routes`: a reload can check everything before it changes anything.
+    pub fn prepare_routes(&self, specs: Vec<RouteSpec>) -> Result<RouteTable, RouteError> {
         RouteTable::build(
             specs,
             self.shared.limits.max_body.0,
             &self.registry,
             &self.shared.metrics,
         )
-        .map(drop)
+    }
+
+    /// Swap in a prepared table.
+    pub fn install_routes(&self, table: RouteTable) {
+        self.shared.table.store(Arc::new(table));
+        self.restart_health_checks();
     }
 
     /// Re-read certificate files (SIGHUP). On error the old certificates stay in force.
