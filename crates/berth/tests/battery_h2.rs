@@ -784,15 +784,7 @@ fn h2_client_that_grants_no_window_is_closed() {
         &[("www/big.bin", &big)],
         "[limits]\nbody_timeout = \"1s\"\nupstream_timeout = \"1s\"\n[[route]]\nhost = \"files.localhost\"\nstatic = \"{dir}/www\"\n",
     );
-    let out = Command::new("python3")
-        .args(["-c", H2_NO_WINDOW, &b.https.port().to_string()])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let secs: f64 = text
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("{text} {}", String::from_utf8_lossy(&out.stderr)));
+    let secs = test_support::python_seconds(H2_NO_WINDOW, &[&b.https.port().to_string()]);
     assert!(
         secs < 6.0,
         "a stalled h2 stream kept its connection open for {secs:.1}s"

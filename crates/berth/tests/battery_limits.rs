@@ -659,15 +659,7 @@ fn d1_quiet_h2_connections_close_at_the_header_timeout() {
         ),
     );
     for mode in ["silent", "preface"] {
-        let out = Command::new("python3")
-            .args(["-c", H2_QUIET, &b.https.port().to_string(), mode])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        let secs: f64 = text
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{mode}: {text} {}", String::from_utf8_lossy(&out.stderr)));
+        let secs = test_support::python_seconds(H2_QUIET, &[&b.https.port().to_string(), mode]);
         assert!(
             secs < 3.0,
             "{mode} h2 connection open for {secs:.1}s with header_timeout = 1s"
@@ -715,15 +707,7 @@ fn d1_tls_header_timeout_includes_the_handshake_wait() {
             route("app.localhost", &up, "")
         ),
     );
-    let out = Command::new("python3")
-        .args(["-c", TLS_TRICKLE, &b.https.port().to_string()])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let secs: f64 = text
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("{text} {}", String::from_utf8_lossy(&out.stderr)));
+    let secs = test_support::python_seconds(TLS_TRICKLE, &[&b.https.port().to_string()]);
     assert!(
         secs < 1.5,
         "TLS head still accepted {secs:.2}s after connect (header_timeout 1s)"

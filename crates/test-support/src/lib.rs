@@ -416,6 +416,24 @@ fn serve_upstream(s: TcpStream, log: Arc<Mutex<Vec<Vec<u8>>>>, reply: Reply) {
     }
 }
 
+/// Run a standard-library-only Python client `script` with `args` and return the number it
+/// prints (the tests' clients print how many seconds something took).
+pub fn python_seconds(script: &str, args: &[&str]) -> f64 {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim().parse().unwrap_or_else(|_| {
+        panic!(
+            "python client: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
 /// Run a command and return (status success, stdout, stderr).
 pub fn run(cmd: &str, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(cmd)
