@@ -260,11 +260,7 @@ pub fn serve_static(
         // `/docs` for a site mounted at `/docs/`: like any directory, to the slash form.
         let mut location = format!("{prefix}/").into_bytes();
         location.extend_from_slice(query);
-        let mut r = text_response(StatusCode::PERMANENT_REDIRECT, "308 Permanent Redirect\n");
-        if let Ok(v) = http::HeaderValue::from_bytes(&location) {
-            r.headers.insert(http::header::LOCATION, v);
-        }
-        return r;
+        return redirect(http::HeaderValue::from_bytes(&location).ok());
     }
     let mut path = match strip {
         Some(prefix) => upstream_target(b"", b"", norm, Some(prefix)),
@@ -311,8 +307,13 @@ pub fn https_redirect(host: &str, https_port: Option<u16>, target: &[u8]) -> Loc
         Some(p) => format!(":{p}"),
     };
     let location = format!("https://{host}{port}{}", String::from_utf8_lossy(target));
+    redirect(http::HeaderValue::from_str(&location).ok())
+}
+
+/// 308 to `location` (no Location header when it was not a valid header value).
+fn redirect(location: Option<http::HeaderValue>) -> LocalResponse {
     let mut r = text_response(StatusCode::PERMANENT_REDIRECT, "308 Permanent Redirect\n");
-    if let Ok(v) = http::HeaderValue::from_str(&location) {
+    if let Some(v) = location {
         r.headers.insert(http::header::LOCATION, v);
     }
     r

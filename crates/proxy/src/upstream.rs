@@ -151,14 +151,9 @@ impl ConnPool {
             if since.elapsed() > POOL_IDLE_MAX {
                 continue;
             }
-            // A readable idle connection is either closed (EOF) or sent garbage: not reusable.
-            let mut probe = [0u8; 1];
-            match conn.stream.try_read(&mut probe) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    conn.reused = true;
-                    return Some(conn);
-                }
-                _ => continue,
+            if conn.idle_and_open() {
+                conn.reused = true;
+                return Some(conn);
             }
         }
         None
@@ -170,11 +165,7 @@ impl ConnPool {
     pub fn sweep(&self) {
         let mut idle = self.idle.borrow_mut();
         for list in idle.values_mut() {
-            list.retain(|(conn, since)| {
-                let mut probe = [0u8; 1];
-                since.elapsed() <= POOL_IDLE_MAX
-                    && matches!(conn.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-            });
+            list.retain(|(conn, since)| since.elapsed() <= POOL_IDLE_MAX && conn.idle_and_open());
         }
         idle.retain(|_, list| !list.is_empty());
     }
@@ -212,6 +203,13 @@ pub enum HeadError {
 }
 
 impl UpConn {
+    /// Nothing to read: the connection is open and quiet. A readable idle connection was either
+    /// closed by the upstream (EOF) or sent bytes nobody asked for: not reusable.
+    fn idle_and_open(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
     /// Read the response head of one exchange, for either front. 1xx heads other than 101 are
     /// skipped; a 101 is accepted only when `upgrade` was asked for. `take` sees the final head
     /// and its headers and makes what the front needs of them (the client's head bytes, or an h2
