@@ -640,11 +640,10 @@ impl Conn {
         let lim = &shared.limits;
         let body_pending = req.framing != Framing::None;
 
-        let (up, mut conn) = match self.w.checkout(pool, idempotent(&req.method)).await {
+        let (up, mut conn, _active) = match self.w.checkout(pool, idempotent(&req.method)).await {
             Ok(c) => c,
             Err((status, addr)) => return self.fail(io, status, addr).await,
         };
-        let _active = up.track();
 
         // Send the head and the body.
         if req.expect_continue && self.buf.is_empty() {

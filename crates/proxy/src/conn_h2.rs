@@ -407,11 +407,10 @@ async fn proxy(
         None => Framing::Chunked,
     };
     let head = upstream_head(&parts, target, host, peer, framing, request_id);
-    let (up, mut conn) = match w.checkout(pool, idempotent(&parts.method)).await {
+    let (up, mut conn, active) = match w.checkout(pool, idempotent(&parts.method)).await {
         Ok(c) => c,
         Err((s, addr)) => return err(s, addr),
     };
-    let active = up.track();
     let addr = up.addr;
     let mut fresh_retry = framing == Framing::None && idempotent(&parts.method);
     let (status, headers, framing, up_keep) = loop {

@@ -193,6 +193,11 @@ impl Proxy {
         Ok(())
     }
 
+    /// Requests in flight to one upstream address (the deploy engine drains on this).
+    pub fn in_flight(&self, addr: SocketAddr) -> usize {
+        self.registry.active(addr)
+    }
+
     pub fn metrics(&self) -> String {
         self.shared.metrics.encode()
     }
@@ -378,12 +383,18 @@ impl Worker {
     /// An upstream connection for a request on `pool`: a pooled one when there is one, else a new
     /// connection. A failed connect counts against the upstream (passive health) and, for an
     /// idempotent request, is retried once on another upstream. Errors are the status to answer.
+    /// The request counts as in flight on the upstream from the moment it is picked (the guard),
+    /// so a deploy draining that upstream never sees 0 while a connect is under way.
     pub async fn checkout(
         &self,
         pool: &crate::table::Pool,
         idempotent: bool,
     ) -> Result<
-        (Arc<crate::upstream::Upstream>, crate::upstream::UpConn),
+        (
+            Arc<crate::upstream::Upstream>,
+            crate::upstream::UpConn,
+            crate::upstream::ActiveGuard,
+        ),
         (http::StatusCode, Option<SocketAddr>),
     > {
         use crate::metrics::UpstreamError;
@@ -395,15 +406,16 @@ impl Worker {
                     .upstream_error(UpstreamError::NoneAvailable);
                 return Err((http::StatusCode::BAD_GATEWAY, None));
             };
+            let active = up.track();
             if let Some(c) = self.pool.take(up.addr) {
-                return Ok((up, c));
+                return Ok((up, c, active));
             }
             match crate::upstream::connect(up.addr, self.shared.limits.upstream_connect_timeout.0)
                 .await
             {
                 Ok(c) => {
                     up.connect_ok();
-                    return Ok((up, c));
+                    return Ok((up, c, active));
                 }
                 Err(e) => {
                     tracing::debug!(upstream = %up.addr, error = %e, "upstream connect failed");

@@ -119,6 +119,15 @@ impl Registry {
         map.insert(addr, Arc::downgrade(&u));
         u
     }
+
+    /// In-flight requests to `addr` across all workers (0 once no table or request holds it):
+    /// what a deploy waits on before it stops an old instance.
+    pub fn active(&self, addr: SocketAddr) -> usize {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&addr)
+            .and_then(Weak::upgrade)
+            .map_or(0, |u| u.active())
+    }
 }
 
 /// A connection to an upstream with its read buffer.
