@@ -1,0 +1,186 @@
+//! Deploys: the record of each pipeline run, and the atomic switch that makes
+//! a release live.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, Row};
+
+use crate::releases::release_not_found;
+use crate::{
+    app_id, audit, now_ms, path_str, query_all, query_opt, sql_limit, Deploy, DeployKind,
+    DeployStatus, ReleaseStatus, Result, Store, StoreError,
+};
+
+const DEPLOY_SELECT: &str = "SELECT d.id, a.name, d.release_version, d.kind, d.status, d.step, \
+     d.reason, d.actor, d.started_at, d.finished_at, d.log_path \
+     FROM deploys d JOIN apps a ON a.id = d.app_id";
+
+fn deploy_from_row(r: &Row<'_>) -> Result<Deploy> {
+    let kind: String = r.get(3)?;
+    let status: String = r.get(4)?;
+    let log_path: String = r.get(10)?;
+    Ok(Deploy {
+        id: r.get(0)?,
+        app: r.get(1)?,
+        release_version: r.get(2)?,
+        kind: kind.parse()?,
+        status: status.parse()?,
+        step: r.get(5)?,
+        reason: r.get(6)?,
+        actor: r.get(7)?,
+        started_at: r.get(8)?,
+        finished_at: r.get(9)?,
+        log_path: PathBuf::from(log_path),
+    })
+}
+
+fn deploy_by_id(conn: &Connection, id: i64) -> Result<Option<Deploy>> {
+    query_opt(
+        conn,
+        &format!("{DEPLOY_SELECT} WHERE d.id = ?1"),
+        [id],
+        deploy_from_row,
+    )
+}
+
+fn deploy_not_found(id: i64) -> StoreError {
+    StoreError::NotFound(format!("deploy {id} not found"))
+}
+
+/// Fails with `NotFound` if an UPDATE touched no deploy row.
+fn touched(n: usize, id: i64) -> Result<()> {
+    if n == 0 {
+        Err(deploy_not_found(id))
+    } else {
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Records a new deploy (status running, step 'queued'). Its log file is
+    /// `log_dir/<id>.log`; the id is only known after the insert, so the row
+    /// is inserted and then given its path in the same transaction.
+    pub fn create_deploy(
+        &self,
+        app: &str,
+        kind: DeployKind,
+        actor: &str,
+        log_dir: &Path,
+    ) -> Result<Deploy> {
+        // Validate up front so a non-UTF-8 dir fails before touching the db.
+        path_str(log_dir)?;
+        self.write(|tx| {
+            let app_id = app_id(tx, app)?;
+            tx.execute(
+                "INSERT INTO deploys (app_id, kind, status, step, actor, started_at, log_path) \
+                 VALUES (?1, ?2, ?3, 'queued', ?4, ?5, '')",
+                (
+                    app_id,
+                    kind.as_str(),
+                    DeployStatus::Running.as_str(),
+                    actor,
+                    now_ms(),
+                ),
+            )?;
+            let id = tx.last_insert_rowid();
+            let log_path = log_dir.join(format!("{id}.log"));
+            tx.execute(
+                "UPDATE deploys SET log_path = ?1 WHERE id = ?2",
+                (path_str(&log_path)?, id),
+            )?;
+            deploy_by_id(tx, id)?.ok_or_else(|| deploy_not_found(id))
+        })
+    }
+
+    /// Records which pipeline step a deploy is in (shown in the UI, and used
+    /// after a crash to know how far it got).
+    pub fn set_deploy_step(&self, id: i64, step: &str) -> Result<()> {
+        let n = self
+            .conn()
+            .execute("UPDATE deploys SET step = ?1 WHERE id = ?2", (step, id))?;
+        touched(n, id)
+    }
+
+    /// Records the release a deploy produced or targets.
+    pub fn set_deploy_release(&self, id: i64, version: i64) -> Result<()> {
+        let n = self.conn().execute(
+            "UPDATE deploys SET release_version = ?1 WHERE id = ?2",
+            (version, id),
+        )?;
+        touched(n, id)
+    }
+
+    /// Ends a deploy with its final status (and a reason if it failed).
+    pub fn finish_deploy(&self, id: i64, status: DeployStatus, reason: Option<&str>) -> Result<()> {
+        let n = self.conn().execute(
+            "UPDATE deploys SET status = ?1, reason = ?2, finished_at = ?3 WHERE id = ?4",
+            (status.as_str(), reason, now_ms(), id),
+        )?;
+        touched(n, id)
+    }
+
+    /// One deploy by id.
+    pub fn deploy(&self, id: i64) -> Result<Option<Deploy>> {
+        deploy_by_id(&self.conn(), id)
+    }
+
+    /// The app's most recent `limit` deploys, newest first.
+    pub fn deploys(&self, app: &str, limit: usize) -> Result<Vec<Deploy>> {
+        let conn = self.conn();
+        let id = app_id(&conn, app)?;
+        query_all(
+            &conn,
+            &format!("{DEPLOY_SELECT} WHERE d.app_id = ?1 ORDER BY d.id DESC LIMIT ?2"),
+            (id, sql_limit(limit)),
+            deploy_from_row,
+        )
+    }
+
+    /// Deploys still queued or running, oldest first. After a crash these
+    /// were interrupted and the engine must resolve them (finish or fail).
+    pub fn unfinished_deploys(&self) -> Result<Vec<Deploy>> {
+        query_all(
+            &self.conn(),
+            &format!("{DEPLOY_SELECT} WHERE d.status IN ('queued', 'running') ORDER BY d.id"),
+            [],
+            deploy_from_row,
+        )
+    }
+
+    /// The commit point of a deploy: in ONE transaction, the release becomes
+    /// ready, the app's live release becomes `version`, and the deploy's step
+    /// becomes 'switched' (its release_version is set to `version` too). A
+    /// crash before this leaves the old release live; after it, the new one.
+    /// Either way the engine can tell from the deploy's step which happened.
+    pub fn switch_live(&self, app: &str, deploy_id: i64, version: i64) -> Result<()> {
+        self.write(|tx| {
+            let app_id = app_id(tx, app)?;
+            let actor: String = tx
+                .query_row(
+                    "SELECT actor FROM deploys WHERE id = ?1 AND app_id = ?2",
+                    (deploy_id, app_id),
+                    |r| r.get(0),
+                )
+                .optional()?
+                .ok_or_else(|| {
+                    StoreError::NotFound(format!("deploy {deploy_id} of app {app} not found"))
+                })?;
+            let n = tx.execute(
+                "UPDATE releases SET status = ?1 WHERE app_id = ?2 AND version = ?3",
+                (ReleaseStatus::Ready.as_str(), app_id, version),
+            )?;
+            if n == 0 {
+                return Err(release_not_found(app, version));
+            }
+            tx.execute(
+                "UPDATE apps SET live_release = ?1 WHERE id = ?2",
+                (version, app_id),
+            )?;
+            tx.execute(
+                "UPDATE deploys SET step = 'switched', release_version = ?1 WHERE id = ?2",
+                (version, deploy_id),
+            )?;
+            audit(tx, &actor, "deploy.switch", app, &format!("v{version}"))
+        })
+    }
+}
