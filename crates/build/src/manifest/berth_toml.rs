@@ -1,0 +1,298 @@
+//! berth.toml: berth's own app manifest. Unlike app.json it is ours, so unknown keys are errors
+//! (a misspelled `drain_timeot` must not be silently ignored).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::values::{line_col, Command, Dur, HealthPath, ProcName, RelDir, Replicas, Size};
+use super::ManifestError;
+
+/// Smallest memory limit accepted. Below this hardly any runtime starts, and the failure
+/// (an OOM kill at boot) is harder to read than this error.
+const MIN_MEMORY: u64 = 4 << 20;
+/// Most CPU cores one instance may ask for; a bound against typos like `cpu = 150`.
+const MAX_CPU: f64 = 1024.0;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BerthToml {
+    build: Option<Build>,
+    health: Option<Spanned<Health>>,
+    deploy: Option<Deploy>,
+    #[serde(rename = "static")]
+    static_site: Option<Spanned<Static>>,
+    #[serde(default)]
+    formation: BTreeMap<Spanned<ProcName>, Replicas>,
+    limits: Option<Limits>,
+    #[serde(default)]
+    processes: BTreeMap<Spanned<ProcName>, Command>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Build {
+    command: Command,
+    timeout: Option<Dur>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Health {
+    path: Option<HealthPath>,
+    tcp: Option<bool>,
+    timeout: Option<Dur>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Deploy {
+    drain_timeout: Option<Dur>,
+    stop_grace: Option<Dur>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Static {
+    dir: RelDir,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Limits {
+    memory: Option<Spanned<Size>>,
+    pids: Option<Spanned<u64>>,
+    cpu: Option<Spanned<f64>>,
+}
+
+/// What berth.toml contributes to the [`super::AppSpec`], already checked. Names carry their
+/// line for errors found when combining with the Procfile and app.json.
+#[derive(Debug, Default)]
+pub(crate) struct TomlSettings {
+    pub build_command: Option<String>,
+    pub build_timeout: Option<Duration>,
+    pub health_path: Option<String>,
+    pub health_tcp: Option<bool>,
+    pub health_timeout: Option<Duration>,
+    pub drain_timeout: Option<Duration>,
+    pub stop_grace: Option<Duration>,
+    pub static_dir: Option<(PathBuf, usize)>,
+    pub formation: Vec<(String, u32, usize)>,
+    pub memory: Option<u64>,
+    pub pids: Option<u64>,
+    pub cpu: Option<f64>,
+    pub processes: Vec<(String, String, usize)>,
+}
+
+pub(crate) fn parse(text: &str) -> Result<TomlSettings, ManifestError> {
+    let at = |span: Option<std::ops::Range<usize>>, reason: String| {
+        let pos = span.map(|s| line_col(text, s.start));
+        ManifestError::at("berth.toml", pos.map(|p| p.0), pos.map(|p| p.1), reason)
+    };
+    let line = |span: std::ops::Range<usize>| line_col(text, span.start).0;
+    let raw: BerthToml = toml::from_str(text).map_err(|e| at(e.span(), e.message().to_string()))?;
+
+    let mut out = TomlSettings::default();
+    if let Some(b) = raw.build {
+        out.build_command = Some(b.command.0);
+        out.build_timeout = b.timeout.map(|d| d.0);
+    }
+    if let Some(h) = raw.health {
+        let span = h.span();
+        let h = h.into_inner();
+        if h.tcp == Some(true) && h.path.is_some() {
+            return Err(at(
+                Some(span),
+                "[health] has both `tcp = true` and a `path`; a TCP check sends no request, so drop one".to_string(),
+            ));
+        }
+        out.health_path = h.path.map(|p| p.0);
+        out.health_tcp = h.tcp;
+        out.health_timeout = h.timeout.map(|d| d.0);
+    }
+    if let Some(d) = raw.deploy {
+        out.drain_timeout = d.drain_timeout.map(|d| d.0);
+        out.stop_grace = d.stop_grace.map(|d| d.0);
+    }
+    if let Some(s) = raw.static_site {
+        out.static_dir = Some((s.get_ref().dir.0.clone(), line(s.span())));
+    }
+    if let Some(l) = raw.limits {
+        if let Some(m) = l.memory {
+            if m.get_ref().0 < MIN_MEMORY {
+                return Err(at(
+                    Some(m.span()),
+                    format!(
+                        "memory limit {} bytes is below the minimum of 4MiB",
+                        m.get_ref().0
+                    ),
+                ));
+            }
+            out.memory = Some(m.get_ref().0);
+        }
+        if let Some(p) = l.pids {
+            if *p.get_ref() == 0 {
+                return Err(at(Some(p.span()), "pids must be at least 1".to_string()));
+            }
+            out.pids = Some(*p.get_ref());
+        }
+        if let Some(c) = l.cpu {
+            let cpu = *c.get_ref();
+            if !(cpu > 0.0 && cpu <= MAX_CPU) {
+                return Err(at(
+                    Some(c.span()),
+                    format!("cpu must be more than 0 and at most {MAX_CPU} cores"),
+                ));
+            }
+            out.cpu = Some(cpu);
+        }
+    }
+    out.formation = raw
+        .formation
+        .into_iter()
+        .map(|(name, n)| {
+            let l = line(name.span());
+            (name.into_inner().0, n.0, l)
+        })
+        .collect();
+    out.processes = raw
+        .processes
+        .into_iter()
+        .map(|(name, cmd)| {
+            let l = line(name.span());
+            (name.into_inner().0, cmd.0, l)
+        })
+        .collect();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_example() {
+        let text = r#"
+[build]
+command = "make build"
+timeout = "10m"
+[health]
+path = "/healthz"
+tcp = false
+timeout = "30s"
+[deploy]
+drain_timeout = "45s"
+stop_grace = "10s"
+[static]
+dir = "public"
+[formation]
+web = 2
+[limits]
+memory = "256MiB"
+pids = 512
+cpu = 1.5
+[processes]
+web = "python3 app.py"
+worker = "  python3 worker.py  "
+"#;
+        let s = parse(text).unwrap();
+        assert_eq!(s.build_command.as_deref(), Some("make build"));
+        assert_eq!(s.build_timeout, Some(Duration::from_secs(600)));
+        assert_eq!(s.health_path.as_deref(), Some("/healthz"));
+        assert_eq!(s.health_tcp, Some(false));
+        assert_eq!(s.health_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(s.drain_timeout, Some(Duration::from_secs(45)));
+        assert_eq!(s.stop_grace, Some(Duration::from_secs(10)));
+        assert_eq!(s.static_dir, Some((PathBuf::from("public"), 12)));
+        assert_eq!(s.formation, vec![("web".to_string(), 2, 15)]);
+        assert_eq!(s.memory, Some(256 << 20));
+        assert_eq!(s.pids, Some(512));
+        assert_eq!(s.cpu, Some(1.5));
+        assert_eq!(
+            s.processes,
+            vec![
+                ("web".to_string(), "python3 app.py".to_string(), 21),
+                ("worker".to_string(), "python3 worker.py".to_string(), 22),
+            ]
+        );
+    }
+
+    #[test]
+    fn integer_memory_is_bytes() {
+        let s = parse("[limits]\nmemory = 8388608\n").unwrap();
+        assert_eq!(s.memory, Some(8 << 20));
+    }
+
+    #[test]
+    fn errors_carry_line_and_name_the_problem() {
+        let cases: &[(&str, usize, &str)] = &[
+            (
+                "[build]\ncommand = \"x\"\ncomand = \"y\"\n",
+                3,
+                "unknown field `comand`",
+            ),
+            (
+                "\n\n[deploy]\ndrain_timeot = \"1s\"\n",
+                4,
+                "unknown field `drain_timeot`",
+            ),
+            ("[helth]\npath = \"/\"\n", 1, "unknown field `helth`"),
+            ("[health]\npath = \"healthz\"\n", 2, "must start with '/'"),
+            ("[health]\npath = \"/a b\"\n", 2, "must not contain spaces"),
+            ("[health]\ntimeout = \"0s\"\n", 2, "greater than zero"),
+            ("[health]\ntimeout = \"30\"\n", 2, "invalid duration"),
+            ("[health]\ntimeout = 30\n", 2, "invalid type: integer `30`"),
+            (
+                "[health]\ntcp = true\npath = \"/x\"\n",
+                1,
+                "both `tcp = true` and a `path`",
+            ),
+            (
+                "[deploy]\nstop_grace = \"1d\"\n",
+                2,
+                "invalid duration \"1d\"",
+            ),
+            ("[build]\ntimeout = \"1m\"\n", 1, "missing field `command`"),
+            ("[build]\ncommand = \"  \"\n", 2, "command is empty"),
+            (
+                "[formation]\nweb = 101\n",
+                2,
+                "more than the maximum of 100",
+            ),
+            ("[formation]\nweb = -1\n", 2, "invalid value"),
+            ("[formation]\nWeb = 1\n", 2, "invalid process name \"Web\""),
+            (
+                "[limits]\nmemory = \"1MiB\"\n",
+                2,
+                "below the minimum of 4MiB",
+            ),
+            ("[limits]\nmemory = \"lots\"\n", 2, "invalid size"),
+            ("[limits]\npids = 0\n", 2, "at least 1"),
+            ("[limits]\ncpu = 0.0\n", 2, "more than 0"),
+            ("[limits]\ncpu = -1\n", 2, "more than 0"),
+            ("[static]\ndir = \"../up\"\n", 2, "no `..`"),
+            ("[static]\ndir = \"/srv/www\"\n", 2, "not absolute"),
+            (
+                "[processes]\n\"my app\" = \"x\"\n",
+                2,
+                "invalid process name",
+            ),
+            ("[processes]\nweb = \"\"\n", 2, "command is empty"),
+            ("[processes]\nweb = 1\n", 2, "invalid type"),
+            ("formation = 3\n", 1, "invalid type"),
+            ("[build\n", 1, ""),
+        ];
+        for (text, line, reason) in cases {
+            let err = parse(text).unwrap_err();
+            assert_eq!(err.line, Some(*line), "{text:?}: {err}");
+            assert!(err.reason.contains(reason), "{text:?}: {err}");
+            assert!(
+                err.to_string().starts_with(&format!("berth.toml:{line}:")),
+                "{err}"
+            );
+        }
+    }
+}

@@ -1,0 +1,378 @@
+//! The app definition: what to run and how, read from an unpacked release directory.
+//!
+//! Three inputs, the conventions users already know:
+//! - `Procfile`: `name: command` lines. `web` gets the port and the route, `release` runs once
+//!   before traffic switches, every other name is a worker without a route.
+//! - `app.json` (Heroku's): health check, env declarations, `scripts.postdeploy`, formation.
+//! - `berth.toml`: berth's own settings (build, health, deploy timings, static site, formation,
+//!   limits, processes). It wins over app.json for the same setting.
+//!
+//! A directory with no processes but an `index.html` is a static site. [`load`] combines the
+//! inputs into one [`AppSpec`], which the engine stores as JSON with the release.
+
+mod app_json;
+mod berth_toml;
+mod procfile;
+mod values;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Default `[build] timeout`.
+pub const DEFAULT_BUILD_TIMEOUT: Duration = Duration::from_secs(600);
+/// Default time new instances get to become healthy.
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time old instances keep serving in-flight requests after traffic moved.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time between SIGTERM and SIGKILL.
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Largest manifest file read. These are hand-written text files; a bigger one is a mistake
+/// (or an attempt to make the server read a huge file).
+const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+
+/// The name of the process type that gets the port and the route.
+pub const WEB: &str = "web";
+/// The Procfile name of the command run once before traffic switches.
+pub const RELEASE: &str = "release";
+
+/// How the app is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppKind {
+    /// Processes from the Procfile or `[processes]`; `web`, if any, gets the route.
+    Process,
+    /// berth serves [`AppSpec::static_dir`] itself; worker processes may still run.
+    Static,
+}
+
+/// Everything berth needs to run one release of an app.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppSpec {
+    pub kind: AppKind,
+    /// Process type → shell command. Excludes `release`.
+    pub processes: BTreeMap<String, String>,
+    /// Run once in the new release before traffic switches; a failure aborts the deploy.
+    pub release_command: Option<String>,
+    /// app.json `scripts.postdeploy`: run once after the deploy succeeded.
+    pub postdeploy: Option<String>,
+    pub build: Option<BuildSpec>,
+    pub health: HealthSpec,
+    /// How long old instances keep serving in-flight requests after traffic moved.
+    #[serde(rename = "drain_timeout_ms", with = "millis")]
+    pub drain_timeout: Duration,
+    /// SIGTERM → SIGKILL.
+    #[serde(rename = "stop_grace_ms", with = "millis")]
+    pub stop_grace: Duration,
+    /// Relative to the release dir (`.` for the dir itself). `Some` exactly for [`AppKind::Static`].
+    pub static_dir: Option<PathBuf>,
+    /// Replicas per process type. Every process type defaults to 1 (Heroku starts non-web types
+    /// at 0, which surprises people whose worker silently never runs).
+    pub formation: BTreeMap<String, u32>,
+    pub limits: Limits,
+    /// Environment variables app.json declares, sorted by key.
+    pub env: Vec<EnvDecl>,
+}
+
+/// `[build]`: a command run in the release dir before the processes start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildSpec {
+    pub command: String,
+    #[serde(rename = "timeout_ms", with = "millis")]
+    pub timeout: Duration,
+}
+
+/// How new instances prove they are ready for traffic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthSpec {
+    pub check: HealthCheck,
+    /// How long new instances get to become healthy.
+    #[serde(rename = "timeout_ms", with = "millis")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum HealthCheck {
+    /// GET `path`; a 2xx or 3xx answer is healthy.
+    Http { path: String },
+    /// The port accepts a connection.
+    Tcp,
+}
+
+/// Per-instance resource limits; `None` means no limit.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Bytes.
+    pub memory: Option<u64>,
+    pub pids: Option<u64>,
+    /// Cores, fractions allowed.
+    pub cpu: Option<f64>,
+}
+
+/// One environment variable app.json declares.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvDecl {
+    pub key: String,
+    /// `"KEY": "value"` or `{"value": …}`.
+    pub default: Option<String>,
+    /// `"generator": "secret"`: berth makes up a random value on the first deploy.
+    pub generator_secret: bool,
+    /// Must have a value at deploy time (Heroku's default: true). A default or a generator
+    /// satisfies it.
+    pub required: bool,
+    pub description: Option<String>,
+}
+
+impl AppSpec {
+    /// The JSON the engine stores with the release.
+    pub fn to_json(&self) -> String {
+        // Cannot fail: only strings, integers, finite floats and maps with string keys.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    pub fn from_json(text: &str) -> Result<Self, String> {
+        serde_json::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
+/// Durations as integer milliseconds: plain JSON numbers any reader understands.
+mod millis {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+/// A problem in one manifest file, positioned as precisely as the file format allows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ManifestError {
+    /// Relative to the release dir: "Procfile", "app.json" or "berth.toml".
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub col: Option<usize>,
+    pub reason: String,
+}
+
+impl ManifestError {
+    fn at(file: &str, line: Option<usize>, col: Option<usize>, reason: impl Into<String>) -> Self {
+        ManifestError {
+            file: PathBuf::from(file),
+            line,
+            col,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// `Procfile:3: reason`, `app.json:4:7: reason`, `berth.toml: reason`: the format compilers
+/// use, which editors and terminals turn into links.
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+            if let Some(col) = self.col {
+                write!(f, ":{col}")?;
+            }
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+/// Reads the app definition from an unpacked release directory.
+pub fn load(dir: &Path) -> Result<AppSpec, ManifestError> {
+    let procfile = match read_optional(dir, "Procfile")? {
+        Some(text) => procfile::parse(&text)?,
+        None => Vec::new(),
+    };
+    let app = match read_optional(dir, "app.json")? {
+        Some(text) => app_json::parse(&text)?,
+        None => app_json::AppJsonSettings::default(),
+    };
+    let toml = match read_optional(dir, "berth.toml")? {
+        Some(text) => berth_toml::parse(&text)?,
+        None => berth_toml::TomlSettings::default(),
+    };
+    assemble(dir, procfile, app, toml)
+}
+
+/// The file's text, or `None` if it does not exist.
+fn read_optional(dir: &Path, name: &str) -> Result<Option<String>, ManifestError> {
+    let err = |reason: String| ManifestError::at(name, None, None, reason);
+    let file = match std::fs::File::open(dir.join(name)) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(err(format!("cannot open: {e}"))),
+    };
+    let mut bytes = Vec::new();
+    file.take(MAX_MANIFEST_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| err(format!("cannot read: {e}")))?;
+    if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(err("file is larger than 1 MiB".to_string()));
+    }
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|e| err(format!("not UTF-8 text: {e}")))
+}
+
+fn assemble(
+    dir: &Path,
+    procfile: Vec<procfile::ProcLine>,
+    app: app_json::AppJsonSettings,
+    toml: berth_toml::TomlSettings,
+) -> Result<AppSpec, ManifestError> {
+    let toml_err =
+        |line: usize, reason: String| ManifestError::at("berth.toml", Some(line), None, reason);
+
+    // Processes: Procfile and [processes] together; a name in both is an error (which one would
+    // the user expect to win?).
+    let mut processes = BTreeMap::new();
+    let mut release_command = None;
+    for p in &procfile {
+        if p.name == RELEASE {
+            release_command = Some(p.command.clone());
+        } else {
+            processes.insert(p.name.clone(), p.command.clone());
+        }
+    }
+    for (name, command, line) in toml.processes {
+        if let Some(p) = procfile.iter().find(|p| p.name == name) {
+            return Err(toml_err(
+                line,
+                format!(
+                    "process {name:?} is also defined in the Procfile (line {}); define it in one place",
+                    p.line
+                ),
+            ));
+        }
+        if name == RELEASE {
+            release_command = Some(command);
+        } else {
+            processes.insert(name, command);
+        }
+    }
+
+    // Static site: `[static] dir`, or an index.html at the top when nothing else runs.
+    let static_dir = match toml.static_dir {
+        Some((rel, line)) => {
+            if processes.contains_key(WEB) {
+                return Err(toml_err(
+                    line,
+                    "[static] and a web process both answer HTTP requests; keep one".to_string(),
+                ));
+            }
+            check_static_dir(dir, &rel).map_err(|r| toml_err(line, r))?;
+            Some(rel)
+        }
+        None if processes.is_empty() && dir.join("index.html").is_file() => {
+            Some(PathBuf::from("."))
+        }
+        None => None,
+    };
+    if processes.is_empty() && static_dir.is_none() {
+        return Err(ManifestError::at(
+            "Procfile",
+            None,
+            None,
+            "no Procfile, no [processes] in berth.toml and no index.html: nothing to run (hint: add a Procfile with `web: <command>`)",
+        ));
+    }
+
+    // Formation: 1 each, then app.json, then berth.toml.
+    let mut formation: BTreeMap<String, u32> = processes.keys().map(|n| (n.clone(), 1)).collect();
+    let unknown = |name: &str| {
+        format!("formation names process {name:?}, which is not in the Procfile or [processes]")
+    };
+    for (name, n) in app.formation {
+        match formation.get_mut(&name) {
+            Some(slot) => *slot = n,
+            None => return Err(ManifestError::at("app.json", None, None, unknown(&name))),
+        }
+    }
+    for (name, n, line) in toml.formation {
+        match formation.get_mut(&name) {
+            Some(slot) => *slot = n,
+            None => return Err(toml_err(line, unknown(&name))),
+        }
+    }
+
+    // Health: defaults, then app.json's first web check, then berth.toml.
+    let mut path = app.health_path.unwrap_or_else(|| "/".to_string());
+    if let Some(p) = toml.health_path {
+        path = p;
+    }
+    let check = if toml.health_tcp == Some(true) {
+        HealthCheck::Tcp
+    } else {
+        HealthCheck::Http { path }
+    };
+    let timeout = toml
+        .health_timeout
+        .or(app.health_timeout_secs.map(Duration::from_secs))
+        .unwrap_or(DEFAULT_HEALTH_TIMEOUT);
+
+    Ok(AppSpec {
+        kind: if static_dir.is_some() {
+            AppKind::Static
+        } else {
+            AppKind::Process
+        },
+        processes,
+        release_command,
+        postdeploy: app.postdeploy,
+        build: toml.build_command.map(|command| BuildSpec {
+            command,
+            timeout: toml.build_timeout.unwrap_or(DEFAULT_BUILD_TIMEOUT),
+        }),
+        health: HealthSpec { check, timeout },
+        drain_timeout: toml.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT),
+        stop_grace: toml.stop_grace.unwrap_or(DEFAULT_STOP_GRACE),
+        static_dir,
+        formation,
+        limits: Limits {
+            memory: toml.memory,
+            pids: toml.pids,
+            cpu: toml.cpu,
+        },
+        env: app.env,
+    })
+}
+
+/// The static dir must exist, be a directory, and stay inside the release dir once symlinks
+/// are resolved (the path itself has no `..`; a symlink could still point out).
+fn check_static_dir(dir: &Path, rel: &Path) -> Result<(), String> {
+    let shown = rel.display();
+    let root = dir
+        .canonicalize()
+        .map_err(|e| format!("cannot resolve the release dir: {e}"))?;
+    let full = match dir.join(rel).canonicalize() {
+        Ok(p) => p,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!("static dir {shown:?} does not exist"))
+        }
+        Err(e) => return Err(format!("static dir {shown:?}: {e}")),
+    };
+    if !full.starts_with(&root) {
+        return Err(format!("static dir {shown:?} leads outside the app"));
+    }
+    if !full.is_dir() {
+        return Err(format!("static dir {shown:?} is not a directory"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
