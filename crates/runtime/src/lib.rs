@@ -1,0 +1,228 @@
+//! How berth runs app processes: the runtime-neutral [`Runtime`] trait and
+//! [`ProcessRuntime`], which runs each instance as a supervised process group
+//! on this host.
+//!
+//! The deploy engine only talks to the trait, so a Docker or Swarm runtime can
+//! be slotted in later. That is why the types below speak of instance *ids*
+//! chosen by the engine and mention pids only as optional information: a
+//! container runtime has no meaningful host pid to offer.
+//!
+//! Instances must survive a berth crash or upgrade (Heroku-style platforms
+//! must not take apps down when the control plane restarts). The process
+//! runtime therefore never kills its children on drop; after a restart the
+//! engine hands each recorded `(pid, pid_start)` back to [`Runtime::adopt`],
+//! or to [`Runtime::kill_orphan`] when the instance is no longer wanted.
+#![forbid(unsafe_code)]
+
+mod limits;
+mod logs;
+mod process;
+mod procfs;
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+pub use process::{ProcessOptions, ProcessRuntime};
+pub use procfs::proc_start_time;
+
+/// Resource limits for one instance or task. `None` means unlimited.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Limits {
+    /// Memory in bytes.
+    pub memory: Option<u64>,
+    /// Maximum number of processes/threads in the instance.
+    pub pids: Option<u64>,
+    /// CPU time as a number of cores (0.5 = half a core).
+    pub cpu: Option<f64>,
+}
+
+/// A long-running app process (one line of the Procfile, one replica).
+#[derive(Clone, Debug)]
+pub struct InstanceSpec {
+    /// Unique runtime id chosen by the engine, e.g. `hello-v3-web-1`. Used as
+    /// a path component (cgroup name), so it must not contain `/`.
+    pub id: String,
+    /// Shell command line (a Procfile line), run with `/bin/sh -c`.
+    pub command: String,
+    /// Working directory (the release dir).
+    pub dir: PathBuf,
+    /// The app's whole environment (the engine includes `PORT`). The child
+    /// gets only these, plus `PATH`/`HOME`/`LANG` from berth's own
+    /// environment when not given, so berth's secrets never leak into apps.
+    pub env: Vec<(String, String)>,
+    /// stdout and stderr are appended here; the runtime rotates it.
+    pub log_file: PathBuf,
+    pub limits: Limits,
+    /// Supervise and restart on exit (true for app processes).
+    pub restart: bool,
+}
+
+/// A one-off command: a build step, the `release:` command, postdeploy.
+#[derive(Clone, Debug)]
+pub struct TaskSpec {
+    pub id: String,
+    pub command: String,
+    pub dir: PathBuf,
+    pub env: Vec<(String, String)>,
+    /// Output is appended here (never rotated: tasks are short).
+    pub log_file: PathBuf,
+    /// The whole process group is killed when the task runs longer.
+    pub timeout: Duration,
+    pub limits: Limits,
+}
+
+/// How a [`TaskSpec`] ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TaskOutcome {
+    Success,
+    /// Non-zero exit (`code`) or death by a signal (`signal`).
+    Failed {
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
+    TimedOut,
+}
+
+/// What an instance is doing right now.
+#[derive(Clone, Debug, PartialEq)]
+pub enum InstanceState {
+    Running {
+        pid: Option<u32>,
+        since: SystemTime,
+    },
+    /// Exited and waiting for its backoff delay before the next start.
+    Restarting {
+        restarts: u32,
+        last_exit: String,
+    },
+    /// Like `Restarting`, but it keeps exiting quickly: retried only at the
+    /// maximum backoff until a run lasts long enough (Heroku's "crashed").
+    Crashing {
+        restarts: u32,
+        last_exit: String,
+    },
+    Stopped,
+}
+
+/// An instance as the runtime sees it after `start`/`adopt`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InstanceInfo {
+    pub id: String,
+    pub pid: Option<u32>,
+    /// Start time of `pid` (see [`proc_start_time`]); with `pid` it
+    /// identifies the process across a berth restart, since pids get reused.
+    pub pid_start: Option<u64>,
+    pub state: InstanceState,
+}
+
+/// Things the engine wants to record (pids for adoption, crash reports).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// A process was spawned for the instance (first start or a restart).
+    Started {
+        id: String,
+        pid: Option<u32>,
+        pid_start: Option<u64>,
+    },
+    /// The instance's process ended; `restarting` says whether the runtime
+    /// will start it again.
+    Exited {
+        id: String,
+        status: String,
+        restarting: bool,
+    },
+    /// The instance keeps exiting soon after starting.
+    Crashing { id: String, restarts: u32 },
+}
+
+/// Everything a runtime call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// Ids become file names (cgroups), so they are restricted.
+    #[error("invalid id {0:?}: must be non-empty, without '/', NUL or leading '.'")]
+    InvalidId(String),
+    #[error("instance {0} is already running")]
+    AlreadyRunning(String),
+    #[error("cannot open log file {path}: {source}")]
+    LogFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot start {id}: {source}")]
+    Spawn { id: String, source: std::io::Error },
+    #[error("cannot set up cgroup {path}: {source}")]
+    Cgroup {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The interface between the deploy engine and whatever runs app code.
+#[async_trait::async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// Short name for logs and `berth status` (`"process"`, `"docker"`).
+    fn name(&self) -> &'static str;
+
+    /// Start an instance; with `spec.restart` it is supervised and restarted
+    /// whenever it exits until [`Runtime::stop`] is called.
+    async fn start(&self, spec: InstanceSpec) -> Result<InstanceInfo, RuntimeError>;
+
+    /// After a berth restart: take over an instance that is still running
+    /// (pid + pid_start identify it; a reused pid has a different start
+    /// time). `Ok(None)` if it is gone — the caller then starts a new one.
+    async fn adopt(
+        &self,
+        spec: InstanceSpec,
+        pid: u32,
+        pid_start: u64,
+    ) -> Result<Option<InstanceInfo>, RuntimeError>;
+
+    /// SIGTERM to the instance's whole process group, SIGKILL after `grace`;
+    /// waits until it is gone. Unknown id → `Ok(())`. Also stops supervision
+    /// (no restart).
+    async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError>;
+
+    /// Kill a process group left from an earlier berth run that is NOT being
+    /// adopted (pid + pid_start must match, else do nothing).
+    async fn kill_orphan(
+        &self,
+        pid: u32,
+        pid_start: u64,
+        grace: Duration,
+    ) -> Result<(), RuntimeError>;
+
+    /// Current state, `None` for an unknown (or stopped and forgotten) id.
+    fn state(&self, id: &str) -> Option<InstanceState>;
+
+    /// One-off command with a timeout; output appended to the task's log
+    /// file; on timeout the whole process group is killed.
+    async fn run_task(&self, task: TaskSpec) -> Result<TaskOutcome, RuntimeError>;
+
+    /// Lifecycle events; the engine persists pids and crash reports from
+    /// these. A slow receiver may miss events (`RecvError::Lagged`).
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event>;
+}
+
+/// Ids end up as directory names, so refuse anything that could escape or
+/// collide with the cgroup files around it.
+fn check_id(id: &str) -> Result<(), RuntimeError> {
+    if id.is_empty() || id.starts_with('.') || id.contains('/') || id.contains('\0') {
+        return Err(RuntimeError::InvalidId(id.to_string()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_that_would_escape_the_cgroup_dir_are_refused() {
+        assert!(check_id("hello-v3-web-1").is_ok());
+        for bad in ["", ".", "..", "a/b", ".hidden", "a\0b"] {
+            assert!(check_id(bad).is_err(), "{bad:?}");
+        }
+    }
+}

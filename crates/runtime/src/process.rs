@@ -1,0 +1,737 @@
+//! [`ProcessRuntime`]: instances are plain process groups on this host,
+//! each watched by one tokio task (its *supervisor*).
+//!
+//! Every instance gets its own process group (`process_group(0)`), so one
+//! signal reaches the app and everything it forked, and it is never killed
+//! when berth exits (`kill_on_drop(false)`): after a berth restart the
+//! engine adopts it by `(pid, pid_start)`.
+//!
+//! The supervisor owns the child, so it is the one that waits on it, stops it
+//! (when [`Runtime::stop`] asks through a watch channel) and restarts it.
+//! Keeping every state change of an instance in one task avoids races
+//! between "the app exited" and "the engine stopped it".
+
+use std::collections::HashMap;
+use std::fs::OpenOptions;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use rustix::io::Errno;
+use rustix::process::{kill_process_group, Pid, Signal};
+use tokio::process::{Child, Command};
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+
+use crate::limits::{Confinement, Limiter};
+use crate::procfs::{is_alive, proc_start_time, start_time_to_system};
+use crate::{
+    check_id, logs, Event, InstanceInfo, InstanceSpec, InstanceState, Runtime, RuntimeError,
+    TaskOutcome, TaskSpec,
+};
+
+/// How long a timed-out task gets between SIGTERM and SIGKILL.
+const TASK_KILL_GRACE: Duration = Duration::from_secs(2);
+/// Poll interval for noticing that an adopted process exited.
+const ADOPTED_POLL: Duration = Duration::from_millis(500);
+/// Environment variables inherited from berth unless the app sets them: a
+/// shell without `PATH` cannot find anything, and `HOME`/`LANG` are expected
+/// by most language runtimes.
+const INHERITED_ENV: [&str; 3] = ["PATH", "HOME", "LANG"];
+
+/// Tuning for [`ProcessRuntime`]. `Default` gives the production values.
+#[derive(Clone, Debug)]
+pub struct ProcessOptions {
+    /// cgroup mount point; `None` = `/sys/fs/cgroup`.
+    pub cgroup_root: Option<std::path::PathBuf>,
+    /// First restart delay; doubles with every quick exit.
+    pub backoff_base: Duration,
+    /// Cap for the restart delay, and the delay while crashing.
+    pub backoff_max: Duration,
+    /// Restarts without a stable run before the instance counts as crashing.
+    pub crash_after: u32,
+    /// A run at least this long resets the restart counter.
+    pub stable_after: Duration,
+    /// Rotate an instance's log file once it is larger than this.
+    pub log_max_bytes: u64,
+    /// Rotated copies to keep (`<file>.1` … `<file>.<log_keep>`).
+    pub log_keep: usize,
+    /// How often the supervisor checks the log file size.
+    pub log_check_every: Duration,
+}
+
+impl Default for ProcessOptions {
+    fn default() -> Self {
+        ProcessOptions {
+            cgroup_root: None,
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(30),
+            crash_after: 5,
+            stable_after: Duration::from_secs(10),
+            log_max_bytes: 10 << 20,
+            log_keep: 3,
+            log_check_every: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Runs instances as supervised process groups on this host.
+///
+/// Dropping it stops supervision but leaves every instance running, exactly
+/// like a berth crash would; that is what lets a new berth adopt them. Call
+/// [`Runtime::stop`] to end an instance.
+pub struct ProcessRuntime {
+    shared: Arc<Shared>,
+    instances: Mutex<HashMap<String, Arc<Instance>>>,
+}
+
+/// What supervisors need from the runtime. Kept apart from
+/// [`ProcessRuntime`] so supervisors do not keep the runtime alive (its
+/// `Drop` is what aborts them).
+struct Shared {
+    opts: ProcessOptions,
+    limiter: Limiter,
+    events: broadcast::Sender<Event>,
+    /// Several instances may share one log file; rotating it twice at once
+    /// would shift the copies twice.
+    rotate_lock: Mutex<()>,
+}
+
+struct Instance {
+    spec: InstanceSpec,
+    confinement: Confinement,
+    state: Mutex<InstanceState>,
+    /// `Some(grace)` asks the supervisor to stop the instance.
+    stop_tx: watch::Sender<Option<Duration>>,
+    /// Becomes true when the supervisor has finished (instance gone).
+    done_rx: watch::Receiver<bool>,
+    supervisor: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl ProcessRuntime {
+    /// Detects the limit mechanism (logged once at info) and returns an idle
+    /// runtime.
+    pub fn new(opts: ProcessOptions) -> Arc<ProcessRuntime> {
+        let limiter = Limiter::detect(opts.cgroup_root.as_deref());
+        Arc::new(ProcessRuntime {
+            shared: Arc::new(Shared {
+                opts,
+                limiter,
+                events: broadcast::channel(1024).0,
+                rotate_lock: Mutex::new(()),
+            }),
+            instances: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn instance(&self, id: &str) -> Option<Arc<Instance>> {
+        lock(&self.instances).get(id).cloned()
+    }
+
+    fn ensure_free(&self, id: &str) -> Result<(), RuntimeError> {
+        match self.instance(id) {
+            Some(inst) if inst.is_active() => Err(RuntimeError::AlreadyRunning(id.to_string())),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records a freshly spawned or adopted instance and starts its
+    /// supervisor. Checks the id again under the lock: a concurrent start
+    /// of the same id may have won since `ensure_free`.
+    fn register(
+        &self,
+        spec: InstanceSpec,
+        confinement: Confinement,
+        proc: Proc,
+        pid_start: Option<u64>,
+        since: SystemTime,
+    ) -> Result<InstanceInfo, RuntimeError> {
+        let mut instances = lock(&self.instances);
+        if instances.get(&spec.id).is_some_and(|i| i.is_active()) {
+            signal_group(proc.pid(), Signal::KILL);
+            return Err(RuntimeError::AlreadyRunning(spec.id));
+        }
+        let info = InstanceInfo {
+            id: spec.id.clone(),
+            pid: Some(proc.pid()),
+            pid_start,
+            state: InstanceState::Running {
+                pid: Some(proc.pid()),
+                since,
+            },
+        };
+        let (stop_tx, stop_rx) = watch::channel(None);
+        let (done_tx, done_rx) = watch::channel(false);
+        let inst = Arc::new(Instance {
+            spec,
+            confinement,
+            state: Mutex::new(info.state.clone()),
+            stop_tx,
+            done_rx,
+            supervisor: Mutex::new(None),
+        });
+        // A run that started long ago (adopted) counts as stable.
+        let running_for = SystemTime::now().duration_since(since).unwrap_or_default();
+        let run_since = Instant::now()
+            .checked_sub(running_for)
+            .unwrap_or_else(Instant::now);
+        let supervisor = Supervisor {
+            shared: self.shared.clone(),
+            inst: inst.clone(),
+            stop_rx,
+            done_tx,
+        };
+        *lock(&inst.supervisor) = Some(tokio::spawn(supervisor.run(proc, run_since)));
+        instances.insert(info.id.clone(), inst);
+        Ok(info)
+    }
+}
+
+impl Drop for ProcessRuntime {
+    fn drop(&mut self) {
+        for inst in lock(&self.instances).values() {
+            if let Some(task) = lock(&inst.supervisor).take() {
+                task.abort();
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Runtime for ProcessRuntime {
+    fn name(&self) -> &'static str {
+        "process"
+    }
+
+    async fn start(&self, spec: InstanceSpec) -> Result<InstanceInfo, RuntimeError> {
+        check_id(&spec.id)?;
+        self.ensure_free(&spec.id)?;
+        let confinement = self.shared.limiter.prepare(&spec.id, &spec.limits)?;
+        let (proc, pid_start) = match spawn_instance(&spec, &confinement) {
+            Ok(spawned) => spawned,
+            Err(e) => {
+                confinement.remove().await;
+                return Err(e);
+            }
+        };
+        let pid = proc.pid();
+        let info = self.register(spec, confinement, proc, pid_start, SystemTime::now())?;
+        self.shared.emit(Event::Started {
+            id: info.id.clone(),
+            pid: Some(pid),
+            pid_start,
+        });
+        Ok(info)
+    }
+
+    async fn adopt(
+        &self,
+        spec: InstanceSpec,
+        pid: u32,
+        pid_start: u64,
+    ) -> Result<Option<InstanceInfo>, RuntimeError> {
+        check_id(&spec.id)?;
+        self.ensure_free(&spec.id)?;
+        let Some(adopted) = Adopted::open(pid, pid_start) else {
+            return Ok(None);
+        };
+        // Re-applying the limits is idempotent and recreates the cgroup
+        // handle needed for restarts and cleanup.
+        let confinement = self.shared.limiter.prepare(&spec.id, &spec.limits)?;
+        let since = start_time_to_system(pid_start).unwrap_or_else(SystemTime::now);
+        let info = self.register(
+            spec,
+            confinement,
+            Proc::Adopted(adopted),
+            Some(pid_start),
+            since,
+        )?;
+        Ok(Some(info))
+    }
+
+    async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let Some(inst) = self.instance(id) else {
+            return Ok(());
+        };
+        inst.stop_tx.send_replace(Some(grace));
+        // An error means the supervisor is gone (aborted): nothing to wait for.
+        let _ = inst.done_rx.clone().wait_for(|done| *done).await;
+        let mut instances = lock(&self.instances);
+        if instances.get(id).is_some_and(|i| Arc::ptr_eq(i, &inst)) {
+            instances.remove(id);
+        }
+        Ok(())
+    }
+
+    async fn kill_orphan(
+        &self,
+        pid: u32,
+        pid_start: u64,
+        grace: Duration,
+    ) -> Result<(), RuntimeError> {
+        let Some(adopted) = Adopted::open(pid, pid_start) else {
+            return Ok(());
+        };
+        let confinement = self.shared.limiter.find(pid);
+        terminate(&mut Proc::Adopted(adopted), grace, &confinement).await;
+        confinement.remove().await;
+        Ok(())
+    }
+
+    fn state(&self, id: &str) -> Option<InstanceState> {
+        self.instance(id).map(|inst| lock(&inst.state).clone())
+    }
+
+    async fn run_task(&self, task: TaskSpec) -> Result<TaskOutcome, RuntimeError> {
+        check_id(&task.id)?;
+        // Tasks get their own cgroup name so that a task whose id equals an
+        // instance's cannot rewrite (or, on cleanup, kill) that instance.
+        let cgroup = format!("task.{}", task.id);
+        let confinement = self.shared.limiter.prepare(&cgroup, &task.limits)?;
+        let spawned = spawn(
+            &task.id,
+            &task.command,
+            &task.dir,
+            &task.env,
+            &task.log_file,
+            &confinement,
+        );
+        let mut proc = match spawned {
+            Ok((proc, _)) => proc,
+            Err(e) => {
+                confinement.remove().await;
+                return Err(e);
+            }
+        };
+        let mut guard = GroupGuard(Some(proc.pid()));
+        let outcome = match tokio::time::timeout(task.timeout, proc.wait()).await {
+            Ok(status) => task_outcome(status),
+            Err(_) => {
+                tracing::warn!(task = %task.id, timeout = ?task.timeout, "task timed out; killing it");
+                terminate(&mut proc, TASK_KILL_GRACE, &confinement).await;
+                TaskOutcome::TimedOut
+            }
+        };
+        // Background processes the task left behind die with it.
+        signal_group(proc.pid(), Signal::KILL);
+        confinement.remove().await;
+        guard.0 = None;
+        Ok(outcome)
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.shared.events.subscribe()
+    }
+}
+
+impl Shared {
+    fn emit(&self, event: Event) {
+        // An error only means nobody is subscribed right now.
+        let _ = self.events.send(event);
+    }
+
+    /// Rotation copies up to `log_max_bytes`, so it runs off the async
+    /// workers.
+    async fn rotate_log(self: &Arc<Self>, path: &Path) {
+        let shared = self.clone();
+        let file = path.to_path_buf();
+        let rotated = tokio::task::spawn_blocking(move || {
+            let _one_at_a_time = lock(&shared.rotate_lock);
+            let opts = &shared.opts;
+            logs::rotate_if_needed(&file, opts.log_max_bytes, opts.log_keep)
+        })
+        .await;
+        match rotated {
+            Ok(Ok(true)) => tracing::debug!(file = %path.display(), "rotated log file"),
+            Ok(Err(e)) => tracing::warn!(file = %path.display(), "cannot rotate log file: {e}"),
+            _ => {}
+        }
+    }
+}
+
+impl Instance {
+    fn is_active(&self) -> bool {
+        *lock(&self.state) != InstanceState::Stopped
+    }
+
+    fn set_state(&self, state: InstanceState) {
+        *lock(&self.state) = state;
+    }
+}
+
+/// The task watching one instance. See the module docs.
+struct Supervisor {
+    shared: Arc<Shared>,
+    inst: Arc<Instance>,
+    stop_rx: watch::Receiver<Option<Duration>>,
+    done_tx: watch::Sender<bool>,
+}
+
+/// Why [`Supervisor::watch`] returned.
+enum RunEnd {
+    Exited(Option<ExitStatus>),
+    StopRequested(Duration),
+}
+
+impl Supervisor {
+    async fn run(mut self, mut proc: Proc, mut run_since: Instant) {
+        let (inst, shared) = (self.inst.clone(), self.shared.clone());
+        let (spec, opts) = (&inst.spec, &shared.opts);
+        // Restarts since the last stable run.
+        let mut streak: u32 = 0;
+        'supervise: loop {
+            let status = match self.watch(&mut proc).await {
+                RunEnd::Exited(status) => status,
+                RunEnd::StopRequested(grace) => {
+                    let status = terminate(&mut proc, grace, &inst.confinement).await;
+                    shared.emit(Event::Exited {
+                        id: spec.id.clone(),
+                        status: describe(status),
+                        restarting: false,
+                    });
+                    break;
+                }
+            };
+            // Like a container: when the main process is gone, whatever it
+            // left behind goes too (a leftover child could hold the port the
+            // restarted app needs).
+            signal_group(proc.pid(), Signal::KILL);
+            inst.confinement.kill_all();
+            let mut last_exit = describe(status);
+            tracing::info!(instance = %spec.id, "exited: {last_exit}");
+            shared.emit(Event::Exited {
+                id: spec.id.clone(),
+                status: last_exit.clone(),
+                restarting: spec.restart,
+            });
+            if !spec.restart {
+                break;
+            }
+
+            let mut ran_for = run_since.elapsed();
+            let (new_proc, pid_start) = loop {
+                if ran_for >= opts.stable_after {
+                    streak = 0;
+                }
+                let crashing = streak >= opts.crash_after;
+                let delay = if crashing {
+                    opts.backoff_max
+                } else {
+                    backoff(opts.backoff_base, streak, opts.backoff_max)
+                };
+                streak = streak.saturating_add(1);
+                let state = if crashing {
+                    InstanceState::Crashing {
+                        restarts: streak,
+                        last_exit: last_exit.clone(),
+                    }
+                } else {
+                    InstanceState::Restarting {
+                        restarts: streak,
+                        last_exit: last_exit.clone(),
+                    }
+                };
+                inst.set_state(state);
+                if crashing && streak == opts.crash_after.saturating_add(1) {
+                    tracing::warn!(instance = %spec.id, restarts = streak, "crashing: {last_exit}");
+                    shared.emit(Event::Crashing {
+                        id: spec.id.clone(),
+                        restarts: streak,
+                    });
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop_requested(&mut self.stop_rx) => break 'supervise,
+                }
+                match spawn_instance(spec, &inst.confinement) {
+                    Ok(spawned) => break spawned,
+                    Err(e) => {
+                        tracing::warn!(instance = %spec.id, "restart failed: {e}");
+                        last_exit = e.to_string();
+                        ran_for = Duration::ZERO;
+                    }
+                }
+            };
+            proc = new_proc;
+            run_since = Instant::now();
+            let pid = Some(proc.pid());
+            let since = SystemTime::now();
+            inst.set_state(InstanceState::Running { pid, since });
+            shared.emit(Event::Started {
+                id: spec.id.clone(),
+                pid,
+                pid_start,
+            });
+        }
+        inst.confinement.remove().await;
+        inst.set_state(InstanceState::Stopped);
+        let _ = self.done_tx.send(true);
+    }
+
+    /// Waits until the process exits or a stop is requested, rotating the
+    /// log file meanwhile.
+    async fn watch(&mut self, proc: &mut Proc) -> RunEnd {
+        let mut rotation = tokio::time::interval(self.shared.opts.log_check_every);
+        rotation.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                status = proc.wait() => return RunEnd::Exited(status),
+                grace = stop_requested(&mut self.stop_rx) => return RunEnd::StopRequested(grace),
+                _ = rotation.tick() => self.shared.rotate_log(&self.inst.spec.log_file).await,
+            }
+        }
+    }
+}
+
+/// Resolves once [`Runtime::stop`] has asked for a stop, with its grace.
+async fn stop_requested(rx: &mut watch::Receiver<Option<Duration>>) -> Duration {
+    let requested = rx
+        .wait_for(Option::is_some)
+        .await
+        .map(|grace| grace.unwrap_or_default());
+    match requested {
+        Ok(grace) => grace,
+        // The sender lives in the instance the supervisor holds, so this
+        // cannot happen; never treat it as a stop request.
+        Err(_) => std::future::pending().await,
+    }
+}
+
+/// `base * 2^n`, capped at `max`.
+fn backoff(base: Duration, n: u32, max: Duration) -> Duration {
+    let factor = 1u32.checked_shl(n).unwrap_or(u32::MAX);
+    base.saturating_mul(factor).min(max)
+}
+
+/// A running instance process: our own child, or one adopted from an
+/// earlier berth (not our child, so it cannot be `wait`ed for).
+enum Proc {
+    Child { child: Child, pid: u32 },
+    Adopted(Adopted),
+}
+
+impl Proc {
+    /// Process id, which is also the process group id.
+    fn pid(&self) -> u32 {
+        match self {
+            Proc::Child { pid, .. } => *pid,
+            Proc::Adopted(adopted) => adopted.pid,
+        }
+    }
+
+    /// Waits for the process to exit. The status is unknown for adopted
+    /// processes (their parent, init, collects it). Cancel safe.
+    async fn wait(&mut self) -> Option<ExitStatus> {
+        match self {
+            Proc::Child { child, .. } => match child.wait().await {
+                Ok(status) => Some(status),
+                Err(e) => {
+                    tracing::warn!("waiting for child failed: {e}");
+                    None
+                }
+            },
+            Proc::Adopted(adopted) => {
+                adopted.wait().await;
+                None
+            }
+        }
+    }
+}
+
+/// A process from an earlier berth run, identified by pid and start time.
+///
+/// Its exit is noticed by polling `/proc`. A pidfd would avoid the polling,
+/// but tokio offers no safe way to register one (`AsyncFd::new` is
+/// deprecated as unsound), and a read of `/proc/<pid>/stat` twice a second
+/// per adopted instance costs nothing. Polling also copes with the zombie
+/// case: `is_alive` treats a zombie as exited.
+struct Adopted {
+    pid: u32,
+    start: u64,
+}
+
+impl Adopted {
+    /// `None` unless `pid` is alive and still the process that started at
+    /// `start`.
+    fn open(pid: u32, start: u64) -> Option<Adopted> {
+        is_alive(pid, start).then_some(Adopted { pid, start })
+    }
+
+    async fn wait(&self) {
+        while is_alive(self.pid, self.start) {
+            tokio::time::sleep(ADOPTED_POLL).await;
+        }
+    }
+}
+
+/// SIGTERM to the group, SIGKILL after `grace` (and to anything left in the
+/// cgroups); returns once the main process has exited.
+async fn terminate(
+    proc: &mut Proc,
+    grace: Duration,
+    confinement: &Confinement,
+) -> Option<ExitStatus> {
+    signal_group(proc.pid(), Signal::TERM);
+    let exited = tokio::time::timeout(grace, proc.wait()).await;
+    signal_group(proc.pid(), Signal::KILL);
+    confinement.kill_all();
+    match exited {
+        Ok(status) => status,
+        Err(_) => proc.wait().await,
+    }
+}
+
+/// Signals a process group; a group that is already gone is fine.
+fn signal_group(pgid: u32, signal: Signal) {
+    let Some(pgid) = i32::try_from(pgid).ok().and_then(Pid::from_raw) else {
+        return;
+    };
+    match kill_process_group(pgid, signal) {
+        Ok(()) | Err(Errno::SRCH) => {}
+        Err(e) => tracing::warn!(pgid = pgid.as_raw_pid(), "cannot signal process group: {e}"),
+    }
+}
+
+/// Kills a task's process group if `run_task` is dropped midway (the caller
+/// gave up), so an abandoned build does not keep running.
+struct GroupGuard(Option<u32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            signal_group(pgid, Signal::KILL);
+        }
+    }
+}
+
+fn spawn_instance(
+    spec: &InstanceSpec,
+    confinement: &Confinement,
+) -> Result<(Proc, Option<u64>), RuntimeError> {
+    spawn(
+        &spec.id,
+        &spec.command,
+        &spec.dir,
+        &spec.env,
+        &spec.log_file,
+        confinement,
+    )
+}
+
+/// Starts `/bin/sh -c <prelude> <command> <cgroup dirs>` in its own process
+/// group with only the given environment and output appended to `log_file`.
+/// Returns the process and its start time.
+fn spawn(
+    id: &str,
+    command: &str,
+    dir: &Path,
+    env: &[(String, String)],
+    log_file: &Path,
+    confinement: &Confinement,
+) -> Result<(Proc, Option<u64>), RuntimeError> {
+    let log_err = |source| RuntimeError::LogFile {
+        path: log_file.to_path_buf(),
+        source,
+    };
+    let stdout = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_file)
+        .map_err(log_err)?;
+    let stderr = stdout.try_clone().map_err(log_err)?;
+
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(confinement.prelude())
+        .arg(command)
+        .args(&confinement.dirs)
+        .current_dir(dir)
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .process_group(0)
+        .kill_on_drop(false);
+    for key in INHERITED_ENV {
+        if !env.iter().any(|(k, _)| k == key) {
+            if let Some(value) = std::env::var_os(key) {
+                cmd.env(key, value);
+            }
+        }
+    }
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
+
+    let spawn_err = |source| RuntimeError::Spawn {
+        id: id.to_string(),
+        source,
+    };
+    let child = cmd.spawn().map_err(spawn_err)?;
+    // `id()` is only `None` once the child has been reaped, which cannot
+    // have happened yet.
+    let pid = child
+        .id()
+        .ok_or_else(|| spawn_err(std::io::Error::other("child exited before it was seen")))?;
+    // The child is not reaped until we wait for it, so /proc/<pid> exists.
+    let pid_start = proc_start_time(pid);
+    Ok((Proc::Child { child, pid }, pid_start))
+}
+
+fn task_outcome(status: Option<ExitStatus>) -> TaskOutcome {
+    match status {
+        Some(status) if status.success() => TaskOutcome::Success,
+        Some(status) => TaskOutcome::Failed {
+            code: status.code(),
+            signal: status.signal(),
+        },
+        None => TaskOutcome::Failed {
+            code: None,
+            signal: None,
+        },
+    }
+}
+
+/// Human-readable exit status for events and `berth ps`.
+fn describe(status: Option<ExitStatus>) -> String {
+    match status {
+        Some(status) => match (status.code(), status.signal()) {
+            (Some(125), _) => "exit code 125 (could not apply resource limits)".to_string(),
+            (Some(code), _) => format!("exit code {code}"),
+            (None, Some(signal)) => format!("killed by signal {signal}"),
+            (None, None) => status.to_string(),
+        },
+        None => "exited (status unknown)".to_string(),
+    }
+}
+
+/// Locks a mutex, ignoring poisoning: the data behind these locks stays
+/// consistent even if a holder panicked (every update is one assignment).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let base = Duration::from_millis(100);
+        let max = Duration::from_secs(30);
+        assert_eq!(backoff(base, 0, max), base);
+        assert_eq!(backoff(base, 3, max), Duration::from_millis(800));
+        assert_eq!(backoff(base, 20, max), max);
+        assert_eq!(backoff(base, 40, max), max);
+    }
+
+    #[test]
+    fn describes_exit_statuses() {
+        assert_eq!(describe(Some(ExitStatus::from_raw(3 << 8))), "exit code 3");
+        assert_eq!(
+            describe(Some(ExitStatus::from_raw(9))),
+            "killed by signal 9"
+        );
+        assert_eq!(describe(None), "exited (status unknown)");
+    }
+}
