@@ -1,0 +1,689 @@
+//! berth's deploy engine: the control loop between the store (desired state), the runtime
+//! (instances) and the proxy (routes).
+//!
+//! - A deploy is a pipeline (`pipeline.rs`): build → start new instances → health check →
+//!   `release:` command → switch (the commit point, one store transaction, then the route swap) →
+//!   drain → stop the old instances. A failure before the switch stops the new instances and
+//!   leaves the old release serving.
+//! - Every deploy creates a release (Heroku's model): a build gets a new release directory;
+//!   a rollback, an env change or a scale reuses an earlier release's directory.
+//! - One deploy at a time per app (a per-app async lock; later deploys queue), many apps at once.
+//! - On start, `reconcile.rs` converges: finishes or fails deploys cut off by a crash, adopts
+//!   instances that survived it, starts the missing ones, routes them.
+#![forbid(unsafe_code)]
+
+mod health;
+pub mod logs;
+mod pipeline;
+mod reconcile;
+mod routes;
+
+use build::manifest::AppSpec;
+use proxy::config::RouteSpec;
+use proxy::Proxy;
+use runtime::Runtime;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use store::{App, Deploy, DeployKind, Store};
+
+pub use store;
+
+/// What the engine needs to know about its surroundings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub data_dir: PathBuf,
+    /// Apps live at `<app>.<domain>`.
+    pub domain: String,
+    /// Public ports, for the URLs berth prints (`None`: that listener is off).
+    pub http_port: Option<u16>,
+    pub https_port: Option<u16>,
+    /// The admin listener; routed at `api_host` through the proxy when both are set.
+    pub admin: Option<SocketAddr>,
+    /// Host name of the control-plane API behind the proxy (default `berth.<domain>`).
+    pub api_host: Option<String>,
+    /// Largest compressed upload and largest unpacked source tree.
+    pub max_upload: u64,
+    pub max_unpacked: u64,
+}
+
+/// Errors the API turns into 4xx/5xx answers.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// Bad input from the user: the message says what and, after " (hint: ", how to fix it.
+    #[error("{0}")]
+    BadInput(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<store::StoreError> for EngineError {
+    fn from(e: store::StoreError) -> Self {
+        match e {
+            store::StoreError::NotFound(m) => EngineError::NotFound(m),
+            store::StoreError::Conflict(m) => EngineError::Conflict(m),
+            e => EngineError::Internal(format!("state store: {e}")),
+        }
+    }
+}
+
+/// What the proxy routes for one app: its release, hosts and upstreams or static root.
+#[derive(Debug, Clone)]
+pub(crate) struct Live {
+    pub version: i64,
+    pub target: Target,
+    pub health_path: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Target {
+    Upstreams(Vec<SocketAddr>),
+    Static(PathBuf),
+    /// A release with no web process (workers only): nothing to route.
+    None,
+}
+
+pub struct Engine {
+    pub cfg: EngineConfig,
+    store: Arc<Store>,
+    runtime: Arc<dyn Runtime>,
+    proxy: Arc<Proxy>,
+    /// Routes from the config file; app routes are added to these.
+    base_routes: Mutex<Vec<RouteSpec>>,
+    /// What is routed for each app, keyed by app name.
+    live: Mutex<HashMap<String, Live>>,
+    /// One deploy at a time per app.
+    app_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Ports handed to instances that may not have bound them yet.
+    reserved_ports: Mutex<HashSet<u16>>,
+    /// Held while a route table is computed, checked and installed, so that two apps
+    /// switching at once never install a table that misses the other's change.
+    routes_lock: Mutex<()>,
+}
+
+impl Engine {
+    /// Open the engine on a store and a runtime, reconcile (see `reconcile.rs`) and install
+    /// the routes. `base_routes` are the config file's.
+    pub async fn start(
+        cfg: EngineConfig,
+        store: Arc<Store>,
+        runtime: Arc<dyn Runtime>,
+        proxy: Arc<Proxy>,
+        base_routes: Vec<RouteSpec>,
+    ) -> Result<Arc<Engine>, EngineError> {
+        let engine = Arc::new(Engine {
+            cfg,
+            store,
+            runtime,
+            proxy,
+            base_routes: Mutex::new(base_routes),
+            live: Mutex::new(HashMap::new()),
+            app_locks: Mutex::new(HashMap::new()),
+            reserved_ports: Mutex::new(HashSet::new()),
+            routes_lock: Mutex::new(()),
+        });
+        engine.watch_runtime();
+        engine.reconcile().await?;
+        Ok(engine)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn runtime(&self) -> &dyn Runtime {
+        &*self.runtime
+    }
+
+    /// `http://<app>.<domain>:<port>` (or https when only TLS listens), without a default port.
+    pub fn app_url(&self, app: &str) -> String {
+        let host = format!("{app}.{}", self.cfg.domain);
+        match (self.cfg.http_port, self.cfg.https_port) {
+            (Some(80), _) => format!("http://{host}"),
+            (Some(p), _) => format!("http://{host}:{p}"),
+            (None, Some(443)) => format!("https://{host}"),
+            (None, Some(p)) => format!("https://{host}:{p}"),
+            (None, None) => format!("http://{host}"),
+        }
+    }
+
+    pub fn app_dir(&self, app: &str) -> PathBuf {
+        self.cfg.data_dir.join("apps").join(app)
+    }
+
+    fn lock_for(&self, app: &str) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.app_locks)
+            .entry(app.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Is a deploy of `app` running or queued?
+    pub fn deploying(&self, app: &str) -> bool {
+        self.lock_for(app).try_lock().is_err()
+    }
+
+    pub fn create_app(&self, name: &str, actor: &str) -> Result<App, EngineError> {
+        store::valid_app_name(name).map_err(EngineError::BadInput)?;
+        Ok(self.store.create_app(name, actor)?)
+    }
+
+    pub fn app(&self, name: &str) -> Result<App, EngineError> {
+        self.store.app(name)?.ok_or_else(|| not_found_app(name))
+    }
+
+    /// Stop every instance, drop the routes, then delete the app's state and files.
+    pub async fn destroy_app(&self, name: &str, actor: &str) -> Result<(), EngineError> {
+        self.app(name)?;
+        let guard = self.lock_for(name);
+        let _held = guard.lock().await;
+        lock(&self.live).remove(name);
+        self.refresh_routes()?;
+        for inst in self.store.instances(name)? {
+            let _ = self
+                .runtime
+                .stop(&inst.runtime_id, STOP_GRACE_ON_DESTROY)
+                .await;
+        }
+        self.store.destroy_app(name, actor)?;
+        let dir = self.app_dir(name);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .map_err(|e| EngineError::Internal(format!("removing {}: {e}", dir.display())))?;
+        }
+        tracing::info!(app = name, actor, "app destroyed");
+        Ok(())
+    }
+
+    /// Start a deploy of an uploaded source bundle (a `.tar.gz` file, removed afterwards).
+    /// Unpacking and the manifest are checked before anything is recorded: a corrupt bundle
+    /// or a broken manifest is an error here, and nothing is written.
+    pub async fn deploy_bundle(
+        self: &Arc<Self>,
+        app: &str,
+        bundle: &Path,
+        actor: &str,
+    ) -> Result<Deploy, EngineError> {
+        self.app(app)?;
+        let releases = self.app_dir(app).join("releases");
+        std::fs::create_dir_all(&releases).map_err(io_err)?;
+        let tmp = releases.join(format!(".upload-{}", random_hex(8)));
+        let (bundle_path, tmp2, max) = (bundle.to_path_buf(), tmp.clone(), self.cfg.max_unpacked);
+        let checked = tokio::task::spawn_blocking(move || -> Result<AppSpec, EngineError> {
+            let file = std::fs::File::open(&bundle_path).map_err(io_err)?;
+            build::bundle::unpack(std::io::BufReader::new(file), &tmp2, max).map_err(
+                |e| match e {
+                    build::bundle::BundleError::TooLarge { .. } => {
+                        EngineError::TooLarge(format!("source bundle: {e}"))
+                    }
+                    e => EngineError::BadInput(format!("source bundle: {e}")),
+                },
+            )?;
+            build::manifest::load(&tmp2)
+                .map_err(|e| EngineError::BadInput(format!("{e} (nothing was deployed)")))
+        })
+        .await
+        .map_err(|e| EngineError::Internal(e.to_string()))
+        .and_then(|r| r);
+        let spec = match checked {
+            Ok(spec) => spec,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(e);
+            }
+        };
+        let deploy = self.store.create_deploy(
+            app,
+            DeployKind::Build,
+            actor,
+            &self.app_dir(app).join("deploys"),
+        )?;
+        let release = match self.store.create_release(
+            app,
+            &tmp,
+            &spec.to_json(),
+            &format!("Deploy {}", deploy.id),
+            None,
+            store::ReleaseStatus::Building,
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                let _ =
+                    self.store
+                        .finish_deploy(deploy.id, store::DeployStatus::Failed, Some("store"));
+                return Err(e.into());
+            }
+        };
+        // The release dir gets its final name; a crash before the rename leaves an
+        // `.upload-*` dir that reconcile removes, and a release whose dir is missing.
+        let dir = releases.join(format!("v{}", release.version));
+        std::fs::rename(&tmp, &dir).map_err(io_err)?;
+        self.store
+            .set_release_dir_spec(app, release.version, &dir, &spec.to_json())?;
+        self.store.set_deploy_release(deploy.id, release.version)?;
+        self.spawn_pipeline(app, deploy.id, release.version, true);
+        self.deploy(deploy.id)
+    }
+
+    /// Deploy an earlier release again (no rebuild). `None`: the newest good release before
+    /// the live one.
+    pub async fn rollback(
+        self: &Arc<Self>,
+        app: &str,
+        version: Option<i64>,
+        actor: &str,
+    ) -> Result<Deploy, EngineError> {
+        let a = self.app(app)?;
+        let releases = self.store.releases(app)?;
+        let target = match version {
+            Some(v) => releases
+                .iter()
+                .find(|r| r.version == v)
+                .ok_or_else(|| EngineError::NotFound(format!("{app} has no release v{v}")))?,
+            None => {
+                let live = a.live_release.unwrap_or(i64::MAX);
+                releases
+                    .iter()
+                    .find(|r| r.version < live && r.status == store::ReleaseStatus::Ready)
+                    .ok_or_else(|| {
+                        EngineError::BadInput(format!(
+                            "{app} has no earlier good release to roll back to (hint: `berth releases` lists them)"
+                        ))
+                    })?
+            }
+        };
+        if !target.dir.is_dir() {
+            return Err(EngineError::BadInput(format!(
+                "release v{} of {app} has no files (its build never finished)",
+                target.version
+            )));
+        }
+        let description = format!("Rollback to v{}", target.version);
+        self.derived_deploy(app, target, DeployKind::Rollback, &description, actor)
+            .await
+    }
+
+    /// Start a new release from `source` (same files and spec), e.g. for a rollback or a
+    /// config change.
+    async fn derived_deploy(
+        self: &Arc<Self>,
+        app: &str,
+        source: &store::Release,
+        kind: DeployKind,
+        description: &str,
+        actor: &str,
+    ) -> Result<Deploy, EngineError> {
+        let deploy =
+            self.store
+                .create_deploy(app, kind, actor, &self.app_dir(app).join("deploys"))?;
+        let release = self.store.create_release(
+            app,
+            &source.dir,
+            &source.spec,
+            description,
+            Some(source.version),
+            store::ReleaseStatus::Building,
+        )?;
+        self.store.set_deploy_release(deploy.id, release.version)?;
+        self.spawn_pipeline(app, deploy.id, release.version, false);
+        self.deploy(deploy.id)
+    }
+
+    /// A live app restarts on its current release with the new state (env, formation).
+    async fn restart_live(
+        self: &Arc<Self>,
+        app: &str,
+        description: &str,
+        actor: &str,
+    ) -> Result<Option<Deploy>, EngineError> {
+        let a = self.app(app)?;
+        let Some(live) = a.live_release else {
+            return Ok(None);
+        };
+        let source = self
+            .store
+            .release(app, live)?
+            .ok_or_else(|| EngineError::Internal(format!("live release v{live} missing")))?;
+        self.derived_deploy(app, &source, DeployKind::Restart, description, actor)
+            .await
+            .map(Some)
+    }
+
+    /// Set and unset env vars; a live app restarts with them (zero downtime).
+    pub async fn update_env(
+        self: &Arc<Self>,
+        app: &str,
+        set: BTreeMap<String, String>,
+        unset: Vec<String>,
+        actor: &str,
+    ) -> Result<Option<Deploy>, EngineError> {
+        self.app(app)?;
+        for k in set.keys().chain(unset.iter()) {
+            valid_env_key(k).map_err(EngineError::BadInput)?;
+        }
+        for v in set.values() {
+            if v.contains('\0') {
+                return Err(EngineError::BadInput(
+                    "env values cannot contain NUL bytes".into(),
+                ));
+            }
+        }
+        self.store.update_env(app, &set, &unset, actor)?;
+        let mut what: Vec<String> = set.keys().cloned().collect();
+        what.extend(unset.iter().map(|k| format!("-{k}")));
+        self.restart_live(app, &format!("Set env {}", what.join(", ")), actor)
+            .await
+    }
+
+    /// Replicas per process type; a live app restarts with the new formation.
+    pub async fn scale(
+        self: &Arc<Self>,
+        app: &str,
+        changes: BTreeMap<String, u32>,
+        actor: &str,
+    ) -> Result<Option<Deploy>, EngineError> {
+        let a = self.app(app)?;
+        if changes.is_empty() {
+            return Err(EngineError::BadInput(
+                "nothing to scale (hint: berth scale web=2)".into(),
+            ));
+        }
+        if let Some(live) = a.live_release {
+            if let Some(rel) = self.store.release(app, live)? {
+                let spec = AppSpec::from_json(&rel.spec).map_err(EngineError::Internal)?;
+                for name in changes.keys() {
+                    if !spec.processes.contains_key(name) {
+                        let known: Vec<&str> = spec.processes.keys().map(|s| s.as_str()).collect();
+                        return Err(EngineError::BadInput(format!(
+                            "{app} has no process type {name:?} (its types: {})",
+                            if known.is_empty() {
+                                "none".to_string()
+                            } else {
+                                known.join(", ")
+                            }
+                        )));
+                    }
+                }
+            }
+        }
+        for (name, n) in &changes {
+            if *n > MAX_REPLICAS {
+                return Err(EngineError::BadInput(format!(
+                    "{name}={n}: at most {MAX_REPLICAS} instances per process type"
+                )));
+            }
+        }
+        let mut formation = a.formation.clone();
+        formation.extend(changes.clone());
+        self.store.set_formation(app, &formation, actor)?;
+        let what: Vec<String> = changes.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        self.restart_live(app, &format!("Scale {}", what.join(" ")), actor)
+            .await
+    }
+
+    pub fn add_domain(&self, app: &str, host: &str, actor: &str) -> Result<(), EngineError> {
+        self.app(app)?;
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        store::valid_host(&host).map_err(EngineError::BadInput)?;
+        if host == self.api_host() || self.is_app_host(&host) {
+            return Err(EngineError::Conflict(format!(
+                "{host} is one of berth's own names"
+            )));
+        }
+        self.store.add_domain(app, &host, actor)?;
+        if let Err(e) = self.refresh_routes() {
+            let _ = self.store.remove_domain(app, &host, actor);
+            let _ = self.refresh_routes();
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    pub fn remove_domain(&self, app: &str, host: &str, actor: &str) -> Result<(), EngineError> {
+        self.app(app)?;
+        self.store.remove_domain(app, host, actor)?;
+        self.refresh_routes()
+    }
+
+    /// The operator's routes (config file or `PUT /api/v1/routes`).
+    pub fn base_routes(&self) -> Vec<RouteSpec> {
+        lock(&self.base_routes).clone()
+    }
+
+    /// The operator's routes changed (`PUT /api/v1/routes`): recompute the table with them.
+    pub fn set_base_routes(&self, routes: Vec<RouteSpec>) -> Result<(), EngineError> {
+        self.set_base_routes_with(routes, || Ok(()))
+    }
+
+    /// The config file changed (SIGHUP): build the new table, then run `before_install` (the
+    /// certificate reload), then install; any error leaves the old routes in force.
+    pub fn set_base_routes_with(
+        &self,
+        routes: Vec<RouteSpec>,
+        before_install: impl FnOnce() -> Result<(), String>,
+    ) -> Result<(), EngineError> {
+        let _routes = lock(&self.routes_lock);
+        let old = std::mem::replace(&mut *lock(&self.base_routes), routes);
+        let result = self
+            .prepare_table()
+            .and_then(|t| before_install().map(|()| t).map_err(EngineError::BadInput));
+        match result {
+            Ok(table) => {
+                self.proxy.install_routes(table);
+                Ok(())
+            }
+            Err(e) => {
+                *lock(&self.base_routes) = old;
+                Err(e)
+            }
+        }
+    }
+
+    fn api_host(&self) -> String {
+        self.cfg
+            .api_host
+            .clone()
+            .unwrap_or_else(|| format!("berth.{}", self.cfg.domain))
+    }
+
+    fn is_app_host(&self, host: &str) -> bool {
+        host.strip_suffix(self.cfg.domain.as_str())
+            .and_then(|p| p.strip_suffix('.'))
+            .is_some_and(|label| !label.contains('.'))
+    }
+
+    /// The instances of an app with their live state from the runtime.
+    pub fn instances(&self, app: &str) -> Result<Vec<InstanceView>, EngineError> {
+        self.app(app)?;
+        Ok(self
+            .store
+            .instances(app)?
+            .into_iter()
+            .map(|i| {
+                let state = match self.runtime.state(&i.runtime_id) {
+                    Some(runtime::InstanceState::Running { .. }) => "running".to_string(),
+                    Some(runtime::InstanceState::Restarting { .. }) => "restarting".into(),
+                    Some(runtime::InstanceState::Crashing { .. }) => "crashing".into(),
+                    Some(runtime::InstanceState::Stopped) => "stopped".into(),
+                    None => i.state.clone(),
+                };
+                InstanceView {
+                    id: i.runtime_id.clone(),
+                    proc_type: i.proc_type.clone(),
+                    index: i.index,
+                    release: i.release_version,
+                    port: i.port,
+                    pid: i.pid,
+                    state,
+                }
+            })
+            .collect())
+    }
+
+    /// A summary state: deploying, crashing, running or idle (never deployed / no instances).
+    pub fn app_status(&self, app: &App) -> &'static str {
+        if self.deploying(&app.name) {
+            return "deploying";
+        }
+        if app.live_release.is_none() {
+            return "idle";
+        }
+        match self.instances(&app.name) {
+            Ok(list) if list.iter().any(|i| i.state == "crashing") => "crashing",
+            _ => "running",
+        }
+    }
+
+    pub fn deploy(&self, id: i64) -> Result<Deploy, EngineError> {
+        self.store
+            .deploy(id)?
+            .ok_or_else(|| EngineError::NotFound(format!("deploy {id} not found")))
+    }
+
+    /// Log files of an app's current instances: (label like `web.1`, path).
+    pub fn log_files(&self, app: &str) -> Result<Vec<(String, PathBuf)>, EngineError> {
+        let a = self.app(app)?;
+        let mut files: Vec<(String, PathBuf)> = self
+            .store
+            .instances(app)?
+            .into_iter()
+            .filter(|i| Some(i.release_version) == a.live_release)
+            .map(|i| {
+                (
+                    format!("{}.{}", i.proc_type, i.index),
+                    self.instance_log(app, &i.runtime_id),
+                )
+            })
+            .collect();
+        files.sort();
+        Ok(files)
+    }
+
+    pub(crate) fn instance_log(&self, app: &str, runtime_id: &str) -> PathBuf {
+        self.app_dir(app)
+            .join("logs")
+            .join(format!("{runtime_id}.log"))
+    }
+
+    /// On SIGTERM: stop every instance (berth is their supervisor; a `kill -9` instead leaves
+    /// them running and the next start adopts them).
+    pub async fn shutdown(&self) {
+        let Ok(all) = self.store.all_instances() else {
+            return;
+        };
+        let mut stops = tokio::task::JoinSet::new();
+        for i in all {
+            let rt = self.runtime.clone();
+            stops.spawn(async move { rt.stop(&i.runtime_id, SHUTDOWN_GRACE).await });
+        }
+        while stops.join_next().await.is_some() {}
+    }
+
+    fn watch_runtime(self: &Arc<Self>) {
+        let mut events = self.runtime.subscribe();
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                match events.recv().await {
+                    Ok(runtime::Event::Started { id, pid, pid_start }) => {
+                        let _ = store.set_instance_state(&id, "running", pid, pid_start);
+                    }
+                    Ok(runtime::Event::Exited { id, status, .. }) => {
+                        tracing::warn!(instance = %id, %status, "instance exited");
+                    }
+                    Ok(runtime::Event::Crashing { id, restarts }) => {
+                        tracing::error!(instance = %id, restarts, "instance is crashing");
+                        let _ = store.set_instance_state(&id, "crashed", None, None);
+                    }
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => break,
+                }
+            }
+        });
+    }
+
+    /// A loopback port no instance holds: bound then released; remembered until the instance
+    /// is stopped so two instances never get the same one.
+    pub(crate) fn free_port(&self) -> Result<u16, EngineError> {
+        for _ in 0..100 {
+            let l = std::net::TcpListener::bind(("127.0.0.1", 0)).map_err(io_err)?;
+            let port = l.local_addr().map_err(io_err)?.port();
+            if lock(&self.reserved_ports).insert(port) {
+                return Ok(port);
+            }
+        }
+        Err(EngineError::Internal("no free loopback port".into()))
+    }
+
+    pub(crate) fn release_port(&self, port: Option<u16>) {
+        if let Some(p) = port {
+            lock(&self.reserved_ports).remove(&p);
+        }
+    }
+}
+
+/// An instance as the API shows it.
+#[derive(Debug, Clone)]
+pub struct InstanceView {
+    pub id: String,
+    pub proc_type: String,
+    pub index: u32,
+    pub release: i64,
+    pub port: Option<u16>,
+    pub pid: Option<u32>,
+    pub state: String,
+}
+
+pub const MAX_REPLICAS: u32 = 100;
+const STOP_GRACE_ON_DESTROY: std::time::Duration = std::time::Duration::from_secs(5);
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Env keys as POSIX shells accept them.
+pub fn valid_env_key(k: &str) -> Result<(), String> {
+    let mut chars = k.chars();
+    let ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && k.len() <= 255;
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid env var name {k:?}: use letters, digits and _, not starting with a digit"
+        ))
+    }
+}
+
+pub(crate) fn not_found_app(name: &str) -> EngineError {
+    EngineError::NotFound(format!("app {name} not found"))
+}
+
+pub(crate) fn io_err(e: std::io::Error) -> EngineError {
+    EngineError::Internal(e.to_string())
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(crate) fn random_hex(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    if getrandom::fill(&mut b).is_err() {
+        // Only names temp dirs: the time is unique enough.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        return format!("{t:x}");
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

@@ -1,0 +1,611 @@
+//! One deploy, step by step. Every step writes a line to the deploy's log (the CLI streams it);
+//! a failure before the switch undoes what this deploy started and leaves the old release
+//! serving.
+
+use crate::{lock, Engine, EngineError, Live, Target};
+use build::manifest::{AppKind, AppSpec, HealthCheck};
+use runtime::{InstanceSpec, TaskOutcome, TaskSpec};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use store::{DeployStatus, NewInstance, ReleaseStatus};
+
+/// `release:` and postdeploy commands get this long.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(600);
+/// After the switch, requests that already picked an old instance get at least this long to
+/// be counted before the drain trusts an in-flight count of zero.
+const DRAIN_SETTLE: Duration = Duration::from_millis(200);
+/// Lines of an instance's log copied into the deploy log when it fails its health check.
+const TAIL_LINES: usize = 20;
+
+/// The deploy's log file: the engine's step lines and the build/release command output.
+pub(crate) struct DeployLog {
+    path: PathBuf,
+}
+
+impl DeployLog {
+    pub(crate) fn new(path: &Path) -> DeployLog {
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        DeployLog {
+            path: path.to_path_buf(),
+        }
+    }
+
+    /// Append one line. Losing a log line must not fail a deploy, so errors are only traced.
+    pub(crate) fn line(&self, text: &str) {
+        let r = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .and_then(|mut f| f.write_all(format!("{text}\n").as_bytes()));
+        if let Err(e) = r {
+            tracing::warn!(log = %self.path.display(), error = %e, "cannot write the deploy log");
+        }
+    }
+}
+
+/// A failed step: a one-line reason (stored with the deploy).
+pub(crate) struct Failure(pub(crate) String);
+
+impl From<EngineError> for Failure {
+    fn from(e: EngineError) -> Self {
+        Failure(e.to_string())
+    }
+}
+
+/// What this deploy started, to undo on failure.
+#[derive(Default)]
+struct Started {
+    instances: Vec<(String, Option<u16>)>,
+}
+
+impl Engine {
+    pub(crate) fn spawn_pipeline(
+        self: &Arc<Self>,
+        app: &str,
+        deploy_id: i64,
+        version: i64,
+        build: bool,
+    ) {
+        let (this, app) = (self.clone(), app.to_string());
+        tokio::spawn(async move {
+            let guard = this.lock_for(&app);
+            let _held = guard.lock().await;
+            let log = match this.store.deploy(deploy_id) {
+                Ok(Some(d)) => DeployLog::new(&d.log_path),
+                _ => return,
+            };
+            let t0 = Instant::now();
+            let mut started = Started::default();
+            let result = this
+                .run(&app, deploy_id, version, build, &log, &mut started)
+                .await;
+            match result {
+                Ok(()) => {
+                    log.line(&format!(
+                        "-----> Done in {:.1}s: v{version} is live at {}",
+                        t0.elapsed().as_secs_f64(),
+                        this.app_url(&app)
+                    ));
+                    let _ = this.store.set_deploy_step(deploy_id, "done");
+                    let _ = this
+                        .store
+                        .finish_deploy(deploy_id, DeployStatus::Succeeded, None);
+                    tracing::info!(app, version, deploy = deploy_id, "deploy succeeded");
+                }
+                Err(Failure(reason)) => {
+                    log.line(&format!("-----> Deploy failed: {reason}"));
+                    for (id, port) in started.instances {
+                        let _ = this.runtime.stop(&id, Duration::from_secs(2)).await;
+                        let _ = this.store.delete_instance(&id);
+                        this.release_port(port);
+                    }
+                    let _ = this
+                        .store
+                        .set_release_status(&app, version, ReleaseStatus::Failed);
+                    let _ =
+                        this.store
+                            .finish_deploy(deploy_id, DeployStatus::Failed, Some(&reason));
+                    tracing::warn!(app, version, deploy = deploy_id, %reason, "deploy failed");
+                }
+            }
+        });
+    }
+
+    async fn run(
+        self: &Arc<Self>,
+        app: &str,
+        deploy_id: i64,
+        version: i64,
+        build: bool,
+        log: &DeployLog,
+        started: &mut Started,
+    ) -> Result<(), Failure> {
+        let step = |name: &str, text: &str| {
+            let _ = self.store.set_deploy_step(deploy_id, name);
+            log.line(&format!("-----> {text}"));
+        };
+        let a = self.app(app)?;
+        let release = self
+            .store
+            .release(app, version)
+            .map_err(EngineError::from)?
+            .ok_or_else(|| Failure(format!("release v{version} disappeared")))?;
+        let spec = AppSpec::from_json(&release.spec)
+            .map_err(|e| Failure(format!("release v{version} has a bad spec: {e}")))?;
+        let env = self.resolve_env(app, &spec)?;
+        step(
+            "prepare",
+            &format!("{app} v{version}: {}", release.description),
+        );
+
+        if let (true, Some(b)) = (build, &spec.build) {
+            step("build", &format!("Building: {}", b.command));
+            let outcome = self
+                .runtime
+                .run_task(TaskSpec {
+                    id: format!("{app}-build-{deploy_id}"),
+                    command: b.command.clone(),
+                    dir: release.dir.clone(),
+                    env: env.clone(),
+                    log_file: log.path.clone(),
+                    timeout: b.timeout,
+                    limits: limits(&spec),
+                })
+                .await
+                .map_err(|e| Failure(format!("build could not start: {e}")))?;
+            check_task("build", outcome, b.timeout)?;
+        }
+
+        let (target, health_path) = match spec.kind {
+            AppKind::Static => {
+                let dir = release
+                    .dir
+                    .join(spec.static_dir.clone().unwrap_or_default());
+                step("start", &format!("Static site from {}", dir.display()));
+                if !dir.is_dir() {
+                    return Err(Failure(format!(
+                        "static directory {} does not exist",
+                        dir.display()
+                    )));
+                }
+                (Target::Static(dir), None)
+            }
+            AppKind::Process => {
+                let web = self
+                    .start_instances(
+                        app,
+                        version,
+                        &release.dir,
+                        &spec,
+                        &a.formation,
+                        &env,
+                        started,
+                        log,
+                    )
+                    .await?;
+                if !web.is_empty() {
+                    step(
+                        "health",
+                        &format!(
+                            "Waiting for {} web instance(s) to pass {} (timeout {:?})",
+                            web.len(),
+                            describe(&spec.health.check),
+                            spec.health.timeout
+                        ),
+                    );
+                    self.wait_healthy(app, &web, &spec, log).await?;
+                }
+                let path = match &spec.health.check {
+                    HealthCheck::Http { path } => Some(path.clone()),
+                    HealthCheck::Tcp => None,
+                };
+                let addrs = web.iter().map(|(_, a)| *a).collect::<Vec<_>>();
+                let target = if addrs.is_empty() {
+                    Target::None
+                } else {
+                    Target::Upstreams(addrs)
+                };
+                (target, path)
+            }
+        };
+
+        if let Some(cmd) = &spec.release_command {
+            step("release", &format!("Running release command: {cmd}"));
+            let outcome = self
+                .runtime
+                .run_task(TaskSpec {
+                    id: format!("{app}-release-{deploy_id}"),
+                    command: cmd.clone(),
+                    dir: release.dir.clone(),
+                    env: env.clone(),
+                    log_file: log.path.clone(),
+                    timeout: RELEASE_TIMEOUT,
+                    limits: limits(&spec),
+                })
+                .await
+                .map_err(|e| Failure(format!("release command could not start: {e}")))?;
+            check_task("release command", outcome, RELEASE_TIMEOUT)?;
+        }
+
+        step("switch", "Switching traffic");
+        let first_deploy = a.live_release.is_none();
+        self.switch(
+            app,
+            deploy_id,
+            Live {
+                version,
+                target,
+                health_path,
+            },
+        )?;
+        // From here the new release is live: a failure no longer undoes it.
+        started.instances.clear();
+
+        step("drain", "Draining the previous release");
+        self.retire_old(app, version, spec.drain_timeout, spec.stop_grace, log)
+            .await;
+
+        if let (true, Some(cmd)) = (first_deploy, &spec.postdeploy) {
+            step("postdeploy", &format!("Running postdeploy: {cmd}"));
+            let outcome = self
+                .runtime
+                .run_task(TaskSpec {
+                    id: format!("{app}-postdeploy-{deploy_id}"),
+                    command: cmd.clone(),
+                    dir: release.dir.clone(),
+                    env,
+                    log_file: log.path.clone(),
+                    timeout: RELEASE_TIMEOUT,
+                    limits: limits(&spec),
+                })
+                .await;
+            if !matches!(outcome, Ok(TaskOutcome::Success)) {
+                log.line("-----> Warning: the postdeploy script failed; the release stays live");
+            }
+        }
+        Ok(())
+    }
+
+    /// The app's env: its vars, app.json defaults, generated secrets (stored, so they stay the
+    /// same across releases) and berth's own (`PORT` is added per instance).
+    pub(crate) fn resolve_env(
+        &self,
+        app: &str,
+        spec: &AppSpec,
+    ) -> Result<Vec<(String, String)>, Failure> {
+        let mut vars = self.store.env(app).map_err(EngineError::from)?;
+        let mut generated = BTreeMap::new();
+        for decl in &spec.env {
+            if vars.contains_key(&decl.key) {
+                continue;
+            }
+            if decl.generator_secret {
+                generated.insert(decl.key.clone(), crate::random_hex(32));
+            } else if let Some(d) = &decl.default {
+                vars.insert(decl.key.clone(), d.clone());
+            } else if decl.required {
+                return Err(Failure(format!(
+                    "env var {} is required by app.json and not set (hint: berth env:set {}=... -a {app})",
+                    decl.key, decl.key
+                )));
+            }
+        }
+        if !generated.is_empty() {
+            self.store
+                .update_env(app, &generated, &[], "berth")
+                .map_err(EngineError::from)?;
+            vars.extend(generated);
+        }
+        let mut env: Vec<(String, String)> = vars.into_iter().collect();
+        env.push(("BERTH_APP".into(), app.to_string()));
+        for k in ["PATH", "HOME", "LANG"] {
+            if !env.iter().any(|(key, _)| key == k) {
+                if let Ok(v) = std::env::var(k) {
+                    env.push((k.into(), v));
+                }
+            }
+        }
+        Ok(env)
+    }
+
+    /// Start the formation's instances of a release; returns the web ones (id, address).
+    #[allow(clippy::too_many_arguments)]
+    async fn start_instances(
+        &self,
+        app: &str,
+        version: i64,
+        dir: &Path,
+        spec: &AppSpec,
+        overrides: &BTreeMap<String, u32>,
+        env: &[(String, String)],
+        started: &mut Started,
+        log: &DeployLog,
+    ) -> Result<Vec<(String, SocketAddr)>, Failure> {
+        let mut web = Vec::new();
+        for (proc_type, command) in &spec.processes {
+            let n = formation_of(spec, overrides, proc_type);
+            if n == 0 {
+                continue;
+            }
+            log.line(&format!(
+                "-----> Starting {n} {proc_type} instance(s): {command}"
+            ));
+            for index in 1..=n {
+                let id = instance_id(app, version, proc_type, index);
+                let port = if proc_type == "web" {
+                    Some(self.free_port()?)
+                } else {
+                    None
+                };
+                let info = self
+                    .start_one(app, version, dir, spec, proc_type, index, port, env)
+                    .await;
+                started.instances.push((id.clone(), port));
+                info?;
+                if let Some(p) = port {
+                    web.push((id, SocketAddr::from(([127, 0, 0, 1], p))));
+                }
+            }
+        }
+        Ok(web)
+    }
+
+    /// Start (or restart after a berth restart) one instance and record it.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn start_one(
+        &self,
+        app: &str,
+        version: i64,
+        dir: &Path,
+        spec: &AppSpec,
+        proc_type: &str,
+        index: u32,
+        port: Option<u16>,
+        env: &[(String, String)],
+    ) -> Result<(), Failure> {
+        let inst = self.instance_spec(app, version, dir, spec, proc_type, index, port, env);
+        let id = inst.id.clone();
+        if let Some(logs) = inst.log_file.parent() {
+            std::fs::create_dir_all(logs).map_err(crate::io_err)?;
+        }
+        self.store
+            .upsert_instance(&NewInstance {
+                app: app.to_string(),
+                release_version: version,
+                proc_type: proc_type.to_string(),
+                index,
+                port,
+                pid: None,
+                pid_start: None,
+                runtime_id: id.clone(),
+                state: "starting".into(),
+            })
+            .map_err(EngineError::from)?;
+        let info = self
+            .runtime
+            .start(inst)
+            .await
+            .map_err(|e| Failure(format!("{proc_type}.{index} could not start: {e}")))?;
+        self.store
+            .set_instance_state(&id, "running", info.pid, info.pid_start)
+            .map_err(EngineError::from)?;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn instance_spec(
+        &self,
+        app: &str,
+        version: i64,
+        dir: &Path,
+        spec: &AppSpec,
+        proc_type: &str,
+        index: u32,
+        port: Option<u16>,
+        env: &[(String, String)],
+    ) -> InstanceSpec {
+        let id = instance_id(app, version, proc_type, index);
+        let mut env = env.to_vec();
+        if let Some(p) = port {
+            env.push(("PORT".into(), p.to_string()));
+        }
+        env.push(("BERTH_RELEASE".into(), format!("v{version}")));
+        env.push(("DYNO".into(), format!("{proc_type}.{index}")));
+        InstanceSpec {
+            log_file: self.instance_log(app, &id),
+            id,
+            command: spec.processes.get(proc_type).cloned().unwrap_or_default(),
+            dir: dir.to_path_buf(),
+            env,
+            limits: limits(spec),
+            restart: true,
+        }
+    }
+
+    /// Every new web instance must pass the health check within the spec's timeout; an
+    /// instance that keeps crashing fails at once.
+    async fn wait_healthy(
+        &self,
+        app: &str,
+        web: &[(String, SocketAddr)],
+        spec: &AppSpec,
+        log: &DeployLog,
+    ) -> Result<(), Failure> {
+        let deadline = Instant::now() + spec.health.timeout;
+        let checks = web.iter().map(|(id, addr)| {
+            let rt = self.runtime.clone();
+            let (id, addr, check) = (id.clone(), *addr, spec.health.check.clone());
+            async move {
+                let r = crate::health::wait(addr, &check, deadline, || match rt.state(&id) {
+                    Some(runtime::InstanceState::Crashing { last_exit, .. }) => {
+                        Err(format!("it keeps crashing ({last_exit})"))
+                    }
+                    Some(runtime::InstanceState::Stopped) | None => Err("it stopped".into()),
+                    _ => Ok(()),
+                })
+                .await;
+                (id, r)
+            }
+        });
+        let mut set = tokio::task::JoinSet::new();
+        for c in checks {
+            set.spawn(c);
+        }
+        let mut first_err = None;
+        while let Some(joined) = set.join_next().await {
+            if let Ok((id, Err(why))) = joined {
+                if first_err.is_none() {
+                    first_err = Some((id, why));
+                }
+                set.abort_all();
+            }
+        }
+        if let Some((id, why)) = first_err {
+            let label = id.rsplitn(3, '-').take(2).collect::<Vec<_>>();
+            let label = format!(
+                "{}.{}",
+                label.get(1).unwrap_or(&""),
+                label.first().unwrap_or(&"")
+            );
+            log.line(&format!("-----> {label} log (last {TAIL_LINES} lines):"));
+            for line in crate::logs::tail_file(&self.instance_log(app, &id), TAIL_LINES) {
+                log.line(&format!("       {line}"));
+            }
+            return Err(Failure(format!(
+                "health check failed: {label} {why}; the previous release keeps serving"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Wait for in-flight requests to the app's other releases' web instances to finish (up to
+    /// `drain`), then stop those instances.
+    async fn retire_old(
+        &self,
+        app: &str,
+        live: i64,
+        drain: Duration,
+        grace: Duration,
+        log: &DeployLog,
+    ) {
+        let old: Vec<store::Instance> = match self.store.instances(app) {
+            Ok(list) => list
+                .into_iter()
+                .filter(|i| i.release_version != live)
+                .collect(),
+            Err(_) => return,
+        };
+        if old.is_empty() {
+            return;
+        }
+        let addrs: Vec<SocketAddr> = old
+            .iter()
+            .filter_map(|i| i.port.map(|p| SocketAddr::from(([127, 0, 0, 1], p))))
+            .collect();
+        let t0 = Instant::now();
+        loop {
+            let busy: usize = addrs.iter().map(|a| self.proxy.in_flight(*a)).sum();
+            if (busy == 0 && t0.elapsed() >= DRAIN_SETTLE) || t0.elapsed() >= drain {
+                if busy > 0 {
+                    log.line(&format!(
+                        "-----> Drain timeout ({drain:?}): {busy} request(s) still in flight"
+                    ));
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut stops = tokio::task::JoinSet::new();
+        for i in &old {
+            let rt = self.runtime.clone();
+            let id = i.runtime_id.clone();
+            stops.spawn(async move { rt.stop(&id, grace).await });
+        }
+        while stops.join_next().await.is_some() {}
+        for i in old {
+            let _ = self.store.delete_instance(&i.runtime_id);
+            self.release_port(i.port);
+        }
+    }
+
+    /// The commit point: check the new route table, record the switch in one store
+    /// transaction, then install the table. A crash after the store commit finishes the
+    /// deploy at the next start; before it, the deploy is failed and the old release serves.
+    pub(crate) fn switch(&self, app: &str, deploy_id: i64, live: Live) -> Result<(), Failure> {
+        let _routes = lock(&self.routes_lock);
+        let version = live.version;
+        let previous = lock(&self.live).insert(app.to_string(), live);
+        let undo = || {
+            let mut map = lock(&self.live);
+            match &previous {
+                Some(p) => map.insert(app.to_string(), p.clone()),
+                None => map.remove(app),
+            };
+        };
+        let table = match self.prepare_table() {
+            Ok(t) => t,
+            Err(e) => {
+                undo();
+                return Err(e.into());
+            }
+        };
+        if let Err(e) = self.store.switch_live(app, deploy_id, version) {
+            undo();
+            return Err(EngineError::from(e).into());
+        }
+        self.proxy.install_routes(table);
+        Ok(())
+    }
+}
+
+pub(crate) fn instance_id(app: &str, version: i64, proc_type: &str, index: u32) -> String {
+    format!("{app}-v{version}-{proc_type}-{index}")
+}
+
+/// Replicas of a process type: the app's override (`berth scale`), else the manifest's.
+pub(crate) fn formation_of(
+    spec: &AppSpec,
+    overrides: &BTreeMap<String, u32>,
+    proc_type: &str,
+) -> u32 {
+    overrides
+        .get(proc_type)
+        .or_else(|| spec.formation.get(proc_type))
+        .copied()
+        .unwrap_or(1)
+}
+
+pub(crate) fn limits(spec: &AppSpec) -> runtime::Limits {
+    runtime::Limits {
+        memory: spec.limits.memory,
+        pids: spec.limits.pids,
+        cpu: spec.limits.cpu,
+    }
+}
+
+fn describe(check: &HealthCheck) -> String {
+    match check {
+        HealthCheck::Http { path } => format!("GET {path}"),
+        HealthCheck::Tcp => "a TCP connect".into(),
+    }
+}
+
+fn check_task(what: &str, outcome: TaskOutcome, timeout: Duration) -> Result<(), Failure> {
+    match outcome {
+        TaskOutcome::Success => Ok(()),
+        TaskOutcome::Failed { code: Some(c), .. } => {
+            Err(Failure(format!("{what} failed with exit code {c}")))
+        }
+        TaskOutcome::Failed { signal, .. } => Err(Failure(format!(
+            "{what} was killed by signal {}",
+            signal.unwrap_or(0)
+        ))),
+        TaskOutcome::TimedOut => Err(Failure(format!("{what} timed out after {timeout:?}"))),
+    }
+}

@@ -1,0 +1,189 @@
+//! Converge after a start (also after a `kill -9`): the store says what should run; make it so.
+//!
+//! 1. A deploy that was cut off either reached its commit point (`switch_live`) — it is
+//!    finished — or did not — it failed and the previous release keeps serving.
+//! 2. Instances of a release that is not live are killed (only if pid and start time still
+//!    match, so a reused pid is never signalled) and forgotten.
+//! 3. Each live release's formation is brought up: a surviving instance is adopted, a missing
+//!    one is started again.
+//! 4. The route table is installed for everything live.
+
+use crate::pipeline::{formation_of, instance_id, DeployLog};
+use crate::{lock, Engine, EngineError, Live, Target};
+use build::manifest::{AppKind, AppSpec, HealthCheck};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use store::{DeployStatus, ReleaseStatus};
+
+const ORPHAN_GRACE: Duration = Duration::from_secs(5);
+
+impl Engine {
+    pub(crate) async fn reconcile(self: &Arc<Self>) -> Result<(), EngineError> {
+        for d in self.store.unfinished_deploys()? {
+            let log = DeployLog::new(&d.log_path);
+            let live = self.store.app(&d.app)?.and_then(|a| a.live_release);
+            if d.release_version.is_some() && live == d.release_version {
+                log.line("-----> berth restarted after the switch: the deploy is complete");
+                self.store
+                    .finish_deploy(d.id, DeployStatus::Succeeded, None)?;
+            } else {
+                let reason = "interrupted by a berth restart; the previous release keeps serving";
+                log.line(&format!("-----> Deploy failed: {reason}"));
+                if let Some(v) = d.release_version {
+                    let _ = self
+                        .store
+                        .set_release_status(&d.app, v, ReleaseStatus::Failed);
+                }
+                self.store
+                    .finish_deploy(d.id, DeployStatus::Failed, Some(reason))?;
+            }
+        }
+
+        let apps = self.store.apps()?;
+        for inst in self.store.all_instances()? {
+            let live = apps
+                .iter()
+                .find(|a| a.name == inst.app)
+                .and_then(|a| a.live_release);
+            if live != Some(inst.release_version) {
+                if let (Some(pid), Some(start)) = (inst.pid, inst.pid_start) {
+                    let _ = self.runtime.kill_orphan(pid, start, ORPHAN_GRACE).await;
+                }
+                self.store.delete_instance(&inst.runtime_id)?;
+            }
+        }
+
+        for app in &apps {
+            self.remove_partial_uploads(&app.name);
+            let Some(version) = app.live_release else {
+                continue;
+            };
+            if let Err(e) = self.bring_up(&app.name, version, &app.formation).await {
+                tracing::error!(app = app.name, version, error = %e, "cannot bring the live release up");
+            }
+        }
+        self.refresh_routes()
+    }
+
+    /// Adopt or start the instances of a live release and record what to route.
+    async fn bring_up(
+        &self,
+        app: &str,
+        version: i64,
+        overrides: &std::collections::BTreeMap<String, u32>,
+    ) -> Result<(), EngineError> {
+        let release = self
+            .store
+            .release(app, version)?
+            .ok_or_else(|| EngineError::Internal(format!("live release v{version} missing")))?;
+        let spec = AppSpec::from_json(&release.spec).map_err(EngineError::Internal)?;
+        let health_path = match &spec.health.check {
+            HealthCheck::Http { path } => Some(path.clone()),
+            HealthCheck::Tcp => None,
+        };
+        if spec.kind == AppKind::Static {
+            let dir = release
+                .dir
+                .join(spec.static_dir.clone().unwrap_or_default());
+            lock(&self.live).insert(
+                app.to_string(),
+                Live {
+                    version,
+                    target: Target::Static(dir),
+                    health_path: None,
+                },
+            );
+            return Ok(());
+        }
+        let env = self
+            .resolve_env(app, &spec)
+            .map_err(|f| EngineError::Internal(f.0))?;
+        let existing = self.store.instances(app)?;
+        let mut web = Vec::new();
+        for proc_type in spec.processes.keys() {
+            let n = formation_of(&spec, overrides, proc_type);
+            for index in 1..=n {
+                let id = instance_id(app, version, proc_type, index);
+                let row = existing.iter().find(|i| i.runtime_id == id);
+                let mut port = row.and_then(|r| r.port);
+                let mut adopted = false;
+                if let Some((pid, start)) = row.and_then(|r| Some((r.pid?, r.pid_start?))) {
+                    let inst = self.instance_spec(
+                        app,
+                        version,
+                        &release.dir,
+                        &spec,
+                        proc_type,
+                        index,
+                        port,
+                        &env,
+                    );
+                    adopted = matches!(self.runtime.adopt(inst, pid, start).await, Ok(Some(_)));
+                }
+                if adopted {
+                    if let Some(p) = port {
+                        lock(&self.reserved_ports).insert(p);
+                    }
+                    tracing::info!(instance = id, "adopted a running instance");
+                } else {
+                    if proc_type == "web" {
+                        port = Some(self.free_port()?);
+                    }
+                    self.start_one(
+                        app,
+                        version,
+                        &release.dir,
+                        &spec,
+                        proc_type,
+                        index,
+                        port,
+                        &env,
+                    )
+                    .await
+                    .map_err(|f| EngineError::Internal(f.0))?;
+                    tracing::info!(instance = id, "started again after a berth restart");
+                }
+                if let (Some(p), "web") = (port, proc_type.as_str()) {
+                    web.push(SocketAddr::from(([127, 0, 0, 1], p)));
+                }
+            }
+        }
+        // Instances beyond the formation (a scale cut off by a crash) go away.
+        for row in existing.iter().filter(|r| r.release_version == version) {
+            if formation_of(&spec, overrides, &row.proc_type) < row.index {
+                if let (Some(pid), Some(start)) = (row.pid, row.pid_start) {
+                    let _ = self.runtime.kill_orphan(pid, start, ORPHAN_GRACE).await;
+                }
+                self.store.delete_instance(&row.runtime_id)?;
+            }
+        }
+        let target = if web.is_empty() {
+            Target::None
+        } else {
+            Target::Upstreams(web)
+        };
+        lock(&self.live).insert(
+            app.to_string(),
+            Live {
+                version,
+                target,
+                health_path,
+            },
+        );
+        Ok(())
+    }
+
+    /// Uploads unpacked when berth died, before their release was recorded.
+    fn remove_partial_uploads(&self, app: &str) {
+        let dir = self.app_dir(app).join("releases");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(".upload-") {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
