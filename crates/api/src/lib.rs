@@ -1,25 +1,39 @@
-//! berth's control-plane HTTP API, served on the admin listener (loopback by default).
+//! berth's control-plane HTTP API (`/api/v1`, JSON), served on the admin listener and through
+//! the proxy at `berth.<domain>`. The contract is `docs/api.md`; `GET /api/v1/openapi.json`
+//! describes it.
 //!
-//! `GET /api/v1/routes` and `PUT /api/v1/routes` read and replace the proxy's whole route table
-//! (the API the deploy engine uses); `GET /metrics` is the Prometheus exposition;
-//! `GET /api/v1/health` answers while the process is up.
+//! Every endpoint but `GET /api/v1/health` needs a bearer token (`auth.rs`). Handlers are thin:
+//! they check input and scope, call the engine, and render JSON (`render.rs`; the engine's and
+//! store's types are not `Serialize`, the wire format lives here).
 #![forbid(unsafe_code)]
+
+mod apps;
+mod auth;
+mod openapi;
+mod render;
+mod stream;
 
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::routing::{delete, get, post, put};
+use axum::{Extension, Json, Router};
+use engine::Engine;
 use proxy::config::RouteSpec;
 use proxy::Proxy;
+use std::path::PathBuf;
 use std::sync::Arc;
 
-/// The one error type of the API: a status and a message, rendered as `{"error": "..."}`.
+pub use auth::Caller;
+
+/// The one error type of the API: a status, a message and maybe a hint, rendered as
+/// `{"error": "...", "hint": "..."}`.
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
+    pub hint: Option<String>,
 }
 
 impl ApiError {
@@ -27,92 +41,150 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
+            hint: None,
         }
+    }
+
+    pub fn hint(mut self, hint: impl Into<String>) -> ApiError {
+        self.hint = Some(hint.into());
+        self
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(serde_json::json!({ "error": self.message })),
-        )
-            .into_response()
+        let mut body = serde_json::json!({ "error": self.message });
+        if let Some(h) = self.hint {
+            body["hint"] = h.into();
+        }
+        (self.status, Json(body)).into_response()
     }
 }
 
-pub fn router(proxy: Arc<Proxy>) -> Router {
+impl From<engine::EngineError> for ApiError {
+    fn from(e: engine::EngineError) -> Self {
+        use engine::EngineError as E;
+        // Messages may carry a hint as " (hint: ...)": split it out for the CLI.
+        let (status, msg) = match e {
+            E::NotFound(m) => (StatusCode::NOT_FOUND, m),
+            E::Conflict(m) => (StatusCode::CONFLICT, m),
+            E::BadInput(m) => (StatusCode::UNPROCESSABLE_ENTITY, m),
+            E::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m),
+            E::Internal(m) => {
+                tracing::error!(error = %m, "internal error in the API");
+                (StatusCode::INTERNAL_SERVER_ERROR, m)
+            }
+        };
+        match msg.split_once(" (hint: ") {
+            Some((m, h)) => ApiError::new(status, m).hint(h.trim_end_matches(')')),
+            None => ApiError::new(status, msg),
+        }
+    }
+}
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct Ctx {
+    pub proxy: Arc<Proxy>,
+    pub engine: Arc<Engine>,
+    /// Where uploads are spooled before they are unpacked.
+    pub tmp_dir: PathBuf,
+}
+
+pub fn router(ctx: Ctx) -> Router {
+    let v1 = Router::new()
+        .route("/apps", get(apps::list).post(apps::create))
+        .route("/apps/{app}", get(apps::info).delete(apps::destroy))
+        .route("/apps/{app}/deploys", get(apps::deploys).post(apps::upload))
+        .route("/apps/{app}/deploys/{id}", get(apps::deploy))
+        .route("/apps/{app}/deploys/{id}/log", get(stream::deploy_log))
+        .route("/apps/{app}/releases", get(apps::releases))
+        .route("/apps/{app}/rollback", post(apps::rollback))
+        .route("/apps/{app}/env", get(apps::env).patch(apps::update_env))
+        .route("/apps/{app}/formation", put(apps::scale))
+        .route(
+            "/apps/{app}/domains",
+            get(apps::domains).post(apps::add_domain),
+        )
+        .route("/apps/{app}/domains/{host}", delete(apps::remove_domain))
+        .route("/apps/{app}/instances", get(apps::instances))
+        .route("/apps/{app}/logs", get(stream::app_logs))
+        .route("/tokens", get(auth::list).post(auth::create))
+        .route("/tokens/{id}", delete(auth::revoke))
+        .route("/audit", get(auth::audit))
+        .route("/routes", get(get_routes).put(put_routes))
+        .route("/openapi.json", get(openapi::document));
     Router::new()
+        .nest("/api/v1", v1)
+        .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            ctx.clone(),
+            auth::require_token,
+        ))
+        // Registered after the auth layer, so it is the one route without a token.
         .route(
             "/api/v1/health",
             get(|| async { Json(serde_json::json!({ "status": "ok" })) }),
         )
-        .route("/api/v1/routes", get(get_routes).put(put_routes))
-        .route("/metrics", get(metrics))
-        .layer(axum::middleware::from_fn(local_host_only))
         .fallback(|| async {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "no such endpoint; see /api/v1/routes",
-            )
+            ApiError::new(StatusCode::NOT_FOUND, "no such endpoint")
+                .hint("see GET /api/v1/openapi.json")
         })
-        .with_state(proxy)
+        .with_state(ctx)
 }
 
-/// The admin API has no token yet (it listens on loopback): refuse requests whose Host is not
-/// an IP literal or `localhost`, so that a web page cannot reach it through DNS rebinding
-/// (a name that resolves to 127.0.0.1 still sends its own name as Host).
-async fn local_host_only(
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Result<Response, ApiError> {
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("");
-    let name = match host.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
-    };
-    let local = name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok();
-    if !local {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "the admin API answers only to an IP address or localhost as Host",
-        ));
-    }
-    Ok(next.run(req).await)
+#[derive(serde::Deserialize)]
+struct RoutesQuery {
+    #[serde(default)]
+    all: bool,
 }
 
-async fn get_routes(State(proxy): State<Arc<Proxy>>) -> Json<Vec<RouteSpec>> {
-    Json(proxy.routes())
+/// The operator's routes (config file, or the last `PUT`); `?all=true`: the whole live table,
+/// apps and the API host included.
+async fn get_routes(
+    State(ctx): State<Ctx>,
+    Extension(caller): Extension<Caller>,
+    axum::extract::Query(q): axum::extract::Query<RoutesQuery>,
+) -> Result<Json<Vec<RouteSpec>>, ApiError> {
+    caller.admin()?;
+    Ok(Json(if q.all {
+        ctx.proxy.routes()
+    } else {
+        ctx.engine.base_routes()
+    }))
 }
 
-/// Replace every route. The body is the full JSON list, as `GET` returns it. Nothing changes
-/// unless the whole list is valid.
+/// Replace the operator's routes; the apps' routes are added to them as always. The body is
+/// the full JSON list, as `GET` returns it. Nothing changes unless the whole table is valid.
 async fn put_routes(
-    State(proxy): State<Arc<Proxy>>,
+    State(ctx): State<Ctx>,
+    Extension(caller): Extension<Caller>,
     body: Bytes,
 ) -> Result<Json<Vec<RouteSpec>>, ApiError> {
+    caller.admin()?;
     let specs: Vec<RouteSpec> = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid route list: {e}")))?;
-    proxy
-        .set_routes(specs)
+    proxy::config::validate_routes(&specs)
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
-    tracing::info!(
-        routes = proxy.routes().len(),
-        "routes replaced through the admin API"
-    );
-    Ok(Json(proxy.routes()))
+    let n = specs.len();
+    ctx.engine
+        .set_base_routes(specs)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+    tracing::info!(routes = n, actor = %caller.actor(), "routes replaced through the admin API");
+    Ok(Json(ctx.engine.base_routes()))
 }
 
-async fn metrics(State(proxy): State<Arc<Proxy>>) -> impl IntoResponse {
-    (
+async fn metrics(
+    State(ctx): State<Ctx>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, ApiError> {
+    caller.admin()?;
+    Ok((
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        proxy.metrics(),
+        ctx.proxy.metrics(),
     )
+        .into_response())
 }

@@ -1,0 +1,89 @@
+//! `GET /api/v1/openapi.json`: the API as OpenAPI 3.1, generated from one table so it lists
+//! exactly the routes `router` serves (a test checks the two agree).
+
+use axum::Json;
+use serde_json::{json, Map, Value};
+
+/// (method, path, summary, request body content type or "", success status).
+pub const OPERATIONS: &[(&str, &str, &str, &str, u16)] = &[
+    ("get", "/api/v1/health", "Liveness (no token needed)", "", 200),
+    ("get", "/api/v1/apps", "List apps", "", 200),
+    ("post", "/api/v1/apps", "Create an app: {\"name\"}", "application/json", 201),
+    ("get", "/api/v1/apps/{app}", "An app", "", 200),
+    ("delete", "/api/v1/apps/{app}", "Destroy an app: stop instances, remove releases and routes", "", 204),
+    ("get", "/api/v1/apps/{app}/deploys", "Deploys, newest first", "", 200),
+    ("post", "/api/v1/apps/{app}/deploys", "Deploy a .tar.gz source bundle (streamed)", "application/gzip", 202),
+    ("get", "/api/v1/apps/{app}/deploys/{id}", "A deploy", "", 200),
+    ("get", "/api/v1/apps/{app}/deploys/{id}/log", "The deploy's log; ?follow=true streams it as SSE (log…, end)", "", 200),
+    ("get", "/api/v1/apps/{app}/releases", "Releases, newest first", "", 200),
+    ("post", "/api/v1/apps/{app}/rollback", "Roll back: {\"version\"} or {} for the previous good release", "application/json", 202),
+    ("get", "/api/v1/apps/{app}/env", "Env vars, masked unless ?reveal=true", "", 200),
+    ("patch", "/api/v1/apps/{app}/env", "Set and unset env vars: {\"set\":{},\"unset\":[]}; a live app restarts", "application/json", 200),
+    ("put", "/api/v1/apps/{app}/formation", "Scale: {\"web\":3}; a live app restarts", "application/json", 200),
+    ("get", "/api/v1/apps/{app}/domains", "Custom domains", "", 200),
+    ("post", "/api/v1/apps/{app}/domains", "Add a domain: {\"host\"}", "application/json", 201),
+    ("delete", "/api/v1/apps/{app}/domains/{host}", "Remove a domain", "", 204),
+    ("get", "/api/v1/apps/{app}/instances", "Instances and their state", "", 200),
+    ("get", "/api/v1/apps/{app}/logs", "Instance logs: ?lines=N, ?follow=true (SSE)", "", 200),
+    ("get", "/api/v1/tokens", "API tokens (admin)", "", 200),
+    ("post", "/api/v1/tokens", "Create a token: {\"name\",\"scope\":\"admin\"|\"deploy\",\"apps\":[]}; the secret is shown once", "application/json", 201),
+    ("delete", "/api/v1/tokens/{id}", "Revoke a token", "", 204),
+    ("get", "/api/v1/audit", "Audit log: who changed what, when (admin)", "", 200),
+    ("get", "/api/v1/routes", "The operator's routes (?all=true: the whole live table)", "", 200),
+    ("put", "/api/v1/routes", "Replace the operator's routes", "application/json", 200),
+    ("get", "/api/v1/openapi.json", "This document", "", 200),
+    ("get", "/metrics", "Prometheus metrics (admin)", "", 200),
+];
+
+pub async fn document() -> Json<Value> {
+    Json(build())
+}
+
+pub fn build() -> Value {
+    let mut paths = Map::new();
+    for (method, path, summary, body, status) in OPERATIONS {
+        let mut op = json!({
+            "summary": summary,
+            "responses": {
+                status.to_string(): { "description": "success" },
+                "default": {
+                    "description": "error",
+                    "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } }
+                }
+            }
+        });
+        let params: Vec<Value> = path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
+            .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }))
+            .collect();
+        if !params.is_empty() {
+            op["parameters"] = params.into();
+        }
+        if !body.is_empty() {
+            op["requestBody"] = json!({ "required": true, "content": { *body: {} } });
+        }
+        if *path != "/api/v1/health" {
+            op["security"] = json!([{ "bearer": [] }]);
+        }
+        let entry = paths
+            .entry(path.to_string())
+            .or_insert_with(|| Value::Object(Map::new()));
+        entry[*method] = op;
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": { "title": "berth control-plane API", "version": env!("CARGO_PKG_VERSION") },
+        "paths": paths,
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": { "error": { "type": "string" }, "hint": { "type": "string" } }
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,107 @@
+//! The API's wire format for the store's types (which are deliberately not `Serialize`).
+
+use engine::store::{App, Deploy, Release, Token};
+use engine::{Engine, InstanceView};
+use serde_json::{json, Value};
+
+/// Unix milliseconds as RFC 3339 UTC (`2026-11-28T09:30:00.123Z`).
+pub fn ts(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let millis = ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+pub fn app_json(engine: &Engine, app: &App) -> Value {
+    json!({
+        "name": app.name,
+        "created_at": ts(app.created_at),
+        "url": engine.app_url(&app.name),
+        "live_release": app.live_release,
+        "formation": app.formation,
+        "domains": engine.store().domains(&app.name).unwrap_or_default(),
+        "status": engine.app_status(app),
+    })
+}
+
+pub fn deploy_json(engine: &Engine, d: &Deploy) -> Value {
+    json!({
+        "id": d.id,
+        "app": d.app,
+        "kind": d.kind.as_str(),
+        "status": d.status.as_str(),
+        "step": d.step,
+        "release": d.release_version,
+        "reason": d.reason,
+        "actor": d.actor,
+        "started_at": ts(d.started_at),
+        "finished_at": d.finished_at.map(ts),
+        "url": engine.app_url(&d.app),
+    })
+}
+
+pub fn release_json(r: &Release, live: Option<i64>) -> Value {
+    let spec = build::manifest::AppSpec::from_json(&r.spec).ok();
+    json!({
+        "version": r.version,
+        "status": r.status.as_str(),
+        "created_at": ts(r.created_at),
+        "description": r.description,
+        "live": live == Some(r.version),
+        "kind": spec.as_ref().map(|s| match s.kind {
+            build::manifest::AppKind::Static => "static",
+            build::manifest::AppKind::Process => "process",
+        }),
+        "processes": spec.map(|s| s.processes).unwrap_or_default(),
+        "source_release": r.source_release,
+    })
+}
+
+pub fn instance_json(i: &InstanceView) -> Value {
+    json!({
+        "id": i.id,
+        "proc_type": i.proc_type,
+        "index": i.index,
+        "release": i.release,
+        "port": i.port,
+        "pid": i.pid,
+        "state": i.state,
+    })
+}
+
+pub fn token_json(t: &Token) -> Value {
+    json!({
+        "id": t.id,
+        "name": t.name,
+        "scope": t.scope.as_str(),
+        "apps": t.apps,
+        "created_at": ts(t.created_at),
+        "revoked_at": t.revoked_at.map(ts),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339() {
+        assert_eq!(super::ts(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(super::ts(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(super::ts(1_795_857_000_000), "2026-11-28T09:10:00.000Z");
+    }
+}
