@@ -1,12 +1,15 @@
-//! The `berth` binary: `serve` runs the platform; `check` validates a config file.
+//! The `berth` binary: `serve` runs the platform; `check` validates a config file; every other
+//! command is the Heroku-like client of the control-plane API (`cli.rs`, `client.rs`).
 #![forbid(unsafe_code)]
+
+mod cli;
+mod client;
+mod serve;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use proxy::config::{FileConfig, Listen};
-use proxy::Proxy;
+use proxy::config::FileConfig;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -18,30 +21,39 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "One binary that turns a Linux server into a deployment platform"
 )]
 struct Cli {
+    #[command(flatten)]
+    global: cli::Global,
     #[command(subcommand)]
     cmd: Cmd,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run berth: the edge proxy and the admin API. Without --config: embedded defaults.
+    /// Run berth: the edge proxy, the deploy engine and the API. Without --config: embedded defaults.
     Serve {
-        /// A berth.toml; re-read on SIGHUP.
+        /// A server config file; re-read on SIGHUP.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Deploy this app directory once berth is up (repeatable; `NAME=DIR` names the app,
+        /// else the directory's name). The quickstart uses it.
+        #[arg(long = "deploy", value_name = "[NAME=]DIR")]
+        deploy: Vec<String>,
     },
     /// Validate a config file and exit (like `nginx -t`): prints file:line:col and the reason.
     Check {
         #[arg(long, short)]
         config: PathBuf,
     },
+    #[command(flatten)]
+    Client(cli::Command),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Cmd::Serve { config } => serve(config),
+        Cmd::Serve { config, deploy } => serve::serve(config, deploy),
         Cmd::Check { config } => check(&config),
+        Cmd::Client(cmd) => std::process::exit(cli::run(&cli.global, cmd)),
     };
     if let Err(e) = result {
         eprintln!("berth: {e:#}");
@@ -49,7 +61,7 @@ fn main() {
     }
 }
 
-fn load(path: &Path) -> Result<FileConfig> {
+pub(crate) fn load(path: &Path) -> Result<FileConfig> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(FileConfig::parse(&text, path)?)
@@ -92,7 +104,7 @@ fn check(path: &Path) -> Result<()> {
 /// `BERTH_LOG` (tracing's env-filter syntax), default `info`. rustls warns once per handshake
 /// about clients that send an IP address as SNI (wrk and others do): any client could make berth
 /// write a line per connection, so rustls is held at `error` unless `BERTH_LOG` names it.
-fn log_filter() -> tracing_subscriber::EnvFilter {
+pub(crate) fn log_filter() -> tracing_subscriber::EnvFilter {
     let spec = std::env::var("BERTH_LOG").unwrap_or_else(|_| "info".into());
     let spec = if spec.contains("rustls") {
         spec
@@ -100,144 +112,4 @@ fn log_filter() -> tracing_subscriber::EnvFilter {
         format!("{spec},rustls=error")
     };
     tracing_subscriber::EnvFilter::try_new(&spec).unwrap_or_else(|_| "info,rustls=error".into())
-}
-
-fn serve(config: Option<PathBuf>) -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(log_filter())
-        .with_writer(std::io::stderr)
-        .init();
-    let cfg = match &config {
-        Some(p) => load(p)?,
-        None => FileConfig::embedded(),
-    };
-    std::fs::create_dir_all(&cfg.server.data_dir)
-        .with_context(|| format!("cannot create data dir {}", cfg.server.data_dir.display()))?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("berth-control")
-        .enable_all()
-        .build()?;
-    rt.block_on(run(cfg, config))
-}
-
-async fn run(cfg: FileConfig, config_path: Option<PathBuf>) -> Result<()> {
-    let proxy = Arc::new(Proxy::start(&cfg).map_err(|e| match e {
-        proxy::StartError::Bind { .. } => {
-            anyhow::anyhow!(
-                "{e} (hint: is another server using that port? set [server] addresses in --config)"
-            )
-        }
-        e => anyhow::anyhow!("{e}"),
-    })?);
-    let admin = match cfg.server.admin {
-        Listen::On(addr) => {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr} (admin)"))?;
-            Some(l)
-        }
-        Listen::Off => None,
-    };
-    let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
-    let stop_admin = tokio_util_stop();
-    if let Some(l) = admin {
-        let app = api::router(proxy.clone());
-        let stop = stop_admin.clone();
-        tokio::spawn(async move {
-            let _ = axum_serve(l, app, stop).await;
-        });
-    }
-    write_listen_file(&cfg.server.data_dir, proxy.bound, admin_addr)?;
-    let show = |a: Option<std::net::SocketAddr>, s: &str| {
-        a.map(|a| format!("{s}://{a}"))
-            .unwrap_or_else(|| "off".into())
-    };
-    tracing::info!(
-        http = %show(proxy.bound.http, "http"),
-        https = %show(proxy.bound.https, "https"),
-        admin = %show(admin_addr, "http"),
-        ca = %cfg.server.data_dir.join("ca").join("root.pem").display(),
-        "berth is serving"
-    );
-
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    loop {
-        tokio::select! {
-            _ = hup.recv() => reload(&proxy, config_path.as_deref()),
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-        }
-    }
-    tracing::info!("shutting down: finishing in-flight requests");
-    let _ = stop_admin.send(true);
-    proxy.shutdown().await;
-    Ok(())
-}
-
-/// SIGHUP: re-read the config file; on any error keep the running config and say why.
-fn reload(proxy: &Proxy, path: Option<&Path>) {
-    let Some(path) = path else {
-        tracing::warn!("SIGHUP ignored: berth runs on embedded defaults (no --config)");
-        return;
-    };
-    // All or nothing: check the routes, then load the certificates, then swap both.
-    let result = load(path).and_then(|cfg| {
-        let table = proxy.prepare_routes(cfg.route_specs())?;
-        proxy.reload_certs(&cfg)?;
-        proxy.install_routes(table);
-        Ok(cfg.routes.len())
-    });
-    match result {
-        Ok(n) => tracing::info!(
-            routes = n,
-            "config reloaded from {} (routes and certificates; [server] and [limits] apply at restart)",
-            path.display()
-        ),
-        Err(e) => tracing::error!("config reload failed, keeping the running config: {e:#}"),
-    }
-}
-
-fn tokio_util_stop() -> tokio::sync::watch::Sender<bool> {
-    tokio::sync::watch::channel(false).0
-}
-
-async fn axum_serve(
-    l: tokio::net::TcpListener,
-    app: axum::Router,
-    stop: tokio::sync::watch::Sender<bool>,
-) -> std::io::Result<()> {
-    let mut rx = stop.subscribe();
-    axum::serve(l, app)
-        .with_graceful_shutdown(async move {
-            let _ = rx.wait_for(|v| *v).await;
-        })
-        .await
-}
-
-/// `<data>/listen.json`: the addresses actually bound (ports may be ephemeral), written
-/// atomically so a reader never sees half a file.
-fn write_listen_file(
-    dir: &Path,
-    bound: proxy::Bound,
-    admin: Option<std::net::SocketAddr>,
-) -> Result<()> {
-    let s = |a: Option<std::net::SocketAddr>| {
-        a.map(|a| format!("\"{a}\""))
-            .unwrap_or_else(|| "null".into())
-    };
-    let json = format!(
-        "{{\"http\":{},\"https\":{},\"admin\":{},\"pid\":{}}}\n",
-        s(bound.http),
-        s(bound.https),
-        s(admin),
-        std::process::id()
-    );
-    let tmp = dir.join("listen.json.tmp");
-    std::fs::write(&tmp, json)?;
-    std::fs::rename(&tmp, dir.join("listen.json"))?;
-    Ok(())
 }

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::process::Command;
 use std::sync::Mutex;
 use std::thread;
@@ -52,12 +52,12 @@ fn read_to_close(s: &mut TcpStream, timeout: Duration) -> (Vec<u8>, bool) {
 }
 
 /// A gauge or counter from berth's `/metrics`.
-fn metric(admin: SocketAddr, name: &str) -> f64 {
-    let r = raw(
-        admin,
-        b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
-        Duration::from_secs(5),
+fn metric(b: &Berth, name: &str) -> f64 {
+    let req = format!(
+        "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n{}\r\nConnection: close\r\n\r\n",
+        b.auth()
     );
+    let r = raw(b.admin, req.as_bytes(), Duration::from_secs(5));
     let text = String::from_utf8_lossy(&r);
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
@@ -150,7 +150,7 @@ fn d1_slowloris_is_closed_at_header_timeout_and_probes_stay_fast() {
     eventually(
         Duration::from_secs(5),
         "berth to accept the slow connections",
-        || (metric(b.admin, "berth_open_connections") >= n as f64).then_some(()),
+        || (metric(&b, "berth_open_connections") >= n as f64).then_some(()),
     );
 
     // Probes on fresh connections while the slow ones are open, one every ~50 ms.
@@ -342,7 +342,7 @@ fn d2_client_that_never_reads_is_closed_at_write_timeout() {
     let closed_after = eventually(
         Duration::from_secs(10),
         "berth to drop the connection of a client that never reads",
-        || (metric(b.admin, "berth_open_connections") == 0.0).then(|| t.elapsed()),
+        || (metric(&b, "berth_open_connections") == 0.0).then(|| t.elapsed()),
     );
     let (got, closed) = read_to_close(&mut s, Duration::from_secs(10));
     eprintln!(
@@ -507,7 +507,7 @@ fn d4_connections_beyond_the_cap_are_refused_accepted_ones_unaffected() {
             s
         })
         .collect();
-    assert_eq!(metric(b.admin, "berth_open_connections"), 20.0);
+    assert_eq!(metric(&b, "berth_open_connections"), 20.0);
 
     for i in 0..10 {
         let t = Instant::now();
@@ -526,7 +526,7 @@ fn d4_connections_beyond_the_cap_are_refused_accepted_ones_unaffected() {
             String::from_utf8_lossy(&reply)
         );
     }
-    assert!(metric(b.admin, "berth_rejected_connections_total") >= 10.0);
+    assert!(metric(&b, "berth_rejected_connections_total") >= 10.0);
 
     for (i, s) in accepted.iter_mut().enumerate() {
         s.write_all(keep_alive).unwrap();
@@ -544,7 +544,7 @@ fn d4_connections_beyond_the_cap_are_refused_accepted_ones_unaffected() {
     eventually(
         Duration::from_secs(5),
         "berth to count the closed connections",
-        || (metric(b.admin, "berth_open_connections") <= 15.0).then_some(()),
+        || (metric(&b, "berth_open_connections") <= 15.0).then_some(()),
     );
     let r = raw(b.http, &get("app.localhost"), Duration::from_secs(5));
     assert_eq!(status(&r), 200, "{}", String::from_utf8_lossy(&r));

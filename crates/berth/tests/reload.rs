@@ -53,7 +53,8 @@ fn json(routes: &[(&str, Vec<SocketAddr>)]) -> String {
 /// One admin API call; returns (status, body).
 fn admin(b: &Berth, method: &str, path: &str, body: &str) -> (u16, String) {
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        b.auth(),
         body.len()
     );
     let r = raw(b.admin, req.as_bytes(), Duration::from_secs(5));

@@ -40,6 +40,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// The platform's base domain: apps live at `<app>.<domain>`.
     pub domain: String,
+    /// Largest source bundle (compressed) a deploy may upload → 413.
+    pub max_upload: Size,
 }
 
 impl Default for ServerConfig {
@@ -52,6 +54,7 @@ impl Default for ServerConfig {
             access_log: "stdout".into(),
             data_dir: PathBuf::from("berth-data"),
             domain: "localhost".into(),
+            max_upload: Size(512 << 20),
         }
     }
 }

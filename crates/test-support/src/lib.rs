@@ -37,6 +37,8 @@ pub struct Berth {
     pub admin: SocketAddr,
     pub config_path: PathBuf,
     pub log_path: PathBuf,
+    /// The admin API token berth created on its first start (`<data>/admin-token`).
+    pub token: String,
     server_section: String,
 }
 
@@ -68,43 +70,59 @@ impl Berth {
         let config_path = dir.path().join("berth.toml");
         std::fs::write(&config_path, config).unwrap();
         let log_path = dir.path().join("berth.stderr");
-        let log = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(bin)
-            .args(["serve", "--config"])
-            .arg(&config_path)
-            .env("BERTH_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
         let mut b = Berth {
-            child,
+            child: spawn(bin, &config_path, &log_path),
             http: "0.0.0.0:0".parse().unwrap(),
             https: "0.0.0.0:0".parse().unwrap(),
             admin: "0.0.0.0:0".parse().unwrap(),
             dir,
             config_path,
             log_path,
+            token: String::new(),
             server_section,
         };
-        let listen = b.dir.path().join("data/listen.json");
+        b.wait_listening();
+        b
+    }
+
+    /// Wait for `<data>/listen.json` (written once everything is up) and read the addresses
+    /// and the admin token.
+    fn wait_listening(&mut self) {
+        let listen = self.dir.path().join("data/listen.json");
         let v: serde_json::Value = eventually(Duration::from_secs(20), "berth to listen", || {
-            if let Ok(Some(status)) = b.child.try_wait() {
-                panic!("berth exited with {status}: {}", b.stderr());
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("berth exited with {status}: {}", self.stderr());
             }
             let text = std::fs::read_to_string(&listen).ok()?;
-            serde_json::from_str(&text).ok()
+            let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+            // A listen.json left by an earlier run names another pid.
+            (v["pid"].as_u64() == Some(u64::from(self.child.id()))).then_some(v)
         });
         let addr = |k: &str| {
             v[k].as_str()
                 .map(|s| s.parse().unwrap())
                 .unwrap_or("0.0.0.0:0".parse().unwrap())
         };
-        b.http = addr("http");
-        b.https = addr("https");
-        b.admin = addr("admin");
-        b
+        self.http = addr("http");
+        self.https = addr("https");
+        self.admin = addr("admin");
+        self.token = std::fs::read_to_string(self.dir.path().join("data/admin-token"))
+            .map(|t| t.trim().to_string())
+            .unwrap_or_default();
+    }
+
+    /// `kill -9` berth (its apps keep running, as after a crash), then start it again on the
+    /// same config and data (battery case K1). Addresses are re-read: ports are ephemeral.
+    pub fn crash_and_restart(&mut self, bin: &str) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn(bin, &self.config_path, &self.log_path);
+        self.wait_listening();
+    }
+
+    /// `Authorization: Bearer <admin token>`, for raw requests to the API.
+    pub fn auth(&self) -> String {
+        format!("Authorization: Bearer {}", self.token)
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -140,8 +158,38 @@ impl Berth {
     }
 }
 
+/// Start `bin serve --config <config>`, stderr appended to `log_path`.
+fn spawn(bin: &str, config_path: &Path, log_path: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .unwrap();
+    Command::new(bin)
+        .args(["serve", "--config"])
+        .arg(config_path)
+        .env("BERTH_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
 impl Drop for Berth {
+    /// SIGTERM, so berth stops the apps it runs (a SIGKILL would leave them running, as a
+    /// crash does); SIGKILL if it has not exited after 15 s.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -579,7 +579,12 @@ pub fn source_server(len: u64) -> (SocketAddr, Arc<AtomicU64>) {
 
 /// GET on the admin listener.
 pub fn admin_get(b: &Berth, path: &str) -> Resp {
-    get(b.admin, "127.0.0.1", path)
+    get_with(
+        b.admin,
+        "127.0.0.1",
+        path,
+        &[("Authorization", &format!("Bearer {}", b.token))],
+    )
 }
 
 /// PUT `body` (JSON) on the admin listener.
@@ -589,7 +594,10 @@ pub fn admin_put(b: &Berth, path: &str, body: &str) -> Resp {
         "PUT",
         "127.0.0.1",
         path,
-        &[("Content-Type", "application/json")],
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", &format!("Bearer {}", b.token)),
+        ],
         body.as_bytes(),
     )
 }

@@ -1,0 +1,280 @@
+//! `berth serve`: start the proxy, open the store, start the engine (which reconciles), serve
+//! the API, then wait for signals (SIGHUP reloads the config file, SIGTERM/SIGINT stop).
+
+use anyhow::{Context, Result};
+use proxy::config::{FileConfig, Listen};
+use proxy::Proxy;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Largest unpacked source tree, against zip bombs (uploads are bounded by `max_upload`).
+const MAX_UNPACKED: u64 = 2 << 30;
+
+pub fn serve(config: Option<PathBuf>, deploy: Vec<String>) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(crate::log_filter())
+        .with_writer(std::io::stderr)
+        .init();
+    let cfg = match &config {
+        Some(p) => crate::load(p)?,
+        None => FileConfig::embedded(),
+    };
+    // Check the quickstart's directories before starting anything.
+    let deploy: Vec<(String, PathBuf)> = deploy
+        .iter()
+        .map(|d| parse_deploy_arg(d))
+        .collect::<Result<_>>()?;
+    std::fs::create_dir_all(&cfg.server.data_dir)
+        .with_context(|| format!("cannot create data dir {}", cfg.server.data_dir.display()))?;
+    // Absolute, so release dirs and log files stay valid whatever an app's working dir is.
+    let mut cfg = cfg;
+    cfg.server.data_dir = std::fs::canonicalize(&cfg.server.data_dir)
+        .with_context(|| format!("cannot resolve data dir {}", cfg.server.data_dir.display()))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("berth-control")
+        .enable_all()
+        .build()?;
+    rt.block_on(run(cfg, config, deploy))
+}
+
+/// `NAME=DIR` or `DIR` (the app is named after the directory).
+fn parse_deploy_arg(arg: &str) -> Result<(String, PathBuf)> {
+    let (name, dir) = match arg.split_once('=') {
+        Some((n, d)) => (n.to_string(), PathBuf::from(d)),
+        None => {
+            let dir = PathBuf::from(arg);
+            let name = std::fs::canonicalize(&dir)
+                .ok()
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().to_lowercase()))
+                .unwrap_or_default();
+            (name, dir)
+        }
+    };
+    anyhow::ensure!(
+        dir.is_dir(),
+        "--deploy {arg}: {} is not a directory",
+        dir.display()
+    );
+    engine::store::valid_app_name(&name)
+        .map_err(|e| anyhow::anyhow!("--deploy {arg}: {e} (hint: name it with NAME=DIR)"))?;
+    Ok((name, dir))
+}
+
+async fn run(
+    cfg: FileConfig,
+    config_path: Option<PathBuf>,
+    deploy: Vec<(String, PathBuf)>,
+) -> Result<()> {
+    let data = cfg.server.data_dir.clone();
+    let proxy = Arc::new(Proxy::start(&cfg).map_err(|e| match e {
+        proxy::StartError::Bind { .. } => {
+            anyhow::anyhow!(
+                "{e} (hint: is another server using that port? set [server] addresses in --config)"
+            )
+        }
+        e => anyhow::anyhow!("{e}"),
+    })?);
+    let admin = match cfg.server.admin {
+        Listen::On(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (admin)"))?,
+        ),
+        Listen::Off => None,
+    };
+    let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
+
+    let store = Arc::new(
+        engine::store::Store::open(&data.join("berth.db"))
+            .with_context(|| format!("cannot open the state store in {}", data.display()))?,
+    );
+    bootstrap_admin_token(&store, &data)?;
+    let runtime: Arc<dyn runtime::Runtime> =
+        runtime::ProcessRuntime::new(runtime::ProcessOptions::default());
+    let engine = engine::Engine::start(
+        engine::EngineConfig {
+            data_dir: data.clone(),
+            domain: cfg.server.domain.clone(),
+            http_port: proxy.bound.http.map(|a| a.port()),
+            https_port: proxy.bound.https.map(|a| a.port()),
+            admin: admin_addr,
+            api_host: None,
+            max_upload: cfg.server.max_upload.0,
+            max_unpacked: MAX_UNPACKED,
+        },
+        store,
+        runtime,
+        proxy.clone(),
+        cfg.route_specs(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot start the deploy engine: {e}"))?;
+
+    let stop_admin = tokio::sync::watch::channel(false).0;
+    if let Some(l) = admin {
+        let app = api::router(api::Ctx {
+            proxy: proxy.clone(),
+            engine: engine.clone(),
+            tmp_dir: data.join("tmp"),
+        });
+        let mut rx = stop_admin.subscribe();
+        tokio::spawn(async move {
+            let _ = axum::serve(l, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|v| *v).await;
+                })
+                .await;
+        });
+    }
+    write_listen_file(&data, proxy.bound, admin_addr)?;
+    let show = |a: Option<std::net::SocketAddr>, s: &str| {
+        a.map(|a| format!("{s}://{a}"))
+            .unwrap_or_else(|| "off".into())
+    };
+    tracing::info!(
+        http = %show(proxy.bound.http, "http"),
+        https = %show(proxy.bound.https, "https"),
+        admin = %show(admin_addr, "http"),
+        ca = %data.join("ca").join("root.pem").display(),
+        "berth is serving"
+    );
+    for (name, dir) in deploy {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            if let Err(e) = quick_deploy(&engine, &name, &dir).await {
+                tracing::error!(app = name, "quickstart deploy failed: {e:#}");
+            }
+        });
+    }
+
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => reload(&proxy, &engine, config_path.as_deref()),
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("shutting down: finishing in-flight requests, stopping apps");
+    let _ = stop_admin.send(true);
+    proxy.shutdown().await;
+    engine.shutdown().await;
+    Ok(())
+}
+
+/// The first start creates an admin token, keeps only its hash in the store, and writes the
+/// secret to `<data>/admin-token` (mode 0600) for the CLI on this machine; it is printed once.
+fn bootstrap_admin_token(store: &engine::store::Store, data: &Path) -> Result<()> {
+    if store.has_tokens()? {
+        return Ok(());
+    }
+    let (_, secret) = store.create_token("admin", engine::store::Scope::Admin, &[], "berth")?;
+    let path = data.join("admin-token");
+    let tmp = data.join("admin-token.tmp");
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(format!("{secret}\n").as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    eprintln!(
+        "berth: created the admin API token (shown once; also in {}):\n  {secret}",
+        path.display()
+    );
+    Ok(())
+}
+
+/// `serve --deploy DIR`: create the app if needed and deploy the directory.
+async fn quick_deploy(engine: &Arc<engine::Engine>, name: &str, dir: &Path) -> Result<()> {
+    if engine.store().app(name)?.is_none() {
+        engine.create_app(name, "berth")?;
+    }
+    let bundle = engine
+        .cfg
+        .data_dir
+        .join("tmp")
+        .join(format!("quickstart-{name}.tar.gz"));
+    std::fs::create_dir_all(bundle.parent().unwrap_or(Path::new(".")))?;
+    let (dir2, bundle2) = (dir.to_path_buf(), bundle.clone());
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let f = std::fs::File::create(&bundle2)?;
+        build::bundle::pack(&dir2, std::io::BufWriter::new(f))?;
+        Ok(())
+    })
+    .await??;
+    let d = engine.deploy_bundle(name, &bundle, "berth").await;
+    let _ = std::fs::remove_file(&bundle);
+    let d = d?;
+    loop {
+        let now = engine.deploy(d.id)?;
+        if now.finished_at.is_some() {
+            match now.reason {
+                None => tracing::info!(app = name, url = %engine.app_url(name), "deployed"),
+                Some(r) => anyhow::bail!("{r} (log: {})", now.log_path.display()),
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// SIGHUP: re-read the config file; on any error keep the running config and say why.
+/// All or nothing: the routes are checked, then the certificates loaded, then both swapped.
+fn reload(proxy: &Proxy, engine: &engine::Engine, path: Option<&Path>) {
+    let Some(path) = path else {
+        tracing::warn!("SIGHUP ignored: berth runs on embedded defaults (no --config)");
+        return;
+    };
+    let result = crate::load(path).and_then(|cfg| {
+        let n = cfg.routes.len();
+        engine
+            .set_base_routes_with(cfg.route_specs(), || {
+                proxy.reload_certs(&cfg).map_err(|e| e.to_string())
+            })
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(n)
+    });
+    match result {
+        Ok(n) => tracing::info!(
+            routes = n,
+            "config reloaded from {} (routes and certificates; [server] and [limits] apply at restart)",
+            path.display()
+        ),
+        Err(e) => tracing::error!("config reload failed, keeping the running config: {e:#}"),
+    }
+}
+
+/// `<data>/listen.json`: the addresses actually bound (ports may be ephemeral), written
+/// atomically so a reader never sees half a file.
+fn write_listen_file(
+    dir: &Path,
+    bound: proxy::Bound,
+    admin: Option<std::net::SocketAddr>,
+) -> Result<()> {
+    let s = |a: Option<std::net::SocketAddr>| {
+        a.map(|a| format!("\"{a}\""))
+            .unwrap_or_else(|| "null".into())
+    };
+    let json = format!(
+        "{{\"http\":{},\"https\":{},\"admin\":{},\"pid\":{}}}\n",
+        s(bound.http),
+        s(bound.https),
+        s(admin),
+        std::process::id()
+    );
+    let tmp = dir.join("listen.json.tmp");
+    std::fs::write(&tmp, json)?;
+    std::fs::rename(&tmp, dir.join("listen.json"))?;
+    Ok(())
+}

@@ -1,0 +1,515 @@
+//! Issue 3: the deploy engine, driven through the real CLI and the real API against the real
+//! binary: deploy, redeploy under load with zero errors, a failed health check keeps the old
+//! release, rollback, crash restart, `kill -9` mid-deploy (K1), env, scale, domains, logs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use test_support::{eventually, write_file, Berth};
+
+const BIN: &str = env!("CARGO_BIN_EXE_berth");
+const T: Duration = Duration::from_secs(30);
+
+/// A Python web app (stdlib only) that answers `<tag> <release> <dyno>` and `/health`.
+/// `health_status` is what `/health` answers (500 makes the deploy fail its health check).
+fn python_app(dir: &Path, tag: &str, health_status: u16) {
+    write_file(&dir.join("Procfile"), b"web: python3 app.py\n");
+    write_file(
+        &dir.join("berth.toml"),
+        b"[health]\npath = \"/health\"\ntimeout = \"8s\"\n[deploy]\ndrain_timeout = \"5s\"\nstop_grace = \"2s\"\n",
+    );
+    let app = format!(
+        r#"import os, signal, threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        if self.path == "/health":
+            code, body = {health_status}, b"health\n"
+        elif self.path == "/env":
+            code, body = 200, (os.environ.get("GREETING", "-") + "\n").encode()
+        else:
+            code, body = 200, ("{tag} " + os.environ["BERTH_RELEASE"] + " " + os.environ["DYNO"] + "\n").encode()
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, fmt, *args):
+        print("request", fmt % args, flush=True)
+s = ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H)
+signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=s.shutdown).start())
+print("{tag} listening", flush=True)
+s.serve_forever()
+"#
+    );
+    write_file(&dir.join("app.py"), app.as_bytes());
+}
+
+/// Run the CLI against `b` (it finds the admin API and token in the data dir).
+fn cli(b: &Berth, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .arg("--data-dir")
+        .arg(b.path("data"))
+        .env_remove("BERTH_URL")
+        .env_remove("BERTH_TOKEN")
+        .env("XDG_CONFIG_HOME", b.path("xdg"))
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn deploy(b: &Berth, app: &str, dir: &Path) -> Output {
+    cli(b, &["deploy", dir.to_str().unwrap(), "-a", app])
+}
+
+/// A request to the API with the admin token: (status, JSON or text body as a JSON string).
+fn api(b: &Berth, method: &str, path: &str, body: &str) -> (u16, Value) {
+    let r = common::request(
+        b.admin,
+        method,
+        "127.0.0.1",
+        path,
+        &[
+            ("Authorization", &format!("Bearer {}", b.token)),
+            ("Content-Type", "application/json"),
+        ],
+        body.as_bytes(),
+    );
+    let v = serde_json::from_slice(&r.body).unwrap_or_else(|_| Value::String(r.text()));
+    (r.status, v)
+}
+
+/// GET `/` of `app` through the proxy: (status, body).
+fn app_get(b: &Berth, app: &str, path: &str) -> (u16, String) {
+    let r = common::get(b.http, &format!("{app}.localhost"), path);
+    (r.status, r.text())
+}
+
+fn wait_body(b: &Berth, app: &str, want: &str) -> String {
+    eventually(T, &format!("{app} to answer {want:?}"), || {
+        let (st, body) = app_get(b, app, "/");
+        (st == 200 && body.contains(want)).then_some(body)
+    })
+}
+
+fn pid_alive(pid: u64) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+fn web_pids(b: &Berth, app: &str) -> Vec<u64> {
+    let (st, v) = api(b, "GET", &format!("/api/v1/apps/{app}/instances"), "");
+    assert_eq!(st, 200, "{v}");
+    v.as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["proc_type"] == "web")
+        .filter_map(|i| i["pid"].as_u64())
+        .collect()
+}
+
+fn tmpdir(b: &Berth, name: &str) -> PathBuf {
+    let d = b.path(name);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn deploy_through_the_cli_serves_over_http_and_https() {
+    let b = Berth::start(BIN, "");
+    let src = tmpdir(&b, "src");
+    python_app(&src, "first", 200);
+    write_file(&src.join(".gitignore"), b"secret.txt\n");
+    write_file(&src.join("secret.txt"), b"not uploaded\n");
+    let t0 = Instant::now();
+    let out = deploy(&b, "hello", &src);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("hello.localhost"),
+        "prints the URL: {}",
+        text(&out)
+    );
+    assert!(
+        stdout.contains("Waiting for 1 web instance"),
+        "streams the deploy log: {}",
+        text(&out)
+    );
+    eprintln!("deploy took {:?}", t0.elapsed());
+    let body = wait_body(&b, "hello", "first v1 web.1");
+    assert!(body.starts_with("first"));
+    // .gitignore'd files are not uploaded.
+    let (_, rel) = api(&b, "GET", "/api/v1/apps/hello", "");
+    assert_eq!(rel["live_release"], 1, "{rel}");
+    assert!(!b.path("data/apps/hello/releases/v1/secret.txt").exists());
+    assert!(b.path("data/apps/hello/releases/v1/app.py").exists());
+    // HTTPS with the local CA, HTTP/2.
+    let port = b.https.port();
+    let (ok, out) = test_support::curl(&[
+        "-sS",
+        "--http2",
+        "--cacert",
+        b.ca().to_str().unwrap(),
+        "--resolve",
+        &format!("hello.localhost:{port}:127.0.0.1"),
+        &format!("https://hello.localhost:{port}/"),
+    ]);
+    assert!(ok && out.contains("first v1"), "{out}");
+    // The API is also reachable through the proxy at berth.<domain>.
+    let r = common::get_with(
+        b.http,
+        "berth.localhost",
+        "/api/v1/apps",
+        &[("Authorization", &format!("Bearer {}", b.token))],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("\"hello\""));
+    // `berth apps`, `ps`, `releases` in human and JSON form.
+    let out = cli(&b, &["apps"]);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("hello"),
+        "{}",
+        text(&out)
+    );
+    let out = cli(&b, &["ps", "-a", "hello", "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert_eq!(v[0]["state"], "running", "{}", text(&out));
+}
+
+#[test]
+fn redeploys_under_load_have_zero_errors_and_drain_old_instances() {
+    let b = Berth::start(BIN, "");
+    let src = tmpdir(&b, "src");
+    python_app(&src, "gen0", 200);
+    let out = deploy(&b, "zdt", &src);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_body(&b, "zdt", "gen0");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, bad) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut clients = Vec::new();
+    for keepalive in [true, false] {
+        let (stop, ok, bad, errors, addr) = (
+            stop.clone(),
+            ok.clone(),
+            bad.clone(),
+            errors.clone(),
+            b.http,
+        );
+        clients.push(std::thread::spawn(move || {
+            let mut conn: Option<common::Conn> = None;
+            while !stop.load(Ordering::Relaxed) {
+                let r = if keepalive {
+                    let c = conn.get_or_insert_with(|| common::Conn::open(addr));
+                    c.get("zdt.localhost", "/")
+                } else {
+                    Some(common::get(addr, "zdt.localhost", "/"))
+                };
+                match r {
+                    Some(r) if r.status == 200 => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => {
+                        bad.fetch_add(1, Ordering::Relaxed);
+                        let mut e = errors.lock().unwrap();
+                        if e.len() < 5 {
+                            e.push(format!("{:?}", other.map(|r| (r.status, r.text()))));
+                        }
+                        conn = None;
+                    }
+                }
+            }
+        }));
+    }
+    let mut old_pids = Vec::new();
+    for gen in 1..=3 {
+        old_pids.extend(web_pids(&b, "zdt"));
+        python_app(&src, &format!("gen{gen}"), 200);
+        let out = deploy(&b, "zdt", &src);
+        assert!(out.status.success(), "{}", text(&out));
+        // The switch is done when the deploy ends: the new release answers at once.
+        let (st, body) = app_get(&b, "zdt", "/");
+        assert_eq!(st, 200);
+        assert!(body.starts_with(&format!("gen{gen} ")), "{body}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let (ok, bad) = (ok.load(Ordering::Relaxed), bad.load(Ordering::Relaxed));
+    assert!(ok > 50, "the clients made progress: {ok}");
+    assert_eq!(
+        bad,
+        0,
+        "{ok} ok, {bad} failed: {:?}",
+        errors.lock().unwrap()
+    );
+    // Old instances were stopped after the drain.
+    for pid in old_pids {
+        eventually(T, "old instance to exit", || {
+            (!pid_alive(pid)).then_some(())
+        });
+    }
+    let (_, v) = api(&b, "GET", "/api/v1/apps/zdt/instances", "");
+    assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
+}
+
+#[test]
+fn failed_health_check_keeps_the_old_release_and_rollback_needs_no_rebuild() {
+    let b = Berth::start(BIN, "");
+    let src = tmpdir(&b, "src");
+    python_app(&src, "good", 200);
+    assert!(deploy(&b, "app", &src).status.success());
+    wait_body(&b, "app", "good v1");
+
+    // v2 answers 500 on /health: the deploy fails, v1 keeps serving.
+    python_app(&src, "sick", 500);
+    let out = deploy(&b, "app", &src);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("health check failed"), "{}", text(&out));
+    let (st, body) = app_get(&b, "app", "/");
+    assert_eq!((st, body.starts_with("good v1")), (200, true), "{body}");
+    let (_, deploys) = api(&b, "GET", "/api/v1/apps/app/deploys", "");
+    assert_eq!(deploys[0]["status"], "failed", "{deploys}");
+    assert!(deploys[0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("health check failed"));
+    // The deploy log has the instance's log tail.
+    let id = deploys[0]["id"].as_i64().unwrap();
+    let (_, log) = api(&b, "GET", &format!("/api/v1/apps/app/deploys/{id}/log"), "");
+    assert!(
+        log.as_str().unwrap().contains("/health HTTP/1.1\" 500"),
+        "the log tail: {log}"
+    );
+    // Only v1's instance runs.
+    let (_, inst) = api(&b, "GET", "/api/v1/apps/app/instances", "");
+    assert_eq!(inst.as_array().unwrap().len(), 1, "{inst}");
+    assert_eq!(inst[0]["release"], 1);
+
+    // v3 good, then `berth rollback` goes back to the previous good release (v1).
+    python_app(&src, "third", 200);
+    assert!(deploy(&b, "app", &src).status.success());
+    wait_body(&b, "app", "third v3");
+    let out = cli(&b, &["rollback", "-a", "app"]);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_body(&b, "app", "good v4");
+    let (_, rels) = api(&b, "GET", "/api/v1/apps/app/releases", "");
+    assert_eq!(rels[0]["version"], 4);
+    assert_eq!(rels[0]["description"], "Rollback to v1");
+    assert_eq!(rels[0]["live"], true);
+    assert_eq!(rels[2]["status"], "failed", "{rels}");
+    // Rolling back to a named version.
+    let out = cli(&b, &["rollback", "3", "-a", "app"]);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_body(&b, "app", "third v5");
+}
+
+#[test]
+fn a_crashed_instance_restarts() {
+    let b = Berth::start(BIN, "");
+    let src = tmpdir(&b, "src");
+    python_app(&src, "crashy", 200);
+    assert!(deploy(&b, "crashy", &src).status.success());
+    wait_body(&b, "crashy", "crashy v1");
+    let pid = web_pids(&b, "crashy")[0];
+    Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    let new = eventually(T, "a new pid", || {
+        web_pids(&b, "crashy")
+            .into_iter()
+            .find(|p| *p != pid && pid_alive(*p))
+    });
+    assert_ne!(new, pid);
+    wait_body(&b, "crashy", "crashy v1");
+}
+
+#[test]
+fn kill_9_mid_deploy_then_restart_recovers_k1() {
+    let mut b = Berth::start(BIN, "");
+    let src = tmpdir(&b, "src");
+    python_app(&src, "stable", 200);
+    assert!(deploy(&b, "k1", &src).status.success());
+    wait_body(&b, "k1", "stable v1");
+    let pid_v1 = web_pids(&b, "k1")[0];
+
+    // A kill -9 with nothing running: the instance survives and is adopted.
+    b.crash_and_restart(BIN);
+    wait_body(&b, "k1", "stable v1");
+    assert_eq!(web_pids(&b, "k1"), vec![pid_v1], "adopted, not restarted");
+
+    // v2 has a slow build; berth is killed while it runs.
+    python_app(&src, "next", 200);
+    let mut toml = std::fs::read_to_string(src.join("berth.toml")).unwrap();
+    toml.push_str("[build]\ncommand = \"echo building; sleep 30\"\n");
+    write_file(&src.join("berth.toml"), toml.as_bytes());
+    let (st, v) = upload(&b, "k1", &src);
+    assert_eq!(st, 202, "{v}");
+    let id = v["id"].as_i64().unwrap();
+    eventually(T, "the build to start", || {
+        let (_, d) = api(&b, "GET", &format!("/api/v1/apps/k1/deploys/{id}"), "");
+        (d["step"] == "build").then_some(())
+    });
+    b.crash_and_restart(BIN);
+    let (_, d) = api(&b, "GET", &format!("/api/v1/apps/k1/deploys/{id}"), "");
+    assert_eq!(d["status"], "failed", "{d}");
+    assert!(d["reason"].as_str().unwrap().contains("restart"), "{d}");
+    wait_body(&b, "k1", "stable v1");
+    assert_eq!(web_pids(&b, "k1"), vec![pid_v1]);
+    // The store is intact and the app deploys again.
+    let mut toml = std::fs::read_to_string(src.join("berth.toml")).unwrap();
+    toml = toml.replace("sleep 30", "true");
+    write_file(&src.join("berth.toml"), toml.as_bytes());
+    let out = deploy(&b, "k1", &src);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_body(&b, "k1", "next v3");
+    eventually(T, "v1 to stop", || (!pid_alive(pid_v1)).then_some(()));
+}
+
+/// Pack `dir` with the system tar and POST it (for tests that must not wait for the deploy).
+fn upload(b: &Berth, app: &str, dir: &Path) -> (u16, Value) {
+    let bundle = b.path(&format!("{app}-upload.tar.gz"));
+    let ok = Command::new("tar")
+        .args([
+            "-czf",
+            bundle.to_str().unwrap(),
+            "-C",
+            dir.to_str().unwrap(),
+            ".",
+        ])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    upload_file(b, app, &std::fs::read(&bundle).unwrap())
+}
+
+fn upload_file(b: &Berth, app: &str, bytes: &[u8]) -> (u16, Value) {
+    let r = common::request(
+        b.admin,
+        "POST",
+        "127.0.0.1",
+        &format!("/api/v1/apps/{app}/deploys"),
+        &[
+            ("Authorization", &format!("Bearer {}", b.token)),
+            ("Content-Type", "application/gzip"),
+        ],
+        bytes,
+    );
+    let v = serde_json::from_slice(&r.body).unwrap_or_else(|_| Value::String(r.text()));
+    (r.status, v)
+}
+
+#[test]
+fn env_scale_domains_and_logs() {
+    let b = Berth::start(BIN, "");
+    let src = tmpdir(&b, "src");
+    python_app(&src, "cfg", 200);
+    assert!(deploy(&b, "cfg", &src).status.success());
+    wait_body(&b, "cfg", "cfg v1");
+
+    // env:set restarts with the value; listings mask it; it never reaches berth's log.
+    let secret = "s3cr3t-value-4711";
+    let out = cli(&b, &["env:set", &format!("GREETING={secret}"), "-a", "cfg"]);
+    assert!(out.status.success(), "{}", text(&out));
+    eventually(T, "the new env", || {
+        let (_, body) = app_get(&b, "cfg", "/env");
+        body.contains(secret).then_some(())
+    });
+    let (_, env) = api(&b, "GET", "/api/v1/apps/cfg/env", "");
+    assert_ne!(env["GREETING"], secret, "masked: {env}");
+    let (_, env) = api(&b, "GET", "/api/v1/apps/cfg/env?reveal=true", "");
+    assert_eq!(env["GREETING"], secret);
+    let out = cli(&b, &["env:unset", "GREETING", "-a", "cfg"]);
+    assert!(out.status.success(), "{}", text(&out));
+    eventually(T, "the env without GREETING", || {
+        let (_, body) = app_get(&b, "cfg", "/env");
+        (body.trim() == "-").then_some(())
+    });
+    assert!(!b.stderr().contains(secret), "env values never logged");
+    let (_, audit) = api(&b, "GET", "/api/v1/audit", "");
+    assert!(!audit.to_string().contains(secret));
+    assert!(audit.to_string().contains("GREETING"));
+
+    // scale web=2: both instances serve.
+    let out = cli(&b, &["scale", "web=2", "-a", "cfg"]);
+    assert!(out.status.success(), "{}", text(&out));
+    eventually(T, "both dynos to answer", || {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..20 {
+            let (_, body) = app_get(&b, "cfg", "/");
+            seen.insert(body.split_whitespace().nth(2).unwrap_or("").to_string());
+        }
+        (seen.contains("web.1") && seen.contains("web.2")).then_some(())
+    });
+    assert_eq!(web_pids(&b, "cfg").len(), 2);
+
+    // A custom domain.
+    let out = cli(&b, &["domains:add", "www.example.test", "-a", "cfg"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let r = common::get(b.http, "www.example.test", "/");
+    assert_eq!(r.status, 200);
+    assert!(r.text().starts_with("cfg "), "{}", r.text());
+    let (st, v) = api(
+        &b,
+        "POST",
+        "/api/v1/apps/cfg/domains",
+        r#"{"host":"www.example.test"}"#,
+    );
+    assert_eq!(st, 409, "{v}");
+
+    // Logs: the app's request lines, prefixed with the instance.
+    let out = cli(&b, &["logs", "-a", "cfg", "-n", "200"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let logs = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        logs.contains("web.1 | ") && logs.contains("request"),
+        "{logs}"
+    );
+}
+
+#[test]
+fn static_site_and_worker_processes() {
+    let b = Berth::start(BIN, "");
+    let site = tmpdir(&b, "site");
+    write_file(&site.join("index.html"), b"<h1>static</h1>\n");
+    let out = deploy(&b, "site", &site);
+    assert!(out.status.success(), "{}", text(&out));
+    let (st, body) = app_get(&b, "site", "/");
+    assert_eq!((st, body.as_str()), (200, "<h1>static</h1>\n"));
+    // A worker without a route, and a release command that runs before the switch.
+    let w = tmpdir(&b, "w");
+    write_file(
+        &w.join("Procfile"),
+        b"worker: echo working; exec sleep 1000\nrelease: echo migrating > migrated.txt\n",
+    );
+    let out = deploy(&b, "w", &w);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(b.path("data/apps/w/releases/v1/migrated.txt").exists());
+    let (_, inst) = api(&b, "GET", "/api/v1/apps/w/instances", "");
+    assert_eq!(inst[0]["proc_type"], "worker", "{inst}");
+    assert_eq!(inst[0]["state"], "running", "{inst}");
+    let (st, _) = app_get(&b, "w", "/");
+    assert_eq!(st, 404, "a worker-only app has no route");
+}
