@@ -3,7 +3,6 @@
 use build::manifest::HealthCheck;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Longest single probe; the next one follows at once.
@@ -42,38 +41,13 @@ fn what(check: &HealthCheck) -> String {
     }
 }
 
-/// One probe: connect (TCP check), or `GET path` and a 2xx/3xx status line (HTTP check).
-pub(crate) async fn probe(addr: SocketAddr, check: &HealthCheck) -> Result<(), String> {
-    let mut s = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let HealthCheck::Http { path } = check else {
-        return Ok(());
-    };
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: berth-health\r\nConnection: close\r\n\r\n"
-    );
-    s.write_all(req.as_bytes())
-        .await
-        .map_err(|e| format!("write: {e}"))?;
-    let mut buf = Vec::with_capacity(256);
-    let mut chunk = [0u8; 256];
-    while !buf.contains(&b'\n') && buf.len() < 4096 {
-        let n = s.read(&mut chunk).await.map_err(|e| format!("read: {e}"))?;
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let line = String::from_utf8_lossy(&buf);
-    let status = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| "no HTTP status line".to_string())?;
-    if (200..400).contains(&status) {
-        Ok(())
-    } else {
-        Err(format!("answered {status}"))
+/// One probe: connect (TCP check), or the proxy's own HTTP health probe (2xx/3xx).
+async fn probe(addr: SocketAddr, check: &HealthCheck) -> Result<(), String> {
+    match check {
+        HealthCheck::Http { path } => proxy::upstream::probe(addr, path).await,
+        HealthCheck::Tcp => TcpStream::connect(addr)
+            .await
+            .map(drop)
+            .map_err(|e| format!("connect: {e}")),
     }
 }

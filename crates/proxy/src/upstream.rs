@@ -1,7 +1,6 @@
 //! Upstreams: shared health state (atomics, read on the request path without locks), the
 //! per-worker pool of idle keep-alive connections, and the active health checker.
 
-use crate::config::HealthSpec;
 use bytes::{Buf, BytesMut};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -319,9 +318,9 @@ pub fn spawn_health_checks(
                         _ = stop.cancelled() => break,
                         _ = tick.tick() => {}
                     }
-                    let ok = tokio::time::timeout(spec.timeout.0, probe(up.addr, &spec))
+                    let ok = tokio::time::timeout(spec.timeout.0, probe(up.addr, &spec.path.0))
                         .await
-                        .unwrap_or(false);
+                        .is_ok_and(|r| r.is_ok());
                     up.set_healthy(ok);
                 }
             });
@@ -329,25 +328,44 @@ pub fn spawn_health_checks(
     }
 }
 
-async fn probe(addr: SocketAddr, spec: &HealthSpec) -> bool {
-    let Ok(mut s) = TcpStream::connect(addr).await else {
-        return false;
-    };
+/// One HTTP health probe: `GET path` with `Connection: close`; a 2xx or 3xx status is healthy.
+/// The rest of the answer is read (briefly, bounded) before closing, so the app does not see its
+/// response cut off (Python's http.server logs a traceback for every reset). The deploy engine
+/// uses the same probe before it sends traffic to a new instance.
+pub async fn probe(addr: SocketAddr, path: &str) -> Result<(), String> {
+    let mut s = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
     let req = format!(
-        "GET {} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: berth-health\r\nConnection: close\r\n\r\n",
-        spec.path
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: berth-health\r\nConnection: close\r\n\r\n"
     );
-    if s.write_all(req.as_bytes()).await.is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 64];
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let mut buf = [0u8; 1024];
     let mut n = 0;
     while n < 12 {
         match s.read(&mut buf[n..]).await {
-            Ok(0) | Err(_) => return false,
+            Ok(0) => return Err("closed before a status line".into()),
+            Err(e) => return Err(format!("read: {e}")),
             Ok(k) => n += k,
         }
     }
     // "HTTP/1.x 2xx" or "3xx"
-    buf.starts_with(b"HTTP/1.") && matches!(buf[9], b'2' | b'3')
+    let status = std::str::from_utf8(&buf[9..12])
+        .unwrap_or("???")
+        .to_string();
+    let ok = buf.starts_with(b"HTTP/1.") && matches!(buf[9], b'2' | b'3');
+    let mut drained = n;
+    while drained < 64 * 1024 {
+        match tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await {
+            Ok(Ok(k)) if k > 0 => drained += k,
+            _ => break,
+        }
+    }
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("answered {status}"))
+    }
 }
