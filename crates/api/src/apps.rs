@@ -16,10 +16,15 @@ use tokio::io::AsyncWriteExt;
 
 type JsonResult = Result<Json<Value>, ApiError>;
 
-/// Parse a JSON body with a 400 that says what is wrong.
+/// Parse a JSON object body with a 400 that says what is wrong. Only an object is accepted:
+/// serde's derive would also take an array as positional fields (`["x"]` as `{"name":"x"}`).
 pub fn json_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+    let bad = |e: String| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}"));
+    let v: Value = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
+    if !v.is_object() {
+        return Err(bad("expected a JSON object".into()));
+    }
+    serde_json::from_value(v).map_err(|e| bad(e.to_string()))
 }
 
 pub async fn list(State(ctx): State<Ctx>, Extension(caller): Extension<Caller>) -> JsonResult {
@@ -97,7 +102,7 @@ pub async fn upload(
             if total > max {
                 return Err(ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("the source bundle is larger than {} MiB", max >> 20),
+                    format!("the source bundle is larger than the limit ({})", size(max)),
                 )
                 .hint("add build output and dependencies to .gitignore"));
             }
@@ -138,6 +143,16 @@ fn unique() -> String {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// `512 MiB`, `64 KiB`, `100 bytes`.
+fn size(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 && n % (1 << 30) == 0 => format!("{} GiB", n >> 30),
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{n} bytes"),
+    }
 }
 
 fn internal(e: std::io::Error) -> ApiError {

@@ -130,7 +130,40 @@ pub fn router(ctx: Ctx) -> Router {
             ApiError::new(StatusCode::NOT_FOUND, "no such endpoint")
                 .hint("see GET /api/v1/openapi.json")
         })
+        .layer(axum::middleware::from_fn(json_errors))
         .with_state(ctx)
+}
+
+/// axum's own rejections (a path or query parameter that does not parse, a wrong method) are
+/// plain text or empty: give every error the API's JSON shape, keeping headers such as `Allow`.
+async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if json || !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes).trim().to_string();
+    let message = if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase()
+    } else {
+        text
+    };
+    let mut out = ApiError::new(status, message).into_response();
+    for name in [header::ALLOW, header::WWW_AUTHENTICATE] {
+        if let Some(v) = parts.headers.get(&name) {
+            out.headers_mut().insert(name, v.clone());
+        }
+    }
+    out
 }
 
 #[derive(serde::Deserialize)]

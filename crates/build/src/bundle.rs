@@ -190,7 +190,7 @@ fn unpack_into(reader: impl Read, root: &Path, max_bytes: u64) -> Result<UnpackS
         if meter.exceeded.get() {
             BundleError::TooLarge { limit: max_bytes }
         } else {
-            BundleError::Corrupt(e.to_string())
+            BundleError::Corrupt(printable(&e.to_string()))
         }
     };
 
@@ -537,6 +537,26 @@ impl<R: Read> Read for Exact<R> {
         self.left = self.left.saturating_sub(n as u64);
         Ok(n)
     }
+}
+
+/// The tar crate's messages can quote raw header bytes: keep what a terminal can show safely,
+/// so an upload cannot put escape sequences into the user's terminal through an error.
+fn printable(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .take(300)
+        .collect();
+    if s.chars().count() > 300 {
+        out.push('…');
+    }
+    out
 }
 
 #[cfg(test)]

@@ -227,7 +227,7 @@ impl Engine {
                 },
             )?;
             build::manifest::load(&tmp2)
-                .map_err(|e| EngineError::BadInput(format!("{e} (nothing was deployed)")))
+                .map_err(|e| EngineError::BadInput(format!("nothing was deployed: {e}")))
         })
         .await
         .map_err(|e| EngineError::Internal(e.to_string()))
@@ -449,7 +449,8 @@ impl Engine {
 
     pub fn remove_domain(&self, app: &str, host: &str, actor: &str) -> Result<(), EngineError> {
         self.app(app)?;
-        self.store.remove_domain(app, host, actor)?;
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        self.store.remove_domain(app, &host, actor)?;
         self.refresh_routes()
     }
 
