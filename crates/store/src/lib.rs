@@ -141,7 +141,15 @@ const MIGRATIONS: &[&str] = &[
         detail TEXT NOT NULL
     );
     "#,
+    // 2: each release keeps the config it runs with (env values and formation, as JSON), so a
+    // rollback restores them and a restart after a crash uses what was live.
+    r#"
+    ALTER TABLE releases ADD COLUMN config TEXT NOT NULL DEFAULT '{}';
+    "#,
 ];
+
+/// The schema version this binary migrates to (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Current wall-clock time as unix milliseconds, the unit of every timestamp
 /// in the store. A clock before 1970 yields 0 rather than an error: a wrong

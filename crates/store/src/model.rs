@@ -118,6 +118,8 @@ pub struct Release {
     pub description: String,
     /// For rollbacks/config restarts: the release whose build this reuses.
     pub source_release: Option<i64>,
+    /// The config it runs with (env values, formation) as JSON; `{}` until it first starts.
+    pub config: String,
 }
 
 /// One run of the deploy pipeline.

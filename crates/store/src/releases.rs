@@ -10,7 +10,7 @@ use crate::{
 };
 
 const RELEASE_SELECT: &str = "SELECT r.id, a.name, r.version, r.created_at, r.status, r.dir, \
-     r.spec, r.description, r.source_release \
+     r.spec, r.description, r.source_release, r.config \
      FROM releases r JOIN apps a ON a.id = r.app_id";
 
 fn release_from_row(r: &Row<'_>) -> Result<Release> {
@@ -26,6 +26,7 @@ fn release_from_row(r: &Row<'_>) -> Result<Release> {
         spec: r.get(6)?,
         description: r.get(7)?,
         source_release: r.get(8)?,
+        config: r.get(9)?,
     })
 }
 
@@ -117,6 +118,21 @@ impl Store {
             let n = tx.execute(
                 "UPDATE releases SET dir = ?1, spec = ?2 WHERE app_id = ?3 AND version = ?4",
                 (dir, spec, id, version),
+            )?;
+            if n == 0 {
+                return Err(release_not_found(app, version));
+            }
+            Ok(())
+        })
+    }
+
+    /// Records the config (env and formation, JSON) a release runs with.
+    pub fn set_release_config(&self, app: &str, version: i64, config: &str) -> Result<()> {
+        self.write(|tx| {
+            let id = app_id(tx, app)?;
+            let n = tx.execute(
+                "UPDATE releases SET config = ?1 WHERE app_id = ?2 AND version = ?3",
+                (config, id, version),
             )?;
             if n == 0 {
                 return Err(release_not_found(app, version));

@@ -61,7 +61,7 @@ fn reopen_keeps_data_and_migrations_are_idempotent() {
         .unwrap()
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 1);
+    assert_eq!(v, berth_store::SCHEMA_VERSION);
 }
 
 #[test]
@@ -83,10 +83,7 @@ fn newer_schema_is_refused() {
         .pragma_update(None, "user_version", 99)
         .unwrap();
     match Store::open(&path) {
-        Err(StoreError::TooNew {
-            found: 99,
-            known: 1,
-        }) => {}
+        Err(StoreError::TooNew { found: 99, known }) if known == berth_store::SCHEMA_VERSION => {}
         other => panic!("expected TooNew, got {other:?}"),
     }
 }
