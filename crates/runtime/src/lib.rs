@@ -200,6 +200,13 @@ pub trait Runtime: Send + Sync + 'static {
     /// file; on timeout the whole process group is killed.
     async fn run_task(&self, task: TaskSpec) -> Result<TaskOutcome, RuntimeError>;
 
+    /// After a berth restart, once every instance to keep has been adopted or
+    /// started: stop everything this runtime's owner started earlier that it
+    /// does not manage now (an instance whose pid was never recorded because
+    /// berth died right after spawning it, a build cut off by the crash).
+    /// Returns how many were stopped.
+    async fn sweep(&self, grace: Duration) -> Result<usize, RuntimeError>;
+
     /// Lifecycle events; the engine persists pids and crash reports from
     /// these. A slow receiver may miss events (`RecvError::Lagged`).
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event>;

@@ -41,6 +41,10 @@ const ADOPTED_POLL: Duration = Duration::from_millis(500);
 /// by most language runtimes.
 const INHERITED_ENV: [&str; 3] = ["PATH", "HOME", "LANG"];
 
+/// Env vars that tag the processes of one berth (see [`ProcessOptions::owner`]).
+const OWNER_VAR: &str = "BERTH_OWNER";
+const INSTANCE_VAR: &str = "BERTH_INSTANCE";
+
 /// Tuning for [`ProcessRuntime`]. `Default` gives the production values.
 #[derive(Clone, Debug)]
 pub struct ProcessOptions {
@@ -60,6 +64,11 @@ pub struct ProcessOptions {
     pub log_keep: usize,
     /// How often the supervisor checks the log file size.
     pub log_check_every: Duration,
+    /// Tags every process this runtime starts (env `BERTH_OWNER`, with
+    /// `BERTH_INSTANCE=<id>`) so [`Runtime::sweep`] can find leftovers of an
+    /// earlier run, and only its own (berth's data dir is a good owner).
+    /// Empty: no tags, and `sweep` does nothing.
+    pub owner: String,
 }
 
 impl Default for ProcessOptions {
@@ -73,6 +82,7 @@ impl Default for ProcessOptions {
             log_max_bytes: 10 << 20,
             log_keep: 3,
             log_check_every: Duration::from_secs(2),
+            owner: String::new(),
         }
     }
 }
@@ -209,7 +219,7 @@ impl Runtime for ProcessRuntime {
         check_id(&spec.id)?;
         self.ensure_free(&spec.id)?;
         let confinement = self.shared.limiter.prepare(&spec.id, &spec.limits)?;
-        let (proc, pid_start) = match spawn_instance(&spec, &confinement) {
+        let (proc, pid_start) = match spawn_instance(&spec, &confinement, &self.shared.opts.owner) {
             Ok(spawned) => spawned,
             Err(e) => {
                 confinement.remove().await;
@@ -265,6 +275,41 @@ impl Runtime for ProcessRuntime {
         Ok(())
     }
 
+    async fn sweep(&self, grace: Duration) -> Result<usize, RuntimeError> {
+        let owner = &self.shared.opts.owner;
+        if owner.is_empty() {
+            return Ok(0);
+        }
+        let managed: std::collections::HashSet<String> =
+            lock(&self.instances).keys().cloned().collect();
+        // Process groups (their leader's pid) holding a tagged process we do not manage.
+        let mut groups = std::collections::BTreeSet::new();
+        for (pid, id) in crate::procfs::tagged(OWNER_VAR, owner, INSTANCE_VAR) {
+            if managed.contains(&id) {
+                continue;
+            }
+            if let Some(pgid) = crate::procfs::pgid(pid) {
+                tracing::warn!(pid, instance = %id, "stopping a process left from an earlier run");
+                groups.insert(pgid);
+            }
+        }
+        let mut stopped = 0;
+        for pgid in groups {
+            match crate::procfs::proc_start_time(pgid) {
+                Some(start) => self.kill_orphan(pgid, start, grace).await?,
+                // The leader is gone but members remain: no one to wait for.
+                None => {
+                    if let Some(p) = rustix::process::Pid::from_raw(pgid as i32) {
+                        let _ =
+                            rustix::process::kill_process_group(p, rustix::process::Signal::KILL);
+                    }
+                }
+            }
+            stopped += 1;
+        }
+        Ok(stopped)
+    }
+
     async fn kill_orphan(
         &self,
         pid: u32,
@@ -297,6 +342,7 @@ impl Runtime for ProcessRuntime {
             &task.env,
             &task.log_file,
             &confinement,
+            &self.shared.opts.owner,
         );
         let mut proc = match spawned {
             Ok((proc, _)) => proc,
@@ -445,7 +491,7 @@ impl Supervisor {
                     _ = tokio::time::sleep(delay) => {}
                     _ = stop_requested(&mut self.stop_rx) => break 'supervise,
                 }
-                match spawn_instance(spec, &inst.confinement) {
+                match spawn_instance(spec, &inst.confinement, &opts.owner) {
                     Ok(spawned) => break spawned,
                     Err(e) => {
                         tracing::warn!(instance = %spec.id, "restart failed: {e}");
@@ -609,6 +655,7 @@ impl Drop for GroupGuard {
 fn spawn_instance(
     spec: &InstanceSpec,
     confinement: &Confinement,
+    owner: &str,
 ) -> Result<(Proc, Option<u64>), RuntimeError> {
     spawn(
         &spec.id,
@@ -617,6 +664,7 @@ fn spawn_instance(
         &spec.env,
         &spec.log_file,
         confinement,
+        owner,
     )
 }
 
@@ -630,6 +678,7 @@ fn spawn(
     env: &[(String, String)],
     log_file: &Path,
     confinement: &Confinement,
+    owner: &str,
 ) -> Result<(Proc, Option<u64>), RuntimeError> {
     let log_err = |source| RuntimeError::LogFile {
         path: log_file.to_path_buf(),
@@ -662,6 +711,9 @@ fn spawn(
         }
     }
     cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    if !owner.is_empty() {
+        cmd.env(OWNER_VAR, owner).env(INSTANCE_VAR, id);
+    }
 
     let spawn_err = |source| RuntimeError::Spawn {
         id: id.to_string(),

@@ -42,6 +42,49 @@ pub(crate) fn is_alive(pid: u32, start: u64) -> bool {
     proc_stat(pid).is_some_and(|s| s.start == start && s.is_running())
 }
 
+/// Process group of `pid` (field 5 of `/proc/<pid>/stat`).
+pub(crate) fn pgid(pid: u32) -> Option<u32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 1..];
+    // Fields from 3: state, ppid, pgrp.
+    rest.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// Running processes whose environment has `owner_var=owner`, with the value of `id_var`.
+/// Environments of processes of other users are unreadable and skipped.
+pub(crate) fn tagged(owner_var: &str, owner: &str, id_var: &str) -> Vec<(u32, String)> {
+    let want = format!("{owner_var}={owner}");
+    let id_prefix = format!("{id_var}=");
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        let vars: Vec<&[u8]> = environ.split(|&b| b == 0).collect();
+        if !vars.contains(&want.as_bytes()) {
+            continue;
+        }
+        let id = vars
+            .iter()
+            .find_map(|v| v.strip_prefix(id_prefix.as_bytes()))
+            .map(|v| String::from_utf8_lossy(v).into_owned());
+        if let (Some(id), true) = (id, proc_stat(pid).is_some_and(|s| s.is_running())) {
+            out.push((pid, id));
+        }
+    }
+    out
+}
+
 /// Parses a `/proc/<pid>/stat` line. The command name (field 2) is in
 /// parentheses and may itself contain spaces and parentheses, so the fields
 /// are counted from the *last* `)`.

@@ -600,3 +600,49 @@ async fn proc_start_time_handles_odd_command_names() {
     child.wait().unwrap();
     assert_eq!(proc_start_time(pid), None);
 }
+
+#[tokio::test]
+async fn sweep_stops_only_this_owners_unmanaged_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let owner = |o: &str| ProcessOptions {
+        owner: o.to_string(),
+        ..fast_opts()
+    };
+    let (mine, theirs) = (uid("sweep-owner"), uid("sweep-other"));
+    // A crashed berth left two instances (one with a grandchild) and another berth runs one.
+    let old = ProcessRuntime::new(owner(&mine));
+    let cmd = "sleep 1000 & echo $! > gc.pid; exec sleep 1000";
+    let kept = old
+        .start(spec(dir.path(), "kept", "exec sleep 1000"))
+        .await
+        .unwrap();
+    let lost = old.start(spec(dir.path(), "lost", cmd)).await.unwrap();
+    let other = ProcessRuntime::new(owner(&theirs));
+    let foreign = other
+        .start(spec(dir.path(), "foreign", "exec sleep 1000"))
+        .await
+        .unwrap();
+    let gc = eventually("grandchild pid", || {
+        std::future::ready(read_pid(&dir.path().join("gc.pid")))
+    })
+    .await;
+    drop(old);
+
+    // The restarted berth adopts one of its two, then sweeps.
+    let new = ProcessRuntime::new(owner(&mine));
+    let keep_spec = spec(dir.path(), "kept", "exec sleep 1000");
+    let (kpid, kstart) = (kept.pid.unwrap(), kept.pid_start.unwrap());
+    new.adopt(keep_spec, kpid, kstart).await.unwrap().unwrap();
+    assert_eq!(new.sweep(Duration::from_secs(2)).await.unwrap(), 1);
+    until("the lost instance and its grandchild to be gone", || {
+        !alive(lost.pid.unwrap()) && !alive(gc)
+    })
+    .await;
+    assert!(alive(kpid), "the adopted instance stays");
+    assert!(alive(foreign.pid.unwrap()), "another owner's process stays");
+    new.stop(&kept.id, Duration::from_secs(2)).await.unwrap();
+    other
+        .stop(&foreign.id, Duration::from_secs(2))
+        .await
+        .unwrap();
+}
