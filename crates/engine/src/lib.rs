@@ -15,6 +15,7 @@
 mod health;
 pub mod logs;
 mod pipeline;
+mod queue;
 mod reconcile;
 mod routes;
 
@@ -99,8 +100,10 @@ pub struct Engine {
     base_routes: Mutex<Vec<RouteSpec>>,
     /// What is routed for each app, keyed by app name.
     live: Mutex<HashMap<String, Live>>,
-    /// One deploy at a time per app.
+    /// Held while a deploy of the app runs (and by destroy).
     app_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Each app's deploy queue (`queue.rs`).
+    queues: Mutex<HashMap<String, queue::AppQueue>>,
     /// Ports handed to instances that may not have bound them yet.
     reserved_ports: Mutex<HashSet<u16>>,
     /// Held while a route table is computed, checked and installed, so that two apps
@@ -126,6 +129,7 @@ impl Engine {
             base_routes: Mutex::new(base_routes),
             live: Mutex::new(HashMap::new()),
             app_locks: Mutex::new(HashMap::new()),
+            queues: Mutex::new(HashMap::new()),
             reserved_ports: Mutex::new(HashSet::new()),
             routes_lock: Mutex::new(()),
         });
@@ -158,16 +162,11 @@ impl Engine {
         self.cfg.data_dir.join("apps").join(app)
     }
 
-    fn lock_for(&self, app: &str) -> Arc<tokio::sync::Mutex<()>> {
+    pub(crate) fn lock_for(&self, app: &str) -> Arc<tokio::sync::Mutex<()>> {
         lock(&self.app_locks)
             .entry(app.to_string())
             .or_default()
             .clone()
-    }
-
-    /// Is a deploy of `app` running or queued?
-    pub fn deploying(&self, app: &str) -> bool {
-        self.lock_for(app).try_lock().is_err()
     }
 
     pub fn create_app(&self, name: &str, actor: &str) -> Result<App, EngineError> {
@@ -184,19 +183,35 @@ impl Engine {
         self.app(name)?;
         let guard = self.lock_for(name);
         let _held = guard.lock().await;
+        self.drop_queue(name);
         lock(&self.live).remove(name);
         self.refresh_routes()?;
+        let mut stops = tokio::task::JoinSet::new();
         for inst in self.store.instances(name)? {
-            let _ = self
-                .runtime
-                .stop(&inst.runtime_id, STOP_GRACE_ON_DESTROY)
-                .await;
+            let rt = self.runtime.clone();
+            stops.spawn(async move {
+                let _ = rt.stop(&inst.runtime_id, STOP_GRACE_ON_DESTROY).await;
+                if let (Some(pid), Some(start)) = (inst.pid, inst.pid_start) {
+                    // An instance this run never adopted is unknown to the runtime.
+                    let _ = rt.kill_orphan(pid, start, STOP_GRACE_ON_DESTROY).await;
+                }
+                inst.port
+            });
+        }
+        while let Some(port) = stops.join_next().await {
+            self.release_port(port.ok().flatten());
         }
         self.store.destroy_app(name, actor)?;
         let dir = self.app_dir(name);
         if dir.exists() {
-            std::fs::remove_dir_all(&dir)
-                .map_err(|e| EngineError::Internal(format!("removing {}: {e}", dir.display())))?;
+            // Off the async threads: a tree of releases can be large.
+            let trash = self
+                .cfg
+                .data_dir
+                .join("apps")
+                .join(format!(".trash-{name}-{}", random_hex(4)));
+            std::fs::rename(&dir, &trash).map_err(io_err)?;
+            tokio::task::spawn_blocking(move || std::fs::remove_dir_all(trash));
         }
         tracing::info!(app = name, actor, "app destroyed");
         Ok(())
@@ -244,33 +259,65 @@ impl Engine {
             DeployKind::Build,
             actor,
             &self.app_dir(app).join("deploys"),
-        )?;
-        let release = match self.store.create_release(
-            app,
-            &tmp,
-            &spec.to_json(),
-            &format!("Deploy {}", deploy.id),
-            None,
-            store::ReleaseStatus::Building,
-        ) {
-            Ok(r) => r,
+        );
+        let deploy = match deploy {
+            Ok(d) => d,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&tmp);
-                let _ =
-                    self.store
-                        .finish_deploy(deploy.id, store::DeployStatus::Failed, Some("store"));
                 return Err(e.into());
             }
         };
-        // The release dir gets its final name; a crash before the rename leaves an
-        // `.upload-*` dir that reconcile removes, and a release whose dir is missing.
-        let dir = releases.join(format!("v{}", release.version));
-        std::fs::rename(&tmp, &dir).map_err(io_err)?;
+        match self.record_build(app, deploy.id, &tmp, &spec) {
+            Ok(version) => self.enqueue(
+                app,
+                queue::Job::Build {
+                    deploy: deploy.id,
+                    version,
+                },
+            ),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                let reason = format!("recording the release: {e}");
+                let _ =
+                    self.store
+                        .finish_deploy(deploy.id, store::DeployStatus::Failed, Some(&reason));
+                return Err(e);
+            }
+        }
+        self.deploy(deploy.id)
+    }
+
+    /// Record the release of an upload and move its files to their final place, `vN`. A crash
+    /// before the rename leaves an `.upload-*` dir (removed at the next start) and a release
+    /// that failed.
+    fn record_build(
+        &self,
+        app: &str,
+        deploy_id: i64,
+        tmp: &Path,
+        spec: &AppSpec,
+    ) -> Result<i64, EngineError> {
+        let release = self.store.create_release(
+            app,
+            tmp,
+            &spec.to_json(),
+            &format!("Deploy {deploy_id}"),
+            None,
+            store::ReleaseStatus::Building,
+        )?;
+        let dir = self
+            .app_dir(app)
+            .join("releases")
+            .join(format!("v{}", release.version));
+        if dir.exists() {
+            // Left by an app of the same name destroyed in a crash: version N is new here.
+            std::fs::remove_dir_all(&dir).map_err(io_err)?;
+        }
+        std::fs::rename(tmp, &dir).map_err(io_err)?;
         self.store
             .set_release_dir_spec(app, release.version, &dir, &spec.to_json())?;
-        self.store.set_deploy_release(deploy.id, release.version)?;
-        self.spawn_pipeline(app, deploy.id, release.version, true);
-        self.deploy(deploy.id)
+        self.store.set_deploy_release(deploy_id, release.version)?;
+        Ok(release.version)
     }
 
     /// Deploy an earlier release again (no rebuild). `None`: the newest good release before
@@ -300,44 +347,31 @@ impl Engine {
                     })?
             }
         };
-        if !target.dir.is_dir() {
+        if target.status != store::ReleaseStatus::Ready || !target.dir.is_dir() {
             return Err(EngineError::BadInput(format!(
-                "release v{} of {app} has no files (its build never finished)",
-                target.version
+                "release v{} of {app} is {}, not a release that ran (hint: `berth releases` shows which are ready)",
+                target.version,
+                target.status.as_str()
             )));
         }
-        let description = format!("Rollback to v{}", target.version);
-        self.derived_deploy(app, target, DeployKind::Rollback, &description, actor)
-            .await
-    }
-
-    /// Start a new release from `source` (same files and spec), e.g. for a rollback or a
-    /// config change.
-    async fn derived_deploy(
-        self: &Arc<Self>,
-        app: &str,
-        source: &store::Release,
-        kind: DeployKind,
-        description: &str,
-        actor: &str,
-    ) -> Result<Deploy, EngineError> {
-        let deploy =
-            self.store
-                .create_deploy(app, kind, actor, &self.app_dir(app).join("deploys"))?;
-        let release = self.store.create_release(
+        let deploy = self.store.create_deploy(
             app,
-            &source.dir,
-            &source.spec,
-            description,
-            Some(source.version),
-            store::ReleaseStatus::Building,
+            DeployKind::Rollback,
+            actor,
+            &self.app_dir(app).join("deploys"),
         )?;
-        self.store.set_deploy_release(deploy.id, release.version)?;
-        self.spawn_pipeline(app, deploy.id, release.version, false);
+        self.enqueue(
+            app,
+            queue::Job::Rollback {
+                deploy: deploy.id,
+                source: target.version,
+            },
+        );
         self.deploy(deploy.id)
     }
 
-    /// A live app restarts on its current release with the new state (env, formation).
+    /// A live app restarts with the new state (env, formation) on whatever release is live
+    /// when its turn in the queue comes. Nothing live and nothing queued: `None`.
     async fn restart_live(
         self: &Arc<Self>,
         app: &str,
@@ -345,16 +379,23 @@ impl Engine {
         actor: &str,
     ) -> Result<Option<Deploy>, EngineError> {
         let a = self.app(app)?;
-        let Some(live) = a.live_release else {
+        if a.live_release.is_none() && !self.deploying(app) {
             return Ok(None);
-        };
-        let source = self
-            .store
-            .release(app, live)?
-            .ok_or_else(|| EngineError::Internal(format!("live release v{live} missing")))?;
-        self.derived_deploy(app, &source, DeployKind::Restart, description, actor)
-            .await
-            .map(Some)
+        }
+        let deploy = self.store.create_deploy(
+            app,
+            DeployKind::Restart,
+            actor,
+            &self.app_dir(app).join("deploys"),
+        )?;
+        self.enqueue(
+            app,
+            queue::Job::Restart {
+                deploy: deploy.id,
+                description: description.to_string(),
+            },
+        );
+        self.deploy(deploy.id).map(Some)
     }
 
     /// Set and unset env vars; a live app restarts with them (zero downtime).
@@ -612,17 +653,43 @@ impl Engine {
         });
     }
 
-    /// A loopback port no instance holds: bound then released; remembered until the instance
-    /// is stopped so two instances never get the same one.
+    /// A loopback port for a new instance, from a range outside the kernel's ephemeral ports
+    /// (32768–60999 by default), so outgoing connections (the proxy's own) never take it
+    /// between now and the app's bind. Remembered until the instance is stopped, so two
+    /// instances never get the same one.
     pub(crate) fn free_port(&self) -> Result<u16, EngineError> {
-        for _ in 0..100 {
-            let l = std::net::TcpListener::bind(("127.0.0.1", 0)).map_err(io_err)?;
-            let port = l.local_addr().map_err(io_err)?.port();
-            if lock(&self.reserved_ports).insert(port) {
+        let mut reserved = lock(&self.reserved_ports);
+        for _ in 0..500 {
+            let port = fastrand::u16(PORTS);
+            if reserved.contains(&port) {
+                continue;
+            }
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                reserved.insert(port);
                 return Ok(port);
             }
         }
-        Err(EngineError::Internal("no free loopback port".into()))
+        Err(EngineError::Internal(format!(
+            "no free loopback port in {}-{}",
+            PORTS.start, PORTS.end
+        )))
+    }
+
+    pub(crate) fn reserve_port(&self, port: u16) {
+        lock(&self.reserved_ports).insert(port);
+    }
+
+    /// An instance's log and its rotated copies, once it is stopped for good.
+    pub(crate) fn remove_instance_logs(&self, app: &str, runtime_id: &str) {
+        let log = self.instance_log(app, runtime_id);
+        let _ = std::fs::remove_file(&log);
+        for n in 1..=9 {
+            let mut rotated = log.clone().into_os_string();
+            rotated.push(format!(".{n}"));
+            if std::fs::remove_file(&rotated).is_err() {
+                break;
+            }
+        }
     }
 
     pub(crate) fn release_port(&self, port: Option<u16>) {
@@ -645,6 +712,8 @@ pub struct InstanceView {
 }
 
 pub const MAX_REPLICAS: u32 = 100;
+/// Ports for instances: below the kernel's default ephemeral range.
+const PORTS: std::ops::Range<u16> = 10_000..30_000;
 const STOP_GRACE_ON_DESTROY: std::time::Duration = std::time::Duration::from_secs(5);
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 

@@ -65,64 +65,66 @@ struct Started {
 }
 
 impl Engine {
-    pub(crate) fn spawn_pipeline(
+    /// Run one deploy of `version` to its end, recording the outcome. Called by the app's queue
+    /// worker, which holds the app's lock.
+    pub(crate) async fn run_pipeline(
         self: &Arc<Self>,
         app: &str,
         deploy_id: i64,
         version: i64,
         build: bool,
+        restore: Option<i64>,
+        log: &DeployLog,
     ) {
-        let (this, app) = (self.clone(), app.to_string());
-        tokio::spawn(async move {
-            let guard = this.lock_for(&app);
-            let _held = guard.lock().await;
-            let log = match this.store.deploy(deploy_id) {
-                Ok(Some(d)) => DeployLog::new(&d.log_path),
-                _ => return,
-            };
-            let t0 = Instant::now();
-            let mut started = Started::default();
-            let result = this
-                .run(&app, deploy_id, version, build, &log, &mut started)
-                .await;
-            match result {
-                Ok(()) => {
-                    log.line(&format!(
-                        "-----> Done in {:.1}s: v{version} is live at {}",
-                        t0.elapsed().as_secs_f64(),
-                        this.app_url(&app)
-                    ));
-                    let _ = this.store.set_deploy_step(deploy_id, "done");
-                    let _ = this
-                        .store
-                        .finish_deploy(deploy_id, DeployStatus::Succeeded, None);
-                    tracing::info!(app, version, deploy = deploy_id, "deploy succeeded");
-                }
-                Err(Failure(reason)) => {
-                    log.line(&format!("-----> Deploy failed: {reason}"));
-                    for (id, port) in started.instances {
-                        let _ = this.runtime.stop(&id, Duration::from_secs(2)).await;
-                        let _ = this.store.delete_instance(&id);
-                        this.release_port(port);
-                    }
-                    let _ = this
-                        .store
-                        .set_release_status(&app, version, ReleaseStatus::Failed);
-                    let _ =
-                        this.store
-                            .finish_deploy(deploy_id, DeployStatus::Failed, Some(&reason));
-                    tracing::warn!(app, version, deploy = deploy_id, %reason, "deploy failed");
-                }
+        let t0 = Instant::now();
+        let mut started = Started::default();
+        let result = self
+            .run(app, deploy_id, version, build, restore, log, &mut started)
+            .await;
+        match result {
+            Ok(()) => {
+                log.line(&format!(
+                    "-----> Done in {:.1}s: v{version} is live at {}",
+                    t0.elapsed().as_secs_f64(),
+                    self.app_url(app)
+                ));
+                let _ = self.store.set_deploy_step(deploy_id, "done");
+                let _ = self
+                    .store
+                    .finish_deploy(deploy_id, DeployStatus::Succeeded, None);
+                tracing::info!(app, version, deploy = deploy_id, "deploy succeeded");
             }
-        });
+            Err(Failure(reason)) => {
+                log.line(&format!("-----> Deploy failed: {reason}"));
+                let mut stops = tokio::task::JoinSet::new();
+                for (id, _) in &started.instances {
+                    let (rt, id) = (self.runtime.clone(), id.clone());
+                    stops.spawn(async move { rt.stop(&id, Duration::from_secs(2)).await });
+                }
+                while stops.join_next().await.is_some() {}
+                for (id, port) in started.instances {
+                    let _ = self.store.delete_instance(&id);
+                    self.release_port(port);
+                }
+                let _ = self
+                    .store
+                    .set_release_status(app, version, ReleaseStatus::Failed);
+                let _ = self
+                    .store
+                    .finish_deploy(deploy_id, DeployStatus::Failed, Some(&reason));
+                tracing::warn!(app, version, deploy = deploy_id, %reason, "deploy failed");
+            }
+        }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn run(
         self: &Arc<Self>,
         app: &str,
         deploy_id: i64,
         version: i64,
         build: bool,
+        restore: Option<i64>,
         log: &DeployLog,
         started: &mut Started,
     ) -> Result<(), Failure> {
@@ -138,11 +140,37 @@ impl Engine {
             .ok_or_else(|| Failure(format!("release v{version} disappeared")))?;
         let spec = AppSpec::from_json(&release.spec)
             .map_err(|e| Failure(format!("release v{version} has a bad spec: {e}")))?;
-        let env = self.resolve_env(app, &spec)?;
         step(
             "prepare",
             &format!("{app} v{version}: {}", release.description),
         );
+        // The config this release runs with: a rollback brings back its source's env (as
+        // Heroku does); anything else runs with the app's current env. It is kept with the
+        // release, so a restart after a crash runs exactly what was live.
+        if let Some(config) = restore
+            .and_then(|v| self.store.release(app, v).ok().flatten())
+            .and_then(|r| Config::parse(&r.config))
+        {
+            let current = self.store.env(app).map_err(EngineError::from)?;
+            let unset: Vec<String> = current
+                .keys()
+                .filter(|k| !config.env.contains_key(*k))
+                .cloned()
+                .collect();
+            self.store
+                .update_env(app, &config.env, &unset, "berth")
+                .map_err(EngineError::from)?;
+            log.line("-----> Restored the env of that release");
+        }
+        let vars = self.app_env(app, &spec)?;
+        let config = Config {
+            env: vars.clone(),
+            formation: a.formation.clone(),
+        };
+        self.store
+            .set_release_config(app, version, &config.to_json())
+            .map_err(EngineError::from)?;
+        let env = process_env(app, &spec, &vars);
 
         if let (true, Some(b)) = (build, &spec.build) {
             step("build", &format!("Building: {}", b.command));
@@ -168,9 +196,15 @@ impl Engine {
                     .dir
                     .join(spec.static_dir.clone().unwrap_or_default());
                 step("start", &format!("Static site from {}", dir.display()));
-                if !dir.is_dir() {
+                // The build may have replaced the directory with a symlink: it must still be
+                // a directory inside the release.
+                let inside = match (dir.canonicalize(), release.dir.canonicalize()) {
+                    (Ok(d), Ok(root)) => d.is_dir() && d.starts_with(root),
+                    _ => false,
+                };
+                if !inside {
                     return Err(Failure(format!(
-                        "static directory {} does not exist",
+                        "static directory {} does not exist inside the release",
                         dir.display()
                     )));
                 }
@@ -272,23 +306,21 @@ impl Engine {
         Ok(())
     }
 
-    /// The app's env: its vars, app.json defaults, generated secrets (stored, so they stay the
-    /// same across releases) and berth's own (`PORT` is added per instance).
-    pub(crate) fn resolve_env(
+    /// The app's stored env, plus app.json's generated secrets (stored, so they stay the same
+    /// across releases); a required var without a value fails the deploy.
+    pub(crate) fn app_env(
         &self,
         app: &str,
         spec: &AppSpec,
-    ) -> Result<Vec<(String, String)>, Failure> {
+    ) -> Result<BTreeMap<String, String>, Failure> {
         let mut vars = self.store.env(app).map_err(EngineError::from)?;
         let mut generated = BTreeMap::new();
         for decl in &spec.env {
-            if vars.contains_key(&decl.key) {
+            if vars.contains_key(&decl.key) || decl.default.is_some() {
                 continue;
             }
             if decl.generator_secret {
                 generated.insert(decl.key.clone(), crate::random_hex(32));
-            } else if let Some(d) = &decl.default {
-                vars.insert(decl.key.clone(), d.clone());
             } else if decl.required {
                 return Err(Failure(format!(
                     "env var {} is required by app.json and not set (hint: berth env:set {}=... -a {app})",
@@ -302,16 +334,7 @@ impl Engine {
                 .map_err(EngineError::from)?;
             vars.extend(generated);
         }
-        let mut env: Vec<(String, String)> = vars.into_iter().collect();
-        env.push(("BERTH_APP".into(), app.to_string()));
-        for k in ["PATH", "HOME", "LANG"] {
-            if !env.iter().any(|(key, _)| key == k) {
-                if let Ok(v) = std::env::var(k) {
-                    env.push((k.into(), v));
-                }
-            }
-        }
-        Ok(env)
+        Ok(vars)
     }
 
     /// Start the formation's instances of a release; returns the web ones (id, address).
@@ -467,12 +490,7 @@ impl Engine {
             }
         }
         if let Some((id, why)) = first_err {
-            let label = id.rsplitn(3, '-').take(2).collect::<Vec<_>>();
-            let label = format!(
-                "{}.{}",
-                label.get(1).unwrap_or(&""),
-                label.first().unwrap_or(&"")
-            );
+            let label = id.splitn(3, '.').nth(2).unwrap_or(&id).to_string();
             log.line(&format!("-----> {label} log (last {TAIL_LINES} lines):"));
             for line in crate::logs::tail_file(&self.instance_log(app, &id), TAIL_LINES) {
                 log.line(&format!("       {line}"));
@@ -531,6 +549,7 @@ impl Engine {
         for i in old {
             let _ = self.store.delete_instance(&i.runtime_id);
             self.release_port(i.port);
+            self.remove_instance_logs(app, &i.runtime_id);
         }
     }
 
@@ -564,8 +583,48 @@ impl Engine {
     }
 }
 
+/// `<app>.v<N>.<type>.<i>`: app names and process types cannot contain `.`, so ids of
+/// different apps never collide.
 pub(crate) fn instance_id(app: &str, version: i64, proc_type: &str, index: u32) -> String {
-    format!("{app}-v{version}-{proc_type}-{index}")
+    format!("{app}.v{version}.{proc_type}.{index}")
+}
+
+/// What a process sees: the app's vars over app.json's defaults, and berth's own
+/// (`PORT`, `DYNO` and `BERTH_RELEASE` are added per instance).
+pub(crate) fn process_env(
+    app: &str,
+    spec: &AppSpec,
+    vars: &BTreeMap<String, String>,
+) -> Vec<(String, String)> {
+    let mut all: BTreeMap<String, String> = spec
+        .env
+        .iter()
+        .filter_map(|d| Some((d.key.clone(), d.default.clone()?)))
+        .collect();
+    all.extend(vars.iter().map(|(k, v)| (k.clone(), v.clone())));
+    all.insert("BERTH_APP".into(), app.to_string());
+    all.into_iter().collect()
+}
+
+/// A release's config, kept with it as JSON.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Config {
+    pub env: BTreeMap<String, String>,
+    pub formation: BTreeMap<String, u32>,
+}
+
+impl Config {
+    /// `None` for a release that never started (`{}`) or a config that does not parse.
+    pub(crate) fn parse(text: &str) -> Option<Config> {
+        let v: serde_json::Value = serde_json::from_str(text).ok()?;
+        let env = serde_json::from_value(v.get("env")?.clone()).ok()?;
+        let formation = serde_json::from_value(v.get("formation")?.clone()).ok()?;
+        Some(Config { env, formation })
+    }
+
+    pub(crate) fn to_json(&self) -> String {
+        serde_json::json!({ "env": self.env, "formation": self.formation }).to_string()
+    }
 }
 
 /// Replicas of a process type: the app's override (`berth scale`), else the manifest's.

@@ -4,13 +4,15 @@
 //!    finished — or did not — it failed and the previous release keeps serving.
 //! 2. Instances of a release that is not live are killed (only if pid and start time still
 //!    match, so a reused pid is never signalled) and forgotten.
-//! 3. Each live release's formation is brought up: a surviving instance is adopted, a missing
-//!    one is started again.
-//! 4. The route table is installed for everything live.
+//! 3. Each live release is brought up with the config it ran with: a surviving instance is
+//!    adopted, a missing one is started again; the app is routed as soon as it is up.
+//! 4. Anything else the runtime started in an earlier run (an instance whose pid was never
+//!    recorded, a build cut off) is stopped (`Runtime::sweep`).
 
-use crate::pipeline::{formation_of, instance_id, DeployLog};
+use crate::pipeline::{formation_of, instance_id, process_env, Config, DeployLog};
 use crate::{lock, Engine, EngineError, Live, Target};
 use build::manifest::{AppKind, AppSpec, HealthCheck};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,18 +43,28 @@ impl Engine {
         }
 
         let apps = self.store.apps()?;
-        for inst in self.store.all_instances()? {
+        let all = self.store.all_instances()?;
+        // Ports recorded for any instance stay reserved, so a restarted instance never takes
+        // the port of one that is alive but not adopted yet.
+        for port in all.iter().filter_map(|i| i.port) {
+            self.reserve_port(port);
+        }
+        let mut kills = tokio::task::JoinSet::new();
+        for inst in all {
             let live = apps
                 .iter()
                 .find(|a| a.name == inst.app)
                 .and_then(|a| a.live_release);
             if live != Some(inst.release_version) {
                 if let (Some(pid), Some(start)) = (inst.pid, inst.pid_start) {
-                    let _ = self.runtime.kill_orphan(pid, start, ORPHAN_GRACE).await;
+                    let rt = self.runtime.clone();
+                    kills.spawn(async move { rt.kill_orphan(pid, start, ORPHAN_GRACE).await });
                 }
                 self.store.delete_instance(&inst.runtime_id)?;
+                self.release_port(inst.port);
             }
         }
+        while kills.join_next().await.is_some() {}
 
         for app in &apps {
             self.remove_partial_uploads(&app.name);
@@ -62,6 +74,13 @@ impl Engine {
             if let Err(e) = self.bring_up(&app.name, version, &app.formation).await {
                 tracing::error!(app = app.name, version, error = %e, "cannot bring the live release up");
             }
+            // Route each app as soon as it is up (whatever came up, even after an error).
+            self.refresh_routes()?;
+        }
+        match self.runtime.sweep(ORPHAN_GRACE).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(stopped = n, "stopped processes left from an earlier run"),
+            Err(e) => tracing::error!(error = %e, "cannot sweep processes of an earlier run"),
         }
         self.refresh_routes()
     }
@@ -71,7 +90,7 @@ impl Engine {
         &self,
         app: &str,
         version: i64,
-        overrides: &std::collections::BTreeMap<String, u32>,
+        app_formation: &BTreeMap<String, u32>,
     ) -> Result<(), EngineError> {
         let release = self
             .store
@@ -96,13 +115,22 @@ impl Engine {
             );
             return Ok(());
         }
-        let env = self
-            .resolve_env(app, &spec)
-            .map_err(|f| EngineError::Internal(f.0))?;
+        // The config it ran with; a release recorded before configs were kept uses today's.
+        let config = match Config::parse(&release.config) {
+            Some(c) => c,
+            None => Config {
+                env: self
+                    .app_env(app, &spec)
+                    .map_err(|f| EngineError::Internal(f.0))?,
+                formation: app_formation.clone(),
+            },
+        };
+        let env = process_env(app, &spec, &config.env);
         let existing = self.store.instances(app)?;
         let mut web = Vec::new();
+        let mut first_error = None;
         for proc_type in spec.processes.keys() {
-            let n = formation_of(&spec, overrides, proc_type);
+            let n = formation_of(&spec, &config.formation, proc_type);
             for index in 1..=n {
                 let id = instance_id(app, version, proc_type, index);
                 let row = existing.iter().find(|i| i.runtime_id == id);
@@ -119,29 +147,41 @@ impl Engine {
                         port,
                         &env,
                     );
-                    adopted = matches!(self.runtime.adopt(inst, pid, start).await, Ok(Some(_)));
+                    match self.runtime.adopt(inst, pid, start).await {
+                        Ok(Some(_)) => adopted = true,
+                        Ok(None) => {}
+                        Err(e) => {
+                            // Never leave it running unsupervised next to its replacement.
+                            tracing::warn!(instance = id, error = %e, "cannot adopt; replacing it");
+                            let _ = self.runtime.kill_orphan(pid, start, ORPHAN_GRACE).await;
+                        }
+                    }
                 }
                 if adopted {
-                    if let Some(p) = port {
-                        lock(&self.reserved_ports).insert(p);
-                    }
                     tracing::info!(instance = id, "adopted a running instance");
                 } else {
                     if proc_type == "web" {
+                        self.release_port(port);
                         port = Some(self.free_port()?);
                     }
-                    self.start_one(
-                        app,
-                        version,
-                        &release.dir,
-                        &spec,
-                        proc_type,
-                        index,
-                        port,
-                        &env,
-                    )
-                    .await
-                    .map_err(|f| EngineError::Internal(f.0))?;
+                    let started = self
+                        .start_one(
+                            app,
+                            version,
+                            &release.dir,
+                            &spec,
+                            proc_type,
+                            index,
+                            port,
+                            &env,
+                        )
+                        .await;
+                    if let Err(f) = started {
+                        tracing::error!(instance = id, reason = %f.0, "cannot start again");
+                        self.release_port(port);
+                        first_error.get_or_insert(f.0);
+                        continue;
+                    }
                     tracing::info!(instance = id, "started again after a berth restart");
                 }
                 if let (Some(p), "web") = (port, proc_type.as_str()) {
@@ -151,11 +191,12 @@ impl Engine {
         }
         // Instances beyond the formation (a scale cut off by a crash) go away.
         for row in existing.iter().filter(|r| r.release_version == version) {
-            if formation_of(&spec, overrides, &row.proc_type) < row.index {
+            if formation_of(&spec, &config.formation, &row.proc_type) < row.index {
                 if let (Some(pid), Some(start)) = (row.pid, row.pid_start) {
                     let _ = self.runtime.kill_orphan(pid, start, ORPHAN_GRACE).await;
                 }
                 self.store.delete_instance(&row.runtime_id)?;
+                self.release_port(row.port);
             }
         }
         let target = if web.is_empty() {
@@ -171,7 +212,10 @@ impl Engine {
                 health_path,
             },
         );
-        Ok(())
+        match first_error {
+            Some(e) => Err(EngineError::Internal(e)),
+            None => Ok(()),
+        }
     }
 
     /// Uploads unpacked when berth died, before their release was recorded.

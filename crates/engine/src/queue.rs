@@ -1,0 +1,171 @@
+//! One deploy queue per app: deploys of an app run one at a time, in the order they were asked
+//! for (a later upload never goes live before an earlier one); apps deploy in parallel.
+//!
+//! A job names what to run; a rollback or a restart (env or formation change) chooses its
+//! source release only when it runs, so it always builds on what is live at that moment.
+
+use crate::pipeline::DeployLog;
+use crate::{lock, Engine};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use store::{DeployStatus, ReleaseStatus};
+use tokio::sync::mpsc;
+
+#[derive(Debug)]
+pub(crate) enum Job {
+    /// A new build: its release is recorded with its directory.
+    Build { deploy: i64, version: i64 },
+    /// Deploy release `source`'s files and config again.
+    Rollback { deploy: i64, source: i64 },
+    /// Restart whatever is live with the app's current env and formation.
+    Restart { deploy: i64, description: String },
+}
+
+impl Job {
+    fn deploy(&self) -> i64 {
+        match self {
+            Job::Build { deploy, .. }
+            | Job::Rollback { deploy, .. }
+            | Job::Restart { deploy, .. } => *deploy,
+        }
+    }
+}
+
+pub(crate) struct AppQueue {
+    tx: mpsc::UnboundedSender<Job>,
+    /// Jobs queued or running.
+    pending: Arc<AtomicUsize>,
+}
+
+impl Engine {
+    pub(crate) fn enqueue(self: &Arc<Self>, app: &str, job: Job) {
+        let mut queues = lock(&self.queues);
+        let q = queues.entry(app.to_string()).or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let pending = Arc::new(AtomicUsize::new(0));
+            tokio::spawn(self.clone().worker(app.to_string(), rx, pending.clone()));
+            AppQueue { tx, pending }
+        });
+        q.pending.fetch_add(1, Ordering::SeqCst);
+        if let Err(mpsc::error::SendError(job)) = q.tx.send(job) {
+            // The worker only ends when its queue is dropped (app destroyed).
+            q.pending.fetch_sub(1, Ordering::SeqCst);
+            let _ = self.store.finish_deploy(
+                job.deploy(),
+                DeployStatus::Failed,
+                Some("the app's deploy queue is gone"),
+            );
+        }
+    }
+
+    /// Is a deploy of `app` queued or running?
+    pub fn deploying(&self, app: &str) -> bool {
+        lock(&self.queues)
+            .get(app)
+            .is_some_and(|q| q.pending.load(Ordering::SeqCst) > 0)
+    }
+
+    /// Forget an app's queue (destroy): its worker finishes what it holds, then ends.
+    pub(crate) fn drop_queue(&self, app: &str) {
+        lock(&self.queues).remove(app);
+    }
+
+    async fn worker(
+        self: Arc<Self>,
+        app: String,
+        mut rx: mpsc::UnboundedReceiver<Job>,
+        pending: Arc<AtomicUsize>,
+    ) {
+        while let Some(job) = rx.recv().await {
+            let guard = self.lock_for(&app);
+            let held = guard.lock().await;
+            self.run_job(&app, job).await;
+            drop(held);
+            pending.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    async fn run_job(self: &Arc<Self>, app: &str, job: Job) {
+        let deploy_id = job.deploy();
+        let Ok(Some(deploy)) = self.store.deploy(deploy_id) else {
+            return; // the app (and its deploys) went away
+        };
+        let log = DeployLog::new(&deploy.log_path);
+        let (version, build, restore) = match job {
+            Job::Build { version, .. } => (version, true, None),
+            Job::Rollback { source, .. } => {
+                let description = format!("Rollback to v{source}");
+                match self.derive(app, deploy_id, Some(source), &description) {
+                    Ok(Some(v)) => (v, false, Some(source)),
+                    Ok(None) => return,
+                    Err(reason) => return self.fail_early(deploy_id, &log, &reason),
+                }
+            }
+            Job::Restart { description, .. } => {
+                match self.derive(app, deploy_id, None, &description) {
+                    Ok(Some(v)) => (v, false, None),
+                    Ok(None) => {
+                        log.line(
+                            "-----> Nothing is live: the new settings apply to the next deploy",
+                        );
+                        let _ = self.store.set_deploy_step(deploy_id, "done");
+                        let _ = self
+                            .store
+                            .finish_deploy(deploy_id, DeployStatus::Succeeded, None);
+                        return;
+                    }
+                    Err(reason) => return self.fail_early(deploy_id, &log, &reason),
+                }
+            }
+        };
+        self.run_pipeline(app, deploy_id, version, build, restore, &log)
+            .await;
+    }
+
+    /// Record a new release from `source` (or, for `None`, from the live release); `None` if
+    /// nothing is live.
+    fn derive(
+        &self,
+        app: &str,
+        deploy_id: i64,
+        source: Option<i64>,
+        description: &str,
+    ) -> Result<Option<i64>, String> {
+        let source = match source {
+            Some(v) => v,
+            None => match self.store.app(app) {
+                Ok(Some(a)) => match a.live_release {
+                    Some(v) => v,
+                    None => return Ok(None),
+                },
+                _ => return Err(format!("app {app} not found")),
+            },
+        };
+        let src = match self.store.release(app, source) {
+            Ok(Some(r)) => r,
+            _ => return Err(format!("release v{source} not found")),
+        };
+        let rel = self
+            .store
+            .create_release(
+                app,
+                &src.dir,
+                &src.spec,
+                description,
+                Some(src.version),
+                ReleaseStatus::Building,
+            )
+            .map_err(|e| e.to_string())?;
+        self.store
+            .set_deploy_release(deploy_id, rel.version)
+            .map_err(|e| e.to_string())?;
+        Ok(Some(rel.version))
+    }
+
+    fn fail_early(&self, deploy_id: i64, log: &DeployLog, reason: &str) {
+        log.line(&format!("-----> Deploy failed: {reason}"));
+        let _ = self
+            .store
+            .finish_deploy(deploy_id, DeployStatus::Failed, Some(reason));
+    }
+}
