@@ -464,15 +464,17 @@ impl Engine {
         let checks = web.iter().map(|(id, addr)| {
             let rt = self.runtime.clone();
             let (id, addr, check) = (id.clone(), *addr, spec.health.check.clone());
+            let host = format!("{app}.{}", self.cfg.domain);
             async move {
-                let r = crate::health::wait(addr, &check, deadline, || match rt.state(&id) {
-                    Some(runtime::InstanceState::Crashing { last_exit, .. }) => {
-                        Err(format!("it keeps crashing ({last_exit})"))
-                    }
-                    Some(runtime::InstanceState::Stopped) | None => Err("it stopped".into()),
-                    _ => Ok(()),
-                })
-                .await;
+                let r =
+                    crate::health::wait(addr, &host, &check, deadline, || match rt.state(&id) {
+                        Some(runtime::InstanceState::Crashing { last_exit, .. }) => {
+                            Err(format!("it keeps crashing ({last_exit})"))
+                        }
+                        Some(runtime::InstanceState::Stopped) | None => Err("it stopped".into()),
+                        _ => Ok(()),
+                    })
+                    .await;
                 (id, r)
             }
         });

@@ -318,7 +318,9 @@ pub fn spawn_health_checks(
                         _ = stop.cancelled() => break,
                         _ = tick.tick() => {}
                     }
-                    let ok = tokio::time::timeout(spec.timeout.0, probe(up.addr, &spec.path.0))
+                    let host = up.addr.to_string();
+                    let check = probe(up.addr, &host, &spec.path.0);
+                    let ok = tokio::time::timeout(spec.timeout.0, check)
                         .await
                         .is_ok_and(|r| r.is_ok());
                     up.set_healthy(ok);
@@ -328,16 +330,22 @@ pub fn spawn_health_checks(
     }
 }
 
-/// One HTTP health probe: `GET path` with `Connection: close`; a 2xx or 3xx status is healthy.
-/// The rest of the answer is read (briefly, bounded) before closing, so the app does not see its
-/// response cut off (Python's http.server logs a traceback for every reset). The deploy engine
-/// uses the same probe before it sends traffic to a new instance.
-pub async fn probe(addr: SocketAddr, path: &str) -> Result<(), String> {
+/// One HTTP health probe: `GET path` to `addr` with `Host: host` and `Connection: close`; a 2xx
+/// or 3xx status is healthy. The rest of the answer is read in the background (bounded) before
+/// closing, so the app does not see its response cut off (Python's http.server logs a traceback for every
+/// reset). The proxy's active checks send the address as the host; the deploy engine uses the
+/// same probe with the app's host name (apps that check `Host`, e.g. Django's `ALLOWED_HOSTS`,
+/// refuse an address) before it sends traffic to a new instance.
+pub async fn probe(addr: SocketAddr, host: &str, path: &str) -> Result<(), String> {
+    let clean = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic());
+    if !clean(host) || !clean(path) {
+        return Err(format!("invalid probe target {host:?} {path:?}"));
+    }
     let mut s = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: berth-health\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: berth-health\r\nConnection: close\r\n\r\n"
     );
     s.write_all(req.as_bytes())
         .await
@@ -356,16 +364,66 @@ pub async fn probe(addr: SocketAddr, path: &str) -> Result<(), String> {
         .unwrap_or("???")
         .to_string();
     let ok = buf.starts_with(b"HTTP/1.") && matches!(buf[9], b'2' | b'3');
-    let mut drained = n;
-    while drained < 64 * 1024 {
-        match tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await {
-            Ok(Ok(k)) if k > 0 => drained += k,
-            _ => break,
+    // Read the rest of the answer in the background: the verdict (and the caller's timeout)
+    // must not wait for it.
+    tokio::spawn(async move {
+        let mut drained = n;
+        while drained < 64 * 1024 {
+            match tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await {
+                Ok(Ok(k)) if k > 0 => drained += k,
+                _ => break,
+            }
         }
-    }
+    });
     if ok {
         Ok(())
     } else {
         Err(format!("answered {status}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A one-shot HTTP server that answers `status` and hands back the request head it got.
+    async fn recorder(status: u16) -> (SocketAddr, tokio::task::JoinHandle<String>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0, "closed before the end of the head");
+                head.extend_from_slice(&buf[..n]);
+            }
+            let resp = format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n");
+            s.write_all(resp.as_bytes()).await.unwrap();
+            String::from_utf8(head).unwrap()
+        });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn probe_sends_the_given_host() {
+        let (addr, head) = recorder(200).await;
+        probe(addr, "hello.example.test", "/health").await.unwrap();
+        let head = head.await.unwrap();
+        assert!(head.starts_with("GET /health HTTP/1.1\r\n"), "{head}");
+        assert!(head.contains("\r\nHost: hello.example.test\r\n"), "{head}");
+        assert!(!head.contains(&addr.to_string()), "{head}");
+
+        let (addr, head) = recorder(503).await;
+        let err = probe(addr, &addr.to_string(), "/").await.unwrap_err();
+        assert!(err.contains("503"), "{err}");
+        assert!(head
+            .await
+            .unwrap()
+            .contains(&format!("\r\nHost: {addr}\r\n")));
+
+        // A host that would inject header lines is refused before connecting.
+        assert!(probe(addr, "a\r\nX-Evil: 1", "/").await.is_err());
     }
 }
