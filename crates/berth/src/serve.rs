@@ -24,12 +24,13 @@ pub fn serve(config: Option<PathBuf>, deploy: Vec<String>) -> Result<()> {
         .iter()
         .map(|d| parse_deploy_arg(d))
         .collect::<Result<_>>()?;
-    std::fs::create_dir_all(&cfg.server.data_dir)
+    create_private_dir(&cfg.server.data_dir)
         .with_context(|| format!("cannot create data dir {}", cfg.server.data_dir.display()))?;
     // Absolute, so release dirs and log files stay valid whatever an app's working dir is.
     let mut cfg = cfg;
     cfg.server.data_dir = std::fs::canonicalize(&cfg.server.data_dir)
         .with_context(|| format!("cannot resolve data dir {}", cfg.server.data_dir.display()))?;
+    sweep_spool(&cfg.server.data_dir.join("tmp"));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("berth-control")
@@ -91,7 +92,11 @@ async fn run(
     );
     bootstrap_admin_token(&store, &data)?;
     let runtime: Arc<dyn runtime::Runtime> =
-        runtime::ProcessRuntime::new(runtime::ProcessOptions::default());
+        runtime::ProcessRuntime::new(runtime::ProcessOptions {
+            // Tags the apps' processes as this berth's, for the sweep after a crash.
+            owner: data.display().to_string(),
+            ..runtime::ProcessOptions::default()
+        });
     let engine = engine::Engine::start(
         engine::EngineConfig {
             data_dir: data.clone(),
@@ -99,7 +104,7 @@ async fn run(
             http_port: proxy.bound.http.map(|a| a.port()),
             https_port: proxy.bound.https.map(|a| a.port()),
             admin: admin_addr,
-            api_host: None,
+            api_host: cfg.server.api_host.clone(),
             max_upload: cfg.server.max_upload.0,
             max_unpacked: MAX_UNPACKED,
         },
@@ -166,33 +171,119 @@ async fn run(
     Ok(())
 }
 
-/// The first start creates an admin token, keeps only its hash in the store, and writes the
-/// secret to `<data>/admin-token` (mode 0600) for the CLI on this machine; it is printed once.
-fn bootstrap_admin_token(store: &engine::store::Store, data: &Path) -> Result<()> {
-    if store.has_tokens()? {
-        return Ok(());
+/// The data dir holds berth.db (every app's env values in clear), the CA key and the admin
+/// token: only berth's user may enter it. Created 0700; an existing dir with looser bits is
+/// tightened (and that is logged).
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
     }
-    let (_, secret) = store.create_token("admin", engine::store::Scope::Admin, &[], "berth")?;
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+        Err(e) => return Err(e),
+    }
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        tracing::warn!(
+            dir = %dir.display(),
+            "the data dir was mode {mode:o} (readable by other users); changed it to 700"
+        );
+    }
+    Ok(())
+}
+
+/// Remove upload spool files a crash left in `<data>/tmp` (each up to `max_upload`). Nothing
+/// else writes there, and nothing is uploading yet.
+fn sweep_spool(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return; // no spool dir yet
+    };
+    let mut removed = 0usize;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let gone = match entry.file_type() {
+            Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path),
+            _ => std::fs::remove_file(&path),
+        };
+        match gone {
+            Ok(()) => removed += 1,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "cannot remove a leftover spool file: {e}")
+            }
+        }
+    }
+    if removed > 0 {
+        tracing::info!(removed, dir = %tmp.display(), "removed leftover upload spool files");
+    }
+}
+
+/// `<data>/admin-token` must hold a valid, unrevoked admin token: when it is missing (first
+/// start, a crash between creating the token and writing the file, or deleted by the operator
+/// to recover access) or holds anything else, a new admin token is created, its hash stored,
+/// and the secret written to the file (mode 0600, atomically) and printed once. Earlier tokens
+/// are not revoked.
+fn bootstrap_admin_token(store: &engine::store::Store, data: &Path) -> Result<()> {
     let path = data.join("admin-token");
-    let tmp = data.join("admin-token.tmp");
+    let why = match std::fs::read(&path) {
+        Ok(bytes) => {
+            let secret = String::from_utf8_lossy(&bytes);
+            let secret = secret.trim();
+            let valid = !secret.is_empty()
+                && store
+                    .token_by_secret(secret)?
+                    .is_some_and(|t| t.scope == engine::store::Scope::Admin);
+            if valid {
+                return Ok(());
+            }
+            "does not hold a valid admin token"
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "is missing",
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let first = !store.has_tokens()?;
+    let (_, secret) = store.create_token("admin", engine::store::Scope::Admin, &[], "berth")?;
+    write_secret_file(data, &path, &secret)
+        .with_context(|| format!("cannot write the admin token to {}", path.display()))?;
+    if first {
+        eprintln!(
+            "berth: created the admin API token (shown once; also in {}):\n  {secret}",
+            path.display()
+        );
+    } else {
+        tracing::warn!(
+            "{} {why}: created a new admin API token (earlier tokens still work)",
+            path.display()
+        );
+        eprintln!(
+            "berth: created a new admin API token (shown once; also in {}):\n  {secret}",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Write `secret` to `path` with mode 0600: a temp file, fsynced, renamed over `path`, and the
+/// directory fsynced, so a crash leaves either the old file or the new one.
+fn write_secret_file(dir: &Path, path: &Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let tmp = dir.join("admin-token.tmp");
+    let _ = std::fs::remove_file(&tmp); // a leftover may have other permissions
     {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         let mut f = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         f.write_all(format!("{secret}\n").as_bytes())?;
         f.sync_all()?;
     }
-    std::fs::rename(&tmp, &path)?;
-    eprintln!(
-        "berth: created the admin API token (shown once; also in {}):\n  {secret}",
-        path.display()
-    );
-    Ok(())
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// `serve --deploy DIR`: create the app if needed and deploy the directory.

@@ -173,15 +173,33 @@ fn deploy_through_the_cli_serves_over_http_and_https() {
         &format!("https://hello.localhost:{port}/"),
     ]);
     assert!(ok && out.contains("first v1"), "{out}");
-    // The API is also reachable through the proxy at berth.<domain>.
+    // The API is also reachable through the proxy at berth.<domain>, over HTTPS only: plain
+    // HTTP gets a redirect, so a token never travels in clear text.
     let r = common::get_with(
         b.http,
         "berth.localhost",
         "/api/v1/apps",
         &[("Authorization", &format!("Bearer {}", b.token))],
     );
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert!(r.text().contains("\"hello\""));
+    assert_eq!(r.status, 308, "{}", r.text());
+    assert_eq!(
+        r.header("location"),
+        Some(format!("https://berth.localhost:{port}/api/v1/apps").as_str())
+    );
+    let (ok, out) = test_support::curl(&[
+        "-sS",
+        "--cacert",
+        b.ca().to_str().unwrap(),
+        "--resolve",
+        &format!("berth.localhost:{port}:127.0.0.1"),
+        "-H",
+        &format!("Authorization: Bearer {}", b.token),
+        "-w",
+        "\n%{http_code}",
+        &format!("https://berth.localhost:{port}/api/v1/apps"),
+    ]);
+    assert!(ok && out.ends_with("\n200"), "{out}");
+    assert!(out.contains("\"hello\""), "{out}");
     // `berth apps`, `ps`, `releases` in human and JSON form.
     let out = cli(&b, &["apps"]);
     assert!(

@@ -1,6 +1,7 @@
 //! The route table berth installs: the config file's routes, the control-plane API at
-//! `berth.<domain>`, and each live app at `<app>.<domain>` plus its custom domains.
-//! Always computed whole from the engine's state and swapped in at once.
+//! `berth.<domain>` or `[server] api_host` (HTTPS only, when berth has an HTTPS listener), and
+//! each live app at `<app>.<domain>` plus its custom domains. Always computed whole from the
+//! engine's state and swapped in at once.
 
 use crate::{lock, Engine, EngineError, Live, Target};
 use proxy::config::{Balance, Dur, HealthSpec, HostPattern, PathPrefix, RouteSpec, Upstream};
@@ -36,8 +37,11 @@ impl Engine {
             let host = self.api_host();
             if taken.insert(host.clone()) {
                 if let Ok(h) = HostPattern::parse(&host) {
+                    // Tokens never cross the network in clear: with an HTTPS listener, plain
+                    // HTTP to the API host gets a 308 to HTTPS before anything is forwarded.
                     specs.push(RouteSpec {
                         upstreams: vec![Upstream(admin)],
+                        https_redirect: self.cfg.https_port.is_some(),
                         ..route(h)
                     });
                 }

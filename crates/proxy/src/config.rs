@@ -42,6 +42,22 @@ pub struct ServerConfig {
     pub domain: String,
     /// Largest source bundle (compressed) a deploy may upload → 413.
     pub max_upload: Size,
+    /// Host name of the control-plane API behind the proxy (an exact DNS name, stored
+    /// lower-case); `None`: `berth.<domain>`.
+    #[serde(deserialize_with = "api_host")]
+    pub api_host: Option<String>,
+}
+
+/// `[server] api_host`: validated like a route's host, but exact (no wildcard).
+fn api_host<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    let h = HostPattern::parse(&s).map_err(de::Error::custom)?;
+    if h.0.starts_with('*') {
+        return Err(de::Error::custom(format!(
+            "invalid api_host {s:?}: expected an exact DNS name such as \"berth.example.com\" (no wildcard)"
+        )));
+    }
+    Ok(Some(h.0))
 }
 
 impl Default for ServerConfig {
@@ -55,6 +71,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("berth-data"),
             domain: "localhost".into(),
             max_upload: Size(512 << 20),
+            api_host: None,
         }
     }
 }
