@@ -6,6 +6,49 @@ use std::path::{Path, PathBuf};
 
 /// At most this much of a file's end is read for a tail.
 const TAIL_BYTES: u64 = 256 * 1024;
+/// At most this much of each followed file is read per poll; the rest comes on the next polls.
+pub const POLL_BYTES: u64 = 256 * 1024;
+
+/// A whole log file as text (invalid UTF-8 replaced; empty if it does not exist). A file longer
+/// than `max` bytes gives only its last `max` bytes (from the first full line), after a first
+/// line that says so. Blocking: call it off the async threads.
+pub fn read_log(path: &Path, max: u64) -> String {
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map_or(0, |m| m.len());
+    let start = len.saturating_sub(max);
+    if f.seek(SeekFrom::Start(start)).is_err() {
+        return String::new();
+    }
+    let mut buf = Vec::new();
+    if f.take(max).read_to_end(&mut buf).is_err() {
+        return String::new();
+    }
+    if start == 0 {
+        return String::from_utf8_lossy(&buf).into_owned();
+    }
+    // Cut: skip the first, probably partial, line.
+    let from = buf
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(buf.len(), |nl| nl + 1);
+    format!(
+        "[berth: the log is {len} bytes; only its last {} are shown]\n{}",
+        size_text(max),
+        String::from_utf8_lossy(&buf[from..])
+    )
+}
+
+fn size_text(bytes: u64) -> String {
+    if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
+        format!("{} MiB", bytes >> 20)
+    } else if bytes >= 1 << 10 && bytes.is_multiple_of(1 << 10) {
+        format!("{} KiB", bytes >> 10)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
 
 /// The last `n` lines of a file (none if it does not exist).
 pub fn tail_file(path: &Path, n: usize) -> Vec<String> {
@@ -67,8 +110,14 @@ impl Follower {
         self.files.retain(|f| keep.contains(&f.path));
     }
 
-    /// New complete lines as (label, line).
+    /// New complete lines as (label, line), from at most [`POLL_BYTES`] of each file (a file
+    /// that grew more is caught up on the next polls). Blocking file I/O: call it off the async
+    /// threads.
     pub fn poll(&mut self) -> Vec<(String, String)> {
+        self.poll_at_most(POLL_BYTES)
+    }
+
+    fn poll_at_most(&mut self, max: u64) -> Vec<(String, String)> {
         let mut out = Vec::new();
         for f in &mut self.files {
             let Ok(mut file) = std::fs::File::open(&f.path) else {
@@ -84,7 +133,11 @@ impl Follower {
                 continue;
             }
             let mut buf = Vec::new();
-            if file.take(len - f.offset).read_to_end(&mut buf).is_err() {
+            if file
+                .take((len - f.offset).min(max))
+                .read_to_end(&mut buf)
+                .is_err()
+            {
                 continue;
             }
             f.offset += buf.len() as u64;
@@ -130,5 +183,68 @@ mod tests {
                 ("web.1".to_string(), "5".to_string())
             ]
         );
+    }
+
+    #[test]
+    fn each_poll_reads_at_most_the_cap_per_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.log"), dir.path().join("b.log"));
+        // 10 lines of 99 bytes + newline each, in both files.
+        let text: String = (0..10)
+            .map(|i| format!("{i}{}\n", "x".repeat(98)))
+            .collect();
+        std::fs::write(&a, &text).unwrap();
+        std::fs::write(&b, &text).unwrap();
+        let mut f = Follower::default();
+        f.add("a", &a, true);
+        f.add("b", &b, true);
+        // 250 bytes per file and poll: two full lines from each, the rest held back.
+        let first = f.poll_at_most(250);
+        assert_eq!(first.len(), 4, "{first:?}");
+        assert_eq!(first[0].0, "a");
+        assert!(first[0].1.starts_with('0') && first[1].1.starts_with('1'));
+        assert_eq!(first[2].0, "b");
+        let mut a_lines = first.iter().filter(|(l, _)| l == "a").count();
+        let mut polls = 1;
+        while a_lines < 10 {
+            let got = f.poll_at_most(250);
+            assert!(got.iter().filter(|(l, _)| l == "a").count() <= 3, "{got:?}");
+            a_lines += got.iter().filter(|(l, _)| l == "a").count();
+            polls += 1;
+            assert!(polls <= 4, "caught up in 4 polls of 250 bytes");
+        }
+        assert!(f.poll_at_most(250).is_empty());
+        // The public poll has the 256 KiB cap: a 1 MiB burst takes 4 polls.
+        let c = dir.path().join("c.log");
+        let line = format!("{}\n", "y".repeat(1023));
+        std::fs::write(&c, line.repeat(1024)).unwrap();
+        let mut f = Follower::default();
+        f.add("c", &c, true);
+        for _ in 0..4 {
+            assert_eq!(f.poll().len(), 256);
+        }
+        assert!(f.poll().is_empty());
+    }
+
+    #[test]
+    fn read_log_is_lossy_and_keeps_the_end_of_a_big_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d.log");
+        std::fs::write(&p, b"ok \xff\xfe\nend\n").unwrap();
+        assert_eq!(read_log(&p, 1024), "ok \u{fffd}\u{fffd}\nend\n");
+        assert_eq!(read_log(&dir.path().join("missing"), 1024), "");
+        let text: String = (0..100).map(|i| format!("line {i:03}\n")).collect();
+        std::fs::write(&p, &text).unwrap();
+        assert_eq!(read_log(&p, 900), text);
+        let got = read_log(&p, 95); // 9 bytes a line: the last 10 lines and a partial one
+        let mut lines = got.lines();
+        assert_eq!(
+            lines.next(),
+            Some("[berth: the log is 900 bytes; only its last 95 bytes are shown]")
+        );
+        let rest: Vec<&str> = lines.collect();
+        assert_eq!(rest.len(), 10, "{got}");
+        assert_eq!(rest[0], "line 090");
+        assert_eq!(rest[9], "line 099");
     }
 }
