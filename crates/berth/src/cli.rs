@@ -68,7 +68,7 @@ pub struct Global {
 pub enum Scope {
     /// Everything, including tokens and all apps
     Admin,
-    /// Deploy and manage the listed apps (all apps when none is listed)
+    /// Deploy and manage the listed apps only (at least one: --apps NAME)
     Deploy,
 }
 
