@@ -58,6 +58,13 @@ impl From<EngineError> for Failure {
     }
 }
 
+/// A one-off command of a deploy.
+struct Task<'a> {
+    what: &'static str,
+    command: &'a str,
+    timeout: Duration,
+}
+
 /// What this deploy started, to undo on failure.
 #[derive(Default)]
 struct Started {
@@ -174,20 +181,13 @@ impl Engine {
 
         if let (true, Some(b)) = (build, &spec.build) {
             step("build", &format!("Building: {}", b.command));
-            let outcome = self
-                .runtime
-                .run_task(TaskSpec {
-                    id: format!("{app}-build-{deploy_id}"),
-                    command: b.command.clone(),
-                    dir: release.dir.clone(),
-                    env: env.clone(),
-                    log_file: log.path.clone(),
-                    timeout: b.timeout,
-                    limits: limits(&spec),
-                })
-                .await
-                .map_err(|e| Failure(format!("build could not start: {e}")))?;
-            check_task("build", outcome, b.timeout)?;
+            let task = Task {
+                what: "build",
+                command: &b.command,
+                timeout: b.timeout,
+            };
+            self.run_command(&task, deploy_id, &release.dir, &env, &spec, log)
+                .await?;
         }
 
         let (target, health_path) = match spec.kind {
@@ -251,20 +251,13 @@ impl Engine {
 
         if let Some(cmd) = &spec.release_command {
             step("release", &format!("Running release command: {cmd}"));
-            let outcome = self
-                .runtime
-                .run_task(TaskSpec {
-                    id: format!("{app}-release-{deploy_id}"),
-                    command: cmd.clone(),
-                    dir: release.dir.clone(),
-                    env: env.clone(),
-                    log_file: log.path.clone(),
-                    timeout: RELEASE_TIMEOUT,
-                    limits: limits(&spec),
-                })
-                .await
-                .map_err(|e| Failure(format!("release command could not start: {e}")))?;
-            check_task("release command", outcome, RELEASE_TIMEOUT)?;
+            let task = Task {
+                what: "release command",
+                command: cmd,
+                timeout: RELEASE_TIMEOUT,
+            };
+            self.run_command(&task, deploy_id, &release.dir, &env, &spec, log)
+                .await?;
         }
 
         step("switch", "Switching traffic");
@@ -287,23 +280,46 @@ impl Engine {
 
         if let (true, Some(cmd)) = (first_deploy, &spec.postdeploy) {
             step("postdeploy", &format!("Running postdeploy: {cmd}"));
+            let task = Task {
+                what: "postdeploy",
+                command: cmd,
+                timeout: RELEASE_TIMEOUT,
+            };
             let outcome = self
-                .runtime
-                .run_task(TaskSpec {
-                    id: format!("{app}-postdeploy-{deploy_id}"),
-                    command: cmd.clone(),
-                    dir: release.dir.clone(),
-                    env,
-                    log_file: log.path.clone(),
-                    timeout: RELEASE_TIMEOUT,
-                    limits: limits(&spec),
-                })
+                .run_command(&task, deploy_id, &release.dir, &env, &spec, log)
                 .await;
-            if !matches!(outcome, Ok(TaskOutcome::Success)) {
+            if outcome.is_err() {
                 log.line("-----> Warning: the postdeploy script failed; the release stays live");
             }
         }
         Ok(())
+    }
+
+    /// Run a one-off command of the deploy (build, `release:`, postdeploy) in the release dir,
+    /// its output appended to the deploy log.
+    async fn run_command(
+        &self,
+        task: &Task<'_>,
+        deploy_id: i64,
+        dir: &Path,
+        env: &[(String, String)],
+        spec: &AppSpec,
+        log: &DeployLog,
+    ) -> Result<(), Failure> {
+        let outcome = self
+            .runtime
+            .run_task(TaskSpec {
+                id: format!("{}.{deploy_id}", task.what.replace(' ', "-")),
+                command: task.command.to_string(),
+                dir: dir.to_path_buf(),
+                env: env.to_vec(),
+                log_file: log.path.clone(),
+                timeout: task.timeout,
+                limits: limits(spec),
+            })
+            .await
+            .map_err(|e| Failure(format!("{} could not start: {e}", task.what)))?;
+        check_task(task.what, outcome, task.timeout)
     }
 
     /// The app's stored env, plus app.json's generated secrets (stored, so they stay the same
