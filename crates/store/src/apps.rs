@@ -75,6 +75,32 @@ impl Store {
         self.write(|tx| {
             let id = app_id(tx, name)?;
             tx.execute("DELETE FROM apps WHERE id = ?1", [id])?;
+            // Deploy tokens name apps: one for this app must not reach a new app that gets
+            // the same name later. A token left with no app is revoked.
+            let mut stmt = tx.prepare(
+                "SELECT id, apps FROM tokens WHERE scope = 'deploy' AND revoked_at IS NULL",
+            )?;
+            let rows: Vec<(i64, String)> = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<std::result::Result<_, _>>()?;
+            drop(stmt);
+            for (token, apps) in rows {
+                let list: Vec<String> = serde_json::from_str(&apps)
+                    .map_err(|e| StoreError::Corrupt(format!("token {token} apps: {e}")))?;
+                if !list.iter().any(|a| a == name) {
+                    continue;
+                }
+                let rest: Vec<&String> = list.iter().filter(|a| *a != name).collect();
+                let json = serde_json::to_string(&rest)
+                    .map_err(|e| StoreError::Corrupt(format!("token {token} apps: {e}")))?;
+                tx.execute("UPDATE tokens SET apps = ?1 WHERE id = ?2", (json, token))?;
+                if rest.is_empty() {
+                    tx.execute(
+                        "UPDATE tokens SET revoked_at = ?1 WHERE id = ?2",
+                        (crate::now_ms(), token),
+                    )?;
+                }
+            }
             audit(tx, actor, "app.destroy", name, "")
         })
     }

@@ -553,3 +553,24 @@ fn tokens() {
     }
     drop(dir);
 }
+
+#[test]
+fn destroying_an_app_takes_it_out_of_deploy_tokens() {
+    let (_dir, _path, store) = temp_store();
+    store.create_app("a", "t").unwrap();
+    store.create_app("b", "t").unwrap();
+    let (_, both) = store
+        .create_token("both", Scope::Deploy, &["a".into(), "b".into()], "t")
+        .unwrap();
+    let (_, only_a) = store
+        .create_token("only-a", Scope::Deploy, &["a".into()], "t")
+        .unwrap();
+    store.destroy_app("a", "t").unwrap();
+    // A new app named `a` is out of reach of the old tokens.
+    store.create_app("a", "t").unwrap();
+    assert_eq!(
+        store.token_by_secret(&both).unwrap().unwrap().apps,
+        vec!["b".to_string()]
+    );
+    assert!(store.token_by_secret(&only_a).unwrap().is_none(), "revoked");
+}
