@@ -219,8 +219,26 @@ impl Engine {
 
     /// Start a deploy of an uploaded source bundle (a `.tar.gz` file, removed afterwards).
     /// Unpacking and the manifest are checked before anything is recorded: a corrupt bundle
-    /// or a broken manifest is an error here, and nothing is written.
+    /// or a broken manifest is an error here, and nothing is written. The work runs in its own
+    /// task, so a client that disconnects midway cannot cut it off before its clean-up.
     pub async fn deploy_bundle(
+        self: &Arc<Self>,
+        app: &str,
+        bundle: &Path,
+        actor: &str,
+    ) -> Result<Deploy, EngineError> {
+        let (this, app, bundle, actor) = (
+            self.clone(),
+            app.to_string(),
+            bundle.to_path_buf(),
+            actor.to_string(),
+        );
+        tokio::spawn(async move { this.check_and_record(&app, &bundle, &actor).await })
+            .await
+            .map_err(|e| EngineError::Internal(e.to_string()))?
+    }
+
+    async fn check_and_record(
         self: &Arc<Self>,
         app: &str,
         bundle: &Path,

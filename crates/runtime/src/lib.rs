@@ -7,11 +7,13 @@
 //! chosen by the engine and mention pids only as optional information: a
 //! container runtime has no meaningful host pid to offer.
 //!
-//! Instances must survive a berth crash or upgrade (Heroku-style platforms
-//! must not take apps down when the control plane restarts). The process
-//! runtime therefore never kills its children on drop; after a restart the
-//! engine hands each recorded `(pid, pid_start)` back to [`Runtime::adopt`],
-//! or to [`Runtime::kill_orphan`] when the instance is no longer wanted.
+//! Instances must survive a crash of berth (a control plane that dies must not
+//! take the apps with it). The process runtime therefore never kills its
+//! children on drop; after a restart the engine hands each recorded
+//! `(pid, pid_start)` back to [`Runtime::adopt`], or to
+//! [`Runtime::kill_orphan`] when the instance is no longer wanted, and
+//! [`Runtime::sweep`] stops what was never recorded. A deliberate stop of berth
+//! (SIGTERM) stops the apps through the engine, as stopping a supervisor does.
 #![forbid(unsafe_code)]
 
 mod limits;
