@@ -6,131 +6,13 @@
 
 mod common;
 
+use common::apps::*;
+use common::BIN;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use test_support::{eventually, write_file, Berth};
-
-const BIN: &str = env!("CARGO_BIN_EXE_berth");
-const T: Duration = Duration::from_secs(30);
-
-/// A Python web app (stdlib only) that answers `<tag> <release> <dyno>` and `/health`.
-/// `health_status` is what `/health` answers (500 makes the deploy fail its health check).
-fn python_app(dir: &Path, tag: &str, health_status: u16) {
-    write_file(&dir.join("Procfile"), b"web: python3 app.py\n");
-    write_file(
-        &dir.join("berth.toml"),
-        b"[health]\npath = \"/health\"\ntimeout = \"8s\"\n[deploy]\ndrain_timeout = \"5s\"\nstop_grace = \"2s\"\n",
-    );
-    let app = format!(
-        r#"import os, signal, threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-class H(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        if self.path == "/health":
-            code, body = {health_status}, b"health\n"
-        elif self.path == "/env":
-            code, body = 200, (os.environ.get("GREETING", "-") + "\n").encode()
-        else:
-            code, body = 200, ("{tag} " + os.environ["BERTH_RELEASE"] + " " + os.environ["DYNO"] + "\n").encode()
-        self.send_response(code)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, fmt, *args):
-        print("request", fmt % args, flush=True)
-s = ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H)
-signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=s.shutdown).start())
-print("{tag} listening", flush=True)
-s.serve_forever()
-"#
-    );
-    write_file(&dir.join("app.py"), app.as_bytes());
-}
-
-/// Run the CLI against `b` (it finds the admin API and token in the data dir).
-fn cli(b: &Berth, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .arg("--data-dir")
-        .arg(b.path("data"))
-        .env_remove("BERTH_URL")
-        .env_remove("BERTH_TOKEN")
-        .env("XDG_CONFIG_HOME", b.path("xdg"))
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn deploy(b: &Berth, app: &str, dir: &Path) -> Output {
-    cli(b, &["deploy", dir.to_str().unwrap(), "-a", app])
-}
-
-/// A request to the API with the admin token: (status, JSON or text body as a JSON string).
-fn api(b: &Berth, method: &str, path: &str, body: &str) -> (u16, Value) {
-    let r = common::request(
-        b.admin,
-        method,
-        "127.0.0.1",
-        path,
-        &[
-            ("Authorization", &format!("Bearer {}", b.token)),
-            ("Content-Type", "application/json"),
-        ],
-        body.as_bytes(),
-    );
-    let v = serde_json::from_slice(&r.body).unwrap_or_else(|_| Value::String(r.text()));
-    (r.status, v)
-}
-
-/// GET `/` of `app` through the proxy: (status, body).
-fn app_get(b: &Berth, app: &str, path: &str) -> (u16, String) {
-    let r = common::get(b.http, &format!("{app}.localhost"), path);
-    (r.status, r.text())
-}
-
-fn wait_body(b: &Berth, app: &str, want: &str) -> String {
-    eventually(T, &format!("{app} to answer {want:?}"), || {
-        let (st, body) = app_get(b, app, "/");
-        (st == 200 && body.contains(want)).then_some(body)
-    })
-}
-
-fn pid_alive(pid: u64) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .contains(") Z ")
-}
-
-fn web_pids(b: &Berth, app: &str) -> Vec<u64> {
-    let (st, v) = api(b, "GET", &format!("/api/v1/apps/{app}/instances"), "");
-    assert_eq!(st, 200, "{v}");
-    v.as_array()
-        .unwrap()
-        .iter()
-        .filter(|i| i["proc_type"] == "web")
-        .filter_map(|i| i["pid"].as_u64())
-        .collect()
-}
-
-fn tmpdir(b: &Berth, name: &str) -> PathBuf {
-    let d = b.path(name);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use std::time::Instant;
+use test_support::{eventually, run, write_file, Berth};
 
 #[test]
 fn deploy_through_the_cli_serves_over_http_and_https() {
@@ -163,15 +45,7 @@ fn deploy_through_the_cli_serves_over_http_and_https() {
     assert!(b.path("data/apps/hello/releases/v1/app.py").exists());
     // HTTPS with the local CA, HTTP/2.
     let port = b.https.port();
-    let (ok, out) = test_support::curl(&[
-        "-sS",
-        "--http2",
-        "--cacert",
-        b.ca().to_str().unwrap(),
-        "--resolve",
-        &format!("hello.localhost:{port}:127.0.0.1"),
-        &format!("https://hello.localhost:{port}/"),
-    ]);
+    let (ok, out, _) = common::curl_https(&b, "hello.localhost", "/", &["--http2"]);
     assert!(ok && out.contains("first v1"), "{out}");
     // The API is also reachable through the proxy at berth.<domain>, over HTTPS only: plain
     // HTTP gets a redirect, so a token never travels in clear text.
@@ -186,18 +60,12 @@ fn deploy_through_the_cli_serves_over_http_and_https() {
         r.header("location"),
         Some(format!("https://berth.localhost:{port}/api/v1/apps").as_str())
     );
-    let (ok, out) = test_support::curl(&[
-        "-sS",
-        "--cacert",
-        b.ca().to_str().unwrap(),
-        "--resolve",
-        &format!("berth.localhost:{port}:127.0.0.1"),
-        "-H",
-        &format!("Authorization: Bearer {}", b.token),
-        "-w",
-        "\n%{http_code}",
-        &format!("https://berth.localhost:{port}/api/v1/apps"),
-    ]);
+    let (ok, out, _) = common::curl_https(
+        &b,
+        "berth.localhost",
+        "/api/v1/apps",
+        &["-H", &b.auth(), "-w", "\n%{http_code}"],
+    );
     assert!(ok && out.ends_with("\n200"), "{out}");
     assert!(out.contains("\"hello\""), "{out}");
     // `berth apps`, `ps`, `releases` in human and JSON form.
@@ -351,10 +219,7 @@ fn a_crashed_instance_restarts() {
     assert!(deploy(&b, "crashy", &src).status.success());
     wait_body(&b, "crashy", "crashy v1");
     let pid = web_pids(&b, "crashy")[0];
-    Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .unwrap();
+    run("kill", &["-9", &pid.to_string()]);
     let new = eventually(T, "a new pid", || {
         web_pids(&b, "crashy")
             .into_iter()
@@ -404,39 +269,6 @@ fn kill_9_mid_deploy_then_restart_recovers_k1() {
     assert!(out.status.success(), "{}", text(&out));
     wait_body(&b, "k1", "next v3");
     eventually(T, "v1 to stop", || (!pid_alive(pid_v1)).then_some(()));
-}
-
-/// Pack `dir` with the system tar and POST it (for tests that must not wait for the deploy).
-fn upload(b: &Berth, app: &str, dir: &Path) -> (u16, Value) {
-    let bundle = b.path(&format!("{app}-upload.tar.gz"));
-    let ok = Command::new("tar")
-        .args([
-            "-czf",
-            bundle.to_str().unwrap(),
-            "-C",
-            dir.to_str().unwrap(),
-            ".",
-        ])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    upload_file(b, app, &std::fs::read(&bundle).unwrap())
-}
-
-fn upload_file(b: &Berth, app: &str, bytes: &[u8]) -> (u16, Value) {
-    let r = common::request(
-        b.admin,
-        "POST",
-        "127.0.0.1",
-        &format!("/api/v1/apps/{app}/deploys"),
-        &[
-            ("Authorization", &format!("Bearer {}", b.token)),
-            ("Content-Type", "application/gzip"),
-        ],
-        bytes,
-    );
-    let v = serde_json::from_slice(&r.body).unwrap_or_else(|_| Value::String(r.text()));
-    (r.status, v)
 }
 
 #[test]

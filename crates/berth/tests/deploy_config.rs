@@ -5,14 +5,11 @@
 
 mod common;
 
+use common::apps::{api, create_app, upload, wait_deploy};
+use common::BIN;
 use serde_json::Value;
 use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
-use test_support::{eventually, write_file, Berth};
-
-const BIN: &str = env!("CARGO_BIN_EXE_berth");
-const T: Duration = Duration::from_secs(30);
+use test_support::{write_file, Berth};
 
 /// An app whose `/` answers `<tag> <release> GREETING=<value>`; `build` is a build command.
 fn app_dir(dir: &Path, tag: &str, build: Option<&str>) {
@@ -40,50 +37,11 @@ HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
     write_file(&dir.join("app.py"), app.as_bytes());
 }
 
-fn api(b: &Berth, method: &str, path: &str, ctype: &str, body: &[u8]) -> (u16, Value) {
-    let r = common::request(
-        b.admin,
-        method,
-        "127.0.0.1",
-        path,
-        &[
-            ("Authorization", &format!("Bearer {}", b.token)),
-            ("Content-Type", ctype),
-        ],
-        body,
-    );
-    let v = serde_json::from_slice(&r.body).unwrap_or_else(|_| Value::String(r.text()));
-    (r.status, v)
-}
-
-fn json(b: &Berth, method: &str, path: &str, body: &str) -> (u16, Value) {
-    api(b, method, path, "application/json", body.as_bytes())
-}
-
-/// Pack `dir` with the system tar and POST it; returns the deploy id (202).
-fn upload(b: &Berth, app: &str, dir: &Path) -> i64 {
-    let out = Command::new("tar")
-        .args(["-cz", "-C", dir.to_str().unwrap(), "."])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let (st, v) = api(
-        b,
-        "POST",
-        &format!("/api/v1/apps/{app}/deploys"),
-        "application/gzip",
-        &out.stdout,
-    );
+/// Upload `dir` (202); the deploy id.
+fn upload_id(b: &Berth, app: &str, dir: &Path) -> i64 {
+    let (st, v) = upload(b, app, dir);
     assert_eq!(st, 202, "{v}");
     v["id"].as_i64().unwrap()
-}
-
-/// Wait for a deploy to finish; its final JSON.
-fn finished(b: &Berth, app: &str, id: i64) -> Value {
-    eventually(T, &format!("deploy {id} to finish"), || {
-        let (_, d) = json(b, "GET", &format!("/api/v1/apps/{app}/deploys/{id}"), "");
-        (!d["finished_at"].is_null()).then_some(d)
-    })
 }
 
 fn body(b: &Berth, app: &str) -> String {
@@ -93,14 +51,14 @@ fn body(b: &Berth, app: &str) -> String {
 #[test]
 fn deploys_of_one_app_run_in_order_and_an_env_change_restarts_the_newest_build() {
     let b = Berth::start(BIN, "");
-    json(&b, "POST", "/api/v1/apps", r#"{"name":"q"}"#);
+    create_app(&b, "q");
     let (one, two) = (b.path("one"), b.path("two"));
     app_dir(&one, "one", Some("sleep 2"));
     app_dir(&two, "two", None);
     // A slow build, then a fast one, then an env change, all queued at once.
-    let d1 = upload(&b, "q", &one);
-    let d2 = upload(&b, "q", &two);
-    let (st, v) = json(
+    let d1 = upload_id(&b, "q", &one);
+    let d2 = upload_id(&b, "q", &two);
+    let (st, v) = api(
         &b,
         "PATCH",
         "/api/v1/apps/q/env",
@@ -111,9 +69,9 @@ fn deploys_of_one_app_run_in_order_and_an_env_change_restarts_the_newest_build()
         .as_i64()
         .expect("a restart deploy is queued");
     let (r1, r2, r3) = (
-        finished(&b, "q", d1),
-        finished(&b, "q", d2),
-        finished(&b, "q", d3),
+        wait_deploy(&b, "q", d1),
+        wait_deploy(&b, "q", d2),
+        wait_deploy(&b, "q", d3),
     );
     for d in [&r1, &r2, &r3] {
         assert_eq!(d["status"], "succeeded", "{d}");
@@ -126,61 +84,61 @@ fn deploys_of_one_app_run_in_order_and_an_env_change_restarts_the_newest_build()
     assert_eq!((rel(&r1), rel(&r2), rel(&r3)), (Some(1), Some(2), Some(3)));
     // The restart ran the newest build (two), with the new env.
     assert_eq!(body(&b, "q"), "two v3 GREETING=hi\n");
-    let (_, rels) = json(&b, "GET", "/api/v1/apps/q/releases", "");
+    let (_, rels) = api(&b, "GET", "/api/v1/apps/q/releases", "");
     assert_eq!(rels[0]["source_release"], 2, "{rels}");
 }
 
 #[test]
 fn a_rollback_brings_back_the_env_of_its_release_and_needs_a_release_that_ran() {
     let b = Berth::start(BIN, "");
-    json(&b, "POST", "/api/v1/apps", r#"{"name":"r"}"#);
+    create_app(&b, "r");
     let src = b.path("src");
     app_dir(&src, "r", None);
-    let d = upload(&b, "r", &src);
-    assert_eq!(finished(&b, "r", d)["status"], "succeeded");
+    let d = upload_id(&b, "r", &src);
+    assert_eq!(wait_deploy(&b, "r", d)["status"], "succeeded");
     assert_eq!(body(&b, "r"), "r v1 GREETING=-\n");
-    let (_, v) = json(
+    let (_, v) = api(
         &b,
         "PATCH",
         "/api/v1/apps/r/env",
         r#"{"set":{"GREETING":"new"}}"#,
     );
-    finished(&b, "r", v["deploy"]["id"].as_i64().unwrap());
+    wait_deploy(&b, "r", v["deploy"]["id"].as_i64().unwrap());
     assert_eq!(body(&b, "r"), "r v2 GREETING=new\n");
 
     // A build that fails (v3) cannot be rolled back to.
     let broken = b.path("broken");
     app_dir(&broken, "broken", Some("exit 7"));
-    let d = upload(&b, "r", &broken);
-    let failed = finished(&b, "r", d);
+    let d = upload_id(&b, "r", &broken);
+    let failed = wait_deploy(&b, "r", d);
     assert_eq!(failed["status"], "failed");
     assert!(
         failed["reason"].as_str().unwrap().contains("exit code 7"),
         "{failed}"
     );
-    let (st, v) = json(&b, "POST", "/api/v1/apps/r/rollback", r#"{"version":3}"#);
+    let (st, v) = api(&b, "POST", "/api/v1/apps/r/rollback", r#"{"version":3}"#);
     assert_eq!(st, 422, "{v}");
     assert!(v["error"].as_str().unwrap().contains("failed"), "{v}");
 
     // `rollback` (no version): the previous good release, v1, with v1's env (no GREETING).
-    let (st, v) = json(&b, "POST", "/api/v1/apps/r/rollback", "{}");
+    let (st, v) = api(&b, "POST", "/api/v1/apps/r/rollback", "{}");
     assert_eq!(st, 202, "{v}");
-    let done = finished(&b, "r", v["id"].as_i64().unwrap());
+    let done = wait_deploy(&b, "r", v["id"].as_i64().unwrap());
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(body(&b, "r"), "r v4 GREETING=-\n");
-    let (_, env) = json(&b, "GET", "/api/v1/apps/r/env", "");
+    let (_, env) = api(&b, "GET", "/api/v1/apps/r/env", "");
     assert_eq!(env, serde_json::json!({}), "the app's env is v1's again");
     // And rolling back to v2 brings GREETING back.
-    let (_, v) = json(&b, "POST", "/api/v1/apps/r/rollback", r#"{"version":2}"#);
-    finished(&b, "r", v["id"].as_i64().unwrap());
+    let (_, v) = api(&b, "POST", "/api/v1/apps/r/rollback", r#"{"version":2}"#);
+    wait_deploy(&b, "r", v["id"].as_i64().unwrap());
     assert_eq!(body(&b, "r"), "r v5 GREETING=new\n");
 }
 
 #[test]
 fn an_env_change_before_anything_is_live_applies_to_the_first_deploy() {
     let b = Berth::start(BIN, "");
-    json(&b, "POST", "/api/v1/apps", r#"{"name":"e"}"#);
-    let (st, v) = json(
+    create_app(&b, "e");
+    let (st, v) = api(
         &b,
         "PATCH",
         "/api/v1/apps/e/env",
@@ -190,7 +148,7 @@ fn an_env_change_before_anything_is_live_applies_to_the_first_deploy() {
     assert!(v["deploy"].is_null(), "nothing to restart: {v}");
     let src = b.path("src");
     app_dir(&src, "e", None);
-    let d = upload(&b, "e", &src);
-    finished(&b, "e", d);
+    let d = upload_id(&b, "e", &src);
+    wait_deploy(&b, "e", d);
     assert_eq!(body(&b, "e"), "e v1 GREETING=early\n");
 }

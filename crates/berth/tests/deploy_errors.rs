@@ -6,120 +6,16 @@
 
 mod common;
 
+use common::apps::*;
+use common::BIN;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::Duration;
 use test_support::{eventually, write_file, Berth};
 
-const BIN: &str = env!("CARGO_BIN_EXE_berth");
-const T: Duration = Duration::from_secs(30);
-
 // ---------------------------------------------------------------------------------------------
-// Helpers (the first few copied from deploy.rs)
+// Helpers (the ones the deploy tests share are in common::apps)
 // ---------------------------------------------------------------------------------------------
-
-/// A Python web app (stdlib only); only its files matter here, it never runs.
-fn python_app(dir: &Path) {
-    write_file(&dir.join("Procfile"), b"web: python3 app.py\n");
-    write_file(
-        &dir.join("app.py"),
-        b"import os\nfrom http.server import BaseHTTPRequestHandler, ThreadingHTTPServer\n\
-class H(BaseHTTPRequestHandler):\n    def do_GET(self):\n        self.send_response(200)\n        self.end_headers()\n\
-ThreadingHTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever()\n",
-    );
-}
-
-/// Run the CLI against `b` (it finds the admin API and token in the data dir).
-fn cli(b: &Berth, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .arg("--data-dir")
-        .arg(b.path("data"))
-        .env_remove("BERTH_URL")
-        .env_remove("BERTH_TOKEN")
-        .env_remove("BERTH_APP")
-        .env("XDG_CONFIG_HOME", b.path("xdg"))
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// One request to the admin API with `token`: (status, JSON body, or the text as a JSON string).
-fn call(
-    b: &Berth,
-    token: &str,
-    method: &str,
-    path: &str,
-    ctype: &str,
-    body: &[u8],
-) -> (u16, Value) {
-    let auth = format!("Bearer {token}");
-    let r = common::request(
-        b.admin,
-        method,
-        "127.0.0.1",
-        path,
-        &[("Authorization", &auth), ("Content-Type", ctype)],
-        body,
-    );
-    let v = serde_json::from_slice(&r.body).unwrap_or_else(|_| Value::String(r.text()));
-    (r.status, v)
-}
-
-/// A JSON request to the API with the admin token.
-fn api(b: &Berth, method: &str, path: &str, body: &str) -> (u16, Value) {
-    call(
-        b,
-        &b.token,
-        method,
-        path,
-        "application/json",
-        body.as_bytes(),
-    )
-}
-
-fn upload_file(b: &Berth, app: &str, bytes: &[u8]) -> (u16, Value) {
-    call(
-        b,
-        &b.token,
-        "POST",
-        &format!("/api/v1/apps/{app}/deploys"),
-        "application/gzip",
-        bytes,
-    )
-}
-
-/// `dir` packed by the system tar, as a `.tar.gz` in memory.
-fn targz(dir: &Path) -> Vec<u8> {
-    let out = Command::new("tar")
-        .args(["-czf", "-", "-C", dir.to_str().unwrap(), "."])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "tar: {}", text(&out));
-    out.stdout
-}
-
-fn tmpdir(b: &Berth, name: &str) -> PathBuf {
-    let d = b.path(name);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// A bundle of a one-file static site.
-fn static_site(b: &Berth, name: &str) -> Vec<u8> {
-    let d = tmpdir(b, name);
-    write_file(&d.join("index.html"), b"<h1>hi</h1>\n");
-    targz(&d)
-}
 
 /// `None` when (`st`, `v`) is an error answer with status `want` and a JSON body with a
 /// non-empty one-line "error"; else a description of what is wrong.
@@ -174,33 +70,6 @@ fn case(method: &'static str, path: &str, body: &str, want: u16) -> Case {
     (method, path.to_string(), body.to_string(), want)
 }
 
-/// Upload `bundle` to `app` and wait for the deploy to succeed; returns the deploy id.
-fn deploy_ok(b: &Berth, token: &str, app: &str, bundle: &[u8]) -> i64 {
-    let (st, d) = call(
-        b,
-        token,
-        "POST",
-        &format!("/api/v1/apps/{app}/deploys"),
-        "application/gzip",
-        bundle,
-    );
-    assert_eq!(st, 202, "{d}");
-    let id = d["id"].as_i64().unwrap();
-    let fin = eventually(T, "the deploy to finish", || {
-        let (_, d) = call(
-            b,
-            token,
-            "GET",
-            &format!("/api/v1/apps/{app}/deploys/{id}"),
-            "application/json",
-            b"",
-        );
-        (d["status"] != "running").then_some(d)
-    });
-    assert_eq!(fin["status"], "succeeded", "{fin}");
-    id
-}
-
 fn entries(dir: &Path) -> Vec<String> {
     match std::fs::read_dir(dir) {
         Ok(rd) => rd
@@ -251,13 +120,7 @@ fn assert_nothing_recorded(b: &Berth, app: &str, what: &str) {
 fn api_errors_have_a_status_and_a_json_message() {
     let b = Berth::start(BIN, "");
     for app in ["a", "c"] {
-        let (st, v) = api(
-            &b,
-            "POST",
-            "/api/v1/apps",
-            &format!(r#"{{"name":"{app}"}}"#),
-        );
-        assert_eq!(st, 201, "{v}");
+        create_app(&b, app);
     }
     // `a` is a live static site (for scale and another app's deploy id); `c` never deployed.
     let bundle = static_site(&b, "site");
@@ -502,8 +365,7 @@ fn api_errors_have_a_status_and_a_json_message() {
 #[test]
 fn unparsable_path_and_query_parameters_answer_json_errors() {
     let b = Berth::start(BIN, "");
-    let (st, v) = api(&b, "POST", "/api/v1/apps", r#"{"name":"a"}"#);
-    assert_eq!(st, 201, "{v}");
+    create_app(&b, "a");
     run_table(
         &b,
         &[
@@ -522,8 +384,7 @@ fn unparsable_path_and_query_parameters_answer_json_errors() {
 #[test]
 fn a_domain_is_removed_by_any_spelling_that_added_it() {
     let b = Berth::start(BIN, "");
-    let (st, v) = api(&b, "POST", "/api/v1/apps", r#"{"name":"a"}"#);
-    assert_eq!(st, 201, "{v}");
+    create_app(&b, "a");
     let (st, v) = api(
         &b,
         "POST",
@@ -605,8 +466,7 @@ fn random_bytes(n: usize) -> Vec<u8> {
 #[test]
 fn refused_uploads_record_nothing_and_write_nothing() {
     let b = Berth::start(BIN, "");
-    let (st, v) = api(&b, "POST", "/api/v1/apps", r#"{"name":"u"}"#);
-    assert_eq!(st, 201, "{v}");
+    create_app(&b, "u");
     let passwd = file_bytes("/etc/passwd");
     let outside = tmpdir(&b, "outside");
     let evil = tmpdir(&b, "evil-tars");
@@ -621,7 +481,7 @@ fn refused_uploads_record_nothing_and_write_nothing() {
 
     // A real bundle, for the truncated case.
     let real = tmpdir(&b, "real");
-    python_app(&real);
+    python_app(&real, "real", 200);
     write_file(&real.join("data.bin"), &random_bytes(16 * 1024));
     let real_bundle = targz(&real);
     let half = real_bundle[..real_bundle.len() / 2].to_vec();
@@ -755,8 +615,7 @@ fn refused_uploads_record_nothing_and_write_nothing() {
 #[test]
 fn nothing_deployable_has_a_clean_hint() {
     let b = Berth::start(BIN, "");
-    let (st, v) = api(&b, "POST", "/api/v1/apps", r#"{"name":"u"}"#);
-    assert_eq!(st, 201, "{v}");
+    create_app(&b, "u");
     let d = tmpdir(&b, "readme");
     write_file(&d.join("README.md"), b"# hello\n");
     let (st, v) = upload_file(&b, "u", &targz(&d));
@@ -772,8 +631,7 @@ fn nothing_deployable_has_a_clean_hint() {
 #[test]
 fn an_upload_over_max_upload_is_413_and_leaves_nothing() {
     let b = Berth::start_with(BIN, "max_upload = \"64KiB\"", &[], "");
-    let (st, v) = api(&b, "POST", "/api/v1/apps", r#"{"name":"big"}"#);
-    assert_eq!(st, 201, "{v}");
+    create_app(&b, "big");
     let d = tmpdir(&b, "big");
     write_file(&d.join("index.html"), b"<h1>big</h1>\n");
     write_file(&d.join("noise.bin"), &random_bytes(200 * 1024));
@@ -878,13 +736,7 @@ fn cli_errors_have_exit_codes_and_one_line() {
 fn a_deploy_token_is_confined_to_its_apps_and_stored_hashed() {
     let b = Berth::start(BIN, "");
     for app in ["a", "b"] {
-        let (st, v) = api(
-            &b,
-            "POST",
-            "/api/v1/apps",
-            &format!(r#"{{"name":"{app}"}}"#),
-        );
-        assert_eq!(st, 201, "{v}");
+        create_app(&b, app);
     }
     let (st, tok) = api(
         &b,
@@ -905,7 +757,7 @@ fn a_deploy_token_is_confined_to_its_apps_and_stored_hashed() {
     let r = common::get(b.http, "a.localhost", "/");
     assert_eq!((r.status, r.text()), (200, "<h1>hi</h1>\n".to_string()));
     // It sees only its app.
-    let (st, v) = call(&b, &secret, "GET", "/api/v1/apps", "application/json", b"");
+    let (st, v) = api_as(&b, &secret, "GET", "/api/v1/apps", "application/json", b"");
     assert_eq!(st, 200, "{v}");
     let names: Vec<&str> = v
         .as_array()
@@ -960,7 +812,7 @@ fn a_deploy_token_is_confined_to_its_apps_and_stored_hashed() {
         } else {
             "application/json"
         };
-        let (st, v) = call(&b, &secret, m, p, ctype, body);
+        let (st, v) = api_as(&b, &secret, m, p, ctype, body);
         if let Some(problem) = error_problem(st, &v, 403) {
             failures.push(format!("{m} {p}: {problem}"));
         }
@@ -984,10 +836,10 @@ fn a_deploy_token_is_confined_to_its_apps_and_stored_hashed() {
     let (st, v) = api(&b, "DELETE", &format!("/api/v1/tokens/{id}"), "");
     assert_eq!(st, 204, "{v}");
     for (m, p) in [("GET", "/api/v1/apps/a"), ("GET", "/api/v1/apps")] {
-        let (st, v) = call(&b, &secret, m, p, "application/json", b"");
+        let (st, v) = api_as(&b, &secret, m, p, "application/json", b"");
         assert_error(st, &v, 401, "a revoked token");
     }
-    let (st, v) = call(
+    let (st, v) = api_as(
         &b,
         &secret,
         "POST",
@@ -1002,7 +854,7 @@ fn a_deploy_token_is_confined_to_its_apps_and_stored_hashed() {
     let r = common::get(b.admin, "127.0.0.1", "/api/v1/apps");
     let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
     assert_error(r.status, &v, 401, "no token");
-    let (st, v) = call(
+    let (st, v) = api_as(
         &b,
         "berth_nope",
         "GET",
@@ -1137,8 +989,7 @@ fn openapi_lists_every_documented_endpoint() {
 #[test]
 fn binary_garbage_gets_a_readable_error() {
     let b = Berth::start(BIN, "");
-    let (st, v) = api(&b, "POST", "/api/v1/apps", r#"{"name":"u"}"#);
-    assert_eq!(st, 201, "{v}");
+    create_app(&b, "u");
     let (st, v) = upload_file(&b, "u", &gzip(&b"\xff\n\x1b[31m".repeat(1000)));
     eprintln!("{st} {v}");
     assert_nothing_recorded(&b, "u", "binary garbage");
@@ -1151,8 +1002,7 @@ fn binary_garbage_gets_a_readable_error() {
 #[test]
 fn json_arrays_are_not_accepted_for_object_bodies() {
     let b = Berth::start(BIN, "");
-    let (st, v) = api(&b, "POST", "/api/v1/apps", r#"{"name":"a"}"#);
-    assert_eq!(st, 201, "{v}");
+    create_app(&b, "a");
     run_table(
         &b,
         &[

@@ -5,41 +5,13 @@
 
 mod common;
 
+use common::apps::*;
+use common::BIN;
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
-use test_support::{eventually, write_file, Berth};
-
-const BIN: &str = env!("CARGO_BIN_EXE_berth");
-const T: Duration = Duration::from_secs(30);
-
-/// GET `path` on the admin listener with `token`: the status.
-fn status_with(b: &Berth, token: &str, path: &str) -> u16 {
-    common::get_with(
-        b.admin,
-        "127.0.0.1",
-        path,
-        &[("Authorization", &format!("Bearer {token}"))],
-    )
-    .status
-}
-
-/// A JSON request to the admin API with the admin token: (status, body).
-fn api(b: &Berth, method: &str, path: &str, ctype: &str, body: &[u8]) -> (u16, Value) {
-    let auth = format!("Bearer {}", b.token);
-    let r = common::request(
-        b.admin,
-        method,
-        "127.0.0.1",
-        path,
-        &[("Authorization", &auth), ("Content-Type", ctype)],
-        body,
-    );
-    let v = serde_json::from_slice(&r.body).unwrap_or_else(|_| Value::String(r.text()));
-    (r.status, v)
-}
+use test_support::{eventually, Berth};
 
 /// SIGTERM berth and wait until it has exited (its data dir stays).
 fn stop(b: &mut Berth) {
@@ -97,7 +69,7 @@ fn a_lost_admin_token_file_gets_a_new_token_on_restart() {
     assert_eq!(status_with(&b, "berth_not-a-token", "/api/v1/apps"), 401);
 
     // So is a revoked token (here revoked with the first token).
-    let (st, tokens) = api(&b, "GET", "/api/v1/tokens", "application/json", b"");
+    let (st, tokens) = api(&b, "GET", "/api/v1/tokens", "");
     assert_eq!(st, 200, "{tokens}");
     let newest = tokens
         .as_array()
@@ -222,42 +194,8 @@ fn api_host_must_be_an_exact_host_name() {
 
 /// Create `app`, deploy a one-file static site, wait for it to finish: the deploy id.
 fn deploy_static(b: &Berth, app: &str) -> i64 {
-    let (st, v) = api(
-        b,
-        "POST",
-        "/api/v1/apps",
-        "application/json",
-        format!("{{\"name\":\"{app}\"}}").as_bytes(),
-    );
-    assert_eq!(st, 201, "{v}");
-    let src = b.path(&format!("src-{app}"));
-    write_file(&src.join("index.html"), b"<h1>hi</h1>\n");
-    let out = Command::new("tar")
-        .args(["-czf", "-", "-C", src.to_str().unwrap(), "."])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let (st, d) = api(
-        b,
-        "POST",
-        &format!("/api/v1/apps/{app}/deploys"),
-        "application/gzip",
-        &out.stdout,
-    );
-    assert_eq!(st, 202, "{d}");
-    let id = d["id"].as_i64().unwrap();
-    let done = eventually(T, "the deploy to finish", || {
-        let (_, d) = api(
-            b,
-            "GET",
-            &format!("/api/v1/apps/{app}/deploys/{id}"),
-            "application/json",
-            b"",
-        );
-        (!d["finished_at"].is_null()).then_some(d)
-    });
-    assert_eq!(done["status"], "succeeded", "{done}");
-    id
+    create_app(b, app);
+    deploy_ok(b, &b.token, app, &static_site(b, &format!("src-{app}")))
 }
 
 #[test]
@@ -283,11 +221,10 @@ fn a_huge_deploy_log_is_cut_to_its_end_and_followed_in_bounded_reads() {
     std::fs::write(&log, &all).unwrap();
 
     // Plain: the last 4 MiB, after a first line that says it was cut; lossy UTF-8.
-    let r = common::get_with(
-        b.admin,
-        "127.0.0.1",
+    let r = get_as(
+        &b,
+        &b.token,
         &format!("/api/v1/apps/biglog/deploys/{id}/log"),
-        &[("Authorization", &format!("Bearer {}", b.token))],
     );
     assert_eq!(r.status, 200);
     let text = r.text();

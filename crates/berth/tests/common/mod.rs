@@ -1,8 +1,11 @@
 //! Helpers shared by berth's functional integration tests (`cli`, `routing`, `http`,
 //! `static_files`, `balancing`, `admin`): small HTTP/1.1 clients over raw sockets, `curl` over
 //! TLS against berth's local CA, config snippets, special-purpose upstreams (discard, source,
-//! toggle) and `/proc` readings. Every test file uses only part of this module.
+//! toggle) and `/proc` readings. Every test file uses only part of this module. [`apps`] holds
+//! the helpers of the deploy tests.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+pub mod apps;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
