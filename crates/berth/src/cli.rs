@@ -513,6 +513,25 @@ fn list(v: &Value) -> &[Value] {
     v.as_array().map(Vec::as_slice).unwrap_or(&[])
 }
 
+/// Prints the list `v` a command fetched: as JSON with --json; else `empty` on stderr when the
+/// list is empty (if there is such a message); else a table with the row `row` makes of each item.
+fn print_list(
+    json: bool,
+    v: &Value,
+    empty: Option<&str>,
+    headers: &[&str],
+    row: impl Fn(&Value) -> Vec<String>,
+) {
+    if json {
+        print_json(v);
+    } else if let Some(msg) = empty.filter(|_| list(v).is_empty()) {
+        eprintln!("{msg}");
+    } else {
+        let rows: Vec<Vec<String>> = list(v).iter().map(row).collect();
+        print_table(headers, &rows);
+    }
+}
+
 fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
     if n < 1024 {
@@ -615,17 +634,12 @@ fn logout() -> Result<i32, Error> {
 fn apps(g: &Global) -> Result<i32, Error> {
     let c = connect(g)?;
     let v = c.get("/api/v1/apps")?;
-    if g.json {
-        print_json(&v);
-        return Ok(EXIT_OK);
-    }
-    if list(&v).is_empty() {
-        eprintln!("no apps yet (create one with `berth apps:create NAME`, or `berth deploy`)");
-        return Ok(EXIT_OK);
-    }
-    let rows: Vec<Vec<String>> = list(&v)
-        .iter()
-        .map(|a| {
+    print_list(
+        g.json,
+        &v,
+        Some("no apps yet (create one with `berth apps:create NAME`, or `berth deploy`)"),
+        &["NAME", "STATUS", "RELEASE", "FORMATION", "URL"],
+        |a| {
             vec![
                 cell(&a["name"]),
                 cell(&a["status"]),
@@ -633,9 +647,8 @@ fn apps(g: &Global) -> Result<i32, Error> {
                 cell(&a["formation"]),
                 cell(&a["url"]),
             ]
-        })
-        .collect();
-    print_table(&["NAME", "STATUS", "RELEASE", "FORMATION", "URL"], &rows);
+        },
+    );
     Ok(EXIT_OK)
 }
 
@@ -1003,20 +1016,22 @@ fn releases(g: &Global) -> Result<i32, Error> {
     let v = c
         .get(&format!("{}/releases", app.path()))
         .map_err(|e| app.explain(e))?;
-    if g.json {
-        print_json(&v);
-        return Ok(EXIT_OK);
-    }
-    if list(&v).is_empty() {
-        eprintln!(
+    print_list(
+        g.json,
+        &v,
+        Some(&format!(
             "{} has no releases yet (deploy with `berth deploy`)",
             app.name
-        );
-        return Ok(EXIT_OK);
-    }
-    let rows: Vec<Vec<String>> = list(&v)
-        .iter()
-        .map(|r| {
+        )),
+        &[
+            "VERSION",
+            "LIVE",
+            "STATUS",
+            "KIND",
+            "CREATED",
+            "DESCRIPTION",
+        ],
+        |r| {
             vec![
                 version(&r["version"]),
                 if r["live"] == Value::Bool(true) {
@@ -1029,18 +1044,7 @@ fn releases(g: &Global) -> Result<i32, Error> {
                 when(&r["created_at"]),
                 cell(&r["description"]),
             ]
-        })
-        .collect();
-    print_table(
-        &[
-            "VERSION",
-            "LIVE",
-            "STATUS",
-            "KIND",
-            "CREATED",
-            "DESCRIPTION",
-        ],
-        &rows,
+        },
     );
     Ok(EXIT_OK)
 }
@@ -1237,20 +1241,15 @@ fn ps(g: &Global) -> Result<i32, Error> {
     let v = c
         .get(&format!("{}/instances", app.path()))
         .map_err(|e| app.explain(e))?;
-    if g.json {
-        print_json(&v);
-        return Ok(EXIT_OK);
-    }
-    if list(&v).is_empty() {
-        eprintln!(
+    print_list(
+        g.json,
+        &v,
+        Some(&format!(
             "{} has no instances (deploy it, or `berth scale web=1`)",
             app.name
-        );
-        return Ok(EXIT_OK);
-    }
-    let rows: Vec<Vec<String>> = list(&v)
-        .iter()
-        .map(|i| {
+        )),
+        &["ID", "TYPE", "RELEASE", "STATE", "PORT", "PID"],
+        |i| {
             vec![
                 cell(&i["id"]),
                 cell(&i["proc_type"]),
@@ -1259,9 +1258,8 @@ fn ps(g: &Global) -> Result<i32, Error> {
                 cell(&i["port"]),
                 cell(&i["pid"]),
             ]
-        })
-        .collect();
-    print_table(&["ID", "TYPE", "RELEASE", "STATE", "PORT", "PID"], &rows);
+        },
+    );
     Ok(EXIT_OK)
 }
 
@@ -1272,13 +1270,12 @@ fn ps(g: &Global) -> Result<i32, Error> {
 fn tokens(g: &Global) -> Result<i32, Error> {
     let c = connect(g)?;
     let v = c.get("/api/v1/tokens")?;
-    if g.json {
-        print_json(&v);
-        return Ok(EXIT_OK);
-    }
-    let rows: Vec<Vec<String>> = list(&v)
-        .iter()
-        .map(|t| {
+    print_list(
+        g.json,
+        &v,
+        None,
+        &["ID", "NAME", "SCOPE", "APPS", "CREATED", "REVOKED"],
+        |t| {
             vec![
                 cell(&t["id"]),
                 cell(&t["name"]),
@@ -1287,11 +1284,7 @@ fn tokens(g: &Global) -> Result<i32, Error> {
                 when(&t["created_at"]),
                 when(&t["revoked_at"]),
             ]
-        })
-        .collect();
-    print_table(
-        &["ID", "NAME", "SCOPE", "APPS", "CREATED", "REVOKED"],
-        &rows,
+        },
     );
     Ok(EXIT_OK)
 }

@@ -601,37 +601,51 @@ impl Client {
         })
     }
 
-    /// `GET path` → JSON (`null` for an empty answer).
-    pub fn get(&self, path: &str) -> Result<Value, Error> {
-        let mut req = self
-            .agent
-            .get(self.url(path))
-            .header("accept", "application/json");
-        if let Some(a) = self.auth() {
-            req = req.header("authorization", a);
+    /// `req` with the bearer token, when there is one.
+    fn authorized<B>(&self, req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match self.auth() {
+            Some(a) => req.header("authorization", a),
+            None => req,
         }
-        let res = req
+    }
+
+    /// `req` as an ordinary API call: with the token and the whole-call timeout.
+    fn ordinary<B>(&self, req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        self.authorized(req)
             .config()
             .timeout_global(Some(CALL_TIMEOUT))
             .build()
-            .call();
-        let res = self.check(res)?;
+    }
+
+    /// An ordinary call without a body (`method` is `GET` or `DELETE`), asking for JSON when
+    /// `accept_json`; a 4xx/5xx answer is an [`Error`].
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        accept_json: bool,
+    ) -> Result<ureq::http::Response<ureq::Body>, Error> {
+        let url = self.url(path);
+        let mut req = match method {
+            "DELETE" => self.agent.delete(url),
+            _ => self.agent.get(url),
+        };
+        if accept_json {
+            req = req.header("accept", "application/json");
+        }
+        self.check(self.ordinary(req).call())
+    }
+
+    /// `GET path` → JSON (`null` for an empty answer).
+    pub fn get(&self, path: &str) -> Result<Value, Error> {
+        let res = self.call("GET", path, true)?;
         self.json_of(res)
     }
 
     /// `GET path` → text.
     pub fn get_text(&self, path: &str) -> Result<String, Error> {
-        let mut req = self.agent.get(self.url(path));
-        if let Some(a) = self.auth() {
-            req = req.header("authorization", a);
-        }
-        let res = req
-            .config()
-            .timeout_global(Some(CALL_TIMEOUT))
-            .build()
-            .call();
-        let res = self.check(res)?;
-        res.into_body()
+        self.call("GET", path, false)?
+            .into_body()
             .into_with_config()
             .limit(256 * 1024 * 1024)
             .lossy_utf8(true)
@@ -641,39 +655,19 @@ impl Client {
 
     /// `DELETE path` → JSON (`null` for 204).
     pub fn delete(&self, path: &str) -> Result<Value, Error> {
-        let mut req = self
-            .agent
-            .delete(self.url(path))
-            .header("accept", "application/json");
-        if let Some(a) = self.auth() {
-            req = req.header("authorization", a);
-        }
-        let res = req
-            .config()
-            .timeout_global(Some(CALL_TIMEOUT))
-            .build()
-            .call();
-        let res = self.check(res)?;
+        let res = self.call("DELETE", path, true)?;
         self.json_of(res)
     }
 
     fn send_json(&self, method: &str, path: &str, body: &Value) -> Result<Value, Error> {
         let url = self.url(path);
-        let mut req = match method {
+        let req = match method {
             "POST" => self.agent.post(url),
             "PUT" => self.agent.put(url),
             _ => self.agent.patch(url),
         }
         .header("accept", "application/json");
-        if let Some(a) = self.auth() {
-            req = req.header("authorization", a);
-        }
-        let res = req
-            .config()
-            .timeout_global(Some(CALL_TIMEOUT))
-            .build()
-            .send_json(body);
-        let res = self.check(res)?;
+        let res = self.check(self.ordinary(req).send_json(body))?;
         self.json_of(res)
     }
 
@@ -695,31 +689,24 @@ impl Client {
         body: &mut dyn Read,
         len: u64,
     ) -> Result<Value, Error> {
-        let mut req = self
+        let req = self
             .agent
             .post(self.url(path))
             .header("accept", "application/json")
             .header("content-type", content_type)
             .header("content-length", len.to_string());
-        if let Some(a) = self.auth() {
-            req = req.header("authorization", a);
-        }
-        let res = req.send(ureq::SendBody::from_reader(body));
-        let res = self.check(res)?;
+        let res = self.check(self.authorized(req).send(ureq::SendBody::from_reader(body)))?;
         self.json_of(res)
     }
 
     /// `GET path` as a stream (Server-Sent Events), without an overall timeout.
     pub fn stream(&self, path: &str) -> Result<impl BufRead + use<>, Error> {
-        let mut req = self
+        let req = self
             .agent
             .get(self.url(path))
             .header("accept", "text/event-stream")
             .header("cache-control", "no-cache");
-        if let Some(a) = self.auth() {
-            req = req.header("authorization", a);
-        }
-        let res = self.check(req.call())?;
+        let res = self.check(self.authorized(req).call())?;
         Ok(io::BufReader::new(res.into_body().into_reader()))
     }
 }
