@@ -40,6 +40,8 @@ pub struct Berth {
     /// The admin API token berth created on its first start (`<data>/admin-token`).
     pub token: String,
     server_section: String,
+    /// Arguments after `serve --config <file>` (e.g. `--deploy DIR`).
+    serve_args: Vec<String>,
 }
 
 impl Berth {
@@ -58,6 +60,17 @@ impl Berth {
         files: &[(&str, &[u8])],
         extra: &str,
     ) -> Berth {
+        Self::start_serving(bin, server_extra, files, extra, &[])
+    }
+
+    /// Like `start_with`, with `serve_args` after `serve --config <file>` (e.g. `--deploy DIR`).
+    pub fn start_serving(
+        bin: &str,
+        server_extra: &str,
+        files: &[(&str, &[u8])],
+        extra: &str,
+        serve_args: &[&str],
+    ) -> Berth {
         let dir = tempfile::tempdir().unwrap();
         for (rel, content) in files {
             write_file(&dir.path().join(rel), content);
@@ -70,8 +83,10 @@ impl Berth {
         let config_path = dir.path().join("berth.toml");
         std::fs::write(&config_path, config).unwrap();
         let log_path = dir.path().join("berth.stderr");
+        let serve_args: Vec<String> = serve_args.iter().map(|a| a.to_string()).collect();
         let mut b = Berth {
-            child: spawn(bin, &config_path, &log_path),
+            child: spawn(bin, &config_path, &log_path, &serve_args),
+            serve_args,
             http: "0.0.0.0:0".parse().unwrap(),
             https: "0.0.0.0:0".parse().unwrap(),
             admin: "0.0.0.0:0".parse().unwrap(),
@@ -116,7 +131,7 @@ impl Berth {
     pub fn crash_and_restart(&mut self, bin: &str) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = spawn(bin, &self.config_path, &self.log_path);
+        self.child = spawn(bin, &self.config_path, &self.log_path, &self.serve_args);
         self.wait_listening();
     }
 
@@ -158,8 +173,8 @@ impl Berth {
     }
 }
 
-/// Start `bin serve --config <config>`, stderr appended to `log_path`.
-fn spawn(bin: &str, config_path: &Path, log_path: &Path) -> Child {
+/// Start `bin serve --config <config> <args>`, stderr appended to `log_path`.
+fn spawn(bin: &str, config_path: &Path, log_path: &Path, args: &[String]) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -168,6 +183,7 @@ fn spawn(bin: &str, config_path: &Path, log_path: &Path) -> Child {
     Command::new(bin)
         .args(["serve", "--config"])
         .arg(config_path)
+        .args(args)
         .env("BERTH_LOG", "debug")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
