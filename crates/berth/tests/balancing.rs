@@ -332,3 +332,34 @@ fn a_bad_upstream_response_gives_502_naming_nothing() {
     assert_eq!(r.status, 502);
     assert_no_internals(&r.text(), &[bad.addr]);
 }
+
+#[test]
+fn when_every_upstream_fails_its_health_check_requests_are_still_tried() {
+    // Health checks can be wrong (a busy app misses them); a request tried anyway beats a
+    // certain 502 (Envoy's panic mode). The upstream answers / but fails /healthz.
+    let up = MiniServer::start(|head, _| {
+        if head.starts_with("GET /healthz ") {
+            (500, b"sick".to_vec())
+        } else {
+            (200, b"served".to_vec())
+        }
+    });
+    let b = Berth::start(
+        BIN,
+        &route(
+            "app.localhost",
+            &[up.addr],
+            "health = { path = \"/healthz\", interval = \"100ms\", timeout = \"100ms\" }",
+        ),
+    );
+    // Taken out after three failed checks in a row...
+    eventually(WAIT, "the upstream to be marked down", || {
+        b.stderr()
+            .contains("upstream failed its health check")
+            .then_some(())
+    });
+    assert!(up.count_starting("GET /healthz ") >= 3);
+    // ...and still tried, since nothing else is up.
+    let r = get(b.http, "app.localhost", "/");
+    assert_eq!((r.status, r.text().as_str()), (200, "served"));
+}

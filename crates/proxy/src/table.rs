@@ -36,27 +36,26 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Pick an upstream that is up, skipping `avoid` (the one that just failed). When every
-    /// upstream is down, `None` (→ 502).
+    /// Pick an upstream that is up, skipping `avoid` (the one that just failed). When no
+    /// upstream is up, pick among all of them anyway (Envoy's "panic mode"): health checks can
+    /// be wrong (an overloaded app misses one), and a request tried on a doubtful upstream
+    /// beats a certain 502. `None` only when there is nothing else to try (→ 502).
     pub fn pick(&self, avoid: Option<&Upstream>) -> Option<&Arc<Upstream>> {
+        let not_avoided = |u: &&Arc<Upstream>| avoid.is_none_or(|a| !std::ptr::eq(a, &***u));
+        self.pick_where(|u| u.is_up() && not_avoided(u))
+            .or_else(|| self.pick_where(not_avoided))
+    }
+
+    fn pick_where(&self, usable: impl Fn(&&Arc<Upstream>) -> bool) -> Option<&Arc<Upstream>> {
         let n = self.upstreams.len();
-        let usable =
-            |u: &&Arc<Upstream>| u.is_up() && avoid.is_none_or(|a| !std::ptr::eq(a, &***u));
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut candidates = (0..n)
+            .map(|i| &self.upstreams[(start + i) % n])
+            .filter(|u| usable(u));
         match self.balance {
-            Balance::RoundRobin => {
-                let start = self.next.fetch_add(1, Ordering::Relaxed);
-                (0..n)
-                    .map(|i| &self.upstreams[(start + i) % n])
-                    .find(|u| usable(u))
-            }
-            Balance::LeastConn => {
-                // Ties go round-robin so equal upstreams share the load.
-                let start = self.next.fetch_add(1, Ordering::Relaxed);
-                (0..n)
-                    .map(|i| &self.upstreams[(start + i) % n])
-                    .filter(|u| usable(u))
-                    .min_by_key(|u| u.active())
-            }
+            Balance::RoundRobin => candidates.next(),
+            // Ties go round-robin (the rotating start) so equal upstreams share the load.
+            Balance::LeastConn => candidates.min_by_key(|u| u.active()),
         }
     }
 }

@@ -15,6 +15,9 @@ use tokio::net::TcpStream;
 const EJECT_AFTER: u32 = 2;
 /// How long a passively ejected upstream is skipped.
 const EJECT_FOR: Duration = Duration::from_secs(5);
+/// Consecutive failed active checks that take an upstream out, and passed ones that put it back.
+const HEALTH_FALL: u32 = 3;
+const HEALTH_RISE: u32 = 2;
 /// Idle pooled connections older than this are closed rather than reused.
 const POOL_IDLE_MAX: Duration = Duration::from_secs(30);
 
@@ -311,6 +314,11 @@ pub fn spawn_health_checks(
             }
             let (up, spec, stop) = (up.clone(), spec.clone(), stop.clone());
             tokio::spawn(async move {
+                // One slow probe must not take an upstream out (an app's listen backlog
+                // overflows under a burst and a connect waits a second for the retry):
+                // down after FALL failures in a row, up after RISE successes (HAProxy's
+                // defaults). Starts from the upstream's current state.
+                let mut streak = 0u32;
                 let mut tick = tokio::time::interval(spec.interval.0);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
@@ -323,7 +331,15 @@ pub fn spawn_health_checks(
                     let ok = tokio::time::timeout(spec.timeout.0, check)
                         .await
                         .is_ok_and(|r| r.is_ok());
-                    up.set_healthy(ok);
+                    if ok == up.healthy.load(Ordering::Relaxed) {
+                        streak = 0;
+                        continue;
+                    }
+                    streak += 1;
+                    if streak >= if ok { HEALTH_RISE } else { HEALTH_FALL } {
+                        up.set_healthy(ok);
+                        streak = 0;
+                    }
                 }
             });
         }
