@@ -14,6 +14,13 @@ RELEASE = os.environ.get("BERTH_RELEASE", "dev")
 GREETING = os.environ.get("GREETING", "Hello from berth")
 
 
+class Server(ThreadingHTTPServer):
+    # The default listen backlog (5) overflows when the proxy opens a burst of connections,
+    # and every connection that overflows waits a second for the kernel's retry.
+    request_queue_size = 128
+    daemon_threads = False  # SIGTERM waits for in-flight requests
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
@@ -40,8 +47,7 @@ class Handler(BaseHTTPRequestHandler):
 
 def main():
     port = int(os.environ.get("PORT", "5000"))
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    server.daemon_threads = False  # SIGTERM waits for in-flight requests
+    server = Server(("127.0.0.1", port), Handler)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     print(f"hello {RELEASE} listening on 127.0.0.1:{port}", flush=True)
     server.serve_forever()

@@ -657,8 +657,16 @@ impl Engine {
                     Ok(runtime::Event::Started { id, pid, pid_start }) => {
                         let _ = store.set_instance_state(&id, "running", pid, pid_start);
                     }
-                    Ok(runtime::Event::Exited { id, status, .. }) => {
-                        tracing::warn!(instance = %id, %status, "instance exited");
+                    Ok(runtime::Event::Exited {
+                        id,
+                        status,
+                        restarting,
+                    }) => {
+                        if restarting {
+                            tracing::warn!(instance = %id, %status, "instance exited; restarting it");
+                        } else {
+                            tracing::info!(instance = %id, %status, "instance stopped");
+                        }
                     }
                     Ok(runtime::Event::Crashing { id, restarts }) => {
                         tracing::error!(instance = %id, restarts, "instance is crashing");

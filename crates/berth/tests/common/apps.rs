@@ -204,6 +204,7 @@ class H(BaseHTTPRequestHandler):
         self.wfile.write(body)
     def log_message(self, fmt, *args):
         print("request", fmt % args, flush=True)
+ThreadingHTTPServer.request_queue_size = 128
 s = ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H)
 signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=s.shutdown).start())
 print("{tag} listening", flush=True)
