@@ -363,3 +363,101 @@ fn static_site_and_worker_processes() {
     let (st, _) = app_get(&b, "w", "/");
     assert_eq!(st, 404, "a worker-only app has no route");
 }
+
+/// Processes this berth's runtime tagged (`BERTH_OWNER=<data dir>`) whose instance id starts
+/// with `prefix`.
+fn tagged_processes(b: &Berth, prefix: &str) -> Vec<u32> {
+    let owner = format!(
+        "BERTH_OWNER={}",
+        b.path("data").canonicalize().unwrap().display()
+    );
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(e.path().join("environ")) else {
+            continue;
+        };
+        let vars: Vec<String> = env
+            .split(|&c| c == 0)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect();
+        let ours = vars.contains(&owner);
+        let id = vars.iter().find_map(|v| v.strip_prefix("BERTH_INSTANCE="));
+        if ours && id.is_some_and(|id| id.starts_with(prefix)) && pid_alive(u64::from(pid)) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Battery K1 at each step of a deploy: `kill -9` of berth while the deploy is building, waiting
+/// for the health check, or draining; after the restart the deploy is failed (before the switch)
+/// or finished (after it), the right release serves, and nothing of the loser keeps running.
+#[test]
+fn kill_9_at_each_step_of_a_deploy_k1() {
+    for step in ["build", "health", "drain"] {
+        let mut b = Berth::start(BIN, "");
+        let src = tmpdir(&b, "src");
+        python_app(&src, "old", 200);
+        assert!(deploy(&b, "k", &src).status.success(), "{step}");
+        wait_body(&b, "k", "old v1");
+        let old_pid = web_pids(&b, "k")[0];
+
+        python_app(&src, "new", 200);
+        match step {
+            "build" => {
+                let toml = std::fs::read_to_string(src.join("berth.toml")).unwrap();
+                let toml = format!("{toml}[build]\ncommand = \"sleep 30\"\n");
+                write_file(&src.join("berth.toml"), toml.as_bytes());
+            }
+            "health" => write_file(&src.join("delay"), b"30"),
+            _ => {}
+        }
+        // For the drain: a slow request in flight on the old instance holds it.
+        let slow = (step == "drain").then(|| {
+            let addr = b.http;
+            let s = std::thread::spawn(move || common::get(addr, "k.localhost", "/slow"));
+            let started = b.path("data/apps/k/releases/v1/slow-started");
+            eventually(T, "the slow request to reach the app", || {
+                started.exists().then_some(())
+            });
+            s
+        });
+        let (st, v) = upload(&b, "k", &src);
+        assert_eq!(st, 202, "{step}: {v}");
+        let id = v["id"].as_i64().unwrap();
+        eventually(T, &format!("the deploy to reach {step}"), || {
+            let (_, d) = api(&b, "GET", &format!("/api/v1/apps/k/deploys/{id}"), "");
+            (d["step"] == step).then_some(())
+        });
+
+        b.crash_and_restart(BIN);
+
+        let (_, d) = api(&b, "GET", &format!("/api/v1/apps/k/deploys/{id}"), "");
+        let (want_status, want_body) = if step == "drain" {
+            ("succeeded", "new v2")
+        } else {
+            ("failed", "old v1")
+        };
+        assert_eq!(d["status"], want_status, "{step}: {d}");
+        wait_body(&b, "k", want_body);
+        if step == "drain" {
+            eventually(T, "the old instance to be stopped", || {
+                (!pid_alive(old_pid)).then_some(())
+            });
+        } else {
+            assert_eq!(web_pids(&b, "k"), vec![old_pid], "{step}: v1 adopted");
+            // Nothing of v2 runs: no instance, no build left by the crash.
+            eventually(T, "v2's processes to be gone", || {
+                (tagged_processes(&b, "k.v2.").is_empty()
+                    && tagged_processes(&b, "build.").is_empty())
+                .then_some(())
+            });
+        }
+        if let Some(s) = slow {
+            let _ = s.join();
+        }
+    }
+}

@@ -178,8 +178,10 @@ pub fn static_site(b: &Berth, name: &str) -> Vec<u8> {
     targz(&d)
 }
 
-/// A Python web app (stdlib only) that answers `<tag> <release> <dyno>` and `/health`.
-/// `health_status` is what `/health` answers (500 makes the deploy fail its health check).
+/// A Python web app (stdlib only) that answers `<tag> <release> <dyno>`, `/health`, `/env`
+/// (its `GREETING`) and `/slow` (after 4 s; it first creates the file `slow-started`). `health_status` is what `/health` answers (500
+/// makes the deploy fail its health check). A file `delay` in the app's directory holds seconds
+/// to wait before listening.
 pub fn python_app(dir: &Path, tag: &str, health_status: u16) {
     write_file(&dir.join("Procfile"), b"web: python3 app.py\n");
     write_file(
@@ -187,7 +189,7 @@ pub fn python_app(dir: &Path, tag: &str, health_status: u16) {
         b"[health]\npath = \"/health\"\ntimeout = \"8s\"\n[deploy]\ndrain_timeout = \"5s\"\nstop_grace = \"2s\"\n",
     );
     let app = format!(
-        r#"import os, signal, threading
+        r#"import os, signal, threading, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class H(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -196,6 +198,10 @@ class H(BaseHTTPRequestHandler):
             code, body = {health_status}, b"health\n"
         elif self.path == "/env":
             code, body = 200, (os.environ.get("GREETING", "-") + "\n").encode()
+        elif self.path == "/slow":
+            open("slow-started", "w").close()
+            time.sleep(4)
+            code, body = 200, b"slow done\n"
         else:
             code, body = 200, ("{tag} " + os.environ["BERTH_RELEASE"] + " " + os.environ["DYNO"] + "\n").encode()
         self.send_response(code)
@@ -204,6 +210,8 @@ class H(BaseHTTPRequestHandler):
         self.wfile.write(body)
     def log_message(self, fmt, *args):
         print("request", fmt % args, flush=True)
+if os.path.exists("delay"):
+    time.sleep(float(open("delay").read()))
 ThreadingHTTPServer.request_queue_size = 128
 s = ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H)
 signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=s.shutdown).start())
