@@ -152,3 +152,30 @@ fn an_env_change_before_anything_is_live_applies_to_the_first_deploy() {
     wait_deploy(&b, "e", d);
     assert_eq!(body(&b, "e"), "e v1 GREETING=early\n");
 }
+
+#[test]
+fn old_release_files_are_pruned_and_cannot_be_rolled_back_to() {
+    let b = Berth::start(BIN, "");
+    create_app(&b, "p");
+    let site = b.path("site");
+    for i in 1..=12 {
+        write_file(&site.join("index.html"), format!("v{i}\n").as_bytes());
+        let d = upload_id(&b, "p", &site);
+        assert_eq!(wait_deploy(&b, "p", d)["status"], "succeeded");
+    }
+    assert_eq!(body(&b, "p"), "v12\n");
+    // The newest ten keep their files; v1 and v2 are history only.
+    let releases = b.path("data/apps/p/releases");
+    let names: Vec<bool> = (1..=12)
+        .map(|v| releases.join(format!("v{v}")).is_dir())
+        .collect();
+    assert_eq!(names[..2], [false, false], "{names:?}");
+    assert!(names[2..].iter().all(|x| *x), "{names:?}");
+    let (st, v) = api(&b, "POST", "/api/v1/apps/p/rollback", r#"{"version":1}"#);
+    assert_eq!(st, 422, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("pruned"), "{v}");
+    let (st, v) = api(&b, "POST", "/api/v1/apps/p/rollback", r#"{"version":3}"#);
+    assert_eq!(st, 202, "{v}");
+    wait_deploy(&b, "p", v["id"].as_i64().unwrap());
+    assert_eq!(body(&b, "p"), "v3\n");
+}

@@ -365,11 +365,18 @@ impl Engine {
                     })?
             }
         };
-        if target.status != store::ReleaseStatus::Ready || !target.dir.is_dir() {
+        if target.status != store::ReleaseStatus::Ready {
             return Err(EngineError::BadInput(format!(
                 "release v{} of {app} is {}, not a release that ran (hint: `berth releases` shows which are ready)",
                 target.version,
                 target.status.as_str()
+            )));
+        }
+        if !target.dir.is_dir() {
+            return Err(EngineError::BadInput(format!(
+                "the files of release v{} of {app} were pruned (berth keeps the last {} releases)",
+                target.version,
+                pipeline::KEEP_RELEASES
             )));
         }
         let deploy = self.store.create_deploy(

@@ -18,6 +18,8 @@ const RELEASE_TIMEOUT: Duration = Duration::from_secs(600);
 /// After the switch, requests that already picked an old instance get at least this long to
 /// be counted before the drain trusts an in-flight count of zero.
 const DRAIN_SETTLE: Duration = Duration::from_millis(200);
+/// Release directories kept per app (rollback targets); older ones are pruned.
+pub const KEEP_RELEASES: usize = 10;
 /// Lines of an instance's log copied into the deploy log when it fails its health check.
 const TAIL_LINES: usize = 20;
 
@@ -100,6 +102,7 @@ impl Engine {
                     .store
                     .finish_deploy(deploy_id, DeployStatus::Succeeded, None);
                 tracing::info!(app, version, deploy = deploy_id, "deploy succeeded");
+                self.prune_releases(app).await;
             }
             Err(Failure(reason)) => {
                 log.line(&format!("-----> Deploy failed: {reason}"));
@@ -293,6 +296,37 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Keep the files of the newest `KEEP_RELEASES` releases (and of the builds they reuse);
+    /// older release directories are removed, so disk use does not grow with every deploy.
+    /// Their rows stay, as history; a rollback to one says its files are gone.
+    async fn prune_releases(&self, app: &str) {
+        let Ok(releases) = self.store.releases(app) else {
+            return;
+        };
+        let keep: std::collections::HashSet<PathBuf> = releases
+            .iter()
+            .take(KEEP_RELEASES)
+            .map(|r| r.dir.clone())
+            .collect();
+        let root = self.app_dir(app).join("releases");
+        let old: Vec<PathBuf> = releases
+            .iter()
+            .skip(KEEP_RELEASES)
+            .map(|r| r.dir.clone())
+            .filter(|d| !keep.contains(d) && d.starts_with(&root) && d.is_dir())
+            .collect();
+        if old.is_empty() {
+            return;
+        }
+        tracing::info!(app, dirs = old.len(), "pruning old release files");
+        let _ = tokio::task::spawn_blocking(move || {
+            for d in old {
+                let _ = std::fs::remove_dir_all(d);
+            }
+        })
+        .await;
     }
 
     /// Run a one-off command of the deploy (build, `release:`, postdeploy) in the release dir,
