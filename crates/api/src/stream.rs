@@ -17,6 +17,8 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 const POLL: Duration = Duration::from_millis(200);
+/// A deploy's log is followed closer: `berth deploy` returns when it sees the end.
+const DEPLOY_POLL: Duration = Duration::from_millis(50);
 /// A plain (not followed) deploy log larger than this is cut to its end.
 const MAX_PLAIN_LOG: u64 = 4 << 20;
 
@@ -96,7 +98,7 @@ pub async fn deploy_log(
                         .data(deploy_json(&ctx.engine, &d).to_string());
                     return Some((Ok(ev), (follower, true, ctx, id)));
                 }
-                tokio::time::sleep(POLL).await;
+                tokio::time::sleep(DEPLOY_POLL).await;
             }
         },
     );
