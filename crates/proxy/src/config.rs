@@ -337,23 +337,7 @@ pub struct Dur(pub Duration);
 
 impl Dur {
     pub fn parse(s: &str) -> Result<Self, String> {
-        let err = || {
-            format!("invalid duration {s:?}: expected a number and a unit, such as \"500ms\", \"2s\", \"5m\" or \"1h\"")
-        };
-        let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?;
-        let (num, unit) = s.split_at(split);
-        let n: u64 = num.parse().map_err(|_| err())?;
-        let ms = match unit {
-            "ms" => n,
-            "s" => n.saturating_mul(1000),
-            "m" => n.saturating_mul(60_000),
-            "h" => n.saturating_mul(3_600_000),
-            _ => return Err(err()),
-        };
-        if ms == 0 {
-            return Err(format!("invalid duration {s:?}: must be greater than zero"));
-        }
-        Ok(Dur(Duration::from_millis(ms)))
+        units::parse_duration(s).map(Dur)
     }
 }
 
@@ -369,30 +353,13 @@ impl fmt::Display for Dur {
 }
 string_newtype!(Dur, Dur::parse);
 
-/// A byte size written as `512`, `64KiB`, `10MiB`, `1GiB` (or KB/MB/GB, powers of 1000).
+/// A byte size (`512`, `64KiB`, `10MiB`, `1G`, `10MB`): see `units::parse_size`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Size(pub u64);
 
 impl Size {
     pub fn parse(s: &str) -> Result<Self, String> {
-        let err = || {
-            format!("invalid size {s:?}: expected a number and an optional unit, such as \"512\", \"64KiB\" or \"10MiB\"")
-        };
-        let t = s.trim();
-        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-        let (num, unit) = t.split_at(split);
-        let n: u64 = num.parse().map_err(|_| err())?;
-        let mult: u64 = match unit.trim() {
-            "" | "B" => 1,
-            "KiB" => 1 << 10,
-            "MiB" => 1 << 20,
-            "GiB" => 1 << 30,
-            "KB" | "kB" => 1_000,
-            "MB" => 1_000_000,
-            "GB" => 1_000_000_000,
-            _ => return Err(err()),
-        };
-        n.checked_mul(mult).map(Size).ok_or_else(err)
+        units::parse_size(s).map(Size)
     }
 }
 

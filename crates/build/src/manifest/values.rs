@@ -27,27 +27,7 @@ macro_rules! checked {
 pub(crate) struct Dur(pub Duration);
 checked!(Dur, String, |s: String| parse_duration(&s));
 
-pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
-    let err = || {
-        format!(
-            "invalid duration {s:?}: expected a number and a unit, such as \"250ms\", \"10s\", \"5m\" or \"1h\""
-        )
-    };
-    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?;
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| err())?;
-    let ms = match unit {
-        "ms" => n,
-        "s" => n.saturating_mul(1000),
-        "m" => n.saturating_mul(60_000),
-        "h" => n.saturating_mul(3_600_000),
-        _ => return Err(err()),
-    };
-    if ms == 0 {
-        return Err(format!("invalid duration {s:?}: must be greater than zero"));
-    }
-    Ok(Duration::from_millis(ms))
-}
+pub(crate) use units::parse_duration;
 
 /// A byte size: a plain integer (bytes) or a string with a unit: "512", "64KiB", "256MiB",
 /// "1GiB". K/M/G are binary, as in `docker run --memory 1g`; KB/MB/GB are decimal.
@@ -78,26 +58,7 @@ impl<'de> Deserialize<'de> for Size {
     }
 }
 
-pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
-    let err = || {
-        format!("invalid size {s:?}: expected a number and an optional unit, such as \"512\", \"64KiB\" or \"256MiB\"")
-    };
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| err())?;
-    let mult: u64 = match unit.trim() {
-        "" | "B" | "b" => 1,
-        "K" | "k" | "KiB" => 1 << 10,
-        "M" | "m" | "MiB" => 1 << 20,
-        "G" | "g" | "GiB" => 1 << 30,
-        "KB" | "kB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        _ => return Err(err()),
-    };
-    n.checked_mul(mult).ok_or_else(err)
-}
+pub(crate) use units::parse_size;
 
 /// Longest process name. Names end up in container names, log prefixes and metrics labels.
 pub(crate) const MAX_PROCESS_NAME: usize = 30;
