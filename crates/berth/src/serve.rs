@@ -157,17 +157,27 @@ async fn run(
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    loop {
+    let mut quit = signal(SignalKind::quit())?;
+    // SIGTERM/SIGINT stop berth and its apps; SIGQUIT stops berth only (to upgrade it: the
+    // next start adopts the running apps).
+    let keep_apps = loop {
         tokio::select! {
             _ = hup.recv() => reload(&proxy, &engine, config_path.as_deref()),
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = term.recv() => break false,
+            _ = int.recv() => break false,
+            _ = quit.recv() => break true,
         }
+    };
+    if keep_apps {
+        tracing::info!("shutting down, keeping the apps running (the next start adopts them)");
+    } else {
+        tracing::info!("shutting down: finishing in-flight requests, stopping apps");
     }
-    tracing::info!("shutting down: finishing in-flight requests, stopping apps");
     let _ = stop_admin.send(true);
     proxy.shutdown().await;
-    engine.shutdown().await;
+    if !keep_apps {
+        engine.shutdown().await;
+    }
     Ok(())
 }
 

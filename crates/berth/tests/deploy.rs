@@ -461,3 +461,30 @@ fn kill_9_at_each_step_of_a_deploy_k1() {
         }
     }
 }
+
+/// SIGQUIT stops berth and leaves its apps running (an upgrade: the next start adopts them);
+/// SIGTERM stops the apps too.
+#[test]
+fn sigquit_keeps_the_apps_for_an_upgrade_and_sigterm_stops_them() {
+    let mut b = Berth::start(BIN, "");
+    let src = tmpdir(&b, "src");
+    python_app(&src, "up", 200);
+    assert!(deploy(&b, "up", &src).status.success());
+    wait_body(&b, "up", "up v1");
+    let pid = web_pids(&b, "up")[0];
+    b.signal("QUIT");
+    eventually(T, "berth to exit", || {
+        b.child.try_wait().unwrap().map(|_| ())
+    });
+    assert!(pid_alive(pid), "the app outlives berth");
+    b.crash_and_restart(BIN);
+    wait_body(&b, "up", "up v1");
+    assert_eq!(web_pids(&b, "up"), vec![pid], "adopted");
+    b.signal("TERM");
+    eventually(T, "berth to exit", || {
+        b.child.try_wait().unwrap().map(|_| ())
+    });
+    eventually(T, "the app to be stopped", || {
+        (!pid_alive(pid)).then_some(())
+    });
+}
