@@ -339,6 +339,27 @@ pub async fn scale(
     })))
 }
 
+/// `{"deploy": Deploy}` (202), or 422 when nothing is live.
+pub async fn restart(
+    State(ctx): State<Ctx>,
+    Extension(caller): Extension<Caller>,
+    Path(app): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.app(&app)?;
+    match ctx.engine.restart(&app, &caller.actor()).await? {
+        Some(d) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({ "deploy": deploy_json(&ctx.engine, &d) })),
+        )
+            .into_response()),
+        None => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("{app} has nothing running to restart"),
+        )
+        .hint("deploy it first: berth deploy")),
+    }
+}
+
 pub async fn domains(
     State(ctx): State<Ctx>,
     Extension(caller): Extension<Caller>,

@@ -102,6 +102,7 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/apps/{app}/rollback", post(apps::rollback))
         .route("/apps/{app}/env", get(apps::env).patch(apps::update_env))
         .route("/apps/{app}/formation", put(apps::scale))
+        .route("/apps/{app}/restart", post(apps::restart))
         .route(
             "/apps/{app}/domains",
             get(apps::domains).post(apps::add_domain),

@@ -145,6 +145,8 @@ pub enum Command {
         #[arg(value_name = "KEY", required = true)]
         keys: Vec<String>,
     },
+    /// Restart the app's instances (zero downtime)
+    Restart,
     /// Set how many instances of each process type run (no argument: show them)
     Scale {
         #[arg(value_name = "TYPE=N")]
@@ -220,6 +222,7 @@ fn dispatch(g: &Global, cmd: Command) -> Result<i32, Error> {
         Command::EnvSet { pairs } => env_set(g, &pairs),
         Command::EnvUnset { keys } => env_unset(g, &keys),
         Command::Scale { pairs } => scale(g, &pairs),
+        Command::Restart => restart(g),
         Command::Domains => domains(g),
         Command::DomainsAdd { host } => domains_add(g, &host),
         Command::DomainsRemove { host } => domains_remove(g, &host),
@@ -1108,6 +1111,15 @@ fn env_unset(g: &Global, keys: &[String]) -> Result<i32, Error> {
     if !g.json {
         println!("unset {} on {}", keys.join(", "), app.name);
     }
+    follow_change(&c, &app, answer, g.json)
+}
+
+fn restart(g: &Global) -> Result<i32, Error> {
+    let app = app(g)?;
+    let c = connect(g)?;
+    let answer = c
+        .post(&format!("{}/restart", app.path()), &json!({}))
+        .map_err(|e| app.explain(e))?;
     follow_change(&c, &app, answer, g.json)
 }
 

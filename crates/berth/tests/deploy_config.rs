@@ -179,3 +179,19 @@ fn old_release_files_are_pruned_and_cannot_be_rolled_back_to() {
     wait_deploy(&b, "p", v["id"].as_i64().unwrap());
     assert_eq!(body(&b, "p"), "v3\n");
 }
+
+#[test]
+fn restart_starts_new_instances_of_the_live_release() {
+    let b = Berth::start(BIN, "");
+    create_app(&b, "rs");
+    let out = common::apps::cli(&b, &["restart", "-a", "rs"]);
+    assert_eq!(out.status.code(), Some(1), "nothing live yet");
+    let src = b.path("src");
+    app_dir(&src, "rs", None);
+    wait_deploy(&b, "rs", upload_id(&b, "rs", &src));
+    let out = common::apps::cli(&b, &["restart", "-a", "rs"]);
+    assert!(out.status.success(), "{}", common::apps::text(&out));
+    assert_eq!(body(&b, "rs"), "rs v2 GREETING=-\n");
+    let (_, rels) = api(&b, "GET", "/api/v1/apps/rs/releases", "");
+    assert_eq!(rels[0]["description"], "Restart");
+}

@@ -449,6 +449,16 @@ impl Engine {
             .await
     }
 
+    /// Restart a live app's instances (a new release of the same build and config, with zero
+    /// downtime), as `heroku ps:restart` does. Nothing live: `None`.
+    pub async fn restart(
+        self: &Arc<Self>,
+        app: &str,
+        actor: &str,
+    ) -> Result<Option<Deploy>, EngineError> {
+        self.restart_live(app, "Restart", actor).await
+    }
+
     /// Replicas per process type; a live app restarts with the new formation.
     pub async fn scale(
         self: &Arc<Self>,
