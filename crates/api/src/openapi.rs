@@ -19,7 +19,7 @@ pub const OPERATIONS: &[(&str, &str, &str, &str, u16)] = &[
     ("post", "/api/v1/apps/{app}/rollback", "Roll back: {\"version\"} or {} for the previous good release", "application/json", 202),
     ("get", "/api/v1/apps/{app}/env", "Env vars, masked unless ?reveal=true", "", 200),
     ("patch", "/api/v1/apps/{app}/env", "Set and unset env vars: {\"set\":{},\"unset\":[]}; a live app restarts", "application/json", 200),
-    ("put", "/api/v1/apps/{app}/formation", "Scale: {\"web\":3}; a live app restarts", "application/json", 200),
+    ("put", "/api/v1/apps/{app}/formation", "Scale: {\"web\":3}; instances are added or removed in place", "application/json", 200),
     ("post", "/api/v1/apps/{app}/restart", "Restart the app's instances (zero downtime)", "", 202),
     ("get", "/api/v1/apps/{app}/domains", "Custom domains", "", 200),
     ("post", "/api/v1/apps/{app}/domains", "Add a domain: {\"host\"}", "application/json", 201),

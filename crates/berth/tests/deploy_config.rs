@@ -195,3 +195,60 @@ fn restart_starts_new_instances_of_the_live_release() {
     let (_, rels) = api(&b, "GET", "/api/v1/apps/rs/releases", "");
     assert_eq!(rels[0]["description"], "Restart");
 }
+
+#[test]
+fn scale_adds_and_removes_instances_in_place() {
+    let mut b = Berth::start(BIN, "");
+    create_app(&b, "sc");
+    let src = b.path("src");
+    app_dir(&src, "sc", None);
+    wait_deploy(&b, "sc", upload_id(&b, "sc", &src));
+    let pids = |b: &Berth| {
+        let (_, v) = api(b, "GET", "/api/v1/apps/sc/instances", "");
+        let mut p: Vec<(String, u64)> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                (
+                    i["id"].as_str().unwrap().to_string(),
+                    i["pid"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect();
+        p.sort();
+        p
+    };
+    let before = pids(&b);
+    assert_eq!(before.len(), 1);
+    let (st, v) = api(&b, "PUT", "/api/v1/apps/sc/formation", r#"{"web":3}"#);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        wait_deploy(&b, "sc", v["deploy"]["id"].as_i64().unwrap())["status"],
+        "succeeded"
+    );
+    let after = pids(&b);
+    assert_eq!(after.len(), 3, "{after:?}");
+    assert_eq!(after[0], before[0], "web.1 kept running: no restart");
+    // No new release: still v1.
+    let (_, rels) = api(&b, "GET", "/api/v1/apps/sc/releases", "");
+    assert_eq!(rels.as_array().unwrap().len(), 1, "{rels}");
+    assert_eq!(body(&b, "sc"), "sc v1 GREETING=-\n");
+    // A crash keeps the new count: all three are adopted.
+    b.crash_and_restart(BIN);
+    assert_eq!(pids(&b), after);
+    // Down to one: web.2 and web.3 leave the route and stop; web.1 stays.
+    let (_, v) = api(&b, "PUT", "/api/v1/apps/sc/formation", r#"{"web":1}"#);
+    wait_deploy(&b, "sc", v["deploy"]["id"].as_i64().unwrap());
+    assert_eq!(pids(&b), before);
+    for (_, pid) in &after[1..] {
+        test_support::eventually(
+            std::time::Duration::from_secs(20),
+            "removed instances to stop",
+            || (!common::apps::pid_alive(*pid)).then_some(()),
+        );
+    }
+    for _ in 0..5 {
+        assert_eq!(body(&b, "sc"), "sc v1 GREETING=-\n");
+    }
+}

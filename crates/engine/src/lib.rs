@@ -18,6 +18,7 @@ mod pipeline;
 mod queue;
 mod reconcile;
 mod routes;
+mod scale;
 
 use build::manifest::AppSpec;
 use proxy::config::RouteSpec;
@@ -459,7 +460,7 @@ impl Engine {
         self.restart_live(app, "Restart", actor).await
     }
 
-    /// Replicas per process type; a live app restarts with the new formation.
+    /// Replicas per process type: instances are added or removed in place, with no restart.
     pub async fn scale(
         self: &Arc<Self>,
         app: &str,
@@ -501,8 +502,24 @@ impl Engine {
         formation.extend(changes.clone());
         self.store.set_formation(app, &formation, actor)?;
         let what: Vec<String> = changes.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        self.restart_live(app, &format!("Scale {}", what.join(" ")), actor)
-            .await
+        // In place, as `heroku ps:scale`: no new release (`scale.rs`).
+        if a.live_release.is_none() && !self.deploying(app) {
+            return Ok(None);
+        }
+        let deploy = self.store.create_deploy(
+            app,
+            DeployKind::Restart,
+            actor,
+            &self.app_dir(app).join("deploys"),
+        )?;
+        self.enqueue(
+            app,
+            queue::Job::Scale {
+                deploy: deploy.id,
+                description: format!("Scale {}", what.join(" ")),
+            },
+        );
+        self.deploy(deploy.id).map(Some)
     }
 
     pub fn add_domain(&self, app: &str, host: &str, actor: &str) -> Result<(), EngineError> {

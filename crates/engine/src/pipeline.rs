@@ -69,8 +69,8 @@ struct Task<'a> {
 
 /// What this deploy started, to undo on failure.
 #[derive(Default)]
-struct Started {
-    instances: Vec<(String, Option<u16>)>,
+pub(crate) struct Started {
+    pub(crate) instances: Vec<(String, Option<u16>)>,
 }
 
 impl Engine {
@@ -106,16 +106,7 @@ impl Engine {
             }
             Err(Failure(reason)) => {
                 log.line(&format!("-----> Deploy failed: {reason}"));
-                let mut stops = tokio::task::JoinSet::new();
-                for (id, _) in &started.instances {
-                    let (rt, id) = (self.runtime.clone(), id.clone());
-                    stops.spawn(async move { rt.stop(&id, Duration::from_secs(2)).await });
-                }
-                while stops.join_next().await.is_some() {}
-                for (id, port) in started.instances {
-                    let _ = self.store.delete_instance(&id);
-                    self.release_port(port);
-                }
+                self.undo(started).await;
                 let _ = self
                     .store
                     .set_release_status(app, version, ReleaseStatus::Failed);
@@ -296,6 +287,20 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Stop and forget the instances a failed deploy started.
+    pub(crate) async fn undo(&self, started: Started) {
+        let mut stops = tokio::task::JoinSet::new();
+        for (id, _) in &started.instances {
+            let (rt, id) = (self.runtime.clone(), id.clone());
+            stops.spawn(async move { rt.stop(&id, Duration::from_secs(2)).await });
+        }
+        while stops.join_next().await.is_some() {}
+        for (id, port) in started.instances {
+            let _ = self.store.delete_instance(&id);
+            self.release_port(port);
+        }
     }
 
     /// Keep the files of the newest `KEEP_RELEASES` releases (and of the builds they reuse);
@@ -503,7 +508,7 @@ impl Engine {
 
     /// Every new web instance must pass the health check within the spec's timeout; an
     /// instance that keeps crashing fails at once.
-    async fn wait_healthy(
+    pub(crate) async fn wait_healthy(
         &self,
         app: &str,
         web: &[(String, SocketAddr)],
@@ -571,6 +576,19 @@ impl Engine {
                 .collect(),
             Err(_) => return,
         };
+        self.retire(app, old, drain, grace, log).await;
+    }
+
+    /// Instances already out of the route table: wait for their in-flight requests (up to
+    /// `drain`), then stop them and forget them.
+    pub(crate) async fn retire(
+        &self,
+        app: &str,
+        old: Vec<store::Instance>,
+        drain: Duration,
+        grace: Duration,
+        log: &DeployLog,
+    ) {
         if old.is_empty() {
             return;
         }
@@ -609,8 +627,23 @@ impl Engine {
     /// transaction, then install the table. A crash after the store commit finishes the
     /// deploy at the next start; before it, the deploy is failed and the old release serves.
     pub(crate) fn switch(&self, app: &str, deploy_id: i64, live: Live) -> Result<(), Failure> {
-        let _routes = lock(&self.routes_lock);
         let version = live.version;
+        self.set_live(app, live, || {
+            self.store
+                .switch_live(app, deploy_id, version)
+                .map_err(EngineError::from)
+        })
+    }
+
+    /// Route `live` for `app`: build and check the new table, run `commit` (the store change
+    /// that makes it so), then install the table. Any error leaves routes and state as they were.
+    pub(crate) fn set_live(
+        &self,
+        app: &str,
+        live: Live,
+        commit: impl FnOnce() -> Result<(), EngineError>,
+    ) -> Result<(), Failure> {
+        let _routes = lock(&self.routes_lock);
         let previous = lock(&self.live).insert(app.to_string(), live);
         let undo = || {
             let mut map = lock(&self.live);
@@ -626,9 +659,9 @@ impl Engine {
                 return Err(e.into());
             }
         };
-        if let Err(e) = self.store.switch_live(app, deploy_id, version) {
+        if let Err(e) = commit() {
             undo();
-            return Err(EngineError::from(e).into());
+            return Err(e.into());
         }
         self.proxy.install_routes(table);
         Ok(())

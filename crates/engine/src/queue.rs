@@ -19,6 +19,8 @@ pub(crate) enum Job {
     Rollback { deploy: i64, source: i64 },
     /// Restart whatever is live with the app's current env and formation.
     Restart { deploy: i64, description: String },
+    /// Bring the live release to the app's formation, in place.
+    Scale { deploy: i64, description: String },
 }
 
 impl Job {
@@ -26,7 +28,8 @@ impl Job {
         match self {
             Job::Build { deploy, .. }
             | Job::Rollback { deploy, .. }
-            | Job::Restart { deploy, .. } => *deploy,
+            | Job::Restart { deploy, .. }
+            | Job::Scale { deploy, .. } => *deploy,
         }
     }
 }
@@ -101,6 +104,9 @@ impl Engine {
                     Err(reason) => return self.fail_early(deploy_id, &log, &reason),
                 }
             }
+            Job::Scale { description, .. } => {
+                return self.run_scale(app, deploy_id, &description, &log).await
+            }
             Job::Restart { description, .. } => {
                 match self.derive(app, deploy_id, None, &description) {
                     Ok(Some(v)) => (v, false, None),
@@ -120,6 +126,46 @@ impl Engine {
         };
         self.run_pipeline(app, deploy_id, version, build, restore, &log)
             .await;
+    }
+
+    async fn run_scale(
+        self: &Arc<Self>,
+        app: &str,
+        deploy_id: i64,
+        description: &str,
+        log: &DeployLog,
+    ) {
+        let live = self
+            .store
+            .app(app)
+            .ok()
+            .flatten()
+            .and_then(|a| a.live_release);
+        let Some(version) = live else {
+            log.line("-----> Nothing is live: the new formation applies to the next deploy");
+            let _ = self.store.set_deploy_step(deploy_id, "done");
+            let _ = self
+                .store
+                .finish_deploy(deploy_id, DeployStatus::Succeeded, None);
+            return;
+        };
+        log.line(&format!("-----> {app} v{version}: {description}"));
+        let _ = self.store.set_deploy_release(deploy_id, version);
+        let _ = self.store.set_deploy_step(deploy_id, "scale");
+        let mut started = crate::pipeline::Started::default();
+        match self.scale_in_place(app, version, log, &mut started).await {
+            Ok(()) => {
+                log.line(&format!("-----> Done: {}", self.app_url(app)));
+                let _ = self.store.set_deploy_step(deploy_id, "done");
+                let _ = self
+                    .store
+                    .finish_deploy(deploy_id, DeployStatus::Succeeded, None);
+            }
+            Err(crate::pipeline::Failure(reason)) => {
+                self.undo(started).await;
+                self.fail_early(deploy_id, log, &reason);
+            }
+        }
     }
 
     /// Record a new release from `source` (or, for `None`, from the live release); `None` if
