@@ -153,6 +153,18 @@ impl Store {
     /// crash before this leaves the old release live; after it, the new one.
     /// Either way the engine can tell from the deploy's step which happened.
     pub fn switch_live(&self, app: &str, deploy_id: i64, version: i64) -> Result<()> {
+        self.switch_live_with_env(app, deploy_id, version, None)
+    }
+
+    /// [`Store::switch_live`], also replacing the app's env with `env` in the same transaction
+    /// (a rollback brings back its release's env only if it goes live).
+    pub fn switch_live_with_env(
+        &self,
+        app: &str,
+        deploy_id: i64,
+        version: i64,
+        env: Option<&std::collections::BTreeMap<String, String>>,
+    ) -> Result<()> {
         self.write(|tx| {
             let app_id = app_id(tx, app)?;
             let actor: String = tx
@@ -180,6 +192,17 @@ impl Store {
                 "UPDATE deploys SET step = 'switched', release_version = ?1 WHERE id = ?2",
                 (version, deploy_id),
             )?;
+            if let Some(env) = env {
+                tx.execute("DELETE FROM env WHERE app_id = ?1", [app_id])?;
+                for (k, v) in env {
+                    tx.execute(
+                        "INSERT INTO env (app_id, key, value) VALUES (?1, ?2, ?3)",
+                        (app_id, k, v),
+                    )?;
+                }
+                let keys: Vec<&str> = env.keys().map(|k| k.as_str()).collect();
+                audit(tx, &actor, "env.restore", app, &keys.join(","))?;
+            }
             audit(tx, &actor, "deploy.switch", app, &format!("v{version}"))
         })
     }
