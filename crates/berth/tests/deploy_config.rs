@@ -252,3 +252,57 @@ fn scale_adds_and_removes_instances_in_place() {
         assert_eq!(body(&b, "sc"), "sc v1 GREETING=-\n");
     }
 }
+
+#[test]
+fn a_rollback_that_fails_leaves_the_env_as_it_was() {
+    let b = Berth::start(BIN, "");
+    create_app(&b, "fr");
+    let src = b.path("src");
+    app_dir(&src, "fr", None);
+    // The release command fails once the file `stop-release` exists in the release dir.
+    write_file(
+        &src.join("Procfile"),
+        b"web: python3 app.py\nrelease: test ! -e stop-release\n",
+    );
+    wait_deploy(&b, "fr", upload_id(&b, "fr", &src));
+    for g in ["a", "b"] {
+        let (_, v) = api(
+            &b,
+            "PATCH",
+            "/api/v1/apps/fr/env",
+            &format!(r#"{{"set":{{"GREETING":"{g}"}}}}"#),
+        );
+        wait_deploy(&b, "fr", v["deploy"]["id"].as_i64().unwrap());
+    }
+    assert_eq!(body(&b, "fr"), "fr v3 GREETING=b\n");
+    write_file(&b.path("data/apps/fr/releases/v1/stop-release"), b"");
+    let (st, v) = api(&b, "POST", "/api/v1/apps/fr/rollback", r#"{"version":2}"#);
+    assert_eq!(st, 202, "{v}");
+    let d = wait_deploy(&b, "fr", v["id"].as_i64().unwrap());
+    assert_eq!(d["status"], "failed", "{d}");
+    // v3 serves, and the app's env is still v3's.
+    assert_eq!(body(&b, "fr"), "fr v3 GREETING=b\n");
+    let (_, env) = api(&b, "GET", "/api/v1/apps/fr/env?reveal=true", "");
+    assert_eq!(env["GREETING"], "b", "{env}");
+}
+
+#[test]
+fn a_missing_static_root_leaves_only_that_app_unrouted() {
+    let mut b = Berth::start(BIN, "");
+    create_app(&b, "st");
+    create_app(&b, "py");
+    let site = b.path("site");
+    write_file(&site.join("index.html"), b"static\n");
+    wait_deploy(&b, "st", upload_id(&b, "st", &site));
+    let src = b.path("src");
+    app_dir(&src, "py", None);
+    wait_deploy(&b, "py", upload_id(&b, "py", &src));
+    // Its files vanish while berth is down: berth still starts and serves the other app.
+    std::fs::remove_dir_all(b.path("data/apps/st/releases/v1")).unwrap();
+    b.crash_and_restart(BIN);
+    assert_eq!(body(&b, "py"), "py v1 GREETING=-\n");
+    assert_eq!(common::get(b.http, "st.localhost", "/").status, 404);
+    // And deploys keep working.
+    wait_deploy(&b, "st", upload_id(&b, "st", &site));
+    assert_eq!(body(&b, "st"), "static\n");
+}

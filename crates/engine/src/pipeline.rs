@@ -146,24 +146,18 @@ impl Engine {
             &format!("{app} v{version}: {}", release.description),
         );
         // The config this release runs with: a rollback brings back its source's env (as
-        // Heroku does); anything else runs with the app's current env. It is kept with the
-        // release, so a restart after a crash runs exactly what was live.
-        if let Some(config) = restore
+        // Heroku does), written to the store only when it goes live (in the switch); anything
+        // else runs with the app's current env. It is kept with the release, so a restart
+        // after a crash runs exactly what was live.
+        let restored = restore
             .and_then(|v| self.store.release(app, v).ok().flatten())
             .and_then(|r| Config::parse(&r.config))
-        {
-            let current = self.store.env(app).map_err(EngineError::from)?;
-            let unset: Vec<String> = current
-                .keys()
-                .filter(|k| !config.env.contains_key(*k))
-                .cloned()
-                .collect();
-            self.store
-                .update_env(app, &config.env, &unset, "berth")
-                .map_err(EngineError::from)?;
-            log.line("-----> Restored the env of that release");
+            .map(|c| c.env);
+        if restored.is_some() {
+            log.line("-----> With the env of that release");
         }
-        let vars = self.app_env(app, &spec)?;
+        let restoring = restored.is_some();
+        let vars = self.app_env(app, &spec, restored)?;
         let config = Config {
             env: vars.clone(),
             formation: a.formation.clone(),
@@ -264,6 +258,7 @@ impl Engine {
                 target,
                 health_path,
             },
+            restoring.then_some(&config.env),
         )?;
         // From here the new release is live: a failure no longer undoes it.
         started.instances.clear();
@@ -303,25 +298,38 @@ impl Engine {
         }
     }
 
-    /// Keep the files of the newest `KEEP_RELEASES` releases (and of the builds they reuse);
-    /// older release directories are removed, so disk use does not grow with every deploy.
-    /// Their rows stay, as history; a rollback to one says its files are gone.
+    /// Keep the files of the newest `KEEP_RELEASES` releases that ran, of the live one, and of
+    /// builds still queued (and of the builds they reuse); older release directories are
+    /// removed, so disk use does not grow with every deploy. Their rows stay, as history; a
+    /// rollback to one says its files are gone.
     async fn prune_releases(&self, app: &str) {
         let Ok(releases) = self.store.releases(app) else {
             return;
         };
+        let live = self
+            .store
+            .app(app)
+            .ok()
+            .flatten()
+            .and_then(|a| a.live_release);
         let keep: std::collections::HashSet<PathBuf> = releases
             .iter()
+            .filter(|r| r.status == ReleaseStatus::Ready)
             .take(KEEP_RELEASES)
+            .chain(
+                releases
+                    .iter()
+                    .filter(|r| Some(r.version) == live || r.status == ReleaseStatus::Building),
+            )
             .map(|r| r.dir.clone())
             .collect();
         let root = self.app_dir(app).join("releases");
-        let old: Vec<PathBuf> = releases
+        let mut old: Vec<PathBuf> = releases
             .iter()
-            .skip(KEEP_RELEASES)
             .map(|r| r.dir.clone())
             .filter(|d| !keep.contains(d) && d.starts_with(&root) && d.is_dir())
             .collect();
+        old.dedup();
         if old.is_empty() {
             return;
         }
@@ -361,14 +369,18 @@ impl Engine {
         check_task(task.what, outcome, task.timeout)
     }
 
-    /// The app's stored env, plus app.json's generated secrets (stored, so they stay the same
-    /// across releases); a required var without a value fails the deploy.
+    /// The app's env (`base`, else the stored one), plus app.json's generated secrets (stored,
+    /// so they stay the same across releases); a required var without a value fails the deploy.
     pub(crate) fn app_env(
         &self,
         app: &str,
         spec: &AppSpec,
+        base: Option<BTreeMap<String, String>>,
     ) -> Result<BTreeMap<String, String>, Failure> {
-        let mut vars = self.store.env(app).map_err(EngineError::from)?;
+        let mut vars = match base {
+            Some(b) => b,
+            None => self.store.env(app).map_err(EngineError::from)?,
+        };
         let mut generated = BTreeMap::new();
         for decl in &spec.env {
             if vars.contains_key(&decl.key) || decl.default.is_some() {
@@ -626,11 +638,17 @@ impl Engine {
     /// The commit point: check the new route table, record the switch in one store
     /// transaction, then install the table. A crash after the store commit finishes the
     /// deploy at the next start; before it, the deploy is failed and the old release serves.
-    pub(crate) fn switch(&self, app: &str, deploy_id: i64, live: Live) -> Result<(), Failure> {
+    pub(crate) fn switch(
+        &self,
+        app: &str,
+        deploy_id: i64,
+        live: Live,
+        env: Option<&BTreeMap<String, String>>,
+    ) -> Result<(), Failure> {
         let version = live.version;
         self.set_live(app, live, || {
             self.store
-                .switch_live(app, deploy_id, version)
+                .switch_live_with_env(app, deploy_id, version, env)
                 .map_err(EngineError::from)
         })
     }

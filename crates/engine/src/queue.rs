@@ -43,22 +43,34 @@ pub(crate) struct AppQueue {
 impl Engine {
     pub(crate) fn enqueue(self: &Arc<Self>, app: &str, job: Job) {
         let mut queues = lock(&self.queues);
-        let q = queues.entry(app.to_string()).or_insert_with(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let pending = Arc::new(AtomicUsize::new(0));
-            tokio::spawn(self.clone().worker(app.to_string(), rx, pending.clone()));
-            AppQueue { tx, pending }
-        });
-        q.pending.fetch_add(1, Ordering::SeqCst);
-        if let Err(mpsc::error::SendError(job)) = q.tx.send(job) {
-            // The worker only ends when its queue is dropped (app destroyed).
-            q.pending.fetch_sub(1, Ordering::SeqCst);
-            let _ = self.store.finish_deploy(
-                job.deploy(),
-                DeployStatus::Failed,
-                Some("the app's deploy queue is gone"),
-            );
+        let mut job = job;
+        // At most twice: a queue whose worker is gone is replaced once.
+        for _ in 0..2 {
+            let q = queues
+                .entry(app.to_string())
+                .or_insert_with(|| self.new_queue(app));
+            q.pending.fetch_add(1, Ordering::SeqCst);
+            match q.tx.send(job) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(back)) => {
+                    q.pending.fetch_sub(1, Ordering::SeqCst);
+                    queues.remove(app);
+                    job = back;
+                }
+            }
         }
+        let _ = self.store.finish_deploy(
+            job.deploy(),
+            DeployStatus::Failed,
+            Some("the app's deploy queue is gone"),
+        );
+    }
+
+    fn new_queue(self: &Arc<Self>, app: &str) -> AppQueue {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let pending = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(self.clone().worker(app.to_string(), rx, pending.clone()));
+        AppQueue { tx, pending }
     }
 
     /// Is a deploy of `app` queued or running?
@@ -82,7 +94,18 @@ impl Engine {
         while let Some(job) = rx.recv().await {
             let guard = self.lock_for(&app);
             let held = guard.lock().await;
-            self.run_job(&app, job).await;
+            // Each job in its own task: a panic fails that deploy, not the queue.
+            let deploy_id = job.deploy();
+            let (this, name) = (self.clone(), app.clone());
+            let run = tokio::spawn(async move { this.run_job(&name, job).await }).await;
+            if let Err(e) = run {
+                tracing::error!(app, deploy = deploy_id, error = %e, "deploy task failed");
+                let _ = self.store.finish_deploy(
+                    deploy_id,
+                    DeployStatus::Failed,
+                    Some("internal error (see berth's log)"),
+                );
+            }
             drop(held);
             pending.fetch_sub(1, Ordering::SeqCst);
         }
@@ -150,10 +173,12 @@ impl Engine {
             return;
         };
         log.line(&format!("-----> {app} v{version}: {description}"));
-        let _ = self.store.set_deploy_release(deploy_id, version);
         let _ = self.store.set_deploy_step(deploy_id, "scale");
         let mut started = crate::pipeline::Started::default();
-        match self.scale_in_place(app, version, log, &mut started).await {
+        match self
+            .scale_in_place(app, deploy_id, version, log, &mut started)
+            .await
+        {
             Ok(()) => {
                 log.line(&format!("-----> Done: {}", self.app_url(app)));
                 let _ = self.store.set_deploy_step(deploy_id, "done");

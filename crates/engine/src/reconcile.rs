@@ -75,7 +75,9 @@ impl Engine {
                 tracing::error!(app = app.name, version, error = %e, "cannot bring the live release up");
             }
             // Route each app as soon as it is up (whatever came up, even after an error).
-            self.refresh_routes()?;
+            if let Err(e) = self.refresh_routes() {
+                tracing::error!(app = app.name, error = %e, "cannot route the app yet");
+            }
         }
         match self.runtime.sweep(ORPHAN_GRACE).await {
             Ok(0) => {}
@@ -120,7 +122,7 @@ impl Engine {
             Some(c) => c,
             None => Config {
                 env: self
-                    .app_env(app, &spec)
+                    .app_env(app, &spec, None)
                     .map_err(|f| EngineError::Internal(f.0))?,
                 formation: app_formation.clone(),
             },

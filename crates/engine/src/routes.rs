@@ -83,6 +83,12 @@ impl Engine {
                         }),
                         ..route(h)
                     },
+                    // A root that cannot be opened would fail the whole table (every app);
+                    // only this app goes unrouted.
+                    Target::Static(dir) if !dir.is_dir() => {
+                        tracing::error!(app, dir = %dir.display(), "static root is missing; the app is not routed");
+                        continue;
+                    }
                     Target::Static(dir) => RouteSpec {
                         static_root: Some(dir.clone()),
                         ..route(h)

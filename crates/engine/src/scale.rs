@@ -14,6 +14,7 @@ impl Engine {
     pub(crate) async fn scale_in_place(
         self: &Arc<Self>,
         app: &str,
+        deploy_id: i64,
         version: i64,
         log: &DeployLog,
         started: &mut Started,
@@ -32,7 +33,7 @@ impl Engine {
         let mut config = match Config::parse(&release.config) {
             Some(c) => c,
             None => Config {
-                env: self.app_env(app, &spec)?,
+                env: self.app_env(app, &spec, None)?,
                 formation: a.formation.clone(),
             },
         };
@@ -116,9 +117,12 @@ impl Engine {
             target,
             health_path,
         };
+        // The deploy names its release only once the new formation is recorded: a scale cut
+        // off before that is failed at the next start (reconcile), not taken as done.
         self.set_live(app, live, || {
             self.store
                 .set_release_config(app, version, &config.to_json())
+                .and_then(|()| self.store.set_deploy_release(deploy_id, version))
                 .map_err(EngineError::from)
         })?;
         started.instances.clear();
