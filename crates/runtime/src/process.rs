@@ -280,15 +280,27 @@ impl Runtime for ProcessRuntime {
         if owner.is_empty() {
             return Ok(0);
         }
-        let managed: std::collections::HashSet<String> =
-            lock(&self.instances).keys().cloned().collect();
+        // Each managed instance's process group (its leader's pid). A tagged process with a
+        // managed id but in another group is a stale copy (its pid was never recorded, and a
+        // replacement was started under the same id): it goes too.
+        let managed: std::collections::HashMap<String, Option<u32>> = lock(&self.instances)
+            .iter()
+            .map(|(id, inst)| {
+                let pid = match &*lock(&inst.state) {
+                    InstanceState::Running { pid, .. } => *pid,
+                    _ => None,
+                };
+                (id.clone(), pid)
+            })
+            .collect();
         // Process groups (their leader's pid) holding a tagged process we do not manage.
         let mut groups = std::collections::BTreeSet::new();
         for (pid, id) in crate::procfs::tagged(OWNER_VAR, owner, INSTANCE_VAR) {
-            if managed.contains(&id) {
+            let pgid = crate::procfs::pgid(pid);
+            if pgid.is_some() && managed.get(&id).is_some_and(|leader| *leader == pgid) {
                 continue;
             }
-            if let Some(pgid) = crate::procfs::pgid(pid) {
+            if let Some(pgid) = pgid {
                 tracing::warn!(pid, instance = %id, "stopping a process left from an earlier run");
                 groups.insert(pgid);
             }

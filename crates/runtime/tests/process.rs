@@ -646,3 +646,30 @@ async fn sweep_stops_only_this_owners_unmanaged_processes() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn sweep_stops_a_stale_copy_of_a_managed_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let mine = uid("sweep-stale-owner");
+    let opts = || ProcessOptions {
+        owner: mine.clone(),
+        ..fast_opts()
+    };
+    // A crashed berth left `web` running, but its pid was never recorded: the new berth
+    // starts a replacement under the same id.
+    let old = ProcessRuntime::new(opts());
+    let stale = old
+        .start(spec(dir.path(), "stale-web", "exec sleep 1000"))
+        .await
+        .unwrap();
+    drop(old);
+    let new = ProcessRuntime::new(opts());
+    let fresh = new
+        .start(spec(dir.path(), "stale-web", "exec sleep 1000"))
+        .await
+        .unwrap();
+    assert_eq!(new.sweep(Duration::from_secs(2)).await.unwrap(), 1);
+    until("the stale copy to be gone", || !alive(stale.pid.unwrap())).await;
+    assert!(alive(fresh.pid.unwrap()), "the managed one stays");
+    new.stop(&fresh.id, Duration::from_secs(2)).await.unwrap();
+}
