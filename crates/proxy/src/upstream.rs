@@ -31,6 +31,10 @@ pub struct Upstream {
     ejected_until: AtomicU64,
     /// In-flight requests across all workers (for least_conn).
     active: AtomicUsize,
+    /// Active checks in a row that disagreed with `healthy` (see `HEALTH_FALL`). Kept here, not
+    /// in the checker task, so that the restart of the checkers at every table swap does not
+    /// reset it.
+    streak: AtomicU32,
 }
 
 fn epoch() -> Instant {
@@ -50,6 +54,7 @@ impl Upstream {
             fails: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
             active: AtomicUsize::new(0),
+            streak: AtomicU32::new(0),
         }
     }
 
@@ -83,6 +88,20 @@ impl Upstream {
         if self.fails.load(Ordering::Relaxed) != 0 {
             self.fails.store(0, Ordering::Relaxed);
             self.ejected_until.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// One active check's verdict: the state flips after `HEALTH_FALL` failures or
+    /// `HEALTH_RISE` passes in a row.
+    fn check_result(&self, ok: bool) {
+        if ok == self.healthy.load(Ordering::Relaxed) {
+            self.streak.store(0, Ordering::Relaxed);
+            return;
+        }
+        let streak = self.streak.fetch_add(1, Ordering::Relaxed) + 1;
+        if streak >= if ok { HEALTH_RISE } else { HEALTH_FALL } {
+            self.set_healthy(ok);
+            self.streak.store(0, Ordering::Relaxed);
         }
     }
 
@@ -318,7 +337,6 @@ pub fn spawn_health_checks(
                 // overflows under a burst and a connect waits a second for the retry):
                 // down after FALL failures in a row, up after RISE successes (HAProxy's
                 // defaults). Starts from the upstream's current state.
-                let mut streak = 0u32;
                 let mut tick = tokio::time::interval(spec.interval.0);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
@@ -331,15 +349,7 @@ pub fn spawn_health_checks(
                     let ok = tokio::time::timeout(spec.timeout.0, check)
                         .await
                         .is_ok_and(|r| r.is_ok());
-                    if ok == up.healthy.load(Ordering::Relaxed) {
-                        streak = 0;
-                        continue;
-                    }
-                    streak += 1;
-                    if streak >= if ok { HEALTH_RISE } else { HEALTH_FALL } {
-                        up.set_healthy(ok);
-                        streak = 0;
-                    }
+                    up.check_result(ok);
                 }
             });
         }
@@ -383,13 +393,17 @@ pub async fn probe(addr: SocketAddr, host: &str, path: &str) -> Result<(), Strin
     // Read the rest of the answer in the background: the verdict (and the caller's timeout)
     // must not wait for it.
     tokio::spawn(async move {
-        let mut drained = n;
-        while drained < 64 * 1024 {
-            match tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await {
-                Ok(Ok(k)) if k > 0 => drained += k,
-                _ => break,
+        let drain = async {
+            let mut drained = n;
+            while drained < 64 * 1024 {
+                match tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await {
+                    Ok(Ok(k)) if k > 0 => drained += k,
+                    _ => break,
+                }
             }
-        }
+        };
+        // A health path that streams must not pile up connections: 2 s at most.
+        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
     });
     if ok {
         Ok(())
@@ -401,6 +415,21 @@ pub async fn probe(addr: SocketAddr, host: &str, path: &str) -> Result<(), Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn health_flips_only_after_a_streak() {
+        let up = Upstream::new("127.0.0.1:1".parse().unwrap());
+        for ok in [false, false, true, false, false] {
+            up.check_result(ok);
+            assert!(up.is_up(), "two failures in a row do not take it out");
+        }
+        up.check_result(false);
+        assert!(!up.is_up(), "the third does");
+        up.check_result(true);
+        assert!(!up.is_up());
+        up.check_result(true);
+        assert!(up.is_up(), "two passes put it back");
+    }
 
     /// A one-shot HTTP server that answers `status` and hands back the request head it got.
     async fn recorder(status: u16) -> (SocketAddr, tokio::task::JoinHandle<String>) {
