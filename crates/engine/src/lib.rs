@@ -404,6 +404,20 @@ impl Engine {
         description: &str,
         actor: &str,
     ) -> Result<Option<Deploy>, EngineError> {
+        self.queue_change(app, actor, |deploy| queue::Job::Restart {
+            deploy,
+            description: description.to_string(),
+        })
+    }
+
+    /// Queue a change of a live app (a restart or a scale) as a deploy; `None` when nothing is
+    /// live and nothing is queued (the change then applies to the next deploy).
+    fn queue_change(
+        self: &Arc<Self>,
+        app: &str,
+        actor: &str,
+        job: impl FnOnce(i64) -> queue::Job,
+    ) -> Result<Option<Deploy>, EngineError> {
         let a = self.app(app)?;
         if a.live_release.is_none() && !self.deploying(app) {
             return Ok(None);
@@ -414,13 +428,7 @@ impl Engine {
             actor,
             &self.app_dir(app).join("deploys"),
         )?;
-        self.enqueue(
-            app,
-            queue::Job::Restart {
-                deploy: deploy.id,
-                description: description.to_string(),
-            },
-        );
+        self.enqueue(app, job(deploy.id));
         self.deploy(deploy.id).map(Some)
     }
 
@@ -503,23 +511,10 @@ impl Engine {
         self.store.set_formation(app, &formation, actor)?;
         let what: Vec<String> = changes.iter().map(|(k, v)| format!("{k}={v}")).collect();
         // In place, as `heroku ps:scale`: no new release (`scale.rs`).
-        if a.live_release.is_none() && !self.deploying(app) {
-            return Ok(None);
-        }
-        let deploy = self.store.create_deploy(
-            app,
-            DeployKind::Restart,
-            actor,
-            &self.app_dir(app).join("deploys"),
-        )?;
-        self.enqueue(
-            app,
-            queue::Job::Scale {
-                deploy: deploy.id,
-                description: format!("Scale {}", what.join(" ")),
-            },
-        );
-        self.deploy(deploy.id).map(Some)
+        self.queue_change(app, actor, |deploy| queue::Job::Scale {
+            deploy,
+            description: format!("Scale {}", what.join(" ")),
+        })
     }
 
     pub fn add_domain(&self, app: &str, host: &str, actor: &str) -> Result<(), EngineError> {
