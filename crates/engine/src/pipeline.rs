@@ -60,6 +60,16 @@ impl From<EngineError> for Failure {
     }
 }
 
+/// A release being run: what all its instances share.
+pub(crate) struct ReleaseRun<'a> {
+    pub app: &'a str,
+    pub version: i64,
+    pub dir: &'a Path,
+    pub spec: &'a AppSpec,
+    /// The process env without the per-instance vars (`process_env`).
+    pub env: &'a [(String, String)],
+}
+
 /// A one-off command of a deploy.
 struct Task<'a> {
     what: &'static str,
@@ -178,6 +188,13 @@ impl Engine {
                 .await?;
         }
 
+        let run = ReleaseRun {
+            app,
+            version,
+            dir: &release.dir,
+            spec: &spec,
+            env: &env,
+        };
         let (target, health_path) = match spec.kind {
             AppKind::Static => {
                 let dir = release
@@ -200,16 +217,7 @@ impl Engine {
             }
             AppKind::Process => {
                 let web = self
-                    .start_instances(
-                        app,
-                        version,
-                        &release.dir,
-                        &spec,
-                        &a.formation,
-                        &env,
-                        started,
-                        log,
-                    )
+                    .start_instances(&run, &a.formation, started, log)
                     .await?;
                 if !web.is_empty() {
                     step(
@@ -405,21 +413,16 @@ impl Engine {
     }
 
     /// Start the formation's instances of a release; returns the web ones (id, address).
-    #[allow(clippy::too_many_arguments)]
     async fn start_instances(
         &self,
-        app: &str,
-        version: i64,
-        dir: &Path,
-        spec: &AppSpec,
+        run: &ReleaseRun<'_>,
         overrides: &BTreeMap<String, u32>,
-        env: &[(String, String)],
         started: &mut Started,
         log: &DeployLog,
     ) -> Result<Vec<(String, SocketAddr)>, Failure> {
         let mut web = Vec::new();
-        for (proc_type, command) in &spec.processes {
-            let n = formation_of(spec, overrides, proc_type);
+        for (proc_type, command) in &run.spec.processes {
+            let n = formation_of(run.spec, overrides, proc_type);
             if n == 0 {
                 continue;
             }
@@ -427,47 +430,50 @@ impl Engine {
                 "-----> Starting {n} {proc_type} instance(s): {command}"
             ));
             for index in 1..=n {
-                let id = instance_id(app, version, proc_type, index);
-                let port = if proc_type == "web" {
-                    Some(self.free_port()?)
-                } else {
-                    None
-                };
-                let info = self
-                    .start_one(app, version, dir, spec, proc_type, index, port, env)
-                    .await;
-                started.instances.push((id.clone(), port));
-                info?;
-                if let Some(p) = port {
-                    web.push((id, SocketAddr::from(([127, 0, 0, 1], p))));
-                }
+                web.extend(self.start_new(run, proc_type, index, started).await?);
             }
         }
         Ok(web)
     }
 
+    /// Start a new instance (a free port for `web`), recorded in `started` so that a failure
+    /// of the deploy can undo it; the web one's (id, address).
+    pub(crate) async fn start_new(
+        &self,
+        run: &ReleaseRun<'_>,
+        proc_type: &str,
+        index: u32,
+        started: &mut Started,
+    ) -> Result<Option<(String, SocketAddr)>, Failure> {
+        let port = if proc_type == "web" {
+            Some(self.free_port()?)
+        } else {
+            None
+        };
+        let id = instance_id(run.app, run.version, proc_type, index);
+        let result = self.start_one(run, proc_type, index, port).await;
+        started.instances.push((id.clone(), port));
+        result?;
+        Ok(port.map(|p| (id, SocketAddr::from(([127, 0, 0, 1], p)))))
+    }
+
     /// Start (or restart after a berth restart) one instance and record it.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn start_one(
         &self,
-        app: &str,
-        version: i64,
-        dir: &Path,
-        spec: &AppSpec,
+        run: &ReleaseRun<'_>,
         proc_type: &str,
         index: u32,
         port: Option<u16>,
-        env: &[(String, String)],
     ) -> Result<(), Failure> {
-        let inst = self.instance_spec(app, version, dir, spec, proc_type, index, port, env);
+        let inst = self.instance_spec(run, proc_type, index, port);
         let id = inst.id.clone();
         if let Some(logs) = inst.log_file.parent() {
             std::fs::create_dir_all(logs).map_err(crate::io_err)?;
         }
         self.store
             .upsert_instance(&NewInstance {
-                app: app.to_string(),
-                release_version: version,
+                app: run.app.to_string(),
+                release_version: run.version,
                 proc_type: proc_type.to_string(),
                 index,
                 port,
@@ -488,32 +494,32 @@ impl Engine {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn instance_spec(
         &self,
-        app: &str,
-        version: i64,
-        dir: &Path,
-        spec: &AppSpec,
+        run: &ReleaseRun<'_>,
         proc_type: &str,
         index: u32,
         port: Option<u16>,
-        env: &[(String, String)],
     ) -> InstanceSpec {
-        let id = instance_id(app, version, proc_type, index);
-        let mut env = env.to_vec();
+        let id = instance_id(run.app, run.version, proc_type, index);
+        let mut env = run.env.to_vec();
         if let Some(p) = port {
             env.push(("PORT".into(), p.to_string()));
         }
-        env.push(("BERTH_RELEASE".into(), format!("v{version}")));
+        env.push(("BERTH_RELEASE".into(), format!("v{}", run.version)));
         env.push(("DYNO".into(), format!("{proc_type}.{index}")));
         InstanceSpec {
-            log_file: self.instance_log(app, &id),
+            log_file: self.instance_log(run.app, &id),
             id,
-            command: spec.processes.get(proc_type).cloned().unwrap_or_default(),
-            dir: dir.to_path_buf(),
+            command: run
+                .spec
+                .processes
+                .get(proc_type)
+                .cloned()
+                .unwrap_or_default(),
+            dir: run.dir.to_path_buf(),
             env,
-            limits: limits(spec),
+            limits: limits(run.spec),
             restart: true,
         }
     }

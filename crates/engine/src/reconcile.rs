@@ -9,7 +9,7 @@
 //! 4. Anything else the runtime started in an earlier run (an instance whose pid was never
 //!    recorded, a build cut off) is stopped (`Runtime::sweep`).
 
-use crate::pipeline::{formation_of, instance_id, process_env, Config, DeployLog};
+use crate::pipeline::{formation_of, instance_id, process_env, Config, DeployLog, ReleaseRun};
 use crate::{lock, Engine, EngineError, Live, Target};
 use build::manifest::{AppKind, AppSpec, HealthCheck};
 use std::collections::BTreeMap;
@@ -128,6 +128,13 @@ impl Engine {
             },
         };
         let env = process_env(app, &spec, &config.env);
+        let run = ReleaseRun {
+            app,
+            version,
+            dir: &release.dir,
+            spec: &spec,
+            env: &env,
+        };
         let existing = self.store.instances(app)?;
         let mut web = Vec::new();
         let mut first_error = None;
@@ -139,16 +146,7 @@ impl Engine {
                 let mut port = row.and_then(|r| r.port);
                 let mut adopted = false;
                 if let Some((pid, start)) = row.and_then(|r| Some((r.pid?, r.pid_start?))) {
-                    let inst = self.instance_spec(
-                        app,
-                        version,
-                        &release.dir,
-                        &spec,
-                        proc_type,
-                        index,
-                        port,
-                        &env,
-                    );
+                    let inst = self.instance_spec(&run, proc_type, index, port);
                     match self.runtime.adopt(inst, pid, start).await {
                         Ok(Some(_)) => adopted = true,
                         Ok(None) => {}
@@ -166,18 +164,7 @@ impl Engine {
                         self.release_port(port);
                         port = Some(self.free_port()?);
                     }
-                    let started = self
-                        .start_one(
-                            app,
-                            version,
-                            &release.dir,
-                            &spec,
-                            proc_type,
-                            index,
-                            port,
-                            &env,
-                        )
-                        .await;
+                    let started = self.start_one(&run, proc_type, index, port).await;
                     if let Err(f) = started {
                         tracing::error!(instance = id, reason = %f.0, "cannot start again");
                         self.release_port(port);

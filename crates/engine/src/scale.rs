@@ -3,7 +3,7 @@
 //! ones leave the route, drain and stop. The release's recorded formation follows, so a
 //! restart after a crash brings up the new count.
 
-use crate::pipeline::{formation_of, process_env, Config, DeployLog, Failure, Started};
+use crate::pipeline::{formation_of, process_env, Config, DeployLog, Failure, ReleaseRun, Started};
 use crate::{lock, Engine, EngineError, Live, Target};
 use build::manifest::{AppKind, AppSpec};
 use std::net::SocketAddr;
@@ -47,6 +47,13 @@ impl Engine {
             .collect();
 
         // Start what is missing.
+        let run = ReleaseRun {
+            app,
+            version,
+            dir: &release.dir,
+            spec: &spec,
+            env: &env,
+        };
         let mut new_web = Vec::new();
         for proc_type in spec.processes.keys() {
             let want = formation_of(&spec, &a.formation, proc_type);
@@ -58,29 +65,7 @@ impl Engine {
                     continue;
                 }
                 log.line(&format!("-----> Starting {proc_type}.{index}"));
-                let port = if proc_type == "web" {
-                    Some(self.free_port()?)
-                } else {
-                    None
-                };
-                let id = crate::pipeline::instance_id(app, version, proc_type, index);
-                let r = self
-                    .start_one(
-                        app,
-                        version,
-                        &release.dir,
-                        &spec,
-                        proc_type,
-                        index,
-                        port,
-                        &env,
-                    )
-                    .await;
-                started.instances.push((id.clone(), port));
-                r?;
-                if let Some(p) = port {
-                    new_web.push((id, SocketAddr::from(([127, 0, 0, 1], p))));
-                }
+                new_web.extend(self.start_new(&run, proc_type, index, started).await?);
             }
         }
         if !new_web.is_empty() {
