@@ -77,14 +77,20 @@ pub async fn destroy(
 /// `POST /apps/{app}/deploys`: the body is a `.tar.gz` source bundle, streamed to a spool
 /// file (never whole in memory) and bounded; the engine then unpacks and checks it before
 /// anything is recorded.
+///
+/// A push (`berth hook`, from `git push`) says which commit it is with query parameters:
+/// `trigger=git&sha=…&branch=…&author=…&message=…`; the branch decides whether the app, a
+/// preview or nothing is deployed (`200 {"ignored": reason}`).
 pub async fn upload(
     State(ctx): State<Ctx>,
     Extension(caller): Extension<Caller>,
     Path(app): Path<String>,
+    Query(q): Query<PushQuery>,
     body: Body,
 ) -> Result<Response, ApiError> {
     caller.app(&app)?;
     ctx.engine.app(&app)?;
+    let meta = q.meta()?;
     let max = ctx.engine.cfg.max_upload;
     tokio::fs::create_dir_all(&ctx.tmp_dir)
         .await
@@ -115,15 +121,66 @@ pub async fn upload(
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "empty upload")
             .hint("the body is a .tar.gz of the app's source (berth deploy makes one)"));
     }
-    let deploy = ctx
+    let pushed = ctx
         .engine
-        .deploy_bundle(&app, &spool.0, &caller.actor())
+        .deploy_push(&app, &spool.0, &caller.actor(), meta)
         .await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(deploy_json(&ctx.engine, &deploy)),
-    )
-        .into_response())
+    Ok(match pushed {
+        engine::Pushed::Deploy(deploy) => (
+            StatusCode::ACCEPTED,
+            Json(deploy_json(&ctx.engine, &deploy)),
+        )
+            .into_response(),
+        engine::Pushed::Ignored(reason) => Json(json!({ "ignored": reason })).into_response(),
+    })
+}
+
+/// What a push tells about its commit (all optional; a plain upload sends none).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PushQuery {
+    trigger: Option<String>,
+    sha: Option<String>,
+    branch: Option<String>,
+    author: Option<String>,
+    message: Option<String>,
+}
+
+impl PushQuery {
+    fn meta(self) -> Result<engine::store::DeployMeta, ApiError> {
+        let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
+        let trigger = self.trigger.unwrap_or_else(|| "upload".into());
+        if !matches!(trigger.as_str(), "upload" | "git") {
+            return Err(bad(format!(
+                "trigger must be upload or git, not {trigger:?}"
+            )));
+        }
+        if let Some(s) = &self.sha {
+            if !build::git::valid_sha(s) {
+                return Err(bad(format!("sha {s:?} is not a commit id")));
+            }
+        }
+        if let Some(b) = &self.branch {
+            if !build::git::valid_branch(b) {
+                return Err(bad(format!("branch {b:?} is not a valid branch name")));
+            }
+        }
+        let text = |v: Option<String>, what: &str| -> Result<Option<String>, ApiError> {
+            match v {
+                Some(t) if t.len() > 1000 || t.chars().any(|c| c.is_control()) => Err(bad(
+                    format!("{what} must be one line of at most 1000 bytes"),
+                )),
+                v => Ok(v),
+            }
+        };
+        Ok(engine::store::DeployMeta {
+            trigger,
+            sha: self.sha,
+            branch: self.branch,
+            author: text(self.author, "author")?,
+            message: text(self.message, "message")?,
+        })
+    }
 }
 
 /// The spooled upload is removed however the request ends.

@@ -53,6 +53,19 @@ pub fn deploy_json(engine: &Engine, d: &Deploy) -> Value {
         "started_at": ts(d.started_at),
         "finished_at": d.finished_at.map(ts),
         "url": engine.app_url(&d.app),
+        "trigger": d.meta.trigger,
+        "commit": d.meta.sha.as_ref().map(|sha| json!({
+            "sha": sha,
+            "branch": d.meta.branch,
+            "author": d.meta.author,
+            "message": d.meta.message,
+        })),
+        "steps": d.steps.iter().map(|s| json!({
+            "name": s.name,
+            "status": s.status,
+            "started_at": ts(s.started_at),
+            "finished_at": s.finished_at.map(ts),
+        })).collect::<Vec<_>>(),
     })
 }
 

@@ -864,7 +864,7 @@ fn rollback(g: &Global, version: Option<String>) -> Result<i32, Error> {
 }
 
 fn finished(d: &Value) -> bool {
-    !matches!(d["status"].as_str(), Some("running") | None)
+    !matches!(d["status"].as_str(), Some("queued" | "running") | None)
 }
 
 /// Prints a deploy's log as it is written and returns the finished `Deploy`: follows the SSE

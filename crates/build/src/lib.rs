@@ -4,6 +4,7 @@
 //! berth.toml).
 
 pub mod bundle;
+pub mod git;
 pub mod manifest;
 
 pub use bundle::{pack, unpack, BundleError, PackStats, UnpackStats};

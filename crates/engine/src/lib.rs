@@ -15,6 +15,8 @@
 mod health;
 pub mod logs;
 mod pipeline;
+mod notify;
+mod previews;
 mod queue;
 mod reconcile;
 mod routes;
@@ -28,7 +30,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use store::{App, Deploy, DeployKind, Store};
+use store::{App, Deploy, DeployKind, DeployMeta, Store};
 
 pub use store;
 
@@ -228,13 +230,49 @@ impl Engine {
         bundle: &Path,
         actor: &str,
     ) -> Result<Deploy, EngineError> {
+        let meta = DeployMeta {
+            trigger: "upload".into(),
+            ..DeployMeta::default()
+        };
+        self.deploy_bundle_with(app, bundle, actor, meta).await
+    }
+
+    /// A push of `meta.branch` (git or webhook): the app's deploy branch builds the app; another
+    /// branch builds its preview when previews are on (`previews.rs`), and is otherwise only
+    /// stored (`Pushed::Ignored` says why).
+    pub async fn deploy_push(
+        self: &Arc<Self>,
+        app: &str,
+        bundle: &Path,
+        actor: &str,
+        meta: DeployMeta,
+    ) -> Result<Pushed, EngineError> {
+        let a = self.app(app)?;
+        match meta.branch.clone() {
+            Some(b) if b != a.settings.deploy_branch => {
+                self.deploy_preview(&a, &b, bundle, actor, meta).await
+            }
+            _ => Ok(Pushed::Deploy(
+                self.deploy_bundle_with(app, bundle, actor, meta).await?,
+            )),
+        }
+    }
+
+    /// [`Engine::deploy_bundle`] with what triggered it and the commit it builds.
+    pub async fn deploy_bundle_with(
+        self: &Arc<Self>,
+        app: &str,
+        bundle: &Path,
+        actor: &str,
+        meta: DeployMeta,
+    ) -> Result<Deploy, EngineError> {
         let (this, app, bundle, actor) = (
             self.clone(),
             app.to_string(),
             bundle.to_path_buf(),
             actor.to_string(),
         );
-        tokio::spawn(async move { this.check_and_record(&app, &bundle, &actor).await })
+        tokio::spawn(async move { this.check_and_record(&app, &bundle, &actor, &meta).await })
             .await
             .map_err(|e| EngineError::Internal(e.to_string()))?
     }
@@ -244,6 +282,7 @@ impl Engine {
         app: &str,
         bundle: &Path,
         actor: &str,
+        meta: &DeployMeta,
     ) -> Result<Deploy, EngineError> {
         self.app(app)?;
         let releases = self.app_dir(app).join("releases");
@@ -273,11 +312,12 @@ impl Engine {
                 return Err(e);
             }
         };
-        let deploy = self.store.create_deploy(
+        let deploy = self.store.create_deploy_with(
             app,
             DeployKind::Build,
             actor,
             &self.app_dir(app).join("deploys"),
+            meta,
         );
         let deploy = match deploy {
             Ok(d) => d,
@@ -752,6 +792,15 @@ impl Engine {
             lock(&self.reserved_ports).remove(&p);
         }
     }
+}
+
+/// What a push started.
+#[derive(Debug, Clone)]
+pub enum Pushed {
+    /// A build of the app (or of its preview, whose app is named in the deploy).
+    Deploy(Deploy),
+    /// Nothing to deploy, and why (a branch that is neither the deploy branch nor previewed).
+    Ignored(String),
 }
 
 /// An instance as the API shows it.

@@ -8,11 +8,12 @@ use rusqlite::{Connection, OptionalExtension, Row};
 use crate::releases::release_not_found;
 use crate::{
     app_id, audit, now_ms, path_str, query_all, query_opt, sql_limit, Deploy, DeployKind,
-    DeployStatus, ReleaseStatus, Result, Store, StoreError,
+    DeployMeta, DeployStatus, ReleaseStatus, Result, Step, Store, StoreError,
 };
 
 const DEPLOY_SELECT: &str = "SELECT d.id, a.name, d.release_version, d.kind, d.status, d.step, \
-     d.reason, d.actor, d.started_at, d.finished_at, d.log_path \
+     d.reason, d.actor, d.started_at, d.finished_at, d.log_path, \
+     d.trigger, d.sha, d.branch, d.author, d.message, d.steps \
      FROM deploys d JOIN apps a ON a.id = d.app_id";
 
 fn deploy_from_row(r: &Row<'_>) -> Result<Deploy> {
@@ -31,7 +32,43 @@ fn deploy_from_row(r: &Row<'_>) -> Result<Deploy> {
         started_at: r.get(8)?,
         finished_at: r.get(9)?,
         log_path: PathBuf::from(log_path),
+        meta: DeployMeta {
+            trigger: r.get(11)?,
+            sha: r.get(12)?,
+            branch: r.get(13)?,
+            author: r.get(14)?,
+            message: r.get(15)?,
+        },
+        steps: parse_steps(&r.get::<_, String>(16)?)?,
     })
+}
+
+fn parse_steps(json: &str) -> Result<Vec<Step>> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("deploy steps: {e}")))
+}
+
+fn steps_json(steps: &[Step]) -> Result<String> {
+    serde_json::to_string(steps).map_err(|e| StoreError::Corrupt(format!("deploy steps: {e}")))
+}
+
+/// Ends the running step (if any) with `status`.
+fn close_step(steps: &mut [Step], status: &str, at: i64) {
+    if let Some(last) = steps.last_mut() {
+        if last.status == "running" {
+            last.status = status.to_string();
+            last.finished_at = Some(at);
+        }
+    }
+}
+
+fn read_steps(conn: &Connection, id: i64) -> Result<Vec<Step>> {
+    let json: String = conn
+        .query_row("SELECT steps FROM deploys WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .optional()?
+        .ok_or_else(|| deploy_not_found(id))?;
+    parse_steps(&json)
 }
 
 fn deploy_by_id(conn: &Connection, id: i64) -> Result<Option<Deploy>> {
@@ -67,19 +104,41 @@ impl Store {
         actor: &str,
         log_dir: &Path,
     ) -> Result<Deploy> {
+        let meta = DeployMeta {
+            trigger: "api".into(),
+            ..DeployMeta::default()
+        };
+        self.create_deploy_with(app, kind, actor, log_dir, &meta)
+    }
+
+    /// [`Store::create_deploy`] with what triggered it (and the commit it builds).
+    pub fn create_deploy_with(
+        &self,
+        app: &str,
+        kind: DeployKind,
+        actor: &str,
+        log_dir: &Path,
+        meta: &DeployMeta,
+    ) -> Result<Deploy> {
         // Validate up front so a non-UTF-8 dir fails before touching the db.
         path_str(log_dir)?;
         self.write(|tx| {
             let app_id = app_id(tx, app)?;
             tx.execute(
-                "INSERT INTO deploys (app_id, kind, status, step, actor, started_at, log_path) \
-                 VALUES (?1, ?2, ?3, 'queued', ?4, ?5, '')",
+                "INSERT INTO deploys (app_id, kind, status, step, actor, started_at, log_path, \
+                 trigger, sha, branch, author, message) \
+                 VALUES (?1, ?2, ?3, 'queued', ?4, ?5, '', ?6, ?7, ?8, ?9, ?10)",
                 (
                     app_id,
                     kind.as_str(),
-                    DeployStatus::Running.as_str(),
+                    DeployStatus::Queued.as_str(),
                     actor,
                     now_ms(),
+                    meta.trigger.as_str(),
+                    meta.sha.as_deref(),
+                    meta.branch.as_deref(),
+                    meta.author.as_deref(),
+                    meta.message.as_deref(),
                 ),
             )?;
             let id = tx.last_insert_rowid();
@@ -94,11 +153,30 @@ impl Store {
 
     /// Records which pipeline step a deploy is in (shown in the UI, and used
     /// after a crash to know how far it got).
+    /// The previous step, if still running, is recorded as succeeded; a queued deploy becomes
+    /// running.
     pub fn set_deploy_step(&self, id: i64, step: &str) -> Result<()> {
-        let n = self
-            .conn()
-            .execute("UPDATE deploys SET step = ?1 WHERE id = ?2", (step, id))?;
-        touched(n, id)
+        self.write(|tx| {
+            let mut steps = read_steps(tx, id)?;
+            let at = now_ms();
+            if steps.last().is_none_or(|s| s.name != step) {
+                close_step(&mut steps, "succeeded", at);
+                if step != "done" {
+                    steps.push(Step {
+                        name: step.to_string(),
+                        status: "running".into(),
+                        started_at: at,
+                        finished_at: None,
+                    });
+                }
+            }
+            let n = tx.execute(
+                "UPDATE deploys SET step = ?1, steps = ?2, \
+                 status = CASE status WHEN 'queued' THEN 'running' ELSE status END WHERE id = ?3",
+                (step, steps_json(&steps)?, id),
+            )?;
+            touched(n, id)
+        })
     }
 
     /// Records the release a deploy produced or targets.
@@ -111,12 +189,68 @@ impl Store {
     }
 
     /// Ends a deploy with its final status (and a reason if it failed).
-    pub fn finish_deploy(&self, id: i64, status: DeployStatus, reason: Option<&str>) -> Result<()> {
-        let n = self.conn().execute(
-            "UPDATE deploys SET status = ?1, reason = ?2, finished_at = ?3 WHERE id = ?4",
-            (status.as_str(), reason, now_ms(), id),
-        )?;
-        touched(n, id)
+    /// A deploy that already ended keeps its first outcome (a cancel racing the pipeline's own
+    /// end): the return value says whether this call ended it.
+    pub fn finish_deploy(
+        &self,
+        id: i64,
+        status: DeployStatus,
+        reason: Option<&str>,
+    ) -> Result<bool> {
+        self.write(|tx| {
+            let current: String = tx
+                .query_row("SELECT status FROM deploys WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })
+                .optional()?
+                .ok_or_else(|| deploy_not_found(id))?;
+            if !current.parse::<DeployStatus>()?.is_active() {
+                return Ok(false);
+            }
+            let mut steps = read_steps(tx, id)?;
+            let at = now_ms();
+            close_step(&mut steps, status.as_str(), at);
+            tx.execute(
+                "UPDATE deploys SET status = ?1, reason = ?2, finished_at = ?3, steps = ?4 \
+                 WHERE id = ?5",
+                (status.as_str(), reason, at, steps_json(&steps)?, id),
+            )?;
+            Ok(true)
+        })
+    }
+
+    /// Deploys of every app (or of one), newest first, optionally only queued and running ones.
+    pub fn all_deploys(
+        &self,
+        app: Option<&str>,
+        active_only: bool,
+        limit: usize,
+    ) -> Result<Vec<Deploy>> {
+        let conn = self.conn();
+        let active = if active_only {
+            " AND d.status IN ('queued', 'running')"
+        } else {
+            ""
+        };
+        match app {
+            Some(a) => {
+                let id = app_id(&conn, a)?;
+                query_all(
+                    &conn,
+                    &format!(
+                        "{DEPLOY_SELECT} WHERE d.app_id = ?1{active} ORDER BY d.id DESC LIMIT ?2"
+                    ),
+                    (id, sql_limit(limit)),
+                    deploy_from_row,
+                )
+            }
+            None => query_all(
+                &conn,
+                &format!("{DEPLOY_SELECT} WHERE 1 = 1{active} ORDER BY d.id DESC LIMIT ?1"),
+                [sql_limit(limit)],
+                deploy_from_row,
+            ),
+        }
     }
 
     /// One deploy by id.

@@ -146,6 +146,31 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE releases ADD COLUMN config TEXT NOT NULL DEFAULT '{}';
     "#,
+    // 3: CI/CD. Each deploy records what triggered it, the commit it builds and the status of
+    // each step; apps keep their git settings (deploy branch, connected repository, previews);
+    // webhook delivery ids (a repeated delivery runs nothing) and notification targets.
+    r#"
+    ALTER TABLE deploys ADD COLUMN trigger TEXT NOT NULL DEFAULT 'api';
+    ALTER TABLE deploys ADD COLUMN sha TEXT NULL;
+    ALTER TABLE deploys ADD COLUMN branch TEXT NULL;
+    ALTER TABLE deploys ADD COLUMN author TEXT NULL;
+    ALTER TABLE deploys ADD COLUMN message TEXT NULL;
+    ALTER TABLE deploys ADD COLUMN steps TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE apps ADD COLUMN settings TEXT NOT NULL DEFAULT '{}';
+    CREATE TABLE hook_deliveries (
+        provider TEXT NOT NULL,
+        delivery TEXT NOT NULL,
+        at       INTEGER NOT NULL,
+        PRIMARY KEY (provider, delivery)
+    );
+    CREATE TABLE notify_targets (
+        id         INTEGER PRIMARY KEY,
+        app_id     INTEGER NULL REFERENCES apps(id) ON DELETE CASCADE,
+        url        TEXT NOT NULL,
+        secret     TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this binary migrates to (`PRAGMA user_version`).

@@ -77,6 +77,17 @@ text_enum! {
         Running => "running",
         Succeeded => "succeeded",
         Failed => "failed",
+        /// Stopped by a user (`berth builds:cancel`) or by a newer push (`cancel_running`).
+        Cancelled => "cancelled",
+        /// Never ran: a newer push to the same branch came first.
+        Superseded => "superseded",
+    }
+}
+
+impl DeployStatus {
+    /// Queued or running.
+    pub fn is_active(self) -> bool {
+        matches!(self, DeployStatus::Queued | DeployStatus::Running)
     }
 }
 
@@ -100,6 +111,7 @@ pub struct App {
     pub live_release: Option<i64>,
     /// Desired replicas per process type.
     pub formation: BTreeMap<String, u32>,
+    pub settings: AppSettings,
 }
 
 /// One immutable build of an app plus the spec to run it.
@@ -138,6 +150,117 @@ pub struct Deploy {
     pub started_at: i64,
     pub finished_at: Option<i64>,
     pub log_path: PathBuf,
+    /// What started it and which commit it builds.
+    pub meta: DeployMeta,
+    /// The pipeline's steps so far, in order.
+    pub steps: Vec<Step>,
+}
+
+/// What started a deploy and, for a build from git, which commit.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct DeployMeta {
+    /// `upload` (CLI deploy), `git` (push), `webhook`, `api` (rollback, env, scale…).
+    pub trigger: String,
+    pub sha: Option<String>,
+    pub branch: Option<String>,
+    pub author: Option<String>,
+    /// The commit message's first line.
+    pub message: Option<String>,
+}
+
+/// One step of a deploy's pipeline as recorded.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Step {
+    pub name: String,
+    /// `running`, `succeeded`, `failed`, `cancelled`, `superseded`.
+    pub status: String,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+/// An app's git and CI settings (stored as JSON; every field has a default).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct AppSettings {
+    /// A push to this branch deploys the app.
+    pub deploy_branch: String,
+    /// A repository whose push webhooks deploy the app (`berth apps:connect`).
+    pub repo: Option<RepoLink>,
+    /// A newer push cancels the app's running build (a queued one is always superseded).
+    pub cancel_running: bool,
+    /// Pushes to other branches deploy previews at `<branch>--<app>.<domain>`.
+    pub previews: bool,
+    /// At most this many previews at once.
+    pub preview_max: u32,
+    /// Env overrides for previews, on top of the app's env.
+    pub preview_env: BTreeMap<String, String>,
+    /// For a preview app: the app it previews and the branch.
+    pub preview_of: Option<PreviewOf>,
+}
+
+impl Default for AppSettings {
+    fn default() -> Self {
+        AppSettings {
+            deploy_branch: "main".into(),
+            repo: None,
+            cancel_running: true,
+            previews: false,
+            preview_max: 5,
+            preview_env: BTreeMap::new(),
+            preview_of: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RepoLink {
+    /// As given; webhooks are matched on [`normalize_repo_url`] of it.
+    pub url: String,
+    pub branch: String,
+    /// The webhook secret (never empty). Shown once, when connecting.
+    pub secret: String,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PreviewOf {
+    pub app: String,
+    pub branch: String,
+}
+
+/// A repository URL reduced to compare webhook payloads with connected apps: no scheme, no
+/// credentials, no trailing `.git` or `/`, lower case (`https://GitHub.com/a/b.git` and
+/// `git@github.com:a/b` are the same repository).
+pub fn normalize_repo_url(url: &str) -> String {
+    let mut u = url.trim();
+    if let Some(i) = u.find("://") {
+        u = &u[i + 3..];
+    }
+    if let Some(i) = u.find('@') {
+        if !u[..i].contains('/') {
+            u = &u[i + 1..];
+        }
+    }
+    let u = u.trim_end_matches('/');
+    let u = u.strip_suffix(".git").unwrap_or(u);
+    let mut out = u.to_ascii_lowercase();
+    // scp-like `host:path`
+    if let Some(i) = out.find(':') {
+        if !out[..i].contains('/') && !out[i + 1..].starts_with(|c: char| c.is_ascii_digit()) {
+            out.replace_range(i..=i, "/");
+        }
+    }
+    out
+}
+
+/// An outgoing webhook target (`berth notify:add`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotifyTarget {
+    pub id: i64,
+    /// `None`: every app.
+    pub app: Option<String>,
+    pub url: String,
+    pub secret: String,
+    pub created_at: i64,
 }
 
 /// A running (or recently running) process of an app.

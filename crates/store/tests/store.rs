@@ -215,17 +215,37 @@ fn deploy_lifecycle() {
     let d = store
         .create_deploy("web", DeployKind::Build, "alice", Path::new("/logs"))
         .unwrap();
-    assert_eq!(d.status, DeployStatus::Running);
+    assert_eq!(d.status, DeployStatus::Queued);
     assert_eq!(d.step, "queued");
+    assert_eq!(d.meta.trigger, "api");
+    assert!(d.steps.is_empty());
     assert_eq!(d.log_path, PathBuf::from(format!("/logs/{}.log", d.id)));
     assert_eq!(store.unfinished_deploys().unwrap(), vec![d.clone()]);
 
+    store.set_deploy_step(d.id, "test").unwrap();
+    assert_eq!(
+        store.deploy(d.id).unwrap().unwrap().status,
+        DeployStatus::Running
+    );
     store.set_deploy_step(d.id, "build").unwrap();
     store.set_deploy_release(d.id, 1).unwrap();
-    store
+    assert!(store
         .finish_deploy(d.id, DeployStatus::Failed, Some("build failed"))
-        .unwrap();
+        .unwrap());
+    // The first outcome stays.
+    assert!(!store
+        .finish_deploy(d.id, DeployStatus::Cancelled, None)
+        .unwrap());
     let d = store.deploy(d.id).unwrap().unwrap();
+    let steps: Vec<_> = d
+        .steps
+        .iter()
+        .map(|s| (s.name.as_str(), s.status.as_str(), s.finished_at.is_some()))
+        .collect();
+    assert_eq!(
+        steps,
+        [("test", "succeeded", true), ("build", "failed", true)]
+    );
     assert_eq!(d.step, "build");
     assert_eq!(d.release_version, Some(1));
     assert_eq!(d.status, DeployStatus::Failed);

@@ -160,7 +160,7 @@ fn wait_deploy_as(b: &Berth, token: &str, app: &str, id: i64) -> Value {
             "application/json",
             b"",
         );
-        (d["status"] != "running").then_some(d)
+        (d["status"] != "running" && d["status"] != "queued").then_some(d)
     })
 }
 
