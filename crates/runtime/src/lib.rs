@@ -71,6 +71,9 @@ pub struct TaskSpec {
     /// The whole process group is killed when the task runs longer.
     pub timeout: Duration,
     pub limits: Limits,
+    /// Run as this (uid, gid), with no supplementary groups (berth must be root); `None`: as
+    /// berth's own user.
+    pub user: Option<(u32, u32)>,
 }
 
 /// How a [`TaskSpec`] ended.

@@ -214,6 +214,12 @@ fn write_limit(dir: &Path, file: &str, value: impl ToString) -> Result<(), Runti
 impl Confinement {
     /// The shell script described in the module docs.
     pub fn prelude(&self) -> String {
+        self.prelude_as(None)
+    }
+
+    /// [`Confinement::prelude`], dropping to `user` (uid, gid) last: the cgroup is joined as
+    /// root, then `setpriv` (util-linux) switches user and clears supplementary groups.
+    pub fn prelude_as(&self, user: Option<(u32, u32)>) -> String {
         let mut script = String::new();
         for n in 1..=self.dirs.len() {
             script.push_str(&format!(
@@ -223,7 +229,13 @@ impl Confinement {
         if let Some(kib) = self.ulimit_v_kib {
             script.push_str(&format!("ulimit -v {kib} || exit 125\n"));
         }
-        script.push_str("exec /bin/sh -c -- \"$0\"");
+        if let Some((uid, gid)) = user {
+            script.push_str(&format!(
+                "exec setpriv --reuid={uid} --regid={gid} --clear-groups -- /bin/sh -c -- \"$0\""
+            ));
+        } else {
+            script.push_str("exec /bin/sh -c -- \"$0\"");
+        }
         script
     }
 

@@ -355,6 +355,7 @@ impl Runtime for ProcessRuntime {
             &task.log_file,
             &confinement,
             &self.shared.opts.owner,
+            task.user,
         );
         let mut proc = match spawned {
             Ok((proc, _)) => proc,
@@ -677,12 +678,14 @@ fn spawn_instance(
         &spec.log_file,
         confinement,
         owner,
+        None,
     )
 }
 
 /// Starts `/bin/sh -c <prelude> <command> <cgroup dirs>` in its own process
 /// group with only the given environment and output appended to `log_file`.
 /// Returns the process and its start time.
+#[allow(clippy::too_many_arguments)]
 fn spawn(
     id: &str,
     command: &str,
@@ -691,6 +694,7 @@ fn spawn(
     log_file: &Path,
     confinement: &Confinement,
     owner: &str,
+    user: Option<(u32, u32)>,
 ) -> Result<(Proc, Option<u64>), RuntimeError> {
     let log_err = |source| RuntimeError::LogFile {
         path: log_file.to_path_buf(),
@@ -705,7 +709,7 @@ fn spawn(
 
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c")
-        .arg(confinement.prelude())
+        .arg(confinement.prelude_as(user))
         .arg(command)
         .args(&confinement.dirs)
         .current_dir(dir)

@@ -110,6 +110,7 @@ fn task(dir: &Path, name: &str, command: &str, timeout: Duration) -> TaskSpec {
         log_file: dir.join(format!("{name}.log")),
         timeout,
         limits: Limits::default(),
+        user: None,
     }
 }
 
@@ -455,6 +456,27 @@ async fn run_task_reports_success_and_failure() {
         }
     );
     assert_eq!(read(&log), "oops\n");
+}
+
+/// As root, a task with a user runs as that uid and gid with no supplementary groups.
+#[tokio::test]
+async fn run_task_as_another_user() {
+    if !rustix::process::getuid().is_root() {
+        eprintln!("skipped: needs root to switch user");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let rt = ProcessRuntime::new(fast_opts());
+    let mut t = task(
+        dir.path(),
+        "user",
+        "echo $(id -u) $(id -g) $(id -G)",
+        Duration::from_secs(60),
+    );
+    t.user = Some((65534, 65533));
+    let log = t.log_file.clone();
+    assert_eq!(rt.run_task(t).await.unwrap(), TaskOutcome::Success);
+    assert_eq!(read(&log), "65534 65533 65533\n");
 }
 
 #[tokio::test]

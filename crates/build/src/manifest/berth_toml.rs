@@ -21,6 +21,7 @@ const MAX_CPU: f64 = 1024.0;
 #[serde(deny_unknown_fields)]
 struct BerthToml {
     build: Option<Build>,
+    test: Option<Build>,
     health: Option<Spanned<Health>>,
     deploy: Option<Deploy>,
     #[serde(rename = "static")]
@@ -74,6 +75,8 @@ struct Limits {
 pub(crate) struct TomlSettings {
     pub build_command: Option<String>,
     pub build_timeout: Option<Duration>,
+    pub test_command: Option<String>,
+    pub test_timeout: Option<Duration>,
     pub health_path: Option<String>,
     pub health_tcp: Option<bool>,
     pub health_timeout: Option<Duration>,
@@ -99,6 +102,10 @@ pub(crate) fn parse(text: &str) -> Result<TomlSettings, ManifestError> {
     if let Some(b) = raw.build {
         out.build_command = Some(b.command.0);
         out.build_timeout = b.timeout.map(|d| d.0);
+    }
+    if let Some(t) = raw.test {
+        out.test_command = Some(t.command.0);
+        out.test_timeout = t.timeout.map(|d| d.0);
     }
     if let Some(h) = raw.health {
         let span = h.span();
@@ -179,6 +186,9 @@ mod tests {
 [build]
 command = "make build"
 timeout = "10m"
+[test]
+command = "make test"
+timeout = "2m"
 [health]
 path = "/healthz"
 tcp = false
@@ -201,21 +211,23 @@ worker = "  python3 worker.py  "
         let s = parse(text).unwrap();
         assert_eq!(s.build_command.as_deref(), Some("make build"));
         assert_eq!(s.build_timeout, Some(Duration::from_secs(600)));
+        assert_eq!(s.test_command.as_deref(), Some("make test"));
+        assert_eq!(s.test_timeout, Some(Duration::from_secs(120)));
         assert_eq!(s.health_path.as_deref(), Some("/healthz"));
         assert_eq!(s.health_tcp, Some(false));
         assert_eq!(s.health_timeout, Some(Duration::from_secs(30)));
         assert_eq!(s.drain_timeout, Some(Duration::from_secs(45)));
         assert_eq!(s.stop_grace, Some(Duration::from_secs(10)));
-        assert_eq!(s.static_dir, Some((PathBuf::from("public"), 12)));
-        assert_eq!(s.formation, vec![("web".to_string(), 2, 15)]);
+        assert_eq!(s.static_dir, Some((PathBuf::from("public"), 15)));
+        assert_eq!(s.formation, vec![("web".to_string(), 2, 18)]);
         assert_eq!(s.memory, Some(256 << 20));
         assert_eq!(s.pids, Some(512));
         assert_eq!(s.cpu, Some(1.5));
         assert_eq!(
             s.processes,
             vec![
-                ("web".to_string(), "python3 app.py".to_string(), 21),
-                ("worker".to_string(), "python3 worker.py".to_string(), 22),
+                ("web".to_string(), "python3 app.py".to_string(), 24),
+                ("worker".to_string(), "python3 worker.py".to_string(), 25),
             ]
         );
     }

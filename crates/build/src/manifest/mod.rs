@@ -62,6 +62,9 @@ pub struct AppSpec {
     /// app.json `scripts.postdeploy`: run once after the deploy succeeded.
     pub postdeploy: Option<String>,
     pub build: Option<BuildSpec>,
+    /// `[test]`: runs before the build; a failure stops the pipeline.
+    #[serde(default)]
+    pub test: Option<BuildSpec>,
     pub health: HealthSpec,
     /// How long old instances keep serving in-flight requests after traffic moved.
     #[serde(rename = "drain_timeout_ms", with = "millis")]
@@ -79,7 +82,7 @@ pub struct AppSpec {
     pub env: Vec<EnvDecl>,
 }
 
-/// `[build]`: a command run in the release dir before the processes start.
+/// `[build]` (or `[test]`): a command run in the source dir before the processes start.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BuildSpec {
     pub command: String,
@@ -336,6 +339,10 @@ fn assemble(
         build: toml.build_command.map(|command| BuildSpec {
             command,
             timeout: toml.build_timeout.unwrap_or(DEFAULT_BUILD_TIMEOUT),
+        }),
+        test: toml.test_command.map(|command| BuildSpec {
+            command,
+            timeout: toml.test_timeout.unwrap_or(DEFAULT_BUILD_TIMEOUT),
         }),
         health: HealthSpec { check, timeout },
         drain_timeout: toml.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT),

@@ -40,6 +40,7 @@ fn procfile_only_gets_defaults() {
             release_command: Some("./migrate".into()),
             postdeploy: None,
             build: None,
+            test: None,
             health: HealthSpec {
                 check: HealthCheck::Http { path: "/".into() },
                 timeout: DEFAULT_HEALTH_TIMEOUT,
