@@ -213,12 +213,8 @@ fn write_limit(dir: &Path, file: &str, value: impl ToString) -> Result<(), Runti
 
 impl Confinement {
     /// The shell script described in the module docs.
-    pub fn prelude(&self) -> String {
-        self.prelude_as(None)
-    }
-
-    /// [`Confinement::prelude`], dropping to `user` (uid, gid) last: the cgroup is joined as
-    /// root, then `setpriv` (util-linux) switches user and clears supplementary groups.
+    /// With a `user` (uid, gid), the cgroup is joined as root, then `setpriv` (util-linux)
+    /// switches user and clears supplementary groups.
     pub fn prelude_as(&self, user: Option<(u32, u32)>) -> String {
         let mut script = String::new();
         for n in 1..=self.dirs.len() {
@@ -296,7 +292,7 @@ mod tests {
             ulimit_v_kib: Some(1024),
         };
         assert_eq!(
-            conf.prelude(),
+            conf.prelude_as(None),
             "echo $$ > \"${1}/cgroup.procs\" || exit 125\n\
              echo $$ > \"${2}/cgroup.procs\" || exit 125\n\
              ulimit -v 1024 || exit 125\n\
