@@ -59,16 +59,26 @@ pub async fn require_token(State(ctx): State<Ctx>, mut req: Request, next: Next)
             .hint("send `Authorization: Bearer <token>`; the admin token is in <data_dir>/admin-token")
             .into_response();
     };
-    match ctx.engine.store().token_by_secret(secret) {
-        Ok(Some(token)) => {
-            req.extensions_mut().insert(Caller(token));
+    match caller_for(&ctx, secret) {
+        Ok(Some(caller)) => {
+            req.extensions_mut().insert(caller);
             next.run(req).await
         }
         Ok(None) => {
             ApiError::new(StatusCode::UNAUTHORIZED, "invalid or revoked token").into_response()
         }
-        Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        Err(e) => e.into_response(),
     }
+}
+
+/// The caller a token's secret belongs to (`None`: unknown or revoked). The bearer middleware
+/// and git's Basic auth (`git.rs`) both check tokens here.
+pub(crate) fn caller_for(ctx: &Ctx, secret: &str) -> Result<Option<Caller>, ApiError> {
+    ctx.engine
+        .store()
+        .token_by_secret(secret)
+        .map(|t| t.map(Caller))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
 pub async fn list(

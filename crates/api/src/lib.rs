@@ -9,6 +9,7 @@
 
 mod apps;
 mod auth;
+mod git;
 mod openapi;
 mod render;
 mod stream;
@@ -127,6 +128,8 @@ pub fn router(ctx: Ctx) -> Router {
             "/api/v1/health",
             get(|| async { Json(serde_json::json!({ "status": "ok" })) }),
         )
+        // git's smart HTTP, with its own (Basic) authentication: `git.rs`.
+        .route("/git/{repo}/{*rest}", get(git::handle).post(git::handle))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "no such endpoint")
                 .hint("see GET /api/v1/openapi.json")

@@ -867,10 +867,29 @@ fn finished(d: &Value) -> bool {
     !matches!(d["status"].as_str(), Some("queued" | "running") | None)
 }
 
-/// Prints a deploy's log as it is written and returns the finished `Deploy`: follows the SSE
-/// log; when the stream breaks before its `end`, polls the deploy every 500 ms and prints the
-/// rest of the log once it is done. Log lines go to stdout, or stderr with --json.
+/// Prints a deploy's log as it is written and returns the finished `Deploy` (see
+/// [`follow_deploy_log`]). Log lines go to stdout, or stderr with --json.
 fn follow_deploy(c: &Client, app: &AppRef, d: &Value, json: bool) -> Result<Value, Error> {
+    let print_line = |line: &str| {
+        if json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    };
+    follow_deploy_log(c, &app.path(), d, print_line).map_err(|e| app.explain(e))
+}
+
+/// Calls `print_line` for each line of the log of deploy `d` (of the app at `app_path`,
+/// `/api/v1/apps/<app>`) as it is written and returns the finished `Deploy`: follows the SSE
+/// log; when the stream breaks before its `end`, polls the deploy every 500 ms and prints the
+/// rest of the log once it is done. `berth deploy` and the git push hook (`hook.rs`) use it.
+pub(crate) fn follow_deploy_log(
+    c: &Client,
+    app_path: &str,
+    d: &Value,
+    mut print_line: impl FnMut(&str),
+) -> Result<Value, Error> {
     let id = match &d["id"] {
         Value::Number(n) => n.to_string(),
         Value::String(s) => s.clone(),
@@ -880,14 +899,7 @@ fn follow_deploy(c: &Client, app: &AppRef, d: &Value, json: bool) -> Result<Valu
             ))
         }
     };
-    let deploy_path = format!("{}/deploys/{}", app.path(), seg(&id));
-    let print_line = |line: &str| {
-        if json {
-            eprintln!("{line}");
-        } else {
-            println!("{line}");
-        }
-    };
+    let deploy_path = format!("{app_path}/deploys/{}", seg(&id));
     let mut printed: usize = 0;
     let mut end: Option<Value> = None;
     match c.stream(&format!("{deploy_path}/log?follow=true")) {
@@ -927,7 +939,7 @@ fn follow_deploy(c: &Client, app: &AppRef, d: &Value, json: bool) -> Result<Valu
             {
                 failures += 1;
             }
-            Err(e) => return Err(app.explain(e)),
+            Err(e) => return Err(e),
         }
     };
     if let Ok(text) = c.get_text(&format!("{deploy_path}/log")) {

@@ -4,6 +4,7 @@
 
 mod cli;
 mod client;
+mod hook;
 mod serve;
 
 use anyhow::{Context, Result};
@@ -44,6 +45,12 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Run a git hook of berth's repositories (`pre-receive`); git runs it on a push.
+    #[command(hide = true)]
+    Hook {
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
     #[command(flatten)]
     Client(cli::Command),
 }
@@ -53,6 +60,7 @@ fn main() {
     let result = match cli.cmd {
         Cmd::Serve { config, deploy } => serve::serve(config, deploy),
         Cmd::Check { config } => check(&config),
+        Cmd::Hook { name } => std::process::exit(hook::run(&name)),
         Cmd::Client(cmd) => std::process::exit(cli::run(&cli.global, cmd)),
     };
     if let Err(e) = result {
