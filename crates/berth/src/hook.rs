@@ -58,6 +58,7 @@ fn env(key: &str) -> Result<String, Error> {
 
 /// One ref update of the push.
 struct Update {
+    old: String,
     new: String,
     refname: String,
 }
@@ -76,8 +77,9 @@ fn pre_receive() -> Result<(), Error> {
     for line in io::stdin().lock().lines() {
         let line = line.map_err(|e| Error::failed(format!("cannot read the pushed refs: {e}")))?;
         let mut parts = line.split_whitespace();
-        if let (Some(_old), Some(new), Some(refname)) = (parts.next(), parts.next(), parts.next()) {
+        if let (Some(old), Some(new), Some(refname)) = (parts.next(), parts.next(), parts.next()) {
             updates.push(Update {
+                old: old.to_string(),
                 new: new.to_string(),
                 refname: refname.to_string(),
             });
@@ -95,6 +97,7 @@ fn pre_receive() -> Result<(), Error> {
         let Some(branch) = u.refname.strip_prefix("refs/heads/") else {
             continue;
         };
+        check_unmoved(&git_dir, &u.refname, &u.old)?;
         if build::git::is_zero_sha(&u.new) {
             delete_branch(&client, &app_path, branch)?;
         } else {
@@ -102,6 +105,35 @@ fn pre_receive() -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// Refuses a push whose branch moved since the pusher read it: another push of the app,
+/// serialised before this one, updated it. Deploying this one would put live a commit that
+/// git then refuses to record (its update checks the old value).
+fn check_unmoved(git_dir: &Path, refname: &str, old: &str) -> Result<(), Error> {
+    let mut cmd = build::git::git();
+    cmd.arg("--git-dir")
+        .arg(git_dir)
+        .args(["rev-parse", "--verify", "--quiet"])
+        .arg(refname);
+    let current = match build::git::run(cmd, "rev-parse", std::time::Duration::from_secs(60)) {
+        Ok(out) => String::from_utf8_lossy(&out).trim().to_string(),
+        // No such ref (yet).
+        Err(build::git::GitError::Failed { .. }) => String::new(),
+        Err(e) => return Err(Error::failed(format!("cannot read {refname}: {e}"))),
+    };
+    let expected = if build::git::is_zero_sha(old) {
+        ""
+    } else {
+        old
+    };
+    if current == expected {
+        return Ok(());
+    }
+    Err(Error::failed(format!(
+        "{refname} moved while this push waited (another push updated it)"
+    ))
+    .with_hint("fetch, merge or rebase, and push again"))
 }
 
 /// Builds and deploys `sha` of `branch`; an error rejects the push.

@@ -182,6 +182,14 @@ fn push_to_the_deploy_branch_deploys_and_streams_the_log() {
     let (_, body) = app_get(&b, "web", "/");
     assert!(body.starts_with("second v2"), "{body}");
 
+    // Deleting that branch is accepted; deleting the deploy branch is not.
+    let out = git(&b, &src, &["push", &url, ":feature"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(remote_sha(&b, &url, "feature"), None);
+    let out = git(&b, &src, &["push", &url, ":main"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert_eq!(remote_sha(&b, &url, "main").as_deref(), Some(sha2.as_str()));
+
     // A tag is accepted as it is.
     git_ok(&b, &src, &["tag", "v-one", &sha1]);
     let out = git(&b, &src, &["push", &url, "v-one"]);
@@ -330,4 +338,48 @@ fn push_through_the_proxy_over_https() {
     );
     assert!(out.status.success(), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).starts_with(&sha));
+}
+
+#[test]
+fn a_push_that_waited_for_another_is_refused_when_its_branch_moved() {
+    let b = Berth::start(BIN, "");
+    create_app(&b, "race");
+    let (src, _) = work_tree(&b, "src", "one");
+    let url = remote(&b, &b.token, "race");
+    let out = git(&b, &src, &["push", &url, "main"]);
+    assert!(out.status.success(), "{}", text(&out));
+    // Two clones of v1. The first push's deploy is slow: its app waits 3 s before listening.
+    let (dir_a, dir_b) = (b.path("a"), b.path("b"));
+    git_ok(&b, &b.path(""), &["clone", "--quiet", &url, "a"]);
+    git_ok(&b, &b.path(""), &["clone", "--quiet", &url, "b"]);
+    python_app(&dir_a, "two", 200);
+    write_file(&dir_a.join("delay"), b"3");
+    let sha_a = commit(&b, &dir_a, "slow two");
+    python_app(&dir_b, "three", 200);
+    commit(&b, &dir_b, "three");
+    std::thread::scope(|s| {
+        let first = s.spawn(|| git(&b, &dir_a, &["push", "origin", "main"]));
+        test_support::eventually(T, "the first push's deploy to run", || {
+            let d = deploys(&b, "race");
+            (d.len() == 2 && d[0]["status"] == "running").then_some(())
+        });
+        // The second push read `main` at v1's commit; it waits for the first, then finds
+        // `main` moved and is refused before deploying anything.
+        let second = git(&b, &dir_b, &["push", "origin", "main"]);
+        let first = first.join().unwrap();
+        assert!(first.status.success(), "{}", text(&first));
+        assert!(!second.status.success(), "{}", text(&second));
+        assert!(stderr(&second).contains("moved"), "{}", text(&second));
+    });
+    assert_eq!(
+        remote_sha(&b, &url, "main").as_deref(),
+        Some(sha_a.as_str())
+    );
+    assert_eq!(
+        deploys(&b, "race").len(),
+        2,
+        "the second push deployed nothing"
+    );
+    let (_, body) = app_get(&b, "race", "/");
+    assert!(body.starts_with("two v2"), "{body}");
 }
