@@ -107,6 +107,7 @@ async fn run(
             api_host: cfg.server.api_host.clone(),
             max_upload: cfg.server.max_upload.0,
             max_unpacked: MAX_UNPACKED,
+            notify_backoff: notify_backoff(),
         },
         store,
         runtime,
@@ -179,6 +180,18 @@ async fn run(
         engine.shutdown().await;
     }
     Ok(())
+}
+
+/// The first retry delay of outgoing notifications: `BERTH_NOTIFY_BACKOFF_MS` (for tests),
+/// else 1 s.
+fn notify_backoff() -> std::time::Duration {
+    std::env::var("BERTH_NOTIFY_BACKOFF_MS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(
+            engine::notify::DEFAULT_BACKOFF,
+            std::time::Duration::from_millis,
+        )
 }
 
 /// The data dir holds berth.db (every app's env values in clear), the CA key and the admin

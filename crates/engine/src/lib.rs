@@ -14,8 +14,8 @@
 
 mod health;
 pub mod logs;
+pub mod notify;
 mod pipeline;
-mod notify;
 mod previews;
 mod queue;
 mod reconcile;
@@ -50,6 +50,8 @@ pub struct EngineConfig {
     /// Largest compressed upload and largest unpacked source tree.
     pub max_upload: u64,
     pub max_unpacked: u64,
+    /// Wait before the first retry of a notification (doubling after each; `notify.rs`).
+    pub notify_backoff: std::time::Duration,
 }
 
 /// Errors the API turns into 4xx/5xx answers.
@@ -112,6 +114,8 @@ pub struct Engine {
     /// Held while a route table is computed, checked and installed, so that two apps
     /// switching at once never install a table that misses the other's change.
     routes_lock: Mutex<()>,
+    /// Outgoing webhook queues (`notify.rs`).
+    notifier: notify::Notifier,
 }
 
 impl Engine {
@@ -135,6 +139,7 @@ impl Engine {
             queues: Mutex::new(HashMap::new()),
             reserved_ports: Mutex::new(HashSet::new()),
             routes_lock: Mutex::new(()),
+            notifier: notify::Notifier::default(),
         });
         engine.watch_runtime();
         engine.reconcile().await?;
