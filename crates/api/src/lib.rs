@@ -9,6 +9,7 @@
 
 mod apps;
 mod auth;
+mod notify;
 mod git;
 mod openapi;
 mod render;
@@ -114,6 +115,8 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/tokens", get(auth::list).post(auth::create))
         .route("/tokens/{id}", delete(auth::revoke))
         .route("/audit", get(auth::audit))
+        .route("/notifications", get(notify::list).post(notify::create))
+        .route("/notifications/{id}", delete(notify::remove))
         .route("/routes", get(get_routes).put(put_routes))
         .route("/openapi.json", get(openapi::document));
     Router::new()
