@@ -215,6 +215,15 @@ fn deploy_events_are_signed_ordered_and_retried() {
     assert_eq!(st, 201, "{v}");
     assert_eq!(v["app"], Value::Null, "{v}");
     let secret_c = v["secret"].as_str().unwrap().to_string();
+    // D: a receiver that always fails.
+    let dead = Receiver::start(usize::MAX);
+    let (st, v) = api(
+        &b,
+        "POST",
+        "/api/v1/notifications",
+        &format!(r#"{{"url":"{}","app":"site"}}"#, dead.url("/d")),
+    );
+    assert_eq!(st, 201, "{v}");
     assert_ne!(secret_a, secret_c);
 
     // A deploy that succeeds.
@@ -321,6 +330,19 @@ fn deploy_events_are_signed_ordered_and_retried() {
         signature(&secret_a, &failure.body)
     );
     all.wait_events(failed, failure.header("x-berth-event"));
+
+    // The failing receiver got each delivery 6 times (the queue moves on only after that).
+    let got = eventually(T, "the dead target's second delivery", || {
+        let got = dead.got();
+        (got.len() > 6).then_some(got)
+    });
+    let first = got[0].header("x-berth-delivery");
+    assert!(got[..6]
+        .iter()
+        .all(|r| r.header("x-berth-delivery") == first));
+    assert_ne!(got[6].header("x-berth-delivery"), first);
+    assert_eq!(got[0].header("x-berth-event"), "build.started");
+    assert_eq!(got[6].header("x-berth-event"), "build.succeeded");
 
     // The other app's target got nothing of all this.
     assert!(other.got().is_empty(), "{:?}", events(&other.got()));

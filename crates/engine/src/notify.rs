@@ -493,6 +493,30 @@ mod tests {
         );
     }
 
+    /// https works with berth's rustls setup: an untrusted (here: not even TLS) peer is an
+    /// error, not a panic for want of a crypto provider.
+    #[test]
+    fn https_failure_is_an_error() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                use std::io::Write;
+                let _ = (&s).write_all(b"HTTP/1.1 200 OK\r\n\r\n");
+            }
+        });
+        let d = Delivery {
+            target: 1,
+            url: format!("https://localhost:{}/hook", addr.port()),
+            event: "deploy.started",
+            id: "x".into(),
+            body: b"{}".to_vec(),
+            signature: sign("s", b"{}").unwrap(),
+        };
+        let err = post(Notifier::default().agent(), &d).unwrap_err();
+        assert!(!err.is_empty());
+    }
+
     #[test]
     fn times() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
