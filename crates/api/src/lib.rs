@@ -14,6 +14,7 @@ mod git;
 mod openapi;
 mod render;
 mod stream;
+mod webhooks;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -111,6 +112,12 @@ pub fn router(ctx: Ctx) -> Router {
         )
         .route("/apps/{app}/domains/{host}", delete(apps::remove_domain))
         .route("/apps/{app}/instances", get(apps::instances))
+        .route(
+            "/apps/{app}/repo",
+            get(webhooks::repo)
+                .put(webhooks::connect)
+                .delete(webhooks::disconnect),
+        )
         .route("/apps/{app}/logs", get(stream::app_logs))
         .route("/tokens", get(auth::list).post(auth::create))
         .route("/tokens/{id}", delete(auth::revoke))
@@ -131,6 +138,8 @@ pub fn router(ctx: Ctx) -> Router {
             "/api/v1/health",
             get(|| async { Json(serde_json::json!({ "status": "ok" })) }),
         )
+        // Signed by the repository's host instead of a token (`webhooks.rs`).
+        .merge(webhooks::routes())
         // git's smart HTTP, with its own (Basic) authentication: `git.rs`.
         .route("/git/{repo}/{*rest}", get(git::handle).post(git::handle))
         .fallback(|| async {

@@ -113,6 +113,27 @@ pub enum Command {
     /// Show an app
     #[command(name = "apps:info")]
     AppsInfo,
+    /// Connect an app to a repository: its push webhooks deploy the branch (the webhook secret
+    /// and URLs are printed once)
+    #[command(name = "apps:connect")]
+    AppsConnect {
+        /// The app (default: -a / BERTH_APP / the directory's name)
+        #[arg(value_name = "NAME")]
+        name: Option<String>,
+        /// The repository, e.g. https://github.com/you/app.git
+        #[arg(long, value_name = "URL")]
+        repo: String,
+        /// The branch that deploys the app (default: the app's deploy branch, main)
+        #[arg(long, value_name = "BRANCH")]
+        branch: Option<String>,
+    },
+    /// Disconnect an app from its repository: webhooks no longer deploy it
+    #[command(name = "apps:disconnect")]
+    AppsDisconnect {
+        /// The app (default: -a / BERTH_APP / the directory's name)
+        #[arg(value_name = "NAME")]
+        name: Option<String>,
+    },
     /// Pack a directory (honouring .gitignore), upload it, build and release it
     Deploy {
         /// The source directory (default: the current one); also names the app unless -a
@@ -232,6 +253,8 @@ fn dispatch(g: &Global, cmd: Command) -> Result<i32, Error> {
         Command::AppsCreate { name } => apps_create(g, &name),
         Command::AppsDestroy { name, confirm } => apps_destroy(g, name, confirm),
         Command::AppsInfo => apps_info(g),
+        Command::AppsConnect { name, repo, branch } => apps_connect(g, name, &repo, branch),
+        Command::AppsDisconnect { name } => apps_disconnect(g, name),
         Command::Deploy { dir } => deploy(g, dir),
         Command::Releases => releases(g),
         Command::Rollback { version } => rollback(g, version),
@@ -728,6 +751,69 @@ fn apps_destroy(g: &Global, name: Option<String>, confirm: Option<String>) -> Re
         print_json(&v);
     } else {
         println!("destroyed {}", app.name);
+    }
+    Ok(EXIT_OK)
+}
+
+/// The app named on the command line, else -a / BERTH_APP / the directory's name.
+fn named_app(g: &Global, name: Option<String>) -> Result<AppRef, Error> {
+    match name {
+        Some(n) => Ok(AppRef {
+            name: n,
+            from: AppFrom::Flag,
+        }),
+        None => app(g),
+    }
+}
+
+fn apps_connect(
+    g: &Global,
+    name: Option<String>,
+    repo: &str,
+    branch: Option<String>,
+) -> Result<i32, Error> {
+    let app = named_app(g, name)?;
+    let mut body = json!({ "url": repo });
+    if let Some(b) = branch {
+        body["branch"] = b.into();
+    }
+    let c = connect(g)?;
+    let v = c
+        .put(&format!("{}/repo", app.path()), &body)
+        .map_err(|e| app.explain(e))?;
+    if g.json {
+        print_json(&v);
+        return Ok(EXIT_OK);
+    }
+    println!(
+        "connected {} to {} (branch {})",
+        app.name,
+        cell(&v["url"]),
+        cell(&v["branch"])
+    );
+    println!("webhook secret: {}", cell(&v["secret"]));
+    if let Some(urls) = v["webhook_urls"].as_object() {
+        println!("webhook URLs (content type application/json, push events):");
+        for (provider, url) in urls {
+            println!("  {provider:<7} {}", cell(url));
+        }
+    }
+    eprintln!(
+        "hint: add the URL and the secret as a push webhook in the repository's settings; the secret is not shown again (run apps:connect again for a new one)"
+    );
+    Ok(EXIT_OK)
+}
+
+fn apps_disconnect(g: &Global, name: Option<String>) -> Result<i32, Error> {
+    let app = named_app(g, name)?;
+    let c = connect(g)?;
+    let v = c
+        .delete(&format!("{}/repo", app.path()))
+        .map_err(|e| app.explain(e))?;
+    if g.json {
+        print_json(&v);
+    } else {
+        println!("disconnected {} from its repository", app.name);
     }
     Ok(EXIT_OK)
 }

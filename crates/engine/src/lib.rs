@@ -21,6 +21,7 @@ mod queue;
 mod reconcile;
 mod routes;
 mod scale;
+pub mod webhook;
 
 use build::manifest::AppSpec;
 use proxy::config::RouteSpec;
@@ -277,17 +278,22 @@ impl Engine {
             bundle.to_path_buf(),
             actor.to_string(),
         );
-        tokio::spawn(async move { this.check_and_record(&app, &bundle, &actor, &meta).await })
+        tokio::spawn(
+            async move { this.check_and_record(&app, &bundle, &actor, &meta, None).await },
+        )
             .await
             .map_err(|e| EngineError::Internal(e.to_string()))?
     }
 
+    /// `existing`: a deploy recorded before the bundle was there (a webhook's, `webhook.rs`); a
+    /// bundle or manifest that fails the checks then ends it as failed, with the reason.
     async fn check_and_record(
         self: &Arc<Self>,
         app: &str,
         bundle: &Path,
         actor: &str,
         meta: &DeployMeta,
+        existing: Option<i64>,
     ) -> Result<Deploy, EngineError> {
         self.app(app)?;
         let releases = self.app_dir(app).join("releases");
@@ -314,21 +320,34 @@ impl Engine {
             Ok(spec) => spec,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&tmp);
+                if let Some(id) = existing {
+                    let reason = e.to_string();
+                    let _ = self
+                        .store
+                        .finish_deploy(id, store::DeployStatus::Failed, Some(&reason));
+                    return self.deploy(id);
+                }
                 return Err(e);
             }
         };
-        let deploy = self.store.create_deploy_with(
-            app,
-            DeployKind::Build,
-            actor,
-            &self.app_dir(app).join("deploys"),
-            meta,
-        );
+        let deploy = match existing {
+            Some(id) => self.deploy(id),
+            None => self
+                .store
+                .create_deploy_with(
+                    app,
+                    DeployKind::Build,
+                    actor,
+                    &self.app_dir(app).join("deploys"),
+                    meta,
+                )
+                .map_err(EngineError::from),
+        };
         let deploy = match deploy {
             Ok(d) => d,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&tmp);
-                return Err(e.into());
+                return Err(e);
             }
         };
         match self.record_build(app, deploy.id, &tmp, &spec) {

@@ -1,0 +1,734 @@
+//! Issue 4 item 2: signed push webhooks (`POST /hooks/{github,gitea,gitlab}`) against the real
+//! binary, with raw bytes over TCP: the W1–W3 battery as a table, then a push per provider from
+//! a real git repository (`file://`) that the app then serves, and the pushes that must build
+//! nothing (wrong token, another branch, another repository).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::apps::*;
+use common::{parse_response, Resp, BIN};
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+use std::path::Path;
+use std::process::Command;
+use test_support::{raw, write_file, Berth};
+
+/// GitHub's documented test vector.
+const W1_SECRET: &str = "It's a Secret to Everybody";
+const W1_BODY: &[u8] = b"Hello, World!";
+const W1_SIG: &str = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+/// HMAC-SHA1 of the same body with the same secret (what `X-Hub-Signature` carries).
+const W1_SHA1: &str = "sha1=01dc10d0c83e72ed246219cdd91669667fe2ca59";
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The hex HMAC-SHA256 of `body` keyed with `secret`.
+fn hmac256(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    hex(&mac.finalize().into_bytes())
+}
+
+/// A raw HTTP/1.1 POST of `body` to `path` with `headers`.
+fn post_bytes(path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (n, v) in headers {
+        req.push_str(&format!("{n}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+/// Send raw request bytes to berth's admin listener; the parsed response and its JSON body.
+fn send(b: &Berth, bytes: &[u8]) -> (Resp, Value) {
+    let r = parse_response(&raw(b.admin, bytes, common::T));
+    let v = serde_json::from_slice(&r.body).unwrap_or_else(|_| Value::String(r.text()));
+    (r, v)
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .args([
+            "-c",
+            "user.name=Ada Lovelace",
+            "-c",
+            "user.email=ada@example.org",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A work repository with a static site on `main`; its `file://` URL.
+fn work_repo(b: &Berth, name: &str, content: &str) -> (std::path::PathBuf, String) {
+    let dir = tmpdir(b, name);
+    git(&dir, &["init", "--quiet", "-b", "main"]);
+    commit(&dir, content, "first version");
+    let url = format!("file://{}", dir.display());
+    (dir, url)
+}
+
+/// Commit `index.html` with `content` on the current branch; the commit id.
+fn commit(dir: &Path, content: &str, message: &str) -> String {
+    write_file(&dir.join("index.html"), content.as_bytes());
+    git(dir, &["add", "."]);
+    git(dir, &["commit", "--quiet", "-m", message]);
+    git(dir, &["rev-parse", "HEAD"])
+}
+
+/// `PUT /api/v1/apps/{app}/repo`; the answer (with the secret).
+fn connect(b: &Berth, app: &str, body: Value) -> Value {
+    let (st, v) = api(
+        b,
+        "PUT",
+        &format!("/api/v1/apps/{app}/repo"),
+        &body.to_string(),
+    );
+    assert_eq!(st, 200, "{v}");
+    v
+}
+
+fn deploys(b: &Berth, app: &str) -> Vec<Value> {
+    let (st, v) = api(b, "GET", &format!("/api/v1/apps/{app}/deploys"), "");
+    assert_eq!(st, 200, "{v}");
+    v.as_array().unwrap().clone()
+}
+
+/// A GitHub (and Gitea: same shape) push payload.
+fn github_push(url: &str, branch: &str, sha: &str, message: &str) -> Vec<u8> {
+    json!({
+        "ref": format!("refs/heads/{branch}"),
+        "before": "0000000000000000000000000000000000000000",
+        "after": sha,
+        "deleted": false,
+        "repository": { "full_name": "ada/site", "clone_url": url, "html_url": "https://example.com/ada/site" },
+        "head_commit": { "id": sha, "message": format!("{message}\n\nmore"), "author": { "name": "Ada Lovelace", "email": "ada@example.org" } },
+        "pusher": { "name": "ada" },
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn gitlab_push(url: &str, branch: &str, sha: &str, message: &str) -> Vec<u8> {
+    json!({
+        "object_kind": "push",
+        "ref": format!("refs/heads/{branch}"),
+        "before": "0000000000000000000000000000000000000000",
+        "after": sha,
+        "checkout_sha": sha,
+        "user_name": "Ada Lovelace",
+        "project": { "git_http_url": url, "git_ssh_url": "git@example.com:ada/site.git", "web_url": "https://example.com/ada/site" },
+        "commits": [{ "id": sha, "message": message, "author": { "name": "Ada Lovelace", "email": "ada@example.org" } }],
+    })
+    .to_string()
+    .into_bytes()
+}
+
+struct Case {
+    name: &'static str,
+    request: Vec<u8>,
+    status: u16,
+    /// A piece of the JSON answer.
+    answer: &'static str,
+}
+
+/// W1–W3: GitHub's test vector is accepted and builds nothing; a changed body, a truncated or
+/// missing signature and SHA-1 only are 401 before any parsing, and record nothing; the same
+/// delivery twice builds once.
+#[test]
+fn battery_w1_to_w3() {
+    let b = Berth::start(BIN, "");
+    let (dir, url) = work_repo(&b, "work", "<h1>webhook v1</h1>\n");
+    let sha = git(&dir, &["rev-parse", "HEAD"]);
+    create_app(&b, "site");
+    create_app(&b, "other");
+    let v = connect(&b, "site", json!({ "url": url, "secret": W1_SECRET }));
+    assert_eq!(v["secret"], W1_SECRET, "{v}");
+    assert_eq!(v["branch"], "main", "{v}");
+    // A secret shorter than 16 bytes is refused.
+    let (st, e) = api(
+        &b,
+        "PUT",
+        "/api/v1/apps/other/repo",
+        &json!({ "url": url, "secret": "short" }).to_string(),
+    );
+    assert_eq!(st, 422, "{e}");
+
+    let gh = |sig: Option<(&str, &str)>, event: &str, delivery: &str, body: &[u8]| {
+        let mut h = vec![("X-GitHub-Event", event), ("X-GitHub-Delivery", delivery)];
+        h.extend(sig);
+        post_bytes("/hooks/github", &h, body)
+    };
+    let truncated = &W1_SIG[..W1_SIG.len() - 2];
+    let odd = &W1_SIG[..W1_SIG.len() - 1];
+    let push = github_push(&url, "main", &sha, "first version");
+    let push_sig = format!("sha256={}", hmac256(W1_SECRET, &push));
+    let mut changed = push.clone();
+    let i = changed.iter().position(|&c| c == b'm').unwrap();
+    changed[i] = b'n';
+    let cases = vec![
+        Case {
+            name: "W1 test vector, ping",
+            request: gh(
+                Some(("X-Hub-Signature-256", W1_SIG)),
+                "ping",
+                "w1-a",
+                W1_BODY,
+            ),
+            status: 200,
+            answer: "ignored",
+        },
+        Case {
+            name: "W1 test vector, no event header",
+            request: post_bytes("/hooks/github", &[("X-Hub-Signature-256", W1_SIG)], W1_BODY),
+            status: 200,
+            answer: "ignored",
+        },
+        Case {
+            name: "W1 test vector, ?app=site",
+            request: gh(
+                Some(("X-Hub-Signature-256", W1_SIG)),
+                "ping",
+                "w1-b",
+                W1_BODY,
+            )
+            .replace_path("/hooks/github?app=site"),
+            status: 200,
+            answer: "ignored",
+        },
+        Case {
+            name: "W2 body changed by one byte",
+            request: gh(
+                Some(("X-Hub-Signature-256", W1_SIG)),
+                "ping",
+                "w2",
+                b"Hello, World?",
+            ),
+            status: 401,
+            answer: "signature does not match",
+        },
+        Case {
+            name: "W2 push body changed by one byte",
+            request: gh(
+                Some(("X-Hub-Signature-256", &push_sig)),
+                "push",
+                "w2",
+                &changed,
+            ),
+            status: 401,
+            answer: "signature does not match",
+        },
+        Case {
+            name: "W2 truncated signature",
+            request: gh(
+                Some(("X-Hub-Signature-256", truncated)),
+                "ping",
+                "w2",
+                W1_BODY,
+            ),
+            status: 401,
+            answer: "signature does not match",
+        },
+        Case {
+            name: "W2 odd-length signature",
+            request: gh(Some(("X-Hub-Signature-256", odd)), "ping", "w2", W1_BODY),
+            status: 401,
+            answer: "signature does not match",
+        },
+        Case {
+            name: "W2 empty signature",
+            request: gh(Some(("X-Hub-Signature-256", "")), "ping", "w2", W1_BODY),
+            status: 401,
+            answer: "X-Hub-Signature-256",
+        },
+        Case {
+            name: "W2 missing signature",
+            request: gh(None, "push", "w2", &push),
+            status: 401,
+            answer: "X-Hub-Signature-256",
+        },
+        Case {
+            name: "W2 sha1 only",
+            request: gh(Some(("X-Hub-Signature", W1_SHA1)), "ping", "w2", W1_BODY),
+            status: 401,
+            answer: "SHA-1",
+        },
+        Case {
+            name: "W2 sha1 in the sha256 header",
+            request: gh(
+                Some(("X-Hub-Signature-256", W1_SHA1)),
+                "ping",
+                "w2",
+                W1_BODY,
+            ),
+            status: 401,
+            answer: "signature does not match",
+        },
+        Case {
+            name: "W2 not JSON, wrong signature: refused before parsing",
+            request: gh(
+                Some(("X-Hub-Signature-256", W1_SIG)),
+                "push",
+                "w2",
+                b"{not json",
+            ),
+            status: 401,
+            answer: "signature does not match",
+        },
+        Case {
+            name: "W2 signed for another app (?app=other)",
+            request: gh(Some(("X-Hub-Signature-256", W1_SIG)), "ping", "w2", W1_BODY)
+                .replace_path("/hooks/github?app=other"),
+            status: 401,
+            answer: "signature does not match",
+        },
+        Case {
+            name: "W2 truncated Gitea signature",
+            request: post_bytes(
+                "/hooks/gitea",
+                &[
+                    ("X-Gitea-Signature", &W1_SIG[7..W1_SIG.len() - 1]),
+                    ("X-Gitea-Event", "push"),
+                ],
+                W1_BODY,
+            ),
+            status: 401,
+            answer: "signature does not match",
+        },
+        Case {
+            name: "W2 GitLab token wrong",
+            request: post_bytes(
+                "/hooks/gitlab",
+                &[
+                    ("X-Gitlab-Token", "It's a Secret to Everybodz"),
+                    ("X-Gitlab-Event", "Push Hook"),
+                ],
+                &gitlab_push(&url, "main", &sha, "x"),
+            ),
+            status: 401,
+            answer: "signature does not match",
+        },
+        Case {
+            name: "W3 push, first delivery",
+            request: gh(
+                Some(("X-Hub-Signature-256", &push_sig)),
+                "push",
+                "w3",
+                &push,
+            ),
+            status: 202,
+            answer: "\"deploys\"",
+        },
+        Case {
+            name: "W3 push, same delivery again",
+            request: gh(
+                Some(("X-Hub-Signature-256", &push_sig)),
+                "push",
+                "w3",
+                &push,
+            ),
+            status: 200,
+            answer: "\"duplicate\":true",
+        },
+        Case {
+            name: "W2 recorded nothing: its delivery id is new",
+            request: gh(Some(("X-Hub-Signature-256", W1_SIG)), "ping", "w2", W1_BODY),
+            status: 200,
+            answer: "ignored",
+        },
+    ];
+    let mut failures = Vec::new();
+    let mut build = None;
+    for c in &cases {
+        let (r, v) = send(&b, &c.request);
+        let text = v.to_string();
+        if r.status != c.status || !text.contains(c.answer) {
+            failures.push(format!(
+                "{}: want {} with {:?}, got {} {text}",
+                c.name, c.status, c.answer, r.status
+            ));
+        }
+        if c.name.starts_with("W2") && !c.name.contains("recorded nothing") {
+            // Nothing ran: no deploy of either app.
+            assert!(deploys(&b, "site").is_empty(), "{}: a deploy", c.name);
+        }
+        if c.name == "W3 push, first delivery" {
+            build = v["deploys"][0]["id"].as_i64();
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // W3: one build, of that commit.
+    let id = build.expect("the first W3 delivery names its build");
+    let fin = wait_deploy(&b, "site", id);
+    assert_eq!(fin["status"], "succeeded", "{fin}\n{}", b.stderr());
+    assert_eq!(fin["trigger"], "webhook", "{fin}");
+    assert_eq!(fin["commit"]["sha"], sha.as_str(), "{fin}");
+    assert_eq!(fin["commit"]["branch"], "main", "{fin}");
+    assert_eq!(fin["commit"]["message"], "first version", "{fin}");
+    assert_eq!(
+        fin["commit"]["author"], "Ada Lovelace <ada@example.org>",
+        "{fin}"
+    );
+    wait_body(&b, "site", "webhook v1");
+    let all = deploys(&b, "site");
+    assert_eq!(all.len(), 1, "one build only: {all:?}");
+    assert!(deploys(&b, "other").is_empty());
+}
+
+trait ReplacePath {
+    fn replace_path(self, path: &str) -> Vec<u8>;
+}
+
+impl ReplacePath for Vec<u8> {
+    /// Replace the request target of a raw request.
+    fn replace_path(self, path: &str) -> Vec<u8> {
+        let text = String::from_utf8(self).unwrap();
+        let (line, rest) = text.split_once("\r\n").unwrap();
+        let method = line.split(' ').next().unwrap();
+        format!("{method} {path} HTTP/1.1\r\n{rest}").into_bytes()
+    }
+}
+
+/// One app per provider, connected to the same repository with its own generated secret: each
+/// provider's push builds its app only, from the pushed commit; the pushes that must build
+/// nothing build nothing.
+#[test]
+fn a_push_from_each_provider_deploys_its_commit() {
+    let b = Berth::start(BIN, "");
+    let (dir, url) = work_repo(&b, "work", "<h1>provider v1</h1>\n");
+    let v1 = git(&dir, &["rev-parse", "HEAD"]);
+    let mut secrets = std::collections::HashMap::new();
+    for app in ["gh", "gt", "gl"] {
+        create_app(&b, app);
+        let v = connect(&b, app, json!({ "url": url, "branch": "main" }));
+        let secret = v["secret"].as_str().unwrap().to_string();
+        assert_eq!(secret.len(), 64, "{v}");
+        assert!(
+            v["webhook_urls"]["github"]
+                .as_str()
+                .unwrap()
+                .ends_with("/hooks/github?app=gh")
+                || app != "gh",
+            "{v}"
+        );
+        secrets.insert(app, secret);
+    }
+    // GET shows the repository without the secret.
+    let (st, v) = api(&b, "GET", "/api/v1/apps/gh/repo", "");
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["url"], url.as_str());
+    assert!(v.get("secret").is_none(), "{v}");
+    assert!(!v.to_string().contains(&secrets["gh"]), "{v}");
+
+    // GitHub.
+    let body = github_push(&url, "main", &v1, "first version");
+    let sig = format!("sha256={}", hmac256(&secrets["gh"], &body));
+    let (r, v) = send(
+        &b,
+        &post_bytes(
+            "/hooks/github",
+            &[
+                ("X-Hub-Signature-256", &sig),
+                ("X-GitHub-Event", "push"),
+                ("X-GitHub-Delivery", "gh-1"),
+            ],
+            &body,
+        ),
+    );
+    assert_eq!(r.status, 202, "{v}");
+    let list = v["deploys"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "only the app whose secret signed it: {v}");
+    assert_eq!(list[0]["app"], "gh", "{v}");
+    let fin = wait_deploy(&b, "gh", list[0]["id"].as_i64().unwrap());
+    assert_eq!(fin["status"], "succeeded", "{fin}\n{}", b.stderr());
+    wait_body(&b, "gh", "provider v1");
+
+    // Gitea / Forgejo, with a new commit.
+    let v2 = commit(&dir, "<h1>provider v2</h1>\n", "second version");
+    let body = github_push(&url, "main", &v2, "second version");
+    let sig = hmac256(&secrets["gt"], &body);
+    let (r, v) = send(
+        &b,
+        &post_bytes(
+            "/hooks/gitea",
+            &[
+                ("X-Gitea-Signature", &sig),
+                ("X-Gitea-Event", "push"),
+                ("X-Gitea-Delivery", "gt-1"),
+            ],
+            &body,
+        ),
+    );
+    assert_eq!(r.status, 202, "{v}");
+    assert_eq!(v["deploys"][0]["app"], "gt", "{v}");
+    let fin = wait_deploy(&b, "gt", v["deploys"][0]["id"].as_i64().unwrap());
+    assert_eq!(fin["status"], "succeeded", "{fin}");
+    assert_eq!(fin["commit"]["sha"], v2.as_str(), "{fin}");
+    wait_body(&b, "gt", "provider v2");
+
+    // GitLab builds the commit it names, even though the branch has moved on since.
+    let v3 = commit(&dir, "<h1>provider v3</h1>\n", "third version");
+    let body = gitlab_push(&url, "main", &v2, "second version");
+    let bad = post_bytes(
+        "/hooks/gitlab",
+        &[
+            ("X-Gitlab-Token", &secrets["gh"]),
+            ("X-Gitlab-Event", "Push Hook"),
+            ("X-Gitlab-Event-UUID", "gl-1"),
+        ],
+        &body,
+    )
+    .replace_path("/hooks/gitlab?app=gl");
+    let (r, v) = send(&b, &bad);
+    assert_eq!(r.status, 401, "another app's token for ?app=gl: {v}");
+    let (r, v) = send(
+        &b,
+        &post_bytes(
+            "/hooks/gitlab",
+            &[
+                ("X-Gitlab-Token", "not the token at all"),
+                ("X-Gitlab-Event", "Push Hook"),
+            ],
+            &body,
+        ),
+    );
+    assert_eq!(r.status, 401, "{v}");
+    assert!(deploys(&b, "gl").is_empty());
+    let ok = post_bytes(
+        "/hooks/gitlab",
+        &[
+            ("X-Gitlab-Token", &secrets["gl"]),
+            ("X-Gitlab-Event", "Push Hook"),
+            ("X-Gitlab-Event-UUID", "gl-1"),
+            ("Idempotency-Key", "gl-key-1"),
+        ],
+        &body,
+    );
+    let (r, v) = send(&b, &ok);
+    assert_eq!(r.status, 202, "{v}");
+    let fin = wait_deploy(&b, "gl", v["deploys"][0]["id"].as_i64().unwrap());
+    assert_eq!(fin["status"], "succeeded", "{fin}");
+    wait_body(&b, "gl", "provider v2");
+    let (r, v) = send(&b, &ok);
+    assert_eq!(
+        (r.status, v["duplicate"].as_bool()),
+        (200, Some(true)),
+        "{v}"
+    );
+    assert_eq!(deploys(&b, "gl").len(), 1);
+
+    // A push to another branch builds nothing (previews are off).
+    git(&dir, &["checkout", "--quiet", "-b", "feature"]);
+    let f1 = commit(&dir, "<h1>feature</h1>\n", "feature work");
+    let before = deploys(&b, "gh").len();
+    let body = github_push(&url, "feature", &f1, "feature work");
+    let sig = format!("sha256={}", hmac256(&secrets["gh"], &body));
+    let (r, v) = send(
+        &b,
+        &post_bytes(
+            "/hooks/github",
+            &[
+                ("X-Hub-Signature-256", &sig),
+                ("X-GitHub-Event", "push"),
+                ("X-GitHub-Delivery", "gh-2"),
+            ],
+            &body,
+        ),
+    );
+    assert_eq!(r.status, 200, "{v}");
+    assert!(v["ignored"].is_string(), "{v}");
+    assert_eq!(deploys(&b, "gh").len(), before);
+
+    // A deleted branch: its preview goes (there is none here); the deploy branch stays.
+    let gh_hook = |delivery: &str, body: &[u8]| {
+        let sig = format!("sha256={}", hmac256(&secrets["gh"], body));
+        post_bytes(
+            "/hooks/github",
+            &[
+                ("X-Hub-Signature-256", &sig),
+                ("X-GitHub-Event", "push"),
+                ("X-GitHub-Delivery", delivery),
+            ],
+            body,
+        )
+    };
+    let zero = "0000000000000000000000000000000000000000";
+    let mut deleted: Value =
+        serde_json::from_slice(&github_push(&url, "feature", zero, "x")).unwrap();
+    deleted["deleted"] = true.into();
+    deleted["head_commit"] = Value::Null;
+    let (r, v) = send(&b, &gh_hook("gh-del-1", deleted.to_string().as_bytes()));
+    assert_eq!(r.status, 202, "{v}");
+    assert_eq!(v["deleted_branch"], "feature", "{v}");
+    deleted["ref"] = "refs/heads/main".into();
+    let (r, v) = send(&b, &gh_hook("gh-del-2", deleted.to_string().as_bytes()));
+    assert_eq!(r.status, 200, "{v}");
+    assert!(
+        v["ignored"].as_str().unwrap().contains("deploy branch"),
+        "{v}"
+    );
+    wait_body(&b, "gh", "provider v1");
+    assert_eq!(deploys(&b, "gh").len(), before);
+
+    // With previews on, another branch deploys its preview.
+    let (st, v) = api(
+        &b,
+        "PATCH",
+        "/api/v1/apps/gh/settings",
+        &json!({ "previews": true }).to_string(),
+    );
+    assert_eq!(st, 200, "{v}");
+    let body = github_push(&url, "feature", &f1, "feature work");
+    let (r, v) = send(&b, &gh_hook("gh-4", &body));
+    assert_eq!(r.status, 202, "{v}");
+    assert_eq!(v["previews"][0]["branch"], "feature", "{v}");
+    assert_eq!(
+        deploys(&b, "gh").len(),
+        before,
+        "the app itself is not rebuilt"
+    );
+    wait_body(&b, "feature--gh", "<h1>feature</h1>");
+    // Deleting the branch destroys its preview.
+    deleted["ref"] = "refs/heads/feature".into();
+    let (r, v) = send(&b, &gh_hook("gh-del-3", deleted.to_string().as_bytes()));
+    assert_eq!(r.status, 202, "{v}");
+    test_support::eventually(T, "the preview to be destroyed", || {
+        let (st, _) = api(&b, "GET", "/api/v1/apps/feature--gh", "");
+        (st == 404).then_some(())
+    });
+
+    // A payload for another repository builds nothing, even signed with the app's secret.
+    let body = github_push("https://example.com/else/where.git", "main", &v3, "x");
+    let body = String::from_utf8(body)
+        .unwrap()
+        .replace(
+            "https://example.com/ada/site",
+            "https://example.com/else/where",
+        )
+        .into_bytes();
+    let sig = format!("sha256={}", hmac256(&secrets["gh"], &body));
+    let (r, v) = send(
+        &b,
+        &post_bytes(
+            "/hooks/github",
+            &[
+                ("X-Hub-Signature-256", &sig),
+                ("X-GitHub-Event", "push"),
+                ("X-GitHub-Delivery", "gh-3"),
+            ],
+            &body,
+        ),
+    );
+    assert_eq!(r.status, 200, "{v}");
+    assert!(v["ignored"].is_string(), "{v}");
+    assert_eq!(deploys(&b, "gh").len(), before);
+
+    // A repository that cannot be fetched fails the build with git's message.
+    create_app(&b, "gone");
+    let missing = format!("file://{}/nowhere", b.path("").display());
+    let s = connect(&b, "gone", json!({ "url": missing }))["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let body = github_push(&missing, "main", &v1, "x");
+    let sig = format!("sha256={}", hmac256(&s, &body));
+    let (r, v) = send(
+        &b,
+        &post_bytes(
+            "/hooks/github",
+            &[
+                ("X-Hub-Signature-256", &sig),
+                ("X-GitHub-Event", "push"),
+                ("X-GitHub-Delivery", "gone-1"),
+            ],
+            &body,
+        ),
+    );
+    assert_eq!(r.status, 202, "{v}");
+    let fin = wait_deploy(&b, "gone", v["deploys"][0]["id"].as_i64().unwrap());
+    assert_eq!(fin["status"], "failed", "{fin}");
+    assert!(
+        fin["reason"].as_str().unwrap().contains("git fetch failed"),
+        "{fin}"
+    );
+
+    // Disconnected: the old secret no longer matches.
+    let (st, v) = api(&b, "DELETE", "/api/v1/apps/gh/repo", "");
+    assert_eq!(st, 204, "{v}");
+    let (st, _) = api(&b, "GET", "/api/v1/apps/gh/repo", "");
+    assert_eq!(st, 404);
+    let body = github_push(&url, "main", &v3, "third version");
+    let sig = format!("sha256={}", hmac256(&secrets["gh"], &body));
+    let (r, v) = send(
+        &b,
+        &post_bytes(
+            "/hooks/github",
+            &[("X-Hub-Signature-256", &sig), ("X-GitHub-Event", "push")],
+            &body,
+        ),
+    );
+    assert_eq!(r.status, 401, "{v}");
+}
+
+/// `berth apps:connect` prints the secret and the webhook URLs once; `apps:disconnect`.
+#[test]
+fn cli_connect_and_disconnect() {
+    let b = Berth::start(BIN, "");
+    create_app(&b, "hello");
+    let out = cli(
+        &b,
+        &[
+            "apps:connect",
+            "hello",
+            "--repo",
+            "https://github.com/ada/hello.git",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("/hooks/github?app=hello"), "{}", text(&out));
+    assert!(stdout.contains("/hooks/gitlab?app=hello"), "{}", text(&out));
+    let secret = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("webhook secret: "))
+        .unwrap_or_else(|| panic!("{}", text(&out)));
+    assert_eq!(secret.len(), 64, "{}", text(&out));
+    // The secret is never in the audit log.
+    let (_, audit) = api(&b, "GET", "/api/v1/audit", "");
+    assert!(!audit.to_string().contains(secret), "{audit}");
+    let (st, v) = api(&b, "GET", "/api/v1/apps/hello/repo", "");
+    assert_eq!((st, v["branch"].as_str()), (200, Some("main")), "{v}");
+    let out = cli(&b, &["apps:disconnect", "hello"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let (st, _) = api(&b, "GET", "/api/v1/apps/hello/repo", "");
+    assert_eq!(st, 404);
+    // Bad input.
+    for body in [
+        json!({ "url": "" }),
+        json!({ "url": "-uhttps://x" }),
+        json!({ "url": "ext::sh -c id" }),
+        json!({ "url": "https://x/a.git", "branch": "a..b" }),
+    ] {
+        let (st, v) = api(&b, "PUT", "/api/v1/apps/hello/repo", &body.to_string());
+        assert_eq!(st, 422, "{body}: {v}");
+    }
+}
