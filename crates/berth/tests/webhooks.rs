@@ -164,6 +164,29 @@ fn battery_w1_to_w3() {
     let v = connect(&b, "site", json!({ "url": url, "secret": W1_SECRET }));
     assert_eq!(v["secret"], W1_SECRET, "{v}");
     assert_eq!(v["branch"], "main", "{v}");
+    // The URL to give the provider is the API host behind the proxy, over HTTPS.
+    let hook_url = format!(
+        "https://berth.localhost:{}/hooks/github?app=site",
+        b.https.port()
+    );
+    assert_eq!(v["webhook_urls"]["github"], hook_url.as_str(), "{v}");
+    let r = common::curl_https_resp(
+        &b,
+        "berth.localhost",
+        "/hooks/github?app=site",
+        &[
+            "-X",
+            "POST",
+            "-H",
+            &format!("X-Hub-Signature-256: {W1_SIG}"),
+            "-H",
+            "X-GitHub-Event: ping",
+            "--data-binary",
+            "Hello, World!",
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("ignored"), "{}", r.text());
     // A secret shorter than 16 bytes is refused.
     let (st, e) = api(
         &b,
