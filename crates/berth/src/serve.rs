@@ -107,6 +107,10 @@ async fn run(
             api_host: cfg.server.api_host.clone(),
             max_upload: cfg.server.max_upload.0,
             max_unpacked: MAX_UNPACKED,
+            build_concurrency: cfg
+                .server
+                .build_concurrency
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
             notify_backoff: notify_backoff(),
         },
         store,

@@ -49,7 +49,8 @@ fn body(b: &Berth, app: &str) -> String {
 }
 
 #[test]
-fn deploys_of_one_app_run_in_order_and_an_env_change_restarts_the_newest_build() {
+fn deploys_of_one_app_run_in_order_a_newer_build_cancels_an_older_and_an_env_change_restarts_the_newest_build(
+) {
     let b = Berth::start(BIN, "");
     create_app(&b, "q");
     let (one, two) = (b.path("one"), b.path("two"));
@@ -73,7 +74,19 @@ fn deploys_of_one_app_run_in_order_and_an_env_change_restarts_the_newest_build()
         wait_deploy(&b, "q", d2),
         wait_deploy(&b, "q", d3),
     );
-    for d in [&r1, &r2, &r3] {
+    // The newer build cancelled the slow one (running) or superseded it (still waiting).
+    assert!(
+        r1["status"] == "cancelled" || r1["status"] == "superseded",
+        "{r1}"
+    );
+    assert!(
+        r1["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("build {d2}")),
+        "{r1}"
+    );
+    for d in [&r2, &r3] {
         assert_eq!(d["status"], "succeeded", "{d}");
     }
     // They ran in order: they finished in the order they were asked for, with releases

@@ -17,9 +17,11 @@ pub mod logs;
 pub mod notify;
 mod pipeline;
 mod previews;
+pub use previews::{preview_name, SettingsChange};
 mod queue;
 mod reconcile;
 mod routes;
+mod sandbox;
 mod scale;
 pub mod webhook;
 
@@ -51,6 +53,8 @@ pub struct EngineConfig {
     /// Largest compressed upload and largest unpacked source tree.
     pub max_upload: u64,
     pub max_unpacked: u64,
+    /// At most this many builds (test and build steps) run at once, across apps.
+    pub build_concurrency: usize,
     /// Wait before the first retry of a notification (doubling after each; `notify.rs`).
     pub notify_backoff: std::time::Duration,
 }
@@ -115,6 +119,10 @@ pub struct Engine {
     /// Held while a route table is computed, checked and installed, so that two apps
     /// switching at once never install a table that misses the other's change.
     routes_lock: Mutex<()>,
+    /// Build slots: the global limit and the build users (`sandbox.rs`).
+    slots: Arc<sandbox::Slots>,
+    /// Jobs queued or running, by deploy id (`queue.rs`).
+    active: Mutex<HashMap<i64, queue::Active>>,
     /// Outgoing webhook queues (`notify.rs`).
     notifier: notify::Notifier,
 }
@@ -129,8 +137,11 @@ impl Engine {
         proxy: Arc<Proxy>,
         base_routes: Vec<RouteSpec>,
     ) -> Result<Arc<Engine>, EngineError> {
+        let slots = sandbox::Slots::new(cfg.build_concurrency).map_err(EngineError::Internal)?;
         let engine = Arc::new(Engine {
             cfg,
+            slots,
+            active: Mutex::new(HashMap::new()),
             store,
             runtime,
             proxy,
@@ -167,6 +178,11 @@ impl Engine {
         }
     }
 
+    /// Where builds run: outside the data dir, which build users cannot enter (`sandbox.rs`).
+    pub(crate) fn scratch_root(&self) -> PathBuf {
+        sandbox::scratch_root(&self.cfg.data_dir)
+    }
+
     pub fn app_dir(&self, app: &str) -> PathBuf {
         self.cfg.data_dir.join("apps").join(app)
     }
@@ -180,6 +196,11 @@ impl Engine {
 
     pub fn create_app(&self, name: &str, actor: &str) -> Result<App, EngineError> {
         store::valid_app_name(name).map_err(EngineError::BadInput)?;
+        if name.contains("--") {
+            return Err(EngineError::BadInput(format!(
+                "invalid app name {name:?}: `--` is kept for branch previews (<branch>--<app>)"
+            )));
+        }
         Ok(self.store.create_app(name, actor)?)
     }
 
@@ -190,6 +211,10 @@ impl Engine {
     /// Stop every instance, drop the routes, then delete the app's state and files.
     pub async fn destroy_app(&self, name: &str, actor: &str) -> Result<(), EngineError> {
         self.app(name)?;
+        // An app's previews go with it.
+        for p in self.previews(name)? {
+            Box::pin(self.destroy_app(&p.name, actor)).await?;
+        }
         let guard = self.lock_for(name);
         let _held = guard.lock().await;
         self.drop_queue(name);
@@ -278,11 +303,12 @@ impl Engine {
             bundle.to_path_buf(),
             actor.to_string(),
         );
-        tokio::spawn(
-            async move { this.check_and_record(&app, &bundle, &actor, &meta, None).await },
-        )
-            .await
-            .map_err(|e| EngineError::Internal(e.to_string()))?
+        tokio::spawn(async move {
+            this.check_and_record(&app, &bundle, &actor, &meta, None)
+                .await
+        })
+        .await
+        .map_err(|e| EngineError::Internal(e.to_string()))?
     }
 
     /// `existing`: a deploy recorded before the bundle was there (a webhook's, `webhook.rs`); a
@@ -322,9 +348,9 @@ impl Engine {
                 let _ = std::fs::remove_dir_all(&tmp);
                 if let Some(id) = existing {
                     let reason = e.to_string();
-                    let _ = self
-                        .store
-                        .finish_deploy(id, store::DeployStatus::Failed, Some(&reason));
+                    let _ =
+                        self.store
+                            .finish_deploy(id, store::DeployStatus::Failed, Some(&reason));
                     return self.deploy(id);
                 }
                 return Err(e);
@@ -820,6 +846,7 @@ impl Engine {
 
 /// What a push started.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // a return value, never stored in bulk
 pub enum Pushed {
     /// A build of the app (or of its preview, whose app is named in the deploy).
     Deploy(Deploy),

@@ -77,6 +77,15 @@ struct Task<'a> {
     timeout: Duration,
 }
 
+/// What a running job holds: its cancel token and, for a build, its build slot (released once
+/// the test and build steps are over).
+pub(crate) struct JobRun {
+    pub token: tokio_util::sync::CancellationToken,
+    pub slot: Option<crate::sandbox::Slot>,
+    /// Past the build: a failure from here is a deploy failure (for notifications).
+    pub deploying: bool,
+}
+
 /// What this deploy started, to undo on failure.
 #[derive(Default)]
 pub(crate) struct Started {
@@ -86,6 +95,7 @@ pub(crate) struct Started {
 impl Engine {
     /// Run one deploy of `version` to its end, recording the outcome. Called by the app's queue
     /// worker, which holds the app's lock.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn run_pipeline(
         self: &Arc<Self>,
         app: &str,
@@ -94,12 +104,29 @@ impl Engine {
         build: bool,
         restore: Option<i64>,
         log: &DeployLog,
+        mut job: JobRun,
     ) {
         let t0 = Instant::now();
         let mut started = Started::default();
+        if build {
+            self.notify(deploy_id, "build.started");
+        } else {
+            job.deploying = true;
+            self.notify(deploy_id, "deploy.started");
+        }
         let result = self
-            .run(app, deploy_id, version, build, restore, log, &mut started)
+            .run(
+                app,
+                deploy_id,
+                version,
+                build,
+                restore,
+                log,
+                &mut started,
+                &mut job,
+            )
             .await;
+        job.slot = None;
         match result {
             Ok(()) => {
                 log.line(&format!(
@@ -112,17 +139,30 @@ impl Engine {
                     .store
                     .finish_deploy(deploy_id, DeployStatus::Succeeded, None);
                 tracing::info!(app, version, deploy = deploy_id, "deploy succeeded");
+                self.notify(deploy_id, "deploy.succeeded");
                 self.prune_releases(app).await;
             }
             Err(Failure(reason)) => {
-                log.line(&format!("-----> Deploy failed: {reason}"));
+                let status = if job.token.is_cancelled() {
+                    log.line(&format!("-----> Deploy cancelled: {reason}"));
+                    DeployStatus::Cancelled
+                } else {
+                    log.line(&format!("-----> Deploy failed: {reason}"));
+                    DeployStatus::Failed
+                };
                 self.undo(started).await;
                 let _ = self
                     .store
                     .set_release_status(app, version, ReleaseStatus::Failed);
-                let _ = self
-                    .store
-                    .finish_deploy(deploy_id, DeployStatus::Failed, Some(&reason));
+                let _ = self.store.finish_deploy(deploy_id, status, Some(&reason));
+                self.notify(
+                    deploy_id,
+                    if job.deploying {
+                        "deploy.failed"
+                    } else {
+                        "build.failed"
+                    },
+                );
                 tracing::warn!(app, version, deploy = deploy_id, %reason, "deploy failed");
             }
         }
@@ -138,10 +178,17 @@ impl Engine {
         restore: Option<i64>,
         log: &DeployLog,
         started: &mut Started,
+        job: &mut JobRun,
     ) -> Result<(), Failure> {
+        let token = job.token.clone();
+        // Every step starts with a look at the cancel token, up to the switch.
         let step = |name: &str, text: &str| {
+            if token.is_cancelled() {
+                return Err(Failure(self.cancel_reason(deploy_id)));
+            }
             let _ = self.store.set_deploy_step(deploy_id, name);
             log.line(&format!("-----> {text}"));
+            Ok(())
         };
         let a = self.app(app)?;
         let release = self
@@ -154,7 +201,7 @@ impl Engine {
         step(
             "prepare",
             &format!("{app} v{version}: {}", release.description),
-        );
+        )?;
         // The config this release runs with: a rollback brings back its source's env (as
         // Heroku does), written to the store only when it goes live (in the switch); anything
         // else runs with the app's current env. It is kept with the release, so a restart
@@ -177,15 +224,74 @@ impl Engine {
             .map_err(EngineError::from)?;
         let env = process_env(app, &spec, &vars);
 
-        if let (true, Some(b)) = (build, &spec.build) {
-            step("build", &format!("Building: {}", b.command));
-            let task = Task {
-                what: "build",
-                command: &b.command,
-                timeout: b.timeout,
-            };
-            self.run_command(&task, deploy_id, &release.dir, &env, &spec, log)
-                .await?;
+        if build && (spec.test.is_some() || spec.build.is_some()) {
+            let user = job.slot.as_ref().and_then(|s| s.user);
+            let (root, id, dir) = (
+                self.scratch_root(),
+                format!("{app}-{deploy_id}"),
+                release.dir.clone(),
+            );
+            let scratch = tokio::task::spawn_blocking(move || {
+                crate::sandbox::Scratch::enter(&root, &id, &dir, user)
+            })
+            .await
+            .map_err(|e| Failure(e.to_string()))?
+            .map_err(Failure)?;
+            let mut build_env = env.clone();
+            build_env.push(("HOME".into(), scratch.home.display().to_string()));
+            let mut outcome = Ok(());
+            for (name, what, cmd) in [
+                ("test", "tests", &spec.test),
+                ("build", "build", &spec.build),
+            ] {
+                let Some(cmd) = cmd else { continue };
+                let text = match name {
+                    "test" => format!("Running tests: {}", cmd.command),
+                    _ => format!("Building: {}", cmd.command),
+                };
+                outcome = match step(name, &text) {
+                    Ok(()) => {
+                        let task = Task {
+                            what,
+                            command: &cmd.command,
+                            timeout: cmd.timeout,
+                        };
+                        self.run_command(
+                            &task,
+                            deploy_id,
+                            &scratch.src,
+                            &build_env,
+                            &spec,
+                            log,
+                            user,
+                            &token,
+                        )
+                        .await
+                    }
+                    Err(f) => Err(f),
+                };
+                if outcome.is_err() {
+                    break;
+                }
+            }
+            let dir = release.dir.clone();
+            let back = tokio::task::spawn_blocking(move || match outcome {
+                Ok(()) => scratch.leave(&dir, user).map_err(Failure),
+                Err(f) => {
+                    scratch.discard();
+                    Err(f)
+                }
+            })
+            .await
+            .map_err(|e| Failure(e.to_string()))?;
+            back?;
+        }
+        if build {
+            // The build slot is free for the next app as soon as the build is done.
+            job.slot = None;
+            self.notify(deploy_id, "build.succeeded");
+            job.deploying = true;
+            self.notify(deploy_id, "deploy.started");
         }
 
         let run = ReleaseRun {
@@ -200,7 +306,7 @@ impl Engine {
                 let dir = release
                     .dir
                     .join(spec.static_dir.clone().unwrap_or_default());
-                step("start", &format!("Static site from {}", dir.display()));
+                step("start", &format!("Static site from {}", dir.display()))?;
                 // The build may have replaced the directory with a symlink: it must still be
                 // a directory inside the release.
                 let inside = match (dir.canonicalize(), release.dir.canonicalize()) {
@@ -228,8 +334,11 @@ impl Engine {
                             describe(&spec.health.check),
                             spec.health.timeout
                         ),
-                    );
-                    self.wait_healthy(app, &web, &spec, log).await?;
+                    )?;
+                    tokio::select! {
+                        r = self.wait_healthy(app, &web, &spec, log) => r?,
+                        () = token.cancelled() => return Err(Failure(self.cancel_reason(deploy_id))),
+                    }
                 }
                 let path = match &spec.health.check {
                     HealthCheck::Http { path } => Some(path.clone()),
@@ -246,17 +355,27 @@ impl Engine {
         };
 
         if let Some(cmd) = &spec.release_command {
-            step("release", &format!("Running release command: {cmd}"));
+            step("release", &format!("Running release command: {cmd}"))?;
             let task = Task {
                 what: "release command",
                 command: cmd,
                 timeout: RELEASE_TIMEOUT,
             };
-            self.run_command(&task, deploy_id, &release.dir, &env, &spec, log)
-                .await?;
+            self.run_command(
+                &task,
+                deploy_id,
+                &release.dir,
+                &env,
+                &spec,
+                log,
+                None,
+                &token,
+            )
+            .await?;
         }
 
-        step("switch", "Switching traffic");
+        // The last chance to cancel: from the switch on, the release is live.
+        step("switch", "Switching traffic")?;
         let first_deploy = a.live_release.is_none();
         self.switch(
             app,
@@ -271,6 +390,10 @@ impl Engine {
         // From here the new release is live: a failure no longer undoes it.
         started.instances.clear();
 
+        let step = |name: &str, text: &str| {
+            let _ = self.store.set_deploy_step(deploy_id, name);
+            log.line(&format!("-----> {text}"));
+        };
         step("drain", "Draining the previous release");
         self.retire_old(app, version, spec.drain_timeout, spec.stop_grace, log)
             .await;
@@ -283,7 +406,16 @@ impl Engine {
                 timeout: RELEASE_TIMEOUT,
             };
             let outcome = self
-                .run_command(&task, deploy_id, &release.dir, &env, &spec, log)
+                .run_command(
+                    &task,
+                    deploy_id,
+                    &release.dir,
+                    &env,
+                    &spec,
+                    log,
+                    None,
+                    &Default::default(),
+                )
                 .await;
             if outcome.is_err() {
                 log.line("-----> Warning: the postdeploy script failed; the release stays live");
@@ -350,8 +482,9 @@ impl Engine {
         .await;
     }
 
-    /// Run a one-off command of the deploy (build, `release:`, postdeploy) in the release dir,
-    /// its output appended to the deploy log.
+    /// Run a one-off command of the deploy (test, build, `release:`, postdeploy) in `dir` as
+    /// `user`, its output appended to the deploy log. A cancel kills it (its process group).
+    #[allow(clippy::too_many_arguments)]
     async fn run_command(
         &self,
         task: &Task<'_>,
@@ -360,20 +493,23 @@ impl Engine {
         env: &[(String, String)],
         spec: &AppSpec,
         log: &DeployLog,
+        user: crate::sandbox::BuildUser,
+        cancel: &tokio_util::sync::CancellationToken,
     ) -> Result<(), Failure> {
-        let outcome = self
-            .runtime
-            .run_task(TaskSpec {
-                id: format!("{}.{deploy_id}", task.what.replace(' ', "-")),
-                command: task.command.to_string(),
-                dir: dir.to_path_buf(),
-                env: env.to_vec(),
-                log_file: log.path.clone(),
-                timeout: task.timeout,
-                limits: limits(spec),
-            })
-            .await
-            .map_err(|e| Failure(format!("{} could not start: {e}", task.what)))?;
+        let run = self.runtime.run_task(TaskSpec {
+            id: format!("{}.{deploy_id}", task.what.replace(' ', "-")),
+            command: task.command.to_string(),
+            dir: dir.to_path_buf(),
+            env: env.to_vec(),
+            log_file: log.path.clone(),
+            timeout: task.timeout,
+            limits: limits(spec),
+            user,
+        });
+        let outcome = tokio::select! {
+            r = run => r.map_err(|e| Failure(format!("{} could not start: {e}", task.what)))?,
+            () = cancel.cancelled() => return Err(Failure(self.cancel_reason(deploy_id))),
+        };
         check_task(task.what, outcome, task.timeout)
     }
 

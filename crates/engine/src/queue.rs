@@ -1,15 +1,36 @@
 //! One deploy queue per app: deploys of an app run one at a time, in the order they were asked
-//! for (a later upload never goes live before an earlier one); apps deploy in parallel.
+//! for (a later upload never goes live before an earlier one); apps deploy in parallel, and at
+//! most `build_concurrency` builds run at once across apps (`sandbox.rs`).
 //!
 //! A job names what to run; a rollback or a restart (env or formation change) chooses its
 //! source release only when it runs, so it always builds on what is live at that moment.
+//!
+//! A newer build of an app supersedes its builds still waiting (they never run), and, with the
+//! app's `cancel_running` setting (the default), cancels the one running unless it already
+//! switched. A build that finds a newer build of its app recorded when its turn comes is
+//! superseded too, so the newest push is always the one that ends up live.
 
 use crate::pipeline::DeployLog;
-use crate::{lock, Engine};
+use crate::{lock, Engine, EngineError};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use store::{DeployStatus, ReleaseStatus};
+use store::{Deploy, DeployStatus, ReleaseStatus};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// A queued or running job, for cancelling it.
+pub(crate) struct Active {
+    app: String,
+    build: bool,
+    pub(crate) token: CancellationToken,
+    /// Holds a build slot (or, for other jobs, is running): cancelling it needs the pipeline.
+    started: bool,
+    /// Why it was cancelled.
+    reason: Option<String>,
+}
+
+/// Steps after which a deploy is live and can no longer be cancelled.
+const LIVE_STEPS: &[&str] = &["switch", "switched", "drain", "postdeploy", "done"];
 
 #[derive(Debug)]
 pub(crate) enum Job {
@@ -42,6 +63,20 @@ pub(crate) struct AppQueue {
 
 impl Engine {
     pub(crate) fn enqueue(self: &Arc<Self>, app: &str, job: Job) {
+        let build = matches!(job, Job::Build { .. });
+        lock(&self.active).insert(
+            job.deploy(),
+            Active {
+                app: app.to_string(),
+                build,
+                token: CancellationToken::new(),
+                started: false,
+                reason: None,
+            },
+        );
+        if build {
+            self.supersede(app, job.deploy());
+        }
         let mut queues = lock(&self.queues);
         let mut job = job;
         // At most twice: a queue whose worker is gone is replaced once.
@@ -59,11 +94,115 @@ impl Engine {
                 }
             }
         }
+        lock(&self.active).remove(&job.deploy());
         let _ = self.store.finish_deploy(
             job.deploy(),
             DeployStatus::Failed,
             Some("the app's deploy queue is gone"),
         );
+    }
+
+    /// Builds of `app` older than `newer`: the waiting ones are superseded, the running one is
+    /// cancelled if the app says so.
+    fn supersede(&self, app: &str, newer: i64) {
+        let cancel_running = self
+            .store
+            .app(app)
+            .ok()
+            .flatten()
+            .is_some_and(|a| a.settings.cancel_running);
+        let mut active = lock(&self.active);
+        for (id, a) in active.iter_mut() {
+            if a.app != app || !a.build || *id >= newer || a.token.is_cancelled() {
+                continue;
+            }
+            if !a.started {
+                a.token.cancel();
+                self.end_waiting(
+                    *id,
+                    DeployStatus::Superseded,
+                    &format!("superseded by build {newer}"),
+                );
+            } else if cancel_running {
+                a.reason = Some(format!("cancelled: build {newer} is newer"));
+                a.token.cancel();
+            }
+        }
+    }
+
+    /// End a deploy that never started, with a line in its log.
+    fn end_waiting(&self, id: i64, status: DeployStatus, reason: &str) {
+        if let Ok(Some(d)) = self.store.deploy(id) {
+            DeployLog::new(&d.log_path).line(&format!("-----> {}: {reason}", status.as_str()));
+        }
+        let _ = self.store.finish_deploy(id, status, Some(reason));
+    }
+
+    /// Cancel a queued or running deploy (`berth builds:cancel`). One that already switched
+    /// cannot be cancelled: it is live (roll back instead).
+    pub fn cancel_deploy(&self, id: i64, actor: &str) -> Result<Deploy, EngineError> {
+        let d = self.deploy(id)?;
+        if !d.status.is_active() {
+            return Err(EngineError::Conflict(format!(
+                "deploy {id} already ended ({})",
+                d.status
+            )));
+        }
+        if LIVE_STEPS.contains(&d.step.as_str()) {
+            return Err(EngineError::Conflict(format!(
+                "deploy {id} of {} is already live (hint: berth rollback -a {})",
+                d.app, d.app
+            )));
+        }
+        let reason = format!("cancelled by {actor}");
+        {
+            let mut active = lock(&self.active);
+            match active.get_mut(&id) {
+                Some(a) if a.started => {
+                    a.reason = Some(reason.clone());
+                    a.token.cancel();
+                }
+                Some(a) => {
+                    a.token.cancel();
+                    self.end_waiting(id, DeployStatus::Cancelled, &reason);
+                }
+                // Recorded, not queued yet (a webhook's fetch): it ends here, and is not queued.
+                None => self.end_waiting(id, DeployStatus::Cancelled, &reason),
+            }
+        }
+        let _ = self
+            .store
+            .audit(actor, "deploy.cancel", &d.app, &id.to_string());
+        self.deploy(id)
+    }
+
+    /// The job's cancel token, if it is queued or running.
+    pub(crate) fn cancel_token(&self, id: i64) -> CancellationToken {
+        lock(&self.active)
+            .get(&id)
+            .map(|a| a.token.clone())
+            .unwrap_or_default()
+    }
+
+    /// Why a cancelled job was cancelled.
+    pub(crate) fn cancel_reason(&self, id: i64) -> String {
+        lock(&self.active)
+            .get(&id)
+            .and_then(|a| a.reason.clone())
+            .unwrap_or_else(|| "cancelled".into())
+    }
+
+    /// The job is about to run (it has its build slot): from now on a cancel goes through the
+    /// pipeline. `false` if it was cancelled meanwhile.
+    fn mark_started(&self, id: i64) -> bool {
+        match lock(&self.active).get_mut(&id) {
+            Some(a) if !a.token.is_cancelled() => {
+                a.started = true;
+                true
+            }
+            Some(_) => false,
+            None => true,
+        }
     }
 
     fn new_queue(self: &Arc<Self>, app: &str) -> AppQueue {
@@ -106,6 +245,7 @@ impl Engine {
                     Some("internal error (see berth's log)"),
                 );
             }
+            lock(&self.active).remove(&deploy_id);
             drop(held);
             pending.fetch_sub(1, Ordering::SeqCst);
         }
@@ -116,7 +256,33 @@ impl Engine {
         let Ok(Some(deploy)) = self.store.deploy(deploy_id) else {
             return; // the app (and its deploys) went away
         };
+        if !deploy.status.is_active() {
+            return; // cancelled or superseded while it waited
+        }
         let log = DeployLog::new(&deploy.log_path);
+        let token = self.cancel_token(deploy_id);
+        let mut slot = None;
+        if matches!(job, Job::Build { .. }) {
+            if let Ok(Some(newer)) = self.store.newer_build(app, deploy_id) {
+                return self.end_waiting(
+                    deploy_id,
+                    DeployStatus::Superseded,
+                    &format!("superseded by build {newer}"),
+                );
+            }
+            tokio::select! {
+                s = self.slots.acquire() => slot = Some(s),
+                () = token.cancelled() => return,
+            }
+        }
+        if !self.mark_started(deploy_id) {
+            return;
+        }
+        let run = crate::pipeline::JobRun {
+            token,
+            slot,
+            deploying: false,
+        };
         let (version, build, restore) = match job {
             Job::Build { version, .. } => (version, true, None),
             Job::Rollback { source, .. } => {
@@ -147,7 +313,7 @@ impl Engine {
                 }
             }
         };
-        self.run_pipeline(app, deploy_id, version, build, restore, &log)
+        self.run_pipeline(app, deploy_id, version, build, restore, &log, run)
             .await;
     }
 
@@ -233,10 +399,11 @@ impl Engine {
         Ok(Some(rel.version))
     }
 
-    fn fail_early(&self, deploy_id: i64, log: &DeployLog, reason: &str) {
+    fn fail_early(self: &Arc<Self>, deploy_id: i64, log: &DeployLog, reason: &str) {
         log.line(&format!("-----> Deploy failed: {reason}"));
         let _ = self
             .store
             .finish_deploy(deploy_id, DeployStatus::Failed, Some(reason));
+        self.notify(deploy_id, "deploy.failed");
     }
 }

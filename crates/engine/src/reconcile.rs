@@ -1,7 +1,8 @@
 //! Converge after a start (also after a `kill -9`): the store says what should run; make it so.
 //!
 //! 1. A deploy that was cut off either reached its commit point (`switch_live`) — it is
-//!    finished — or did not — it failed and the previous release keeps serving.
+//!    finished — or did not — it failed and the previous release keeps serving. A build that
+//!    was still waiting for its turn (never started, its files intact) is queued again.
 //! 2. Instances of a release that is not live are killed (only if pid and start time still
 //!    match, so a reused pid is never signalled) and forgotten.
 //! 3. Each live release is brought up with the config it ran with: a surviving instance is
@@ -16,16 +17,33 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use store::{DeployStatus, ReleaseStatus};
+use store::{DeployKind, DeployStatus, ReleaseStatus};
 
 const ORPHAN_GRACE: Duration = Duration::from_secs(5);
 
 impl Engine {
     pub(crate) async fn reconcile(self: &Arc<Self>) -> Result<(), EngineError> {
+        // Builds cut off mid-way lost their scratch dirs' state: they fail below.
+        let scratch = self.scratch_root();
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(scratch)).await;
+        let mut requeue = Vec::new();
         for d in self.store.unfinished_deploys()? {
             let log = DeployLog::new(&d.log_path);
             let live = self.store.app(&d.app)?.and_then(|a| a.live_release);
-            if d.release_version.is_some() && live == d.release_version {
+            let waiting_build = d.kind == DeployKind::Build
+                && d.status == DeployStatus::Queued
+                && d.release_version.is_some_and(|v| {
+                    self.store
+                        .release(&d.app, v)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|r| r.dir.is_dir())
+                });
+            if let (true, Some(v)) = (waiting_build, d.release_version) {
+                // It never started: it runs now, in its turn (no push is dropped).
+                log.line("-----> berth restarted: the build is queued again");
+                requeue.push((d.app.clone(), d.id, v));
+            } else if d.release_version.is_some() && live == d.release_version {
                 log.line("-----> berth restarted after the switch: the deploy is complete");
                 self.store
                     .finish_deploy(d.id, DeployStatus::Succeeded, None)?;
@@ -39,6 +57,7 @@ impl Engine {
                 }
                 self.store
                     .finish_deploy(d.id, DeployStatus::Failed, Some(reason))?;
+                self.notify(d.id, "deploy.failed");
             }
         }
 
@@ -84,7 +103,11 @@ impl Engine {
             Ok(n) => tracing::warn!(stopped = n, "stopped processes left from an earlier run"),
             Err(e) => tracing::error!(error = %e, "cannot sweep processes of an earlier run"),
         }
-        self.refresh_routes()
+        self.refresh_routes()?;
+        for (app, deploy, version) in requeue {
+            self.enqueue(&app, crate::queue::Job::Build { deploy, version });
+        }
+        Ok(())
     }
 
     /// Adopt or start the instances of a live release and record what to route.

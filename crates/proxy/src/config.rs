@@ -46,6 +46,8 @@ pub struct ServerConfig {
     /// lower-case); `None`: `berth.<domain>`.
     #[serde(deserialize_with = "api_host")]
     pub api_host: Option<String>,
+    /// At most this many builds at once, across apps; `None`: the number of cores.
+    pub build_concurrency: Option<usize>,
 }
 
 /// `[server] api_host`: validated like a route's host, but exact (no wildcard).
@@ -72,6 +74,7 @@ impl Default for ServerConfig {
             domain: "localhost".into(),
             max_upload: Size(512 << 20),
             api_host: None,
+            build_concurrency: None,
         }
     }
 }
@@ -444,6 +447,12 @@ impl FileConfig {
             return Err(at(
                 span,
                 format!("route {}{}: {}", e.host, e.path, e.reason),
+            ));
+        }
+        if cfg.server.build_concurrency == Some(0) {
+            return Err(at(
+                None,
+                "server.build_concurrency must be at least 1".into(),
             ));
         }
         if cfg.server.workers == Some(0) {

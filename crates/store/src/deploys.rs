@@ -219,6 +219,21 @@ impl Store {
         })
     }
 
+    /// A build of `app` recorded after deploy `id` that is queued, running or went live: the
+    /// newest push wins, so build `id` should not run.
+    pub fn newer_build(&self, app: &str, id: i64) -> Result<Option<i64>> {
+        let conn = self.conn();
+        let app_id = app_id(&conn, app)?;
+        Ok(conn
+            .query_row(
+                "SELECT id FROM deploys WHERE app_id = ?1 AND kind = 'build' AND id > ?2 \
+                 AND status IN ('queued', 'running', 'succeeded') ORDER BY id DESC LIMIT 1",
+                (app_id, id),
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
     /// Deploys of every app (or of one), newest first, optionally only queued and running ones.
     pub fn all_deploys(
         &self,
