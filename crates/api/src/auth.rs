@@ -36,7 +36,17 @@ impl Caller {
     pub fn app(&self, app: &str) -> Result<(), ApiError> {
         match self.0.scope {
             Scope::Admin => Ok(()),
-            Scope::Deploy if self.0.apps.iter().any(|a| a == app) => Ok(()),
+            // A token of an app also reaches its branch previews (`<branch>--<app>`; only
+            // previews have `--` in their names).
+            Scope::Deploy
+                if self
+                    .0
+                    .apps
+                    .iter()
+                    .any(|a| a == app || app.ends_with(&format!("--{a}"))) =>
+            {
+                Ok(())
+            }
             Scope::Deploy => Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 format!("this token may not act on app {app}"),

@@ -9,8 +9,9 @@
 
 mod apps;
 mod auth;
-mod notify;
+mod builds;
 mod git;
+mod notify;
 mod openapi;
 mod render;
 mod stream;
@@ -20,7 +21,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
+use axum::routing::{delete, get, patch, post, put};
 use axum::{Extension, Json, Router};
 use engine::Engine;
 use proxy::config::RouteSpec;
@@ -119,6 +120,15 @@ pub fn router(ctx: Ctx) -> Router {
                 .delete(webhooks::disconnect),
         )
         .route("/apps/{app}/logs", get(stream::app_logs))
+        .route("/apps/{app}/settings", patch(builds::settings))
+        .route(
+            "/apps/{app}/branches/{*branch}",
+            delete(builds::delete_branch),
+        )
+        .route("/builds", get(builds::list))
+        .route("/builds/{id}", get(builds::get))
+        .route("/builds/{id}/log", get(builds::log))
+        .route("/builds/{id}/cancel", post(builds::cancel))
         .route("/tokens", get(auth::list).post(auth::create))
         .route("/tokens/{id}", delete(auth::revoke))
         .route("/audit", get(auth::audit))

@@ -37,6 +37,21 @@ pub fn app_json(engine: &Engine, app: &App) -> Value {
         "formation": app.formation,
         "domains": engine.store().domains(&app.name).unwrap_or_default(),
         "status": engine.app_status(app),
+        "git": settings_json(app),
+    })
+}
+
+/// An app's git settings, never its webhook secret.
+fn settings_json(app: &App) -> Value {
+    let s = &app.settings;
+    json!({
+        "deploy_branch": s.deploy_branch,
+        "cancel_running": s.cancel_running,
+        "previews": s.previews,
+        "preview_max": s.preview_max,
+        "preview_env": s.preview_env.keys().collect::<Vec<_>>(),
+        "repo": s.repo.as_ref().map(|r| json!({ "url": r.url, "branch": r.branch })),
+        "preview_of": s.preview_of.as_ref().map(|p| json!({ "app": p.app, "branch": p.branch })),
     })
 }
 

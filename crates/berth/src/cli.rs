@@ -27,6 +27,8 @@ use std::io::{self, IsTerminal, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod builds;
+
 /// Options shared by the client commands.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Global {
@@ -126,6 +128,39 @@ pub enum Command {
         /// The branch that deploys the app (default: the app's deploy branch, main)
         #[arg(long, value_name = "BRANCH")]
         branch: Option<String>,
+    },
+    /// Show or change an app's git settings: deploy branch, previews, cancel-running
+    #[command(name = "apps:settings")]
+    AppsSettings(builds::SettingsArgs),
+    /// List builds and deploys of all apps (with -a: one app's), newest first
+    Builds {
+        /// Only queued and running ones
+        #[arg(long)]
+        active: bool,
+        /// How many
+        #[arg(short = 'n', long, default_value_t = 30, value_name = "N")]
+        limit: u32,
+    },
+    /// Show a build: trigger, commit, steps
+    #[command(name = "builds:info")]
+    BuildsInfo {
+        #[arg(value_name = "ID")]
+        id: u64,
+    },
+    /// Show a build's log, or follow it live to its end
+    #[command(name = "builds:logs")]
+    BuildsLogs {
+        #[arg(value_name = "ID")]
+        id: u64,
+        /// Keep printing until the build ends
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Cancel a queued or running build
+    #[command(name = "builds:cancel")]
+    BuildsCancel {
+        #[arg(value_name = "ID")]
+        id: u64,
     },
     /// Disconnect an app from its repository: webhooks no longer deploy it
     #[command(name = "apps:disconnect")]
@@ -255,6 +290,11 @@ fn dispatch(g: &Global, cmd: Command) -> Result<i32, Error> {
         Command::AppsInfo => apps_info(g),
         Command::AppsConnect { name, repo, branch } => apps_connect(g, name, &repo, branch),
         Command::AppsDisconnect { name } => apps_disconnect(g, name),
+        Command::AppsSettings(args) => builds::settings(g, args),
+        Command::Builds { active, limit } => builds::builds(g, active, limit),
+        Command::BuildsInfo { id } => builds::info(g, id),
+        Command::BuildsLogs { id, follow } => builds::logs(g, id, follow),
+        Command::BuildsCancel { id } => builds::cancel(g, id),
         Command::Deploy { dir } => deploy(g, dir),
         Command::Releases => releases(g),
         Command::Rollback { version } => rollback(g, version),
