@@ -319,7 +319,8 @@ fn push_lock(dir: &FsPath) -> Arc<tokio::sync::Mutex<()>> {
     map.entry(dir.to_path_buf()).or_default().clone()
 }
 
-/// `<root>/<app>.git`, bare, created when missing, with `http.receivepack` on, the
+/// `<root>/<app>.git`, bare, created when missing, with `http.receivepack` on, `refs/berth`
+/// hidden, the
 /// `pre-receive` hook pointing at this binary and `HEAD` at the deploy branch (what a clone
 /// checks out).
 fn ensure_repo(root: &FsPath, app: &str, deploy_branch: &str) -> Result<PathBuf, String> {
@@ -346,11 +347,17 @@ fn ensure_repo(root: &FsPath, app: &str, deploy_branch: &str) -> Result<PathBuf,
     if std::fs::read_to_string(&hook).ok().as_deref() == Some(script.as_str()) {
         return Ok(dir);
     }
-    let mut cmd = build::git::git();
-    cmd.arg("--git-dir")
-        .arg(&dir)
-        .args(["config", "http.receivepack", "true"]);
-    build::git::run(cmd, "config", Duration::from_secs(60)).map_err(|e| e.to_string())?;
+    // Pushes over HTTP on; the refs webhooks fetch into (`refs/berth/fetched/*`) stay hidden
+    // from clones and pushes.
+    for (key, value) in [
+        ("http.receivepack", "true"),
+        ("uploadpack.hideRefs", "refs/berth"),
+        ("receive.hideRefs", "refs/berth"),
+    ] {
+        let mut cmd = build::git::git();
+        cmd.arg("--git-dir").arg(&dir).args(["config", key, value]);
+        build::git::run(cmd, "config", Duration::from_secs(60)).map_err(|e| e.to_string())?;
+    }
     write_executable(&hook, script.as_bytes())
         .map_err(|e| format!("cannot write {}: {e}", hook.display()))?;
     Ok(dir)

@@ -249,3 +249,48 @@ fn chown_tree(root: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scratch_root_is_next_to_the_data_dir_unless_others_cannot_reach_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let open = tmp.path().join("open");
+        let closed = tmp.path().join("closed");
+        for (d, mode) in [(&open, 0o755), (&closed, 0o700)] {
+            std::fs::create_dir_all(d.join("data")).unwrap();
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(scratch_root(&open.join("data")), open.join("data.builds"));
+        let fallback = scratch_root(&closed.join("data"));
+        assert!(fallback.starts_with("/var/tmp/berth-builds"), "{fallback:?}");
+        assert_ne!(fallback, scratch_root(&open.join("data")));
+    }
+
+    #[test]
+    fn copy_tree_keeps_modes_and_symlinks() {
+        use std::os::unix::fs::symlink;
+        let tmp = tempfile::tempdir().unwrap();
+        let from = tmp.path().join("from");
+        std::fs::create_dir_all(from.join("sub")).unwrap();
+        std::fs::write(from.join("sub/run.sh"), "echo hi").unwrap();
+        std::fs::set_permissions(
+            from.join("sub/run.sh"),
+            std::fs::Permissions::from_mode(0o750),
+        )
+        .unwrap();
+        symlink("sub/run.sh", from.join("link")).unwrap();
+        let to = tmp.path().join("to");
+        copy_tree(&from, &to).unwrap();
+        let meta = std::fs::metadata(to.join("sub/run.sh")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o750);
+        assert_eq!(
+            std::fs::read_link(to.join("link")).unwrap(),
+            PathBuf::from("sub/run.sh")
+        );
+        assert_eq!(std::fs::read_to_string(to.join("link")).unwrap(), "echo hi");
+    }
+}
