@@ -166,6 +166,30 @@ fn a_failing_test_step_stops_the_pipeline_and_a_running_build_can_be_cancelled()
         .map(|s| s["name"].as_str().unwrap())
         .collect();
     assert_eq!(&steps[..3], ["prepare", "test", "build"], "{d}");
+    // The CLI shows the log, and follows a finished build to its end at once.
+    let id = d["id"].as_i64().unwrap().to_string();
+    let out = common::apps::cli(&b, &["builds:logs", &id]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("tests pass"),
+        "{}",
+        text(&out)
+    );
+    let out = common::apps::cli(&b, &["builds:logs", &id, "-f"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("deployed t"),
+        "{}",
+        text(&out)
+    );
+    let out = common::apps::cli(&b, &["apps:settings", "t", "--previews", "on"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Previews        true"),
+        "{}",
+        text(&out)
+    );
+    let out = common::apps::cli(&b, &["apps:settings", "t", "--deploy-branch", "a..b"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
 
     // Failing tests: the build never runs, the old release serves.
     let bad = b.path("bad");
