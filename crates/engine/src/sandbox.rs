@@ -266,7 +266,10 @@ mod tests {
         std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         assert_eq!(scratch_root(&open.join("data")), open.join("data.builds"));
         let fallback = scratch_root(&closed.join("data"));
-        assert!(fallback.starts_with("/var/tmp/berth-builds"), "{fallback:?}");
+        assert!(
+            fallback.starts_with("/var/tmp/berth-builds"),
+            "{fallback:?}"
+        );
         assert_ne!(fallback, scratch_root(&open.join("data")));
     }
 
