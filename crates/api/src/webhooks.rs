@@ -538,10 +538,20 @@ fn unprocessable(m: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, m)
 }
 
-/// Is `url` a path on this server rather than a remote repository?
+/// Is `url` a path on this server rather than a remote repository? Anything git would not
+/// reach over the network is: `file:`, absolute and relative paths (git resolves `a/b.git`
+/// against berth's working directory). Remote is `http(s)://`, `ssh://`, `git://`, or
+/// scp-like `[user@]host:path`.
 fn is_local(url: &str) -> bool {
     let u = url.to_ascii_lowercase();
-    u.starts_with("file:") || u.starts_with('/') || u.starts_with('.') || u.starts_with('~')
+    let scheme = ["https://", "http://", "ssh://", "git://"]
+        .iter()
+        .any(|p| u.starts_with(p));
+    let scp_like = match u.split_once(':') {
+        Some((host, _)) => !host.is_empty() && !host.contains('/') && !host.starts_with('.'),
+        None => false,
+    };
+    !(scheme || (scp_like && !u.starts_with("file:")))
 }
 
 fn check_url(url: &str) -> Result<(), ApiError> {
@@ -728,5 +738,16 @@ mod tests {
         assert!(check_url("https://x/a b").is_err());
         assert!(check_url("").is_err());
         assert!(is_local("file:///srv/x") && is_local("/srv/x") && !is_local("https://x"));
+        for local in ["var/lib/berth/git/b.git", "./x", "~/x", "File:/x", "x"] {
+            assert!(is_local(local), "{local}");
+        }
+        for remote in [
+            "git@github.com:a/b.git",
+            "ssh://h/x",
+            "git://h/x",
+            "HTTP://h/x",
+        ] {
+            assert!(!is_local(remote), "{remote}");
+        }
     }
 }

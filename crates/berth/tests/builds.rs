@@ -338,6 +338,29 @@ fn a_build_cannot_read_the_data_dir_or_another_apps_env() {
     let (st, body) = app_get(&b, "iso", "/built.txt");
     assert_eq!(st, 200);
     assert!(body.starts_with("built-by-berth-build-"), "{body}");
+
+    // A build cannot swap its source dir for a symlink (to serve `/`), and what it leaves
+    // running (out of its process group) is killed.
+    create_app(&b, "esc");
+    let esc = b.path("esc-src");
+    site(
+        &esc,
+        "esc\n",
+        "cd .. && (mv src x; ln -s / src; true); setsid sh -c 'sleep 301.5' >/dev/null 2>&1 < /dev/null &",
+        None,
+    );
+    let (_, v) = push(&b, "esc", &esc, "main", "ffff", "esc");
+    let d = wait_build(&b, v["id"].as_i64().unwrap());
+    assert_eq!(d["status"], "succeeded", "{d}");
+    assert_eq!(app_get(&b, "esc", "/"), (200, "esc\n".into()));
+    assert_eq!(app_get(&b, "esc", "/etc/passwd").0, 404);
+    eventually(T, "the build's leftover process to be killed", || {
+        let out = std::process::Command::new("pgrep")
+            .args(["-f", "sleep 301.5"])
+            .output()
+            .unwrap();
+        (!out.status.success()).then_some(())
+    });
 }
 
 #[test]

@@ -195,9 +195,14 @@ pub fn fetch(git_dir: &Path, url: &str, branch: &str) -> Result<String, GitError
         return Err(GitError::Invalid(format!("not a repository URL: {url:?}")));
     }
     init_bare(git_dir)?;
+    let git_dir = &git_dir
+        .canonicalize()
+        .map_err(|e| GitError::Invalid(format!("{}: {e}", git_dir.display())))?;
     let local = format!("refs/berth/fetched/{branch}");
     let mut cmd = git();
-    cmd.arg("--git-dir")
+    // A relative path resolves inside the repository, never against berth's own directory.
+    cmd.current_dir(git_dir)
+        .arg("--git-dir")
         .arg(git_dir)
         .args([
             "fetch",

@@ -137,7 +137,7 @@ impl Engine {
         proxy: Arc<Proxy>,
         base_routes: Vec<RouteSpec>,
     ) -> Result<Arc<Engine>, EngineError> {
-        let slots = sandbox::Slots::new(cfg.build_concurrency).map_err(EngineError::Internal)?;
+        let slots = sandbox::Slots::new(cfg.build_concurrency, &cfg.data_dir);
         let engine = Arc::new(Engine {
             cfg,
             slots,
@@ -764,6 +764,8 @@ impl Engine {
             stops.spawn(async move { rt.stop(&i.runtime_id, SHUTDOWN_GRACE).await });
         }
         while stops.join_next().await.is_some() {}
+        let slots = self.slots.clone();
+        let _ = tokio::task::spawn_blocking(move || slots.remove_users()).await;
     }
 
     fn watch_runtime(self: &Arc<Self>) {

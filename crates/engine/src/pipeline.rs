@@ -278,7 +278,7 @@ impl Engine {
             let back = tokio::task::spawn_blocking(move || match outcome {
                 Ok(()) => scratch.leave(&dir, user).map_err(Failure),
                 Err(f) => {
-                    scratch.discard();
+                    scratch.discard(user);
                     Err(f)
                 }
             })
@@ -375,6 +375,9 @@ impl Engine {
         }
 
         // The last chance to cancel: from the switch on, the release is live.
+        if !self.enter_switch(deploy_id) {
+            return Err(Failure(self.cancel_reason(deploy_id)));
+        }
         step("switch", "Switching traffic")?;
         let first_deploy = a.live_release.is_none();
         self.switch(

@@ -27,6 +27,8 @@ pub(crate) struct Active {
     started: bool,
     /// Why it was cancelled.
     reason: Option<String>,
+    /// It reached the switch: it goes live, a cancel can no longer stop it.
+    switching: bool,
 }
 
 /// Steps after which a deploy is live and can no longer be cancelled.
@@ -72,6 +74,7 @@ impl Engine {
                 token: CancellationToken::new(),
                 started: false,
                 reason: None,
+                switching: false,
             },
         );
         if build {
@@ -113,7 +116,7 @@ impl Engine {
             .is_some_and(|a| a.settings.cancel_running);
         let mut active = lock(&self.active);
         for (id, a) in active.iter_mut() {
-            if a.app != app || !a.build || *id >= newer || a.token.is_cancelled() {
+            if a.app != app || !a.build || *id >= newer || a.token.is_cancelled() || a.switching {
                 continue;
             }
             if !a.started {
@@ -130,12 +133,27 @@ impl Engine {
         }
     }
 
-    /// End a deploy that never started, with a line in its log.
+    /// End a deploy that never started, with a line in its log; its release (if it has one)
+    /// never ran, so pruning may drop its files.
     fn end_waiting(&self, id: i64, status: DeployStatus, reason: &str) {
         if let Ok(Some(d)) = self.store.deploy(id) {
             DeployLog::new(&d.log_path).line(&format!("-----> {}: {reason}", status.as_str()));
+            self.release_never_ran(&d);
         }
         let _ = self.store.finish_deploy(id, status, Some(reason));
+    }
+
+    /// The new release of a build that ended before it ran is failed (not `building` forever).
+    fn release_never_ran(&self, d: &Deploy) {
+        if let (store::DeployKind::Build, Some(v)) = (d.kind, d.release_version) {
+            if let Ok(Some(r)) = self.store.release(&d.app, v) {
+                if r.status == ReleaseStatus::Building {
+                    let _ = self
+                        .store
+                        .set_release_status(&d.app, v, ReleaseStatus::Failed);
+                }
+            }
+        }
     }
 
     /// Cancel a queued or running deploy (`berth builds:cancel`). One that already switched
@@ -158,6 +176,12 @@ impl Engine {
         {
             let mut active = lock(&self.active);
             match active.get_mut(&id) {
+                Some(a) if a.switching => {
+                    return Err(EngineError::Conflict(format!(
+                        "deploy {id} of {} is already live (hint: berth rollback -a {})",
+                        d.app, d.app
+                    )));
+                }
                 Some(a) if a.started => {
                     a.reason = Some(reason.clone());
                     a.token.cancel();
@@ -182,6 +206,19 @@ impl Engine {
             .get(&id)
             .map(|a| a.token.clone())
             .unwrap_or_default()
+    }
+
+    /// The job reaches its switch: `false` if it was cancelled (it must not go live), else
+    /// from now on a cancel is refused.
+    pub(crate) fn enter_switch(&self, id: i64) -> bool {
+        match lock(&self.active).get_mut(&id) {
+            Some(a) if a.token.is_cancelled() => false,
+            Some(a) => {
+                a.switching = true;
+                true
+            }
+            None => true,
+        }
     }
 
     /// Why a cancelled job was cancelled.
@@ -257,7 +294,8 @@ impl Engine {
             return; // the app (and its deploys) went away
         };
         if !deploy.status.is_active() {
-            return; // cancelled or superseded while it waited
+            // Cancelled or superseded while it waited (maybe before its release was recorded).
+            return self.release_never_ran(&deploy);
         }
         let log = DeployLog::new(&deploy.log_path);
         let token = self.cancel_token(deploy_id);
@@ -271,7 +309,10 @@ impl Engine {
                 );
             }
             tokio::select! {
-                s = self.slots.acquire() => slot = Some(s),
+                s = self.slots.acquire() => match s {
+                    Ok(s) => slot = Some(s),
+                    Err(reason) => return self.fail_early(deploy_id, &log, &reason),
+                },
                 () = token.cancelled() => return,
             }
         }

@@ -2,12 +2,16 @@
 //!
 //! A build slot is a permit of the global build semaphore (at most `build_concurrency` builds
 //! at once, across apps) plus, when berth runs as root, an unprivileged user of its own:
-//! `berth-build-<n>` for slot `n`, created with `useradd --system` when missing. Two builds
-//! running at once never share a uid, so one cannot read the other's `/proc/<pid>/environ`.
+//! `berth-build-<tag>-<n>` for slot `n` (the tag is a hash of the data dir, so two berths on
+//! one machine never share one), created with `useradd --system` the first time the slot
+//! builds and removed when berth stops. Two builds running at once never share a uid, so one
+//! cannot read the other's `/proc/<pid>/environ`, and before and after each build every
+//! process of its user is killed (what a build leaves running dies with it).
 //!
 //! The source moves out of the data dir (mode 0700, so a build user cannot even reach it) to
-//! a scratch dir next to it, `<data>.builds/<id>/src` (the scratch root is 0711: no listing;
-//! each build's dir is 0700 and owned by its build user), with `HOME` at `<id>/home`. When a
+//! a scratch dir next to it, `<data>.builds/<id>/src` (the scratch root and each build's dir
+//! are berth's, 0711: no listing, and the build cannot replace `src` with a symlink; `src` and
+//! `home` are the build user's), with `HOME` at `<id>/home`. When a
 //! directory above the data dir is closed to other users (a data dir under `/root`, say), the
 //! scratch root is `/var/tmp/berth-builds/<hash of the data dir>` instead, and the source is
 //! copied when it cannot be moved. After a successful build the tree is owned by berth's user
@@ -24,91 +28,151 @@ pub(crate) type BuildUser = Option<(u32, u32)>;
 
 pub(crate) struct Slots {
     permits: Arc<Semaphore>,
-    /// Users of free slots.
-    free: Mutex<Vec<BuildUser>>,
+    /// Indexes of the free slots.
+    free: Mutex<Vec<usize>>,
+    /// `berth-build-<tag>-`: the tag (from the data dir) keeps two berths on one machine from
+    /// sharing build users.
+    prefix: Option<String>,
+    /// Build users known to exist, by slot.
+    users: Mutex<std::collections::HashMap<usize, (u32, u32)>>,
 }
 
 /// A held build slot; dropping it frees the slot.
 pub(crate) struct Slot {
     pub user: BuildUser,
+    index: usize,
     slots: Arc<Slots>,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        crate::lock(&self.slots.free).push(self.user);
+        crate::lock(&self.slots.free).push(self.index);
     }
 }
 
 impl Slots {
-    /// `n` slots; as root, each gets its build user (created when missing).
-    pub(crate) fn new(n: usize) -> Result<Arc<Slots>, String> {
+    /// `n` slots for the berth of `data`; as root, each gets its build user, created the first
+    /// time the slot builds.
+    pub(crate) fn new(n: usize, data: &Path) -> Arc<Slots> {
         let n = n.max(1);
         let root = rustix::process::getuid().is_root();
-        let mut users = Vec::with_capacity(n);
-        for i in (0..n).rev() {
-            users.push(if root {
-                Some(ensure_user(&format!("berth-build-{i}"))?)
-            } else {
-                None
-            });
-        }
         if !root {
             tracing::warn!("berth is not running as root: builds run as berth's own user");
         }
-        Ok(Arc::new(Slots {
+        let prefix = root.then(|| {
+            use sha2::Digest;
+            let path = data.canonicalize().unwrap_or_else(|_| data.to_path_buf());
+            let hash = sha2::Sha256::digest(path.to_string_lossy().as_bytes());
+            let tag: String = hash.iter().take(4).map(|b| format!("{b:02x}")).collect();
+            format!("berth-build-{tag}-")
+        });
+        // Users an earlier run left (a crash skips their removal) are known from the start, so
+        // this run's stop removes them.
+        let mut users = std::collections::HashMap::new();
+        if let (Some(p), Ok(passwd)) = (&prefix, std::fs::read_to_string("/etc/passwd")) {
+            for line in passwd.lines() {
+                let Some(index) = line
+                    .split(':')
+                    .next()
+                    .and_then(|name| name.strip_prefix(p.as_str()))
+                    .and_then(|i| i.parse::<usize>().ok())
+                else {
+                    continue;
+                };
+                if let Some(ids) = lookup(&format!("{p}{index}")) {
+                    users.insert(index, ids);
+                }
+            }
+        }
+        Arc::new(Slots {
             permits: Arc::new(Semaphore::new(n)),
-            free: Mutex::new(users),
-        }))
+            free: Mutex::new((0..n).rev().collect()),
+            prefix,
+            users: Mutex::new(users),
+        })
     }
 
-    pub(crate) async fn acquire(self: &Arc<Self>) -> Slot {
+    /// Wait for a free slot; an error if its build user cannot be created.
+    pub(crate) async fn acquire(self: &Arc<Self>) -> Result<Slot, String> {
         // The semaphore is never closed, so acquiring only waits.
         let permit = loop {
             if let Ok(p) = self.permits.clone().acquire_owned().await {
                 break p;
             }
         };
-        let user = crate::lock(&self.free).pop().flatten();
-        Slot {
-            user,
+        let index = crate::lock(&self.free).pop().unwrap_or(0);
+        let mut slot = Slot {
+            user: None,
+            index,
             slots: self.clone(),
             _permit: permit,
+        };
+        let Some(prefix) = &self.prefix else {
+            return Ok(slot);
+        };
+        let known = crate::lock(&self.users).get(&index).copied();
+        let ids = match known {
+            Some(ids) => ids,
+            None => {
+                let name = format!("{prefix}{index}");
+                let ids = tokio::task::spawn_blocking(move || ensure_user(&name))
+                    .await
+                    .map_err(|e| e.to_string())??;
+                crate::lock(&self.users).insert(index, ids);
+                ids
+            }
+        };
+        slot.user = Some(ids);
+        Ok(slot)
+    }
+
+    /// Remove the build users (berth stops; no build runs and no file is theirs). They are
+    /// created again by the next build.
+    pub(crate) fn remove_users(&self) {
+        let Some(prefix) = &self.prefix else { return };
+        let users: Vec<usize> = crate::lock(&self.users).drain().map(|(i, _)| i).collect();
+        for i in users {
+            let name = format!("{prefix}{i}");
+            let out = std::process::Command::new("userdel").arg(&name).output();
+            if !out.is_ok_and(|o| o.status.success()) {
+                tracing::warn!(user = name, "could not remove the build user");
+            }
         }
     }
 }
 
 /// The uid and gid of `name`, created as a system user without a home or a login shell when
-/// missing.
+/// missing (retried: another berth may hold the lock on /etc/passwd).
 fn ensure_user(name: &str) -> Result<(u32, u32), String> {
-    if let Some(ids) = lookup(name) {
-        return Ok(ids);
-    }
-    let out = std::process::Command::new("useradd")
-        .args([
-            "--system",
-            "--user-group",
-            "--no-create-home",
-            "--home-dir",
-            "/nonexistent",
-            "--shell",
-            "/usr/sbin/nologin",
-            name,
-        ])
-        .output()
-        .map_err(|e| format!("cannot run useradd to create the build user {name}: {e}"))?;
-    // Another berth may have created it meanwhile: look again before failing.
-    match lookup(name) {
-        Some(ids) => {
-            tracing::info!(user = name, "created build user");
-            Ok(ids)
+    let mut last = String::new();
+    for attempt in 0..20 {
+        if let Some(ids) = lookup(name) {
+            return Ok(ids);
         }
-        None => Err(format!(
-            "could not create the build user {name}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )),
+        if attempt > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let out = std::process::Command::new("useradd")
+            .args([
+                "--system",
+                "--user-group",
+                "--no-create-home",
+                "--home-dir",
+                "/nonexistent",
+                "--shell",
+                "/usr/sbin/nologin",
+                name,
+            ])
+            .output()
+            .map_err(|e| format!("cannot run useradd to create the build user {name}: {e}"))?;
+        if out.status.success() {
+            tracing::info!(user = name, "created build user");
+        } else {
+            last = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        }
     }
+    lookup(name).ok_or_else(|| format!("could not create the build user {name}: {last}"))
 }
 
 /// `name`'s uid and gid from /etc/passwd.
@@ -191,52 +255,142 @@ impl Scratch {
     ) -> Result<Scratch, String> {
         let err = |what: &str, e: std::io::Error| format!("build scratch dir: {what}: {e}");
         std::fs::create_dir_all(root).map_err(|e| err("create", e))?;
-        for dir in [root.parent(), Some(root)].into_iter().flatten() {
-            if dir.starts_with("/var/tmp/berth-builds") || dir == root {
-                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
-                    .map_err(|e| err("chmod", e))?;
-            }
+        // Every level berth made must be berth's own real directory: a local user who created
+        // (or symlinked) one first would control where the builds' files go.
+        for dir in root
+            .ancestors()
+            .take_while(|d| *d == root || d.starts_with("/var/tmp/berth-builds"))
+        {
+            owned_dir(dir)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+                .map_err(|e| err("chmod", e))?;
         }
+        // Nothing of the slot's user may still run: it could read this build's env or race
+        // the chown below.
+        kill_user(user);
         let dir = root.join(id);
-        if dir.exists() {
+        if std::fs::symlink_metadata(&dir).is_ok() {
             std::fs::remove_dir_all(&dir).map_err(|e| err("clear", e))?;
         }
+        // The build's own dir stays berth's (0711), so the build cannot rename `src` away and
+        // put a symlink in its place; only `src` and `home` are the build user's.
         std::fs::create_dir(&dir).map_err(|e| err("create", e))?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| err("chmod", e))?;
         let scratch = Scratch {
             src: dir.join("src"),
             home: dir.join("home"),
             dir,
         };
-        std::fs::create_dir(&scratch.home).map_err(|e| err("create home", e))?;
-        move_tree(source, &scratch.src).map_err(|e| err("moving the source in", e))?;
-        if let Some((uid, gid)) = user {
-            chown_tree(&scratch.dir, uid, gid).map_err(|e| err("chown", e))?;
+        let filled = (|| {
+            std::fs::set_permissions(&scratch.dir, std::fs::Permissions::from_mode(0o711))
+                .map_err(|e| err("chmod", e))?;
+            std::fs::create_dir(&scratch.home).map_err(|e| err("create home", e))?;
+            std::fs::set_permissions(&scratch.home, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| err("chmod", e))?;
+            move_tree(source, &scratch.src).map_err(|e| err("moving the source in", e))?;
+            if let Some((uid, gid)) = user {
+                // Safe top-down: no process of `uid` runs (killed above) to swap a path.
+                chown_tree(&scratch.src, uid, gid).map_err(|e| err("chown", e))?;
+                chown_tree(&scratch.home, uid, gid).map_err(|e| err("chown", e))?;
+            }
+            Ok(())
+        })();
+        match filled {
+            Ok(()) => Ok(scratch),
+            Err(e) => {
+                scratch.discard(user);
+                Err(e)
+            }
         }
-        Ok(scratch)
     }
 
     /// The built tree goes back to `release` (owned by berth's user again); the rest of the
     /// scratch dir is removed.
     pub(crate) fn leave(self, release: &Path, user: BuildUser) -> Result<(), String> {
         let err = |what: &str, e: std::io::Error| format!("build scratch dir: {what}: {e}");
-        if user.is_some() {
-            let (uid, gid) = (
-                rustix::process::getuid().as_raw(),
-                rustix::process::getgid().as_raw(),
-            );
-            chown_tree(&self.src, uid, gid).map_err(|e| err("chown back", e))?;
-        }
-        move_tree(&self.src, release).map_err(|e| err("moving the build back", e))?;
+        // What the build left running dies first, so nothing changes the tree from here on.
+        kill_user(user);
+        let back = (|| {
+            let is_dir = std::fs::symlink_metadata(&self.src)
+                .map_err(|e| err("the built source", e))?
+                .is_dir();
+            if !is_dir {
+                return Err("the build replaced its source directory with something else".into());
+            }
+            if user.is_some() {
+                let (uid, gid) = (
+                    rustix::process::getuid().as_raw(),
+                    rustix::process::getgid().as_raw(),
+                );
+                chown_tree(&self.src, uid, gid).map_err(|e| err("chown back", e))?;
+            }
+            move_tree(&self.src, release).map_err(|e| err("moving the build back", e))
+        })();
         let _ = std::fs::remove_dir_all(&self.dir);
-        Ok(())
+        back
     }
 
-    /// A failed or cancelled build: its files are dropped.
-    pub(crate) fn discard(self) {
+    /// A failed or cancelled build: what it left running is killed, its files are dropped.
+    pub(crate) fn discard(self, user: BuildUser) {
+        kill_user(user);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// `dir` must be a real directory (not a symlink) owned by berth's user.
+fn owned_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(dir)
+        .map_err(|e| format!("build scratch dir {}: {e}", dir.display()))?;
+    let me = rustix::process::geteuid().as_raw();
+    if !meta.file_type().is_dir() || meta.uid() != me {
+        return Err(format!(
+            "refusing to build in {}: it is not a directory owned by berth's user (remove it)",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
+/// SIGKILL every process running as the build user `user` (none: nothing to do), until none
+/// is left (a process may fork while it is being killed).
+fn kill_user(user: BuildUser) {
+    let Some((uid, _)) = user else { return };
+    for _ in 0..200 {
+        let mut found = false;
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for entry in procs.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+                .and_then(rustix::process::Pid::from_raw)
+            else {
+                continue;
+            };
+            let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+                continue;
+            };
+            // `Uid:\treal\teffective\tsaved\tfs`
+            let runs_as_user = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .is_some_and(|ids| {
+                    ids.split_whitespace()
+                        .any(|id| id.parse::<u32>().ok() == Some(uid))
+                });
+            if runs_as_user {
+                found = true;
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+        if !found {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    tracing::warn!(uid, "processes of a build user survive SIGKILL");
 }
 
 /// `chown -hR`: symlinks themselves, never what they point to.
