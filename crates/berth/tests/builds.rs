@@ -427,3 +427,38 @@ fn a_push_of_another_branch_deploys_a_preview_with_its_env_until_the_branch_is_d
     assert_ne!(app_get(&b, "feature-x--shop", "/env").0, 200);
     assert_eq!(app_get(&b, "shop", "/env"), (200, "prod\n".into()));
 }
+
+/// K1 for the queue: a build still waiting for a build slot when berth is killed runs after the
+/// restart (no push is dropped); the one cut off while building fails.
+#[test]
+fn a_build_waiting_for_its_turn_runs_after_berth_is_killed() {
+    let mut b = Berth::start_with(BIN, "build_concurrency = 1", &[], "");
+    create_app(&b, "slow");
+    create_app(&b, "next");
+    let slow = b.path("slow-src");
+    site(&slow, "slow\n", "sleep 30.25", None);
+    let (_, v) = push(&b, "slow", &slow, "main", "aaaa", "slow");
+    let slow_id = v["id"].as_i64().unwrap();
+    eventually(T, "the slow build to run", || {
+        (build(&b, slow_id)["step"] == "build").then_some(())
+    });
+    let next = b.path("next-src");
+    site(&next, "next\n", "true", None);
+    let (_, v) = push(&b, "next", &next, "main", "bbbb", "next");
+    let next_id = v["id"].as_i64().unwrap();
+    assert_eq!(build(&b, next_id)["status"], "queued");
+    b.crash_and_restart(BIN);
+    let d = wait_build(&b, next_id);
+    assert_eq!(d["status"], "succeeded", "{d}");
+    assert_eq!(app_get(&b, "next", "/"), (200, "next\n".into()));
+    let d = wait_build(&b, slow_id);
+    assert_eq!(d["status"], "failed", "{d}");
+    assert!(d["reason"].as_str().unwrap().contains("restart"), "{d}");
+    eventually(T, "the cut-off build's process to be gone", || {
+        let out = std::process::Command::new("pgrep")
+            .args(["-f", "sleep 30.25"])
+            .output()
+            .unwrap();
+        (!out.status.success()).then_some(())
+    });
+}

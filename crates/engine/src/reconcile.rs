@@ -2,7 +2,8 @@
 //!
 //! 1. A deploy that was cut off either reached its commit point (`switch_live`) — it is
 //!    finished — or did not — it failed and the previous release keeps serving. A build that
-//!    was still waiting for its turn (never started, its files intact) is queued again.
+//!    was still waiting for its turn (never started, its files intact) is queued again; a
+//!    webhook's build whose fetch was cut off is fetched again.
 //! 2. Instances of a release that is not live are killed (only if pid and start time still
 //!    match, so a reused pid is never signalled) and forgotten.
 //! 3. Each live release is brought up with the config it ran with: a surviving instance is
@@ -27,6 +28,7 @@ impl Engine {
         let scratch = self.scratch_root();
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(scratch)).await;
         let mut requeue = Vec::new();
+        let mut refetch = Vec::new();
         for d in self.store.unfinished_deploys()? {
             let log = DeployLog::new(&d.log_path);
             let live = self.store.app(&d.app)?.and_then(|a| a.live_release);
@@ -39,10 +41,23 @@ impl Engine {
                         .flatten()
                         .is_some_and(|r| r.dir.is_dir())
                 });
+            // A webhook's build cut off before its fetch finished: fetched again.
+            let repo = self
+                .store
+                .app(&d.app)?
+                .and_then(|a| a.settings.repo)
+                .map(|r| r.url);
+            let unfetched = d.kind == DeployKind::Build
+                && d.status == DeployStatus::Queued
+                && d.release_version.is_none()
+                && d.meta.trigger == "webhook";
             if let (true, Some(v)) = (waiting_build, d.release_version) {
                 // It never started: it runs now, in its turn (no push is dropped).
                 log.line("-----> berth restarted: the build is queued again");
                 requeue.push((d.app.clone(), d.id, v));
+            } else if let (true, Some(url)) = (unfetched, repo) {
+                log.line("-----> berth restarted: fetching again");
+                refetch.push((d.clone(), url));
             } else if d.release_version.is_some() && live == d.release_version {
                 log.line("-----> berth restarted after the switch: the deploy is complete");
                 self.store
@@ -106,6 +121,13 @@ impl Engine {
         self.refresh_routes()?;
         for (app, deploy, version) in requeue {
             self.enqueue(&app, crate::queue::Job::Build { deploy, version });
+        }
+        for (d, url) in refetch {
+            let this = self.clone();
+            tokio::spawn(async move {
+                this.fetch_and_build(&d.app, &url, d.meta.clone(), &d.actor, d.id)
+                    .await;
+            });
         }
         Ok(())
     }

@@ -216,7 +216,7 @@ impl Engine {
 
     /// The background half of a build recorded by [`Engine::webhook_push`]: a failure ends the
     /// recorded deploy as failed, with the reason in its log.
-    async fn fetch_and_build(
+    pub(crate) async fn fetch_and_build(
         self: &Arc<Self>,
         app: &str,
         url: &str,
