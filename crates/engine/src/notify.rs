@@ -427,8 +427,9 @@ fn host_of(url: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Unix milliseconds as RFC 3339 UTC (`2026-11-28T09:30:00.123Z`), as the API writes times.
-fn rfc3339(ms: i64) -> String {
+/// Unix milliseconds as RFC 3339 UTC (`2026-11-28T09:30:00.123Z`): how the API and the
+/// notifications write times.
+pub fn rfc3339(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let millis = ms.rem_euclid(1000);
     let days = secs.div_euclid(86_400);

@@ -64,22 +64,7 @@ impl Store {
     /// Creates an app. The name is not validated here (see
     /// [`crate::valid_app_name`]); the store only enforces uniqueness.
     pub fn create_app(&self, name: &str, actor: &str) -> Result<App> {
-        self.write(|tx| {
-            let exists = tx
-                .query_row("SELECT 1 FROM apps WHERE name = ?1", [name], |_| Ok(()))
-                .optional()?
-                .is_some();
-            if exists {
-                return Err(StoreError::Conflict(format!("app {name} already exists")));
-            }
-            tx.execute(
-                "INSERT INTO apps (name, created_at) VALUES (?1, ?2)",
-                (name, now_ms()),
-            )?;
-            audit(tx, actor, "app.create", name, "")?;
-            app_by_name(tx, name)?
-                .ok_or_else(|| StoreError::NotFound(format!("app {name} not found")))
-        })
+        self.create_app_with(name, &AppSettings::default(), actor)
     }
 
     /// The app called `name`, if it exists.
