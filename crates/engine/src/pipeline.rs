@@ -506,7 +506,11 @@ impl Engine {
             env: env.to_vec(),
             log_file: log.path.clone(),
             timeout: task.timeout,
-            limits: limits(spec),
+            limits: if matches!(task.what, "tests" | "build") {
+                build_limits(spec)
+            } else {
+                limits(spec)
+            },
             user,
         });
         let outcome = tokio::select! {
@@ -895,6 +899,20 @@ pub(crate) fn limits(spec: &AppSpec) -> runtime::Limits {
         cpu: spec.limits.cpu,
     }
 }
+
+/// A test or build step gets the app's limits, and where the app sets none, these: enough
+/// for a compiler or a bundler, not enough to take the machine down.
+fn build_limits(spec: &AppSpec) -> runtime::Limits {
+    let l = limits(spec);
+    runtime::Limits {
+        memory: l.memory.or(Some(BUILD_MEMORY)),
+        pids: l.pids.or(Some(BUILD_PIDS)),
+        cpu: l.cpu,
+    }
+}
+
+const BUILD_MEMORY: u64 = 4 << 30;
+const BUILD_PIDS: u64 = 4096;
 
 fn describe(check: &HealthCheck) -> String {
     match check {
