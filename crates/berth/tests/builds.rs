@@ -235,7 +235,8 @@ fn a_failing_test_step_stops_the_pipeline_and_a_running_build_can_be_cancelled()
             .status
             .success()
     };
-    assert!(running());
+    // The step is recorded just before the command starts.
+    eventually(T, "the build's command to run", || running().then_some(()));
     let (st, v) = api(&b, "POST", &format!("/api/v1/builds/{id}/cancel"), "");
     assert_eq!(st, 200, "{v}");
     let d = wait_build(&b, id);
@@ -346,7 +347,7 @@ fn a_build_cannot_read_the_data_dir_or_another_apps_env() {
     site(
         &esc,
         "esc\n",
-        "cd .. && (mv src x; ln -s / src; true); setsid sh -c 'sleep 301.5' >/dev/null 2>&1 < /dev/null &",
+        "echo left > /tmp/berth-test-leftover-4711; cd .. && (mv src x; ln -s / src; true); setsid sh -c 'sleep 301.5' >/dev/null 2>&1 < /dev/null &",
         None,
     );
     let (_, v) = push(&b, "esc", &esc, "main", "ffff", "esc");
@@ -354,6 +355,7 @@ fn a_build_cannot_read_the_data_dir_or_another_apps_env() {
     assert_eq!(d["status"], "succeeded", "{d}");
     assert_eq!(app_get(&b, "esc", "/"), (200, "esc\n".into()));
     assert_eq!(app_get(&b, "esc", "/etc/passwd").0, 404);
+    assert!(!Path::new("/tmp/berth-test-leftover-4711").exists());
     eventually(T, "the build's leftover process to be killed", || {
         let out = std::process::Command::new("pgrep")
             .args(["-f", "sleep 301.5"])

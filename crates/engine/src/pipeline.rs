@@ -239,6 +239,7 @@ impl Engine {
             .map_err(Failure)?;
             let mut build_env = env.clone();
             build_env.push(("HOME".into(), scratch.home.display().to_string()));
+            build_env.push(("TMPDIR".into(), scratch.tmp.display().to_string()));
             let mut outcome = Ok(());
             for (name, what, cmd) in [
                 ("test", "tests", &spec.test),

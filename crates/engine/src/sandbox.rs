@@ -134,8 +134,17 @@ impl Slots {
         let users: Vec<usize> = crate::lock(&self.users).drain().map(|(i, _)| i).collect();
         for i in users {
             let name = format!("{prefix}{i}");
-            let out = std::process::Command::new("userdel").arg(&name).output();
-            if !out.is_ok_and(|o| o.status.success()) {
+            // Retried: another berth may hold the lock on /etc/passwd.
+            for attempt in 0..20 {
+                if lookup(&name).is_none() {
+                    break;
+                }
+                if attempt > 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                let _ = std::process::Command::new("userdel").arg(&name).output();
+            }
+            if lookup(&name).is_some() {
                 tracing::warn!(user = name, "could not remove the build user");
             }
         }
@@ -221,32 +230,54 @@ fn move_tree(from: &Path, to: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Files, directories (with their modes) and symlinks (as links).
+/// Files, directories (with their modes) and symlinks (as links); anything else (a FIFO, a
+/// socket, a device) is refused, so a copy never blocks on one.
 fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
     let meta = std::fs::symlink_metadata(from)?;
-    if meta.file_type().is_symlink() {
+    let kind = meta.file_type();
+    if kind.is_symlink() {
         std::os::unix::fs::symlink(std::fs::read_link(from)?, to)
-    } else if meta.is_dir() {
+    } else if kind.is_dir() {
         std::fs::create_dir(to)?;
         for entry in std::fs::read_dir(from)? {
             let entry = entry?;
             copy_tree(&entry.path(), &to.join(entry.file_name()))?;
         }
         std::fs::set_permissions(to, meta.permissions())
-    } else {
+    } else if kind.is_file() {
         std::fs::copy(from, to).map(|_| ())
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} is not a file, directory or symlink", from.display()),
+        ))
     }
 }
 
-/// One build's scratch dir: `src` (the source, moved in) and `home`.
+/// One build's scratch dir: `src` (the source, moved in), `home` and `tmp` (`TMPDIR`).
 pub(crate) struct Scratch {
     pub dir: PathBuf,
     pub src: PathBuf,
     pub home: PathBuf,
+    pub tmp: PathBuf,
+}
+
+/// Create `dir` if missing (one level, never through a symlink) and require it to be berth's own
+/// real directory, mode 0711.
+fn own_level(dir: &Path) -> Result<(), String> {
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("build scratch dir {}: {e}", dir.display())),
+    }
+    owned_dir(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+        .map_err(|e| format!("build scratch dir {}: {e}", dir.display()))
 }
 
 impl Scratch {
-    /// Move `source` into a new scratch dir under `root`, owned by `user`.
+    /// Move `source` into a new scratch dir under `root`, its `src`, `home` and `tmp` owned by
+    /// `user`.
     pub(crate) fn enter(
         root: &Path,
         id: &str,
@@ -254,43 +285,45 @@ impl Scratch {
         user: BuildUser,
     ) -> Result<Scratch, String> {
         let err = |what: &str, e: std::io::Error| format!("build scratch dir: {what}: {e}");
-        std::fs::create_dir_all(root).map_err(|e| err("create", e))?;
-        // Every level berth made must be berth's own real directory: a local user who created
+        // Every level berth makes must be berth's own real directory: a local user who created
         // (or symlinked) one first would control where the builds' files go.
-        for dir in root
-            .ancestors()
-            .take_while(|d| *d == root || d.starts_with("/var/tmp/berth-builds"))
+        if let Some(shared) = root
+            .parent()
+            .filter(|p| *p == Path::new("/var/tmp/berth-builds"))
         {
-            owned_dir(dir)?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
-                .map_err(|e| err("chmod", e))?;
+            own_level(shared)?;
         }
+        own_level(root)?;
         // Nothing of the slot's user may still run: it could read this build's env or race
         // the chown below.
-        kill_user(user);
+        kill_user(user)?;
         let dir = root.join(id);
         if std::fs::symlink_metadata(&dir).is_ok() {
             std::fs::remove_dir_all(&dir).map_err(|e| err("clear", e))?;
         }
         // The build's own dir stays berth's (0711), so the build cannot rename `src` away and
-        // put a symlink in its place; only `src` and `home` are the build user's.
+        // put a symlink in its place; only what is inside is the build user's.
         std::fs::create_dir(&dir).map_err(|e| err("create", e))?;
         let scratch = Scratch {
             src: dir.join("src"),
             home: dir.join("home"),
+            tmp: dir.join("tmp"),
             dir,
         };
         let filled = (|| {
             std::fs::set_permissions(&scratch.dir, std::fs::Permissions::from_mode(0o711))
                 .map_err(|e| err("chmod", e))?;
-            std::fs::create_dir(&scratch.home).map_err(|e| err("create home", e))?;
-            std::fs::set_permissions(&scratch.home, std::fs::Permissions::from_mode(0o700))
-                .map_err(|e| err("chmod", e))?;
+            for d in [&scratch.home, &scratch.tmp] {
+                std::fs::create_dir(d).map_err(|e| err("create", e))?;
+            }
             move_tree(source, &scratch.src).map_err(|e| err("moving the source in", e))?;
-            if let Some((uid, gid)) = user {
-                // Safe top-down: no process of `uid` runs (killed above) to swap a path.
-                chown_tree(&scratch.src, uid, gid).map_err(|e| err("chown", e))?;
-                chown_tree(&scratch.home, uid, gid).map_err(|e| err("chown", e))?;
+            // No other local user reads the source or what the build writes.
+            for d in [&scratch.src, &scratch.home, &scratch.tmp] {
+                std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
+                    .map_err(|e| err("chmod", e))?;
+                if let Some((uid, gid)) = user {
+                    chown_tree(d, (uid, gid), None).map_err(|e| err("chown", e))?;
+                }
             }
             Ok(())
         })();
@@ -304,35 +337,41 @@ impl Scratch {
     }
 
     /// The built tree goes back to `release` (owned by berth's user again); the rest of the
-    /// scratch dir is removed.
+    /// scratch dir is removed. Refused when the build replaced `src`, or left in it a file it
+    /// does not own (a hard link to someone else's file).
     pub(crate) fn leave(self, release: &Path, user: BuildUser) -> Result<(), String> {
         let err = |what: &str, e: std::io::Error| format!("build scratch dir: {what}: {e}");
         // What the build left running dies first, so nothing changes the tree from here on.
-        kill_user(user);
-        let back = (|| {
+        let back = kill_user(user).and_then(|()| {
             let is_dir = std::fs::symlink_metadata(&self.src)
                 .map_err(|e| err("the built source", e))?
                 .is_dir();
             if !is_dir {
                 return Err("the build replaced its source directory with something else".into());
             }
-            if user.is_some() {
-                let (uid, gid) = (
+            if let Some((build_uid, _)) = user {
+                let me = (
                     rustix::process::getuid().as_raw(),
                     rustix::process::getgid().as_raw(),
                 );
-                chown_tree(&self.src, uid, gid).map_err(|e| err("chown back", e))?;
+                chown_tree(&self.src, me, Some(build_uid)).map_err(|e| err("chown back", e))?;
             }
             move_tree(&self.src, release).map_err(|e| err("moving the build back", e))
-        })();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        });
+        self.discard(user);
         back
     }
 
-    /// A failed or cancelled build: what it left running is killed, its files are dropped.
+    /// A failed or cancelled build: what it left running is killed, its files are dropped
+    /// (also what it left in the shared temp dirs).
     pub(crate) fn discard(self, user: BuildUser) {
-        kill_user(user);
+        if let Err(e) = kill_user(user) {
+            tracing::error!(error = %e, "a build's processes survive it");
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some((uid, _)) = user {
+            remove_owned_temp_files(uid);
+        }
     }
 }
 
@@ -351,55 +390,135 @@ fn owned_dir(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// SIGKILL every process running as the build user `user` (none: nothing to do), until none
-/// is left (a process may fork while it is being killed).
-fn kill_user(user: BuildUser) {
-    let Some((uid, _)) = user else { return };
-    for _ in 0..200 {
-        let mut found = false;
-        let Ok(procs) = std::fs::read_dir("/proc") else {
-            return;
-        };
-        for entry in procs.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<i32>().ok())
-                .and_then(rustix::process::Pid::from_raw)
-            else {
-                continue;
-            };
-            let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
-                continue;
-            };
-            // `Uid:\treal\teffective\tsaved\tfs`
-            let runs_as_user = status
-                .lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .is_some_and(|ids| {
-                    ids.split_whitespace()
-                        .any(|id| id.parse::<u32>().ok() == Some(uid))
-                });
-            if runs_as_user {
-                found = true;
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-            }
+/// SIGKILL every process of the build user `user` (none: nothing to do): `kill -KILL -1` run
+/// *as that user*, which the kernel delivers to all of its processes in one pass (a process
+/// forking in a loop cannot slip through), repeated until /proc shows none.
+fn kill_user(user: BuildUser) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    let Some((uid, gid)) = user else {
+        return Ok(());
+    };
+    for _ in 0..100 {
+        if !runs_as(uid) {
+            return Ok(());
         }
-        if !found {
-            return;
-        }
+        let _ = std::process::Command::new("/bin/kill")
+            .args(["-s", "KILL", "--", "-1"])
+            .uid(uid)
+            .gid(gid)
+            .env_clear()
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    tracing::warn!(uid, "processes of a build user survive SIGKILL");
+    Err(format!("processes of build user {uid} survive SIGKILL"))
 }
 
-/// `chown -hR`: symlinks themselves, never what they point to.
-fn chown_tree(root: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
-    std::os::unix::fs::lchown(root, Some(uid), Some(gid))?;
-    if std::fs::symlink_metadata(root)?.is_dir() {
-        for entry in std::fs::read_dir(root)? {
-            chown_tree(&entry?.path(), uid, gid)?;
+/// Does any live process (zombies are dead: only their exit status is left) run as `uid`
+/// (real, effective, saved or filesystem uid)?
+fn runs_as(uid: u32) -> bool {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    procs.flatten().any(|entry| {
+        let numeric = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()));
+        numeric
+            && std::fs::read_to_string(entry.path().join("status")).is_ok_and(|status| {
+                let dead = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("State:"))
+                    .is_some_and(|st| matches!(st.trim_start().chars().next(), Some('Z' | 'X')));
+                !dead
+                    && status
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Uid:"))
+                        .is_some_and(|ids| {
+                            ids.split_whitespace()
+                                .any(|id| id.parse::<u32>().ok() == Some(uid))
+                        })
+            })
+    })
+}
+
+/// What a build user left in the machine's shared temp dirs (top level: its own files and
+/// dirs there), so the slot's next build, maybe another app's, does not find it.
+fn remove_owned_temp_files(uid: u32) {
+    use std::os::unix::fs::MetadataExt;
+    for dir in ["/tmp", "/var/tmp", "/dev/shm"] {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if meta.uid() != uid {
+                continue;
+            }
+            let _ = if meta.file_type().is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
         }
+    }
+}
+
+/// `chown -hR` by file descriptor: each directory is opened `O_NOFOLLOW` and its entries are
+/// changed relative to it (`fchownat(AT_SYMLINK_NOFOLLOW)`), so a path swapped for a symlink
+/// midway is never followed. With `only_from`, every entry must be owned by that uid (an entry
+/// owned by someone else is a hard link to their file, or a mistake): an error.
+fn chown_tree(root: &Path, to: (u32, u32), only_from: Option<u32>) -> std::io::Result<()> {
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags, CWD};
+    let (uid, gid) = (
+        Some(rustix::fs::Uid::from_raw(to.0)),
+        Some(rustix::fs::Gid::from_raw(to.1)),
+    );
+    let check = |st: &rustix::fs::Stat, name: &dyn std::fmt::Debug| match only_from {
+        Some(owner) if st.st_uid != owner => Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("{name:?} is not the build's own file"),
+        )),
+        _ => Ok(()),
+    };
+    let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    fn walk(
+        dir: &std::os::fd::OwnedFd,
+        uid: Option<rustix::fs::Uid>,
+        gid: Option<rustix::fs::Gid>,
+        flags: OFlags,
+        check: &dyn Fn(&rustix::fs::Stat, &dyn std::fmt::Debug) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let mut names = Vec::new();
+        for entry in rustix::fs::Dir::read_from(dir)? {
+            let name = entry?.file_name().to_owned();
+            if name.as_bytes() != b"." && name.as_bytes() != b".." {
+                names.push(name);
+            }
+        }
+        for name in names {
+            let st = rustix::fs::statat(dir, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)?;
+            check(&st, &name)?;
+            rustix::fs::chownat(dir, name.as_c_str(), uid, gid, AtFlags::SYMLINK_NOFOLLOW)?;
+            if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+                let sub = rustix::fs::openat(dir, name.as_c_str(), flags, Mode::empty())?;
+                walk(&sub, uid, gid, flags, check)?;
+            }
+        }
+        Ok(())
+    }
+    let st = rustix::fs::statat(CWD, root, AtFlags::SYMLINK_NOFOLLOW)?;
+    check(&st, &root)?;
+    rustix::fs::chownat(CWD, root, uid, gid, AtFlags::SYMLINK_NOFOLLOW)?;
+    if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+        let fd = rustix::fs::openat(CWD, root, dir_flags, Mode::empty())?;
+        walk(&fd, uid, gid, dir_flags, &check)?;
     }
     Ok(())
 }
@@ -425,6 +544,63 @@ mod tests {
             "{fallback:?}"
         );
         assert_ne!(fallback, scratch_root(&open.join("data")));
+    }
+
+    #[test]
+    fn chown_tree_never_follows_symlinks_and_refuses_foreign_files() {
+        use std::os::unix::fs::MetadataExt;
+        if !rustix::process::getuid().is_root() {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        std::fs::write(&outside, "x").unwrap();
+        let tree = tmp.path().join("tree");
+        std::fs::create_dir_all(tree.join("sub")).unwrap();
+        std::fs::write(tree.join("sub/f"), "f").unwrap();
+        std::os::unix::fs::symlink(&outside, tree.join("sub/link")).unwrap();
+        std::os::unix::fs::symlink(tmp.path(), tree.join("dirlink")).unwrap();
+        chown_tree(&tree, (65534, 65534), None).unwrap();
+        assert_eq!(std::fs::metadata(tree.join("sub/f")).unwrap().uid(), 65534);
+        assert_eq!(
+            std::fs::symlink_metadata(tree.join("sub/link"))
+                .unwrap()
+                .uid(),
+            65534
+        );
+        assert_eq!(
+            std::fs::metadata(&outside).unwrap().uid(),
+            0,
+            "followed a symlink"
+        );
+        assert_eq!(
+            std::fs::metadata(tmp.path()).unwrap().uid(),
+            0,
+            "followed a symlink"
+        );
+        // Back to root, only from the build user: a file of someone else (a hard link) is refused.
+        std::fs::hard_link(&outside, tree.join("sub/hard")).unwrap();
+        let err = chown_tree(&tree, (0, 0), Some(65534)).unwrap_err();
+        assert!(
+            err.to_string().contains("not the build's own file"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn copy_tree_refuses_a_fifo() {
+        let tmp = tempfile::tempdir().unwrap();
+        let from = tmp.path().join("from");
+        std::fs::create_dir(&from).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            from.join("fifo"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        assert!(copy_tree(&from, &tmp.path().join("to")).is_err());
     }
 
     #[test]

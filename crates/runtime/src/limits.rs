@@ -226,8 +226,13 @@ impl Confinement {
             script.push_str(&format!("ulimit -v {kib} || exit 125\n"));
         }
         if let Some((uid, gid)) = user {
+            // A session of its own (no controlling terminal to type into), no privileges to
+            // regain (no setuid binaries, no capabilities), then the env from stdin (see
+            // `process::spawn`) and the command, with stdin from /dev/null.
             script.push_str(&format!(
-                "exec setpriv --reuid={uid} --regid={gid} --clear-groups -- /bin/sh -c -- \"$0\""
+                "exec /usr/bin/setsid /usr/bin/setpriv --reuid={uid} --regid={gid} --clear-groups \
+                 --no-new-privs --inh-caps=-all --bounding-set=-all -- \
+                 /bin/sh -c 'eval \"$(cat)\" && exec /bin/sh -c -- \"$0\" </dev/null' \"$0\""
             ));
         } else {
             script.push_str("exec /bin/sh -c -- \"$0\"");

@@ -41,6 +41,26 @@ const ADOPTED_POLL: Duration = Duration::from_millis(500);
 /// by most language runtimes.
 const INHERITED_ENV: [&str; 3] = ["PATH", "HOME", "LANG"];
 
+/// The PATH of the root part of a task that runs as another user.
+const SAFE_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// `export K='v'` lines for `sh` (values single-quoted, `'` as `'\''`); names that are not shell
+/// identifiers are left out.
+fn shell_exports(vars: &[(String, String)]) -> String {
+    let mut out = String::new();
+    for (k, v) in vars {
+        let ident = k
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if ident {
+            out.push_str(&format!("export {k}='{}'\n", v.replace('\'', "'\\''")));
+        }
+    }
+    out
+}
+
 /// Env vars that tag the processes of one berth (see [`ProcessOptions::owner`]).
 const OWNER_VAR: &str = "BERTH_OWNER";
 const INSTANCE_VAR: &str = "BERTH_INSTANCE";
@@ -103,6 +123,9 @@ pub struct ProcessRuntime {
 struct Shared {
     opts: ProcessOptions,
     limiter: Limiter,
+    /// Prefix of this runtime's cgroup names, from its owner (`o<hash>.`), so two berths on one
+    /// machine never share (or clean up) each other's cgroups.
+    cgroup_prefix: String,
     events: broadcast::Sender<Event>,
     /// Several instances may share one log file; rotating it twice at once
     /// would shift the copies twice.
@@ -125,15 +148,30 @@ impl ProcessRuntime {
     /// runtime.
     pub fn new(opts: ProcessOptions) -> Arc<ProcessRuntime> {
         let limiter = Limiter::detect(opts.cgroup_root.as_deref());
+        let cgroup_prefix = if opts.owner.is_empty() {
+            String::new()
+        } else {
+            // FNV-1a: stable across builds, so a restarted berth finds its cgroups again.
+            let hash = opts.owner.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+            format!("o{:08x}.", hash >> 32)
+        };
         Arc::new(ProcessRuntime {
             shared: Arc::new(Shared {
                 opts,
                 limiter,
+                cgroup_prefix,
                 events: broadcast::channel(1024).0,
                 rotate_lock: Mutex::new(()),
             }),
             instances: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The cgroup name of `name` (an instance id, or `task.<id>`) for this runtime.
+    fn cgroup(&self, name: &str) -> String {
+        format!("{}{name}", self.shared.cgroup_prefix)
     }
 
     fn instance(&self, id: &str) -> Option<Arc<Instance>> {
@@ -218,7 +256,10 @@ impl Runtime for ProcessRuntime {
     async fn start(&self, spec: InstanceSpec) -> Result<InstanceInfo, RuntimeError> {
         check_id(&spec.id)?;
         self.ensure_free(&spec.id)?;
-        let confinement = self.shared.limiter.prepare(&spec.id, &spec.limits)?;
+        let confinement = self
+            .shared
+            .limiter
+            .prepare(&self.cgroup(&spec.id), &spec.limits)?;
         let (proc, pid_start) = match spawn_instance(&spec, &confinement, &self.shared.opts.owner) {
             Ok(spawned) => spawned,
             Err(e) => {
@@ -249,7 +290,10 @@ impl Runtime for ProcessRuntime {
         };
         // Re-applying the limits is idempotent and recreates the cgroup
         // handle needed for restarts and cleanup.
-        let confinement = self.shared.limiter.prepare(&spec.id, &spec.limits)?;
+        let confinement = self
+            .shared
+            .limiter
+            .prepare(&self.cgroup(&spec.id), &spec.limits)?;
         let since = start_time_to_system(pid_start).unwrap_or_else(SystemTime::now);
         let info = self.register(
             spec,
@@ -345,7 +389,7 @@ impl Runtime for ProcessRuntime {
         check_id(&task.id)?;
         // Tasks get their own cgroup name so that a task whose id equals an
         // instance's cannot rewrite (or, on cleanup, kill) that instance.
-        let cgroup = format!("task.{}", task.id);
+        let cgroup = self.cgroup(&format!("task.{}", task.id));
         let confinement = self.shared.limiter.prepare(&cgroup, &task.limits)?;
         let spawned = spawn(
             &task.id,
@@ -714,19 +758,30 @@ fn spawn(
         .args(&confinement.dirs)
         .current_dir(dir)
         .env_clear()
-        .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr)
-        .process_group(0)
         .kill_on_drop(false);
-    for key in INHERITED_ENV {
-        if !env.iter().any(|(k, _)| k == key) {
-            if let Some(value) = std::env::var_os(key) {
-                cmd.env(key, value);
-            }
+    // The process env: berth's PATH, HOME and LANG unless the task sets them, then the task's.
+    let mut vars: Vec<(String, String)> = INHERITED_ENV
+        .iter()
+        .filter(|key| !env.iter().any(|(k, _)| k == *key))
+        .filter_map(|key| std::env::var(key).ok().map(|v| (key.to_string(), v)))
+        .collect();
+    vars.extend(env.iter().cloned());
+    let env_script = match user {
+        None => {
+            cmd.stdin(Stdio::null()).process_group(0).envs(vars);
+            None
         }
-    }
-    cmd.envs(env.iter().map(|(k, v)| (k, v)));
+        // The part that runs as root (the prelude) never sees the task's env: an `LD_PRELOAD`
+        // or `PATH` from an app must not run code as root. It gets a fixed PATH; the env goes
+        // through stdin to the command, after the switch to the user. (`setsid` in the prelude
+        // makes the process its own group: no `process_group` here, or setsid would fork.)
+        Some(_) => {
+            cmd.stdin(Stdio::piped()).env("PATH", SAFE_PATH);
+            Some(shell_exports(&vars))
+        }
+    };
     if !owner.is_empty() {
         cmd.env(OWNER_VAR, owner).env(INSTANCE_VAR, id);
     }
@@ -735,7 +790,14 @@ fn spawn(
         id: id.to_string(),
         source,
     };
-    let child = cmd.spawn().map_err(spawn_err)?;
+    let mut child = cmd.spawn().map_err(spawn_err)?;
+    if let (Some(script), Some(mut stdin)) = (env_script, child.stdin.take()) {
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            // An error means the process is gone already: its outcome says why.
+            let _ = stdin.write_all(script.as_bytes()).await;
+        });
+    }
     // `id()` is only `None` once the child has been reaped, which cannot
     // have happened yet.
     let pid = child

@@ -477,6 +477,36 @@ async fn run_task_as_another_user() {
     let log = t.log_file.clone();
     assert_eq!(rt.run_task(t).await.unwrap(), TaskOutcome::Success);
     assert_eq!(read(&log), "65534 65533 65533\n");
+
+    // The task's env reaches the command (quotes and all), never the part that runs as root:
+    // a PATH with a fake `setpriv`, `setsid` and `cat` first changes nothing there.
+    let fake = dir.path().join("fake");
+    std::fs::create_dir(&fake).unwrap();
+    for tool in ["setpriv", "setsid", "cat"] {
+        let p = fake.join(tool);
+        std::fs::write(
+            &p,
+            format!("#!/bin/sh\ntouch {}/pwned\n", dir.path().display()),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let mut t = task(
+        dir.path(),
+        "env",
+        "echo \"$(/usr/bin/id -u) $X\"",
+        Duration::from_secs(60),
+    );
+    t.user = Some((65534, 65533));
+    t.env = vec![
+        ("PATH".into(), format!("{}:/usr/bin:/bin", fake.display())),
+        ("X".into(), "a'b \"c\" $HOME `x`".into()),
+    ];
+    let log = t.log_file.clone();
+    assert_eq!(rt.run_task(t).await.unwrap(), TaskOutcome::Success);
+    assert_eq!(read(&log), "65534 a'b \"c\" $HOME `x`\n");
+    assert!(!dir.path().join("pwned").exists());
 }
 
 #[tokio::test]
