@@ -20,6 +20,9 @@ const MAX_CPU: f64 = 1024.0;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BerthToml {
+    /// `"docker"`, `"process"` or `"auto"` (the default: Docker when there is a Dockerfile and
+    /// a daemon).
+    runtime: Option<Spanned<String>>,
     build: Option<Build>,
     test: Option<Build>,
     health: Option<Spanned<Health>>,
@@ -75,6 +78,7 @@ struct Limits {
 pub(crate) struct TomlSettings {
     pub build_command: Option<String>,
     pub build_timeout: Option<Duration>,
+    pub runtime: Option<super::RuntimeChoice>,
     pub test_command: Option<String>,
     pub test_timeout: Option<Duration>,
     pub health_path: Option<String>,
@@ -99,6 +103,20 @@ pub(crate) fn parse(text: &str) -> Result<TomlSettings, ManifestError> {
     let raw: BerthToml = toml::from_str(text).map_err(|e| at(e.span(), e.message().to_string()))?;
 
     let mut out = TomlSettings::default();
+    if let Some(r) = raw.runtime {
+        let span = r.span();
+        out.runtime = Some(match r.into_inner().as_str() {
+            "auto" => super::RuntimeChoice::Auto,
+            "process" => super::RuntimeChoice::Process,
+            "docker" => super::RuntimeChoice::Docker,
+            other => {
+                return Err(at(
+                    Some(span),
+                    format!("runtime {other:?} is not one of \"auto\", \"process\", \"docker\""),
+                ))
+            }
+        });
+    }
     if let Some(b) = raw.build {
         out.build_command = Some(b.command.0);
         out.build_timeout = b.timeout.map(|d| d.0);

@@ -41,6 +41,18 @@ pub const WEB: &str = "web";
 /// The Procfile name of the command run once before traffic switches.
 pub const RELEASE: &str = "release";
 
+/// Which runtime runs the app's processes (`runtime = ...` in berth.toml).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeChoice {
+    /// Docker when the source has a Dockerfile and a daemon is reachable (or the server's
+    /// default says so), else processes.
+    #[default]
+    Auto,
+    Process,
+    Docker,
+}
+
 /// How the app is served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -80,6 +92,16 @@ pub struct AppSpec {
     pub limits: Limits,
     /// Environment variables app.json declares, sorted by key.
     pub env: Vec<EnvDecl>,
+    /// berth.toml's `runtime`.
+    #[serde(default)]
+    pub runtime: RuntimeChoice,
+    /// The source has a `Dockerfile` at its top.
+    #[serde(default)]
+    pub dockerfile: bool,
+    /// The image this release runs (set by the engine once it is built): the release then runs
+    /// in containers; `None`: processes.
+    #[serde(default)]
+    pub image: Option<String>,
 }
 
 /// `[build]` (or `[test]`): a command run in the source dir before the processes start.
@@ -268,6 +290,22 @@ fn assemble(
         }
     }
 
+    // A Dockerfile app runs the image's own command as `web` unless a Procfile says otherwise.
+    let runtime = toml.runtime.unwrap_or_default();
+    let dockerfile = dir.join("Dockerfile").is_file();
+    if runtime == RuntimeChoice::Docker && !dockerfile {
+        return Err(ManifestError::at(
+            "berth.toml",
+            None,
+            None,
+            "runtime = \"docker\" needs a Dockerfile at the top of the app",
+        ));
+    }
+    let docker = dockerfile && runtime != RuntimeChoice::Process;
+    if docker && processes.is_empty() && toml.static_dir.is_none() {
+        processes.insert(WEB.to_string(), String::new());
+    }
+
     // Static site: `[static] dir`, or an index.html at the top when nothing else runs.
     let static_dir = match toml.static_dir {
         Some((rel, line)) => {
@@ -355,6 +393,9 @@ fn assemble(
             cpu: toml.cpu,
         },
         env: app.env,
+        runtime,
+        dockerfile,
+        image: None,
     })
 }
 

@@ -41,6 +41,9 @@ fn procfile_only_gets_defaults() {
             postdeploy: None,
             build: None,
             test: None,
+            runtime: RuntimeChoice::Auto,
+            dockerfile: false,
+            image: None,
             health: HealthSpec {
                 check: HealthCheck::Http { path: "/".into() },
                 timeout: DEFAULT_HEALTH_TIMEOUT,
@@ -304,4 +307,44 @@ fn json_round_trip() {
     );
 
     assert!(AppSpec::from_json("{}").is_err());
+}
+
+#[test]
+fn a_dockerfile_runs_the_image_unless_the_manifest_says_process() {
+    // The image's own command as `web`, even with an index.html around.
+    let spec = load_files(&[("Dockerfile", "FROM scratch\n"), ("index.html", "x")]).unwrap();
+    assert_eq!(spec.kind, AppKind::Process);
+    assert!(spec.dockerfile);
+    assert_eq!(spec.runtime, RuntimeChoice::Auto);
+    assert_eq!(spec.processes, map(&[("web", String::new())]));
+    // A Procfile's commands run in the container instead.
+    let spec = load_files(&[
+        ("Dockerfile", "FROM scratch\n"),
+        ("Procfile", "web: ./serve\n"),
+    ])
+    .unwrap();
+    assert_eq!(spec.processes, map(&[("web", "./serve".to_string())]));
+    // runtime = "process" ignores the Dockerfile.
+    let spec = load_files(&[
+        ("Dockerfile", "FROM scratch\n"),
+        ("index.html", "x"),
+        ("berth.toml", "runtime = \"process\"\n"),
+    ])
+    .unwrap();
+    assert_eq!(spec.kind, AppKind::Static);
+    assert_eq!(spec.runtime, RuntimeChoice::Process);
+    // runtime = "docker" needs a Dockerfile; an unknown runtime is named with its line.
+    let err = load_files(&[
+        ("Procfile", "web: x\n"),
+        ("berth.toml", "runtime = \"docker\"\n"),
+    ])
+    .unwrap_err();
+    assert!(err.to_string().contains("needs a Dockerfile"), "{err}");
+    let err = load_files(&[
+        ("Procfile", "web: x\n"),
+        ("berth.toml", "\nruntime = \"k8s\"\n"),
+    ])
+    .unwrap_err();
+    assert!(err.to_string().starts_with("berth.toml:2:"), "{err}");
+    assert!(err.to_string().contains("\"k8s\""), "{err}");
 }
