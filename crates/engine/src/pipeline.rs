@@ -13,6 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use store::{DeployStatus, NewInstance, ReleaseStatus};
 
+/// An image build gets at least this long (or the manifest's `[build] timeout`, if longer).
+const IMAGE_TIMEOUT: Duration = Duration::from_secs(1800);
 /// `release:` and postdeploy commands get this long.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(600);
 /// After the switch, requests that already picked an old instance get at least this long to
@@ -196,8 +198,10 @@ impl Engine {
             .release(app, version)
             .map_err(EngineError::from)?
             .ok_or_else(|| Failure(format!("release v{version} disappeared")))?;
-        let spec = AppSpec::from_json(&release.spec)
+        let mut spec = AppSpec::from_json(&release.spec)
             .map_err(|e| Failure(format!("release v{version} has a bad spec: {e}")))?;
+        // Which runtime: checked first, so an unreachable Docker fails before any build.
+        let docker = self.docker_for(&spec).map_err(Failure)?;
         step(
             "prepare",
             &format!("{app} v{version}: {}", release.description),
@@ -286,6 +290,30 @@ impl Engine {
             .await
             .map_err(|e| Failure(e.to_string()))?;
             back?;
+        }
+        if let (true, Some(docker)) = (build, &docker) {
+            // The image: the release's source as the context, layers cached across releases.
+            let tag = self.image_tag(app, version);
+            step("image", &format!("Building image {tag} (Dockerfile)"))?;
+            let labels = vec![
+                ("berth.app".to_string(), app.to_string()),
+                ("berth.release".to_string(), format!("v{version}")),
+            ];
+            let timeout = spec.build.as_ref().map_or(IMAGE_TIMEOUT, |b| b.timeout.max(IMAGE_TIMEOUT));
+            let built = docker.build_image(&release.dir, &tag, &labels, &log.path, timeout);
+            tokio::select! {
+                r = built => r.map_err(|e| Failure(format!("the image build failed: {e}")))?,
+                () = token.cancelled() => return Err(Failure(self.cancel_reason(deploy_id))),
+            };
+            spec.image = Some(tag);
+            self.store
+                .set_release_dir_spec(app, version, &release.dir, &spec.to_json())
+                .map_err(EngineError::from)?;
+        }
+        if spec.image.is_some() && docker.is_none() {
+            return Err(Failure(
+                "this release runs in containers and no Docker daemon is reachable".into(),
+            ));
         }
         if build {
             // The build slot is free for the next app as soon as the build is done.
@@ -456,7 +484,7 @@ impl Engine {
             .ok()
             .flatten()
             .and_then(|a| a.live_release);
-        let keep: std::collections::HashSet<PathBuf> = releases
+        let kept: Vec<&store::Release> = releases
             .iter()
             .filter(|r| r.status == ReleaseStatus::Ready)
             .take(KEEP_RELEASES)
@@ -465,8 +493,20 @@ impl Engine {
                     .iter()
                     .filter(|r| Some(r.version) == live || r.status == ReleaseStatus::Building),
             )
-            .map(|r| r.dir.clone())
             .collect();
+        // Images: those of the kept releases stay (rollback targets), older ones go.
+        if let Ok(docker) = &self.docker {
+            let images: Vec<String> = kept
+                .iter()
+                .filter_map(|r| AppSpec::from_json(&r.spec).ok().and_then(|s| s.image))
+                .collect();
+            match docker.prune_images(app, &images).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(app, images = n, "pruned old images"),
+                Err(e) => tracing::warn!(app, error = %e, "cannot prune old images"),
+            }
+        }
+        let keep: std::collections::HashSet<PathBuf> = kept.iter().map(|r| r.dir.clone()).collect();
         let root = self.app_dir(app).join("releases");
         let mut old: Vec<PathBuf> = releases
             .iter()
@@ -653,6 +693,7 @@ impl Engine {
         env.push(("BERTH_RELEASE".into(), format!("v{}", run.version)));
         env.push(("DYNO".into(), format!("{proc_type}.{index}")));
         InstanceSpec {
+            image: run.spec.image.clone(),
             log_file: self.instance_log(run.app, &id),
             id,
             command: run

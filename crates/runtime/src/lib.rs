@@ -16,14 +16,18 @@
 //! (SIGTERM) stops the apps through the engine, as stopping a supervisor does.
 #![forbid(unsafe_code)]
 
+mod docker;
 mod limits;
 mod logs;
+mod multi;
 mod process;
 mod procfs;
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
+pub use docker::DockerRuntime;
+pub use multi::MultiRuntime;
 pub use process::{ProcessOptions, ProcessRuntime};
 pub use procfs::proc_start_time;
 
@@ -57,6 +61,10 @@ pub struct InstanceSpec {
     pub limits: Limits,
     /// Supervise and restart on exit (true for app processes).
     pub restart: bool,
+    /// `Some(image)`: run as a container of that image ([`DockerRuntime`]). `command` `""`
+    /// then means the image's own CMD/ENTRYPOINT, anything else runs with `/bin/sh -c`;
+    /// `dir` is ignored. `None`: a process on this host.
+    pub image: Option<String>,
 }
 
 /// A one-off command: a build step, the `release:` command, postdeploy.
@@ -162,6 +170,10 @@ pub enum RuntimeError {
     },
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
+    /// Anything the Docker daemon refused or could not be asked (one line; a connection
+    /// failure names the socket tried).
+    #[error("docker: {0}")]
+    Docker(String),
 }
 
 /// The interface between the deploy engine and whatever runs app code.

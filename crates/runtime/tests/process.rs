@@ -98,6 +98,7 @@ fn spec(dir: &Path, name: &str, command: &str) -> InstanceSpec {
         log_file: dir.join(format!("{name}.log")),
         limits: Limits::default(),
         restart: true,
+        image: None,
     }
 }
 

@@ -1,0 +1,1458 @@
+//! [`DockerRuntime`]: instances are containers of a Docker Engine, driven through its API
+//! (`bollard`, over the unix socket only).
+//!
+//! Everything berth creates there (containers, the bridge network, images) is labelled
+//! `berth.owner=<owner>` (the data dir) and named with a short stable hash of the owner
+//! (`berth-<hash>-…`), so two berths on one daemon never touch each other's.
+//!
+//! Docker supervises the containers itself (restart policy `unless-stopped`), and they outlive
+//! berth like the process runtime's instances do. This runtime only *watches*: one tracker task
+//! follows the daemon's event stream (filtered on the owner label) and inspects a container
+//! whenever an event names it, plus every [`POLL_EVERY`] for all managed containers in case
+//! the stream missed something; [`Runtime::state`] reads the map it keeps. One log follower per
+//! container appends the container's output to the instance's log file.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bollard::errors::Error as DockerError;
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, HealthStatusEnum,
+    HostConfig, HostConfigLogConfig, NetworkCreateRequest, PortBinding, RestartPolicy,
+    RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    BuildImageOptions, CreateContainerOptions, EventsOptions, ListContainersOptions,
+    ListImagesOptions, ListNetworksOptions, LogsOptions, RemoveContainerOptions,
+    RemoveImageOptions, StopContainerOptions,
+};
+use bollard::Docker;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinHandle;
+
+use crate::procfs::{proc_start_time, start_time_to_system};
+use crate::{
+    check_id, logs, Event, InstanceInfo, InstanceSpec, InstanceState, Runtime, RuntimeError,
+    TaskOutcome, TaskSpec,
+};
+
+/// The label naming the berth (its data dir) on everything it creates.
+const OWNER_LABEL: &str = "berth.owner";
+/// The label naming the instance id on a container.
+const INSTANCE_LABEL: &str = "berth.instance";
+/// How long `connect` waits for the daemon to answer.
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
+/// Timeout of one API request (a stop gets its grace on top).
+const REQUEST_TIMEOUT: u64 = 120;
+/// How often the tracker inspects every managed container.
+const POLL_EVERY: Duration = Duration::from_secs(1);
+/// Restarts without a stable run before an instance counts as crashing (as the process
+/// runtime's default).
+const CRASH_AFTER: u32 = 5;
+/// A run at least this long resets the restart streak.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+/// Log rotation, as the process runtime's defaults.
+const LOG_MAX_BYTES: u64 = 10 << 20;
+const LOG_KEEP: usize = 3;
+const LOG_CHECK_EVERY: Duration = Duration::from_secs(2);
+/// `last_exit` of a container its HEALTHCHECK calls unhealthy.
+const UNHEALTHY: &str = "unhealthy (HEALTHCHECK)";
+
+/// Runs instances as Docker containers. See the module docs.
+///
+/// Dropping it stops watching but leaves every container running, like a berth crash; a new
+/// runtime on the same owner adopts them.
+pub struct DockerRuntime {
+    inner: Arc<Inner>,
+    tracker: JoinHandle<()>,
+}
+
+struct Inner {
+    docker: Docker,
+    owner: String,
+    /// `berth-<hash of owner>`: the start of every name this runtime gives.
+    prefix: String,
+    instances: Mutex<HashMap<String, Arc<Managed>>>,
+    events: broadcast::Sender<Event>,
+    /// Set once the bridge network exists; a tokio lock so concurrent starts create it once.
+    network_ready: tokio::sync::Mutex<bool>,
+    rotate_lock: Mutex<()>,
+}
+
+/// One container this runtime manages.
+struct Managed {
+    id: String,
+    /// The container's id, to tell it from a later container of the same name.
+    container: String,
+    restart: bool,
+    log_file: PathBuf,
+    track: Mutex<Track>,
+    /// Set by `stop`: the tracker leaves the instance alone from then on.
+    stopping: AtomicBool,
+    follower: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// What the tracker knows of one container.
+struct Track {
+    state: InstanceState,
+    /// The init pid of the run being watched (`None` between runs).
+    pid: Option<u32>,
+    restart_count: i64,
+    /// Runs since the last stable one.
+    streak: u32,
+    run_started: Instant,
+    crashing_reported: bool,
+}
+
+/// The parts of an inspect the tracker uses.
+#[derive(Clone, Debug, PartialEq)]
+struct View {
+    status: ContainerStateStatusEnum,
+    pid: Option<u32>,
+    exit_code: i64,
+    oom_killed: bool,
+    restart_count: i64,
+    unhealthy: bool,
+}
+
+impl View {
+    fn of(c: &ContainerInspectResponse) -> View {
+        let state = c.state.clone().unwrap_or_default();
+        View {
+            status: state.status.unwrap_or(ContainerStateStatusEnum::EMPTY),
+            pid: state
+                .pid
+                .and_then(|p| u32::try_from(p).ok())
+                .filter(|p| *p > 0),
+            exit_code: state.exit_code.unwrap_or_default(),
+            oom_killed: state.oom_killed.unwrap_or_default(),
+            restart_count: c.restart_count.unwrap_or_default(),
+            unhealthy: state
+                .health
+                .and_then(|h| h.status)
+                .is_some_and(|s| s == HealthStatusEnum::UNHEALTHY),
+        }
+    }
+
+    fn last_exit(&self) -> String {
+        if self.oom_killed {
+            format!("exit code {} (out of memory)", self.exit_code)
+        } else {
+            format!("exit code {}", self.exit_code)
+        }
+    }
+}
+
+impl Track {
+    fn new(pid: Option<u32>, restart_count: i64) -> Track {
+        Track {
+            state: InstanceState::Running {
+                pid,
+                since: since_of(pid),
+            },
+            pid,
+            restart_count,
+            streak: 0,
+            run_started: Instant::now(),
+            crashing_reported: false,
+        }
+    }
+
+    /// Folds a fresh inspect (`None`: the container is gone) into the state; returns the
+    /// events to emit.
+    fn apply(&mut self, id: &str, restart: bool, view: Option<&View>) -> Vec<Event> {
+        let mut events = Vec::new();
+        let Some(v) = view else {
+            if self.state != InstanceState::Stopped {
+                self.state = InstanceState::Stopped;
+                self.pid = None;
+                events.push(Event::Exited {
+                    id: id.to_string(),
+                    status: "container removed".to_string(),
+                    restarting: false,
+                });
+            }
+            return events;
+        };
+        let running = v.status == ContainerStateStatusEnum::RUNNING;
+        let our_run_ended = self.pid.is_some() && (!running || v.pid != self.pid);
+        let delta = u32::try_from(v.restart_count.saturating_sub(self.restart_count)).unwrap_or(0);
+        self.restart_count = self.restart_count.max(v.restart_count);
+        let ended = delta.max(u32::from(our_run_ended));
+        let restarting = restart
+            && matches!(
+                v.status,
+                ContainerStateStatusEnum::RESTARTING | ContainerStateStatusEnum::RUNNING
+            );
+        if ended > 0 {
+            if self.run_started.elapsed() < STABLE_AFTER {
+                self.streak = self.streak.saturating_add(ended);
+            } else {
+                self.streak = ended;
+            }
+            self.pid = None;
+            events.push(Event::Exited {
+                id: id.to_string(),
+                status: v.last_exit(),
+                restarting,
+            });
+        }
+        let restarts = u32::try_from(v.restart_count).unwrap_or(u32::MAX);
+        match v.status {
+            ContainerStateStatusEnum::RUNNING => {
+                if self.pid.is_none() && v.pid.is_some() {
+                    self.pid = v.pid;
+                    self.run_started = Instant::now();
+                    events.push(Event::Started {
+                        id: id.to_string(),
+                        pid: v.pid,
+                        pid_start: v.pid.and_then(proc_start_time),
+                    });
+                }
+                if self.run_started.elapsed() >= STABLE_AFTER {
+                    self.streak = 0;
+                }
+                if v.unhealthy {
+                    self.state = InstanceState::Crashing {
+                        restarts,
+                        last_exit: UNHEALTHY.to_string(),
+                    };
+                    self.report_crashing(id, restarts, &mut events);
+                } else {
+                    if !matches!(self.state, InstanceState::Running { pid, .. } if pid == v.pid) {
+                        self.state = InstanceState::Running {
+                            pid: v.pid,
+                            since: since_of(v.pid),
+                        };
+                    }
+                    self.crashing_reported = false;
+                }
+            }
+            ContainerStateStatusEnum::RESTARTING => {
+                let last_exit = v.last_exit();
+                if self.streak >= CRASH_AFTER {
+                    self.state = InstanceState::Crashing {
+                        restarts,
+                        last_exit,
+                    };
+                    self.report_crashing(id, restarts, &mut events);
+                } else {
+                    self.state = InstanceState::Restarting {
+                        restarts,
+                        last_exit,
+                    };
+                }
+            }
+            // Not started yet (or being paused by someone): nothing to say.
+            ContainerStateStatusEnum::CREATED
+            | ContainerStateStatusEnum::PAUSED
+            | ContainerStateStatusEnum::EMPTY => {}
+            // Exited with no restart pending, stopped from outside, or being removed.
+            ContainerStateStatusEnum::EXITED
+            | ContainerStateStatusEnum::DEAD
+            | ContainerStateStatusEnum::REMOVING => {
+                if self.state != InstanceState::Stopped {
+                    if ended == 0 {
+                        events.push(Event::Exited {
+                            id: id.to_string(),
+                            status: v.last_exit(),
+                            restarting: false,
+                        });
+                    }
+                    self.state = InstanceState::Stopped;
+                    self.pid = None;
+                }
+            }
+        }
+        events
+    }
+
+    fn report_crashing(&mut self, id: &str, restarts: u32, events: &mut Vec<Event>) {
+        if !self.crashing_reported {
+            self.crashing_reported = true;
+            tracing::warn!(instance = %id, restarts, "container crashing");
+            events.push(Event::Crashing {
+                id: id.to_string(),
+                restarts,
+            });
+        }
+    }
+}
+
+/// When the process `pid` started (its host start time), or now.
+fn since_of(pid: Option<u32>) -> SystemTime {
+    pid.and_then(proc_start_time)
+        .and_then(start_time_to_system)
+        .unwrap_or_else(SystemTime::now)
+}
+
+impl DockerRuntime {
+    /// Connects to the daemon at `socket` (`None`: `$DOCKER_HOST` if it is `unix://…`, else
+    /// `/var/run/docker.sock`) and checks that it answers. `owner` is berth's data dir.
+    pub async fn connect(
+        socket: Option<&Path>,
+        owner: &str,
+    ) -> Result<Arc<DockerRuntime>, RuntimeError> {
+        let socket = match socket {
+            Some(path) => path.to_path_buf(),
+            None => default_socket(),
+        };
+        let unreachable = |why: String| {
+            RuntimeError::Docker(format!(
+                "cannot reach the Docker daemon at {}: {}",
+                socket.display(),
+                one_line(&why)
+            ))
+        };
+        let path = socket
+            .to_str()
+            .ok_or_else(|| unreachable("the socket path is not UTF-8".to_string()))?;
+        let docker = Docker::connect_with_unix(path, REQUEST_TIMEOUT, bollard::API_DEFAULT_VERSION)
+            .map_err(|e| unreachable(e.to_string()))?;
+        // The daemon may speak an older API than bollard's default: use the lower of the two.
+        let docker = tokio::time::timeout(PING_TIMEOUT, docker.negotiate_version())
+            .await
+            .map_err(|_| unreachable(format!("no answer within {PING_TIMEOUT:?}")))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        tokio::time::timeout(PING_TIMEOUT, docker.ping())
+            .await
+            .map_err(|_| unreachable(format!("no answer within {PING_TIMEOUT:?}")))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        let inner = Arc::new(Inner {
+            docker,
+            owner: owner.to_string(),
+            prefix: format!("berth-{:08x}", fnv1a(owner) >> 32),
+            instances: Mutex::new(HashMap::new()),
+            events: broadcast::channel(1024).0,
+            network_ready: tokio::sync::Mutex::new(false),
+            rotate_lock: Mutex::new(()),
+        });
+        let tracker = tokio::spawn(track(inner.clone()));
+        Ok(Arc::new(DockerRuntime { inner, tracker }))
+    }
+
+    /// `berth-<hash of the owner>`: the prefix of every container, network and image name
+    /// of this berth.
+    pub fn prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    /// A tag for an app's release image: `<prefix>/<app>:v<release>`.
+    pub fn image_tag(&self, app: &str, release: u64) -> String {
+        format!(
+            "{}/{}:v{release}",
+            self.inner.prefix,
+            app.to_ascii_lowercase()
+        )
+    }
+
+    /// The name of the bridge network the containers join.
+    pub fn network_name(&self) -> String {
+        self.inner.network_name()
+    }
+
+    /// `docker build` of `context` (streamed as a tar), tagged `tag`, labelled with `labels`
+    /// and the owner; every line of output is appended to `log`. Returns the image id.
+    pub async fn build_image(
+        &self,
+        context: &Path,
+        tag: &str,
+        labels: &[(String, String)],
+        log: &Path,
+        timeout: Duration,
+    ) -> Result<String, RuntimeError> {
+        let mut log_file = open_append(log).await?;
+        let (tx, rx) = mpsc::channel::<Bytes>(8);
+        let dir = context.to_path_buf();
+        let packer = tokio::task::spawn_blocking(move || pack_context(&dir, tx));
+        let body = bollard::body_stream(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|chunk| (chunk, rx))
+        }));
+        let mut all_labels: HashMap<String, String> = labels.iter().cloned().collect();
+        all_labels.insert(OWNER_LABEL.to_string(), self.inner.owner.clone());
+        let options = BuildImageOptions {
+            dockerfile: "Dockerfile".to_string(),
+            t: Some(tag.to_string()),
+            rm: true,
+            forcerm: true,
+            labels: Some(all_labels),
+            ..Default::default()
+        };
+        let docker = &self.inner.docker;
+        let build = async {
+            let mut stream = docker.build_image(options, None, Some(body));
+            let mut image_id = None;
+            let mut last_step: Option<String> = None;
+            while let Some(item) = stream.next().await {
+                let info = match item {
+                    Ok(info) => info,
+                    Err(e) => {
+                        let msg = one_line(&e.to_string());
+                        let _ = log_file
+                            .write_all(format!("ERROR: {msg}\n").as_bytes())
+                            .await;
+                        return Err(build_error(last_step.as_deref(), &msg));
+                    }
+                };
+                for text in [&info.stream, &info.status].into_iter().flatten() {
+                    let _ = log_file.write_all(text.as_bytes()).await;
+                    if !text.ends_with('\n') {
+                        let _ = log_file.write_all(b"\n").await;
+                    }
+                    if text.starts_with("Step ") {
+                        last_step = Some(text.trim().to_string());
+                    }
+                }
+                let error = info
+                    .error_detail
+                    .and_then(|d| d.message)
+                    .or(info.error)
+                    .filter(|e| !e.is_empty());
+                if let Some(error) = error {
+                    let msg = one_line(&error);
+                    let _ = log_file
+                        .write_all(format!("ERROR: {msg}\n").as_bytes())
+                        .await;
+                    return Err(build_error(last_step.as_deref(), &msg));
+                }
+                if let Some(id) = info.aux.and_then(|aux| aux.id) {
+                    image_id = Some(id);
+                }
+            }
+            Ok(image_id)
+        };
+        let built = tokio::time::timeout(timeout, build).await;
+        let _ = log_file.flush().await;
+        // A context that could not be read explains a failed build better than the daemon.
+        let packed = match packer.await {
+            Ok(packed) => packed,
+            Err(e) => Err(std::io::Error::other(e.to_string())),
+        };
+        let built = match built {
+            Err(_) => {
+                let msg = format!("build timed out after {}s", timeout.as_secs());
+                let _ = log_file
+                    .write_all(format!("ERROR: {msg}\n").as_bytes())
+                    .await;
+                return Err(RuntimeError::Docker(msg));
+            }
+            Ok(built) => built,
+        };
+        if let Err(e) = packed {
+            return Err(RuntimeError::Docker(format!(
+                "cannot send the build context {}: {e}",
+                context.display()
+            )));
+        }
+        match built? {
+            Some(id) => Ok(id),
+            None => docker
+                .inspect_image(tag)
+                .await
+                .map_err(|e| docker_err(&format!("build of {tag} left no image"), e))?
+                .id
+                .ok_or_else(|| RuntimeError::Docker(format!("build of {tag} left no image"))),
+        }
+    }
+
+    /// Removes this owner's images labelled `berth.app=<app>` except those tagged with one of
+    /// `keep`; an image still in use stays. Returns how many were removed.
+    pub async fn prune_images(&self, app: &str, keep: &[String]) -> Result<usize, RuntimeError> {
+        let docker = &self.inner.docker;
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![
+                format!("{OWNER_LABEL}={}", self.inner.owner),
+                format!("berth.app={app}"),
+            ],
+        )]);
+        let images = docker
+            .list_images(Some(ListImagesOptions {
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| docker_err("cannot list images", e))?;
+        let mut removed = 0;
+        for image in images {
+            let tags: Vec<&String> = image
+                .repo_tags
+                .iter()
+                .filter(|t| t.as_str() != "<none>:<none>")
+                .collect();
+            if tags.iter().any(|t| keep.contains(t)) {
+                continue;
+            }
+            // By tag (an image with several tags cannot be removed by id without force),
+            // or by id when it has none left.
+            let names: Vec<String> = if tags.is_empty() {
+                vec![image.id.clone()]
+            } else {
+                tags.into_iter().cloned().collect()
+            };
+            let mut ok = true;
+            for name in names {
+                match docker
+                    .remove_image(&name, Some(RemoveImageOptions::default()), None)
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(e) if status_of(&e) == Some(404) => {}
+                    Err(e) => {
+                        tracing::debug!(image = %name, "image not pruned: {}", one_line(&e.to_string()));
+                        ok = false;
+                    }
+                }
+            }
+            if ok {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// [`Runtime::kill_orphan`] that says whether `pid` was one of this owner's containers.
+    pub async fn kill_orphan_container(
+        &self,
+        pid: u32,
+        pid_start: u64,
+        grace: Duration,
+    ) -> Result<bool, RuntimeError> {
+        if proc_start_time(pid) != Some(pid_start) {
+            return Ok(false);
+        }
+        for c in self.inner.list_owned(false).await? {
+            let Some(cid) = c.id else { continue };
+            let Ok(inspected) = self
+                .inner
+                .docker
+                .inspect_container(
+                    &cid,
+                    None::<bollard::query_parameters::InspectContainerOptions>,
+                )
+                .await
+            else {
+                continue;
+            };
+            if View::of(&inspected).pid != Some(pid) {
+                continue;
+            }
+            let managed_id = self
+                .inner
+                .instances()
+                .into_iter()
+                .find(|m| m.container == cid)
+                .map(|m| m.id.clone());
+            match managed_id {
+                Some(id) => self.stop(&id, grace).await?,
+                None => {
+                    tracing::warn!(pid, container = %cid, "stopping an orphan container");
+                    self.inner.stop_and_remove(&cid, grace).await?;
+                }
+            }
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Starts following the logs of `m` (from `since`, unix seconds; 0: from the start) and
+    /// records it as managed.
+    fn register(&self, m: Arc<Managed>, since: i64) -> Result<(), RuntimeError> {
+        let mut instances = lock(&self.inner.instances);
+        if instances.get(&m.id).is_some_and(|i| i.is_active()) {
+            return Err(RuntimeError::AlreadyRunning(m.id.clone()));
+        }
+        let follower = tokio::spawn(follow_logs(self.inner.clone(), m.clone(), since));
+        *lock(&m.follower) = Some(follower);
+        instances.insert(m.id.clone(), m);
+        Ok(())
+    }
+}
+
+impl Drop for DockerRuntime {
+    fn drop(&mut self) {
+        self.tracker.abort();
+        for m in lock(&self.inner.instances).values() {
+            if let Some(task) = lock(&m.follower).take() {
+                task.abort();
+            }
+        }
+    }
+}
+
+impl Managed {
+    fn is_active(&self) -> bool {
+        lock(&self.track).state != InstanceState::Stopped
+    }
+
+    fn state(&self) -> InstanceState {
+        lock(&self.track).state.clone()
+    }
+}
+
+impl Inner {
+    fn network_name(&self) -> String {
+        format!("{}-net", self.prefix)
+    }
+
+    fn container_name(&self, id: &str) -> String {
+        format!("{}-{}", self.prefix, sanitize(id))
+    }
+
+    fn managed(&self, id: &str) -> Option<Arc<Managed>> {
+        lock(&self.instances).get(id).cloned()
+    }
+
+    fn instances(&self) -> Vec<Arc<Managed>> {
+        lock(&self.instances).values().cloned().collect()
+    }
+
+    fn emit(&self, event: Event) {
+        let _ = self.events.send(event);
+    }
+
+    /// This owner's containers (`all`: stopped ones too).
+    async fn list_owned(
+        &self,
+        all: bool,
+    ) -> Result<Vec<bollard::models::ContainerSummary>, RuntimeError> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("{OWNER_LABEL}={}", self.owner)],
+        )]);
+        self.docker
+            .list_containers(Some(ListContainersOptions {
+                all,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| docker_err("cannot list containers", e))
+    }
+
+    /// Creates the bridge network once (or finds it from an earlier run).
+    async fn ensure_network(&self) -> Result<(), RuntimeError> {
+        let mut ready = self.network_ready.lock().await;
+        if *ready {
+            return Ok(());
+        }
+        let name = self.network_name();
+        let filters = HashMap::from([("name".to_string(), vec![name.clone()])]);
+        let existing = self
+            .docker
+            .list_networks(Some(ListNetworksOptions {
+                filters: Some(filters),
+            }))
+            .await
+            .map_err(|e| docker_err("cannot list networks", e))?;
+        // `name` filters by substring: look for the exact name.
+        if !existing.iter().any(|n| n.name.as_deref() == Some(&name)) {
+            let created = self
+                .docker
+                .create_network(NetworkCreateRequest {
+                    name: name.clone(),
+                    driver: Some("bridge".to_string()),
+                    labels: Some(HashMap::from([(
+                        OWNER_LABEL.to_string(),
+                        self.owner.clone(),
+                    )])),
+                    ..Default::default()
+                })
+                .await;
+            match created {
+                Ok(_) => tracing::info!(network = %name, "created the container network"),
+                // Created meanwhile by someone else (another process on the same owner).
+                Err(e) if status_of(&e) == Some(409) => {}
+                Err(e) => return Err(docker_err(&format!("cannot create network {name}"), e)),
+            }
+        }
+        *ready = true;
+        Ok(())
+    }
+
+    /// `docker stop -t <grace>` then `docker rm -f`; returns once the container is gone.
+    /// A container that is already gone is fine.
+    async fn stop_and_remove(
+        &self,
+        name: &str,
+        grace: Duration,
+    ) -> Result<Option<View>, RuntimeError> {
+        let docker = self
+            .docker
+            .clone()
+            .with_timeout(grace + Duration::from_secs(REQUEST_TIMEOUT));
+        let t = i32::try_from(grace.as_secs()).unwrap_or(i32::MAX);
+        match docker
+            .stop_container(
+                name,
+                Some(StopContainerOptions {
+                    t: Some(t),
+                    signal: None,
+                }),
+            )
+            .await
+        {
+            // 304: not running.
+            Ok(()) => {}
+            Err(e) if matches!(status_of(&e), Some(304 | 404)) => {}
+            Err(e) => {
+                tracing::warn!(container = %name, "stop failed, removing by force: {}", one_line(&e.to_string()))
+            }
+        }
+        let view = docker
+            .inspect_container(
+                name,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .ok()
+            .map(|c| View::of(&c));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let removed = docker
+                .remove_container(
+                    name,
+                    Some(RemoveContainerOptions {
+                        force: true,
+                        ..Default::default()
+                    }),
+                )
+                .await;
+            match removed {
+                Ok(()) => return Ok(view),
+                Err(e) if status_of(&e) == Some(404) => return Ok(view),
+                // 409: a removal is already in progress; wait for it.
+                Err(e) if status_of(&e) == Some(409) && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(docker_err(&format!("cannot remove container {name}"), e)),
+            }
+        }
+    }
+
+    /// Inspects one managed container and folds the result into its state.
+    async fn refresh(&self, m: &Managed) {
+        if m.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let inspected = self
+            .docker
+            .inspect_container(
+                &m.container,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await;
+        let view = match inspected {
+            Ok(c) => Some(View::of(&c)),
+            Err(e) if status_of(&e) == Some(404) => None,
+            Err(e) => {
+                tracing::debug!(instance = %m.id, "inspect failed: {}", one_line(&e.to_string()));
+                return;
+            }
+        };
+        if m.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let events = lock(&m.track).apply(&m.id, m.restart, view.as_ref());
+        for event in events {
+            self.emit(event);
+        }
+    }
+}
+
+/// The tracker: events of this owner's containers, plus a poll of every managed one.
+async fn track(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(POLL_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let filters = HashMap::from([
+            ("type".to_string(), vec!["container".to_string()]),
+            (
+                "label".to_string(),
+                vec![format!("{OWNER_LABEL}={}", inner.owner)],
+            ),
+        ]);
+        let mut events = inner.docker.events(Some(EventsOptions {
+            filters: Some(filters),
+            ..Default::default()
+        }));
+        loop {
+            tokio::select! {
+                event = events.next() => {
+                    let Some(Ok(event)) = event else { break };
+                    let id = event
+                        .actor
+                        .and_then(|a| a.attributes)
+                        .and_then(|mut attrs| attrs.remove(INSTANCE_LABEL));
+                    if let Some(m) = id.and_then(|id| inner.managed(&id)) {
+                        inner.refresh(&m).await;
+                    }
+                }
+                _ = tick.tick() => {
+                    for m in inner.instances() {
+                        inner.refresh(&m).await;
+                    }
+                }
+            }
+        }
+        // The stream broke (daemon restarting?): the poll goes on meanwhile.
+        tracing::debug!("docker event stream ended; reconnecting");
+        let pause = tokio::time::sleep(Duration::from_secs(1));
+        tokio::pin!(pause);
+        loop {
+            tokio::select! {
+                _ = &mut pause => break,
+                _ = tick.tick() => {
+                    for m in inner.instances() {
+                        inner.refresh(&m).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Appends the container's output to its log file, following it across restarts, until the
+/// instance is stopped or the container is gone.
+async fn follow_logs(inner: Arc<Inner>, m: Arc<Managed>, mut since: i64) {
+    // Timestamps (stripped before writing) let a re-follow skip what was written already.
+    let mut last: Option<(String, u32)> = None;
+    let mut file = match open_append(&m.log_file).await {
+        Ok(file) => file,
+        Err(e) => {
+            tracing::warn!(instance = %m.id, "container logs not followed: {e}");
+            return;
+        }
+    };
+    let mut checked = Instant::now();
+    loop {
+        let options = LogsOptions {
+            follow: true,
+            stdout: true,
+            stderr: true,
+            since: i32::try_from(since).unwrap_or(0),
+            timestamps: true,
+            ..Default::default()
+        };
+        let mut stream = inner.docker.logs(&m.container, Some(options));
+        while let Some(item) = stream.next().await {
+            let chunk = match item {
+                Ok(out) => out.into_bytes(),
+                Err(e) if status_of(&e) == Some(404) => return,
+                Err(e) => {
+                    tracing::debug!(instance = %m.id, "log stream broke: {}", one_line(&e.to_string()));
+                    break;
+                }
+            };
+            let (key, text) = split_timestamp(&chunk);
+            if let Some(key) = key {
+                if last.as_ref().is_some_and(|l| &key <= l) {
+                    continue;
+                }
+                last = Some(key);
+                since = unix_now().saturating_sub(1);
+            }
+            if let Err(e) = file.write_all(text).await {
+                tracing::warn!(instance = %m.id, "cannot write log file: {e}");
+            }
+            if checked.elapsed() >= LOG_CHECK_EVERY {
+                checked = Instant::now();
+                let _ = file.flush().await;
+                rotate(&inner, &m.log_file).await;
+            }
+        }
+        let _ = file.flush().await;
+        if m.stopping.load(Ordering::SeqCst) || !m.is_active() {
+            return;
+        }
+        // The container exited (a restart follows) or the stream broke: follow again.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if last.is_none() {
+            since = 0;
+        }
+    }
+}
+
+async fn rotate(inner: &Arc<Inner>, path: &Path) {
+    let shared = inner.clone();
+    let file = path.to_path_buf();
+    let rotated = tokio::task::spawn_blocking(move || {
+        let _one_at_a_time = lock(&shared.rotate_lock);
+        logs::rotate_if_needed(&file, LOG_MAX_BYTES, LOG_KEEP)
+    })
+    .await;
+    if let Ok(Err(e)) = rotated {
+        tracing::warn!(file = %path.display(), "cannot rotate log file: {e}");
+    }
+}
+
+/// Splits Docker's `2024-01-02T03:04:05.123456789Z ` prefix off a log entry; the key orders
+/// entries (seconds part, nanoseconds).
+fn split_timestamp(entry: &[u8]) -> (Option<(String, u32)>, &[u8]) {
+    let Some(space) = entry.iter().position(|&b| b == b' ') else {
+        return (None, entry);
+    };
+    let Ok(stamp) = std::str::from_utf8(&entry[..space]) else {
+        return (None, entry);
+    };
+    let looks_like = stamp.len() >= 20
+        && stamp.as_bytes().get(4) == Some(&b'-')
+        && stamp.as_bytes().get(10) == Some(&b'T');
+    if !looks_like {
+        return (None, entry);
+    }
+    let secs = stamp.get(..19).unwrap_or_default().to_string();
+    let frac = stamp
+        .get(19..)
+        .unwrap_or_default()
+        .trim_start_matches('.')
+        .trim_end_matches('Z');
+    let digits: String = frac.chars().take_while(char::is_ascii_digit).collect();
+    let nanos = format!("{digits:0<9}")
+        .get(..9)
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0);
+    (Some((secs, nanos)), &entry[space + 1..])
+}
+
+#[async_trait::async_trait]
+impl Runtime for DockerRuntime {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    async fn start(&self, spec: InstanceSpec) -> Result<InstanceInfo, RuntimeError> {
+        check_id(&spec.id)?;
+        let image = spec
+            .image
+            .clone()
+            .ok_or_else(|| RuntimeError::Docker(format!("instance {} has no image", spec.id)))?;
+        if self.inner.managed(&spec.id).is_some_and(|m| m.is_active()) {
+            return Err(RuntimeError::AlreadyRunning(spec.id));
+        }
+        let docker = &self.inner.docker;
+        self.inner.ensure_network().await?;
+        let inspected = docker
+            .inspect_image(&image)
+            .await
+            .map_err(|e| docker_err(&format!("no image {image}"), e))?;
+        let exposed: Vec<String> = inspected
+            .config
+            .and_then(|c| c.exposed_ports)
+            .map(|ports| ports.into_keys().collect())
+            .unwrap_or_default();
+        let host_port = spec
+            .env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "PORT")
+            .and_then(|(_, v)| v.parse::<u16>().ok());
+        // The image's single EXPOSEd port wins: the app inside listens there.
+        let exposed_port = match exposed.as_slice() {
+            [one] => one.strip_suffix("/tcp").and_then(|p| p.parse::<u16>().ok()),
+            _ => None,
+        };
+        let container_port = exposed_port.or(host_port);
+        let mut env: Vec<String> = spec
+            .env
+            .iter()
+            .filter(|(k, _)| !(k == "PORT" && exposed_port.is_some() && host_port.is_some()))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        if let (Some(port), Some(_)) = (exposed_port, host_port) {
+            env.push(format!("PORT={port}"));
+        }
+        let mut exposed_ports = HashMap::new();
+        let mut port_bindings = HashMap::new();
+        if let (Some(host), Some(inside)) = (host_port, container_port) {
+            let key = format!("{inside}/tcp");
+            exposed_ports.insert(key.clone(), HashMap::new());
+            port_bindings.insert(
+                key,
+                Some(vec![PortBinding {
+                    host_ip: Some("127.0.0.1".to_string()),
+                    host_port: Some(host.to_string()),
+                }]),
+            );
+        }
+        let name = self.inner.container_name(&spec.id);
+        // A container of that name is a leftover (a crash between create and record).
+        self.inner.stop_and_remove(&name, Duration::ZERO).await?;
+        let limits = &spec.limits;
+        let body = ContainerCreateBody {
+            image: Some(image.clone()),
+            env: Some(env),
+            cmd: (!spec.command.trim().is_empty()).then(|| {
+                vec![
+                    "/bin/sh".to_string(),
+                    "-c".to_string(),
+                    spec.command.clone(),
+                ]
+            }),
+            labels: Some(HashMap::from([
+                (OWNER_LABEL.to_string(), self.inner.owner.clone()),
+                (INSTANCE_LABEL.to_string(), spec.id.clone()),
+            ])),
+            exposed_ports: Some(exposed_ports),
+            host_config: Some(HostConfig {
+                port_bindings: Some(port_bindings),
+                memory: limits.memory.and_then(|m| i64::try_from(m).ok()),
+                nano_cpus: limits.cpu.map(|c| (c * 1e9) as i64),
+                pids_limit: limits.pids.and_then(|p| i64::try_from(p).ok()),
+                restart_policy: Some(RestartPolicy {
+                    name: Some(if spec.restart {
+                        RestartPolicyNameEnum::UNLESS_STOPPED
+                    } else {
+                        RestartPolicyNameEnum::NO
+                    }),
+                    maximum_retry_count: None,
+                }),
+                // Docker keeps its own bounded copy, which the follower reads.
+                log_config: Some(HostConfigLogConfig {
+                    typ: Some("json-file".to_string()),
+                    config: Some(HashMap::from([
+                        ("max-size".to_string(), "10m".to_string()),
+                        ("max-file".to_string(), "2".to_string()),
+                    ])),
+                }),
+                network_mode: Some(self.inner.network_name()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let created = docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(name.clone()),
+                    ..Default::default()
+                }),
+                body,
+            )
+            .await
+            .map_err(|e| docker_err(&format!("cannot create container for {}", spec.id), e))?;
+        if let Err(e) = docker
+            .start_container(
+                &created.id,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
+            .await
+        {
+            let _ = self
+                .inner
+                .stop_and_remove(&created.id, Duration::ZERO)
+                .await;
+            return Err(docker_err(
+                &format!("cannot start container for {}", spec.id),
+                e,
+            ));
+        }
+        let view = docker
+            .inspect_container(
+                &created.id,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .map(|c| View::of(&c))
+            .map_err(|e| docker_err(&format!("cannot inspect container for {}", spec.id), e))?;
+        let pid = view.pid;
+        let pid_start = pid.and_then(proc_start_time);
+        let managed = Arc::new(Managed {
+            id: spec.id.clone(),
+            container: created.id.clone(),
+            restart: spec.restart,
+            log_file: spec.log_file.clone(),
+            track: Mutex::new(Track::new(pid, view.restart_count)),
+            stopping: AtomicBool::new(false),
+            follower: Mutex::new(None),
+        });
+        let state = managed.state();
+        if let Err(e) = self.register(managed, 0) {
+            let _ = self
+                .inner
+                .stop_and_remove(&created.id, Duration::ZERO)
+                .await;
+            return Err(e);
+        }
+        self.inner.emit(Event::Started {
+            id: spec.id.clone(),
+            pid,
+            pid_start,
+        });
+        Ok(InstanceInfo {
+            id: spec.id,
+            pid,
+            pid_start,
+            state,
+        })
+    }
+
+    async fn adopt(
+        &self,
+        spec: InstanceSpec,
+        pid: u32,
+        _pid_start: u64,
+    ) -> Result<Option<InstanceInfo>, RuntimeError> {
+        check_id(&spec.id)?;
+        if self.inner.managed(&spec.id).is_some_and(|m| m.is_active()) {
+            return Err(RuntimeError::AlreadyRunning(spec.id));
+        }
+        let name = self.inner.container_name(&spec.id);
+        let inspected = match self
+            .inner
+            .docker
+            .inspect_container(
+                &name,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+        {
+            Ok(c) => c,
+            Err(e) if status_of(&e) == Some(404) => return Ok(None),
+            Err(e) => return Err(docker_err(&format!("cannot inspect {name}"), e)),
+        };
+        let labels = inspected
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.clone())
+            .unwrap_or_default();
+        if labels.get(OWNER_LABEL) != Some(&self.inner.owner)
+            || labels.get(INSTANCE_LABEL) != Some(&spec.id)
+        {
+            return Ok(None);
+        }
+        let view = View::of(&inspected);
+        if !matches!(
+            view.status,
+            ContainerStateStatusEnum::RUNNING | ContainerStateStatusEnum::RESTARTING
+        ) {
+            return Ok(None);
+        }
+        let Some(container) = inspected.id.clone() else {
+            return Ok(None);
+        };
+        let mut track = Track::new(view.pid, view.restart_count);
+        // Starts the state off right (a container that is restarting, unhealthy, …).
+        let _ = track.apply(&spec.id, spec.restart, Some(&view));
+        let state = track.state.clone();
+        let managed = Arc::new(Managed {
+            id: spec.id.clone(),
+            container,
+            restart: spec.restart,
+            log_file: spec.log_file.clone(),
+            track: Mutex::new(track),
+            stopping: AtomicBool::new(false),
+            follower: Mutex::new(None),
+        });
+        self.register(managed, unix_now())?;
+        let pid_start = view.pid.and_then(proc_start_time);
+        // Restarted by Docker while berth was away: the engine records the new pid.
+        if view.pid.is_some() && view.pid != Some(pid) {
+            self.inner.emit(Event::Started {
+                id: spec.id.clone(),
+                pid: view.pid,
+                pid_start,
+            });
+        }
+        Ok(Some(InstanceInfo {
+            id: spec.id,
+            pid: view.pid,
+            pid_start,
+            state,
+        }))
+    }
+
+    async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let Some(m) = self.inner.managed(id) else {
+            return Ok(());
+        };
+        m.stopping.store(true, Ordering::SeqCst);
+        let view = self.inner.stop_and_remove(&m.container, grace).await?;
+        lock(&m.track).state = InstanceState::Stopped;
+        self.inner.emit(Event::Exited {
+            id: id.to_string(),
+            status: view.map_or_else(|| "container removed".to_string(), |v| v.last_exit()),
+            restarting: false,
+        });
+        // The follower ends with the container's output; give it a moment to write the rest.
+        let follower = lock(&m.follower).take();
+        if let Some(mut follower) = follower {
+            if tokio::time::timeout(Duration::from_secs(2), &mut follower)
+                .await
+                .is_err()
+            {
+                follower.abort();
+            }
+        }
+        let mut instances = lock(&self.inner.instances);
+        if instances.get(id).is_some_and(|i| Arc::ptr_eq(i, &m)) {
+            instances.remove(id);
+        }
+        Ok(())
+    }
+
+    async fn kill_orphan(
+        &self,
+        pid: u32,
+        pid_start: u64,
+        grace: Duration,
+    ) -> Result<(), RuntimeError> {
+        self.kill_orphan_container(pid, pid_start, grace).await?;
+        Ok(())
+    }
+
+    fn state(&self, id: &str) -> Option<InstanceState> {
+        self.inner.managed(id).map(|m| m.state())
+    }
+
+    async fn run_task(&self, _task: TaskSpec) -> Result<TaskOutcome, RuntimeError> {
+        Err(RuntimeError::Docker(
+            "one-off tasks run with the process runtime".to_string(),
+        ))
+    }
+
+    async fn sweep(&self, grace: Duration) -> Result<usize, RuntimeError> {
+        let managed: HashSet<String> = self
+            .inner
+            .instances()
+            .iter()
+            .map(|m| m.container.clone())
+            .collect();
+        let mut stopped = 0;
+        for c in self.inner.list_owned(true).await? {
+            let Some(cid) = c.id else { continue };
+            if managed.contains(&cid) {
+                continue;
+            }
+            let instance = c
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(INSTANCE_LABEL))
+                .cloned()
+                .unwrap_or_default();
+            tracing::warn!(container = %cid, %instance, "removing a container left from an earlier run");
+            self.inner.stop_and_remove(&cid, grace).await?;
+            stopped += 1;
+        }
+        Ok(stopped)
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.inner.events.subscribe()
+    }
+}
+
+/// `$DOCKER_HOST` when it names a unix socket, else Docker's default socket.
+fn default_socket() -> PathBuf {
+    std::env::var("DOCKER_HOST")
+        .ok()
+        .and_then(|host| host.strip_prefix("unix://").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("/var/run/docker.sock"))
+}
+
+/// Docker names allow `[a-zA-Z0-9][a-zA-Z0-9_.-]*`; anything else becomes `-`.
+fn sanitize(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+/// FNV-1a: stable across builds (as the process runtime's cgroup prefix).
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn status_of(e: &DockerError) -> Option<u16> {
+    match e {
+        DockerError::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+fn docker_err(context: &str, e: DockerError) -> RuntimeError {
+    RuntimeError::Docker(format!("{context}: {}", one_line(&e.to_string())))
+}
+
+fn build_error(step: Option<&str>, msg: &str) -> RuntimeError {
+    match step {
+        Some(step) => RuntimeError::Docker(format!("build failed at {step}: {msg}")),
+        None => RuntimeError::Docker(format!("build failed: {msg}")),
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(0))
+        .unwrap_or(0)
+}
+
+async fn open_append(path: &Path) -> Result<tokio::fs::File, RuntimeError> {
+    tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .await
+        .map_err(|source| RuntimeError::LogFile {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Writes the build context as a tar into `tx`, 64 KiB at a time (never the whole context in
+/// memory). Symlinks are sent as links, never followed; owners and times are normalised so an
+/// unchanged file hits the layer cache from release to release.
+fn pack_context(dir: &Path, tx: mpsc::Sender<Bytes>) -> std::io::Result<()> {
+    let writer = ChunkWriter {
+        tx,
+        buf: Vec::with_capacity(CHUNK),
+    };
+    let mut tar = tar::Builder::new(writer);
+    tar.follow_symlinks(false);
+    tar.mode(tar::HeaderMode::Deterministic);
+    tar.append_dir_all(".", dir)?;
+    let mut writer = tar.into_inner()?;
+    writer.flush()
+}
+
+const CHUNK: usize = 64 << 10;
+
+struct ChunkWriter {
+    tx: mpsc::Sender<Bytes>,
+    buf: Vec<u8>,
+}
+
+impl ChunkWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+        self.tx
+            .blocking_send(chunk)
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "build ended"))
+    }
+}
+
+impl Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_sanitized() {
+        assert_eq!(sanitize("hello.v3.web.1"), "hello.v3.web.1");
+        assert_eq!(sanitize("a b/c:d"), "a-b-c-d");
+    }
+
+    #[test]
+    fn timestamps_are_split_and_ordered() {
+        let (key, text) = split_timestamp(b"2024-01-02T03:04:05.12Z hello world\n");
+        assert_eq!(text, b"hello world\n");
+        let key = key.unwrap_or_default();
+        assert_eq!(key, ("2024-01-02T03:04:05".to_string(), 120_000_000));
+        let (later, _) = split_timestamp(b"2024-01-02T03:04:05.3Z x\n");
+        assert!(later.unwrap_or_default() > key);
+        let (none, text) = split_timestamp(b"no stamp here\n");
+        assert!(none.is_none());
+        assert_eq!(text, b"no stamp here\n");
+    }
+
+    fn view(status: ContainerStateStatusEnum, pid: Option<u32>, restarts: i64) -> View {
+        View {
+            status,
+            pid,
+            exit_code: 3,
+            oom_killed: false,
+            restart_count: restarts,
+            unhealthy: false,
+        }
+    }
+
+    #[test]
+    fn a_restart_loop_becomes_crashing() {
+        use ContainerStateStatusEnum::*;
+        let mut t = Track::new(Some(10), 0);
+        let mut crashing = 0;
+        for n in 1..=6 {
+            let events = t.apply("x", true, Some(&view(RESTARTING, None, n)));
+            assert!(events.iter().any(|e| matches!(
+                e,
+                Event::Exited {
+                    restarting: true,
+                    ..
+                }
+            )));
+            crashing += events
+                .iter()
+                .filter(|e| matches!(e, Event::Crashing { .. }))
+                .count();
+            let events = t.apply("x", true, Some(&view(RUNNING, Some(100 + n as u32), n)));
+            assert!(events.iter().any(|e| matches!(e, Event::Started { .. })));
+        }
+        t.apply("x", true, Some(&view(RESTARTING, None, 7)));
+        assert!(
+            matches!(t.state, InstanceState::Crashing { restarts: 7, .. }),
+            "{:?}",
+            t.state
+        );
+        assert_eq!(crashing, 1);
+        let events = t.apply("x", true, None);
+        assert_eq!(t.state, InstanceState::Stopped);
+        assert!(matches!(
+            events.as_slice(),
+            [Event::Exited {
+                restarting: false,
+                ..
+            }]
+        ));
+    }
+
+    #[test]
+    fn unhealthy_is_crashing() {
+        use ContainerStateStatusEnum::*;
+        let mut t = Track::new(Some(10), 0);
+        let mut v = view(RUNNING, Some(10), 0);
+        v.unhealthy = true;
+        let events = t.apply("x", true, Some(&v));
+        assert_eq!(events.len(), 1);
+        assert!(
+            matches!(&t.state, InstanceState::Crashing { last_exit, .. } if last_exit == UNHEALTHY)
+        );
+    }
+}
