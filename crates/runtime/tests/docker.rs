@@ -1,0 +1,581 @@
+//! DockerRuntime against the real daemon. Images are built `FROM scratch` with Debian's static
+//! busybox (no registry). Each test has its own owner (a temp dir), so tests never see each
+//! other's containers, and a guard removes everything of that owner at the end, even after a
+//! failure. Nothing here sleeps to synchronise: every wait is a poll with a deadline.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::fs;
+use std::future::Future;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth_runtime::{
+    DockerRuntime, Event, InstanceSpec, InstanceState, Limits, Runtime, RuntimeError,
+};
+use bollard::query_parameters::{
+    InspectContainerOptions, ListContainersOptions, ListImagesOptions, ListNetworksOptions,
+    RemoveContainerOptions, RemoveImageOptions,
+};
+use bollard::Docker;
+use tokio::sync::broadcast;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+const SOCKET: &str = "/var/run/docker.sock";
+
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn next_event(rx: &mut broadcast::Receiver<Event>, pred: impl Fn(&Event) -> bool) -> Event {
+    let wait = async {
+        loop {
+            let event = rx.recv().await.unwrap();
+            if pred(&event) {
+                return event;
+            }
+        }
+    };
+    tokio::time::timeout(DEADLINE, wait)
+        .await
+        .expect("timed out waiting for event")
+}
+
+/// A test's own owner; everything labelled with it is removed on drop.
+struct Owner {
+    dir: tempfile::TempDir,
+}
+
+impl Owner {
+    fn new() -> Owner {
+        Owner {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn name(&self) -> String {
+        self.dir.path().display().to_string()
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        let owner = self.name();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(remove_everything_of(&owner));
+        })
+        .join();
+    }
+}
+
+async fn docker() -> Docker {
+    Docker::connect_with_unix(SOCKET, 60, bollard::API_DEFAULT_VERSION)
+        .unwrap()
+        .negotiate_version()
+        .await
+        .unwrap()
+}
+
+fn owner_filter(owner: &str) -> HashMap<String, Vec<String>> {
+    HashMap::from([("label".to_string(), vec![format!("berth.owner={owner}")])])
+}
+
+async fn remove_everything_of(owner: &str) {
+    let docker = docker().await;
+    let containers = docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(owner_filter(owner)),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_or_default();
+    for c in containers {
+        let _ = docker
+            .remove_container(
+                c.id.as_deref().unwrap_or_default(),
+                Some(RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                }),
+            )
+            .await;
+    }
+    let images = docker
+        .list_images(Some(ListImagesOptions {
+            filters: Some(owner_filter(owner)),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_or_default();
+    for image in images {
+        let _ = docker
+            .remove_image(
+                &image.id,
+                Some(RemoveImageOptions {
+                    force: true,
+                    ..Default::default()
+                }),
+                None,
+            )
+            .await;
+    }
+    let networks = docker
+        .list_networks(Some(ListNetworksOptions {
+            filters: Some(owner_filter(owner)),
+        }))
+        .await
+        .unwrap_or_default();
+    for n in networks {
+        let _ = docker
+            .remove_network(n.id.as_deref().unwrap_or_default())
+            .await;
+    }
+}
+
+/// The runtime for `owner`, or `None` (loudly) when this machine has no daemon at all.
+async fn connect(owner: &Owner) -> Option<Arc<DockerRuntime>> {
+    if !Path::new(SOCKET).exists() {
+        eprintln!("SKIPPED: no Docker daemon at {SOCKET}");
+        return None;
+    }
+    Some(
+        DockerRuntime::connect(Some(Path::new(SOCKET)), &owner.name())
+            .await
+            .unwrap(),
+    )
+}
+
+/// A build context: static busybox and a Dockerfile with `extra` lines at the end.
+fn context(owner: &Owner, name: &str, extra: &str) -> PathBuf {
+    let dir = owner.path().join(name);
+    fs::create_dir_all(&dir).unwrap();
+    fs::copy("/bin/busybox", dir.join("busybox")).unwrap();
+    fs::write(
+        dir.join("Dockerfile"),
+        format!(
+            "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\",\"--install\",\"-s\",\"/bin\"]\n{extra}\n"
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+async fn build(rt: &DockerRuntime, owner: &Owner, app: &str, release: u64, extra: &str) -> String {
+    let ctx = context(owner, &format!("{app}-{release}"), extra);
+    let tag = rt.image_tag(app, release);
+    let labels = [
+        ("berth.app".to_string(), app.to_string()),
+        ("berth.release".to_string(), format!("v{release}")),
+    ];
+    let log = owner.path().join(format!("build-{app}-{release}.log"));
+    rt.build_image(&ctx, &tag, &labels, &log, Duration::from_secs(120))
+        .await
+        .unwrap();
+    tag
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn spec(owner: &Owner, name: &str, image: &str, command: &str, port: u16) -> InstanceSpec {
+    InstanceSpec {
+        id: format!("{name}.v1.web.1"),
+        command: command.to_string(),
+        dir: owner.path().to_path_buf(),
+        env: vec![
+            ("PORT".into(), port.to_string()),
+            ("GREETING".into(), "hi there".into()),
+        ],
+        log_file: owner.path().join(format!("{name}.log")),
+        limits: Limits::default(),
+        restart: true,
+        image: Some(image.to_string()),
+    }
+}
+
+/// `GET /` on 127.0.0.1:port, the whole response, if anything answered.
+fn get(port: u16) -> Option<String> {
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    conn.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut out = String::new();
+    conn.read_to_string(&mut out).ok()?;
+    out.starts_with("HTTP/1").then_some(out)
+}
+
+async fn wait_get(port: u16) -> String {
+    eventually("an answer on the published port", || async move {
+        tokio::task::spawn_blocking(move || get(port))
+            .await
+            .unwrap()
+    })
+    .await
+}
+
+async fn inspect(name: &str) -> Option<bollard::models::ContainerInspectResponse> {
+    docker()
+        .await
+        .inspect_container(name, None::<InspectContainerOptions>)
+        .await
+        .ok()
+}
+
+fn container_name(rt: &DockerRuntime, id: &str) -> String {
+    format!("{}-{id}", rt.prefix())
+}
+
+const HTTPD: &str = "mkdir -p /www && echo \"hello $GREETING on $PORT\" > /www/index.html \
+                     && echo serving on $PORT && exec httpd -f -p $PORT -h /www";
+
+#[tokio::test]
+async fn connect_to_a_missing_socket_names_it() {
+    let err = DockerRuntime::connect(Some(Path::new("/nonexistent/docker.sock")), "x")
+        .await
+        .err()
+        .expect("connect must fail");
+    assert!(matches!(err, RuntimeError::Docker(_)));
+    let msg = err.to_string();
+    assert!(msg.contains("/nonexistent/docker.sock"), "{msg}");
+    assert!(!msg.contains('\n'), "{msg}");
+}
+
+#[tokio::test]
+async fn builds_log_their_output_fail_naming_the_step_and_prune_keeps_rollbacks() {
+    let owner = Owner::new();
+    let Some(rt) = connect(&owner).await else {
+        return;
+    };
+    let ctx = context(&owner, "ok", "CMD [\"/bin/sh\",\"-c\",\"echo hi\"]");
+    let log = owner.path().join("build.log");
+    let tag = rt.image_tag("app", 1);
+    let labels = [("berth.app".to_string(), "app".to_string())];
+    let id = rt
+        .build_image(&ctx, &tag, &labels, &log, Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert!(id.starts_with("sha256:"), "{id}");
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("Step 1/") && text.contains(": FROM scratch"),
+        "{text}"
+    );
+    assert!(text.contains("Successfully built"), "{text}");
+
+    let bad = context(&owner, "bad", "RUN false");
+    let bad_log = owner.path().join("bad.log");
+    let err = rt
+        .build_image(
+            &bad,
+            &rt.image_tag("app", 2),
+            &labels,
+            &bad_log,
+            Duration::from_secs(120),
+        )
+        .await
+        .err()
+        .expect("RUN false must fail the build");
+    let msg = err.to_string();
+    assert!(msg.contains("RUN false"), "{msg}");
+    assert!(msg.contains("non-zero code: 1"), "{msg}");
+    assert!(fs::read_to_string(&bad_log).unwrap().contains("ERROR"));
+
+    // Three releases (distinct images thanks to a distinct CMD); keep v3 and v2.
+    let v2 = build(&rt, &owner, "app", 2, "CMD [\"/bin/sh\",\"-c\",\"echo 2\"]").await;
+    let v3 = build(&rt, &owner, "app", 3, "CMD [\"/bin/sh\",\"-c\",\"echo 3\"]").await;
+    let other = build(
+        &rt,
+        &owner,
+        "other",
+        1,
+        "CMD [\"/bin/sh\",\"-c\",\"echo o\"]",
+    )
+    .await;
+    let removed = rt
+        .prune_images("app", &[v3.clone(), v2.clone()])
+        .await
+        .unwrap();
+    assert_eq!(removed, 1);
+    let docker = docker().await;
+    assert!(docker.inspect_image(&tag).await.is_err(), "v1 is pruned");
+    for kept in [&v2, &v3, &other] {
+        assert!(docker.inspect_image(kept).await.is_ok(), "{kept} is kept");
+    }
+}
+
+#[tokio::test]
+async fn an_instance_serves_on_localhost_with_env_logs_limits_and_stops() {
+    let owner = Owner::new();
+    let Some(rt) = connect(&owner).await else {
+        return;
+    };
+    let image = build(
+        &rt,
+        &owner,
+        "web",
+        1,
+        "CMD [\"/bin/sh\",\"-c\",\"echo default\"]",
+    )
+    .await;
+    let port = free_port();
+    let mut spec = spec(&owner, "web", &image, HTTPD, port);
+    spec.limits = Limits {
+        memory: Some(64 << 20),
+        pids: Some(100),
+        cpu: Some(0.5),
+    };
+    let mut events = rt.subscribe();
+    let info = rt.start(spec.clone()).await.unwrap();
+    let pid = info.pid.expect("a running container has a pid");
+    assert!(info.pid_start.is_some());
+    let started = next_event(&mut events, |e| matches!(e, Event::Started { .. })).await;
+    assert_eq!(
+        started,
+        Event::Started {
+            id: spec.id.clone(),
+            pid: Some(pid),
+            pid_start: info.pid_start
+        }
+    );
+
+    let body = wait_get(port).await;
+    assert!(
+        body.contains(&format!("hello hi there on {port}")),
+        "{body}"
+    );
+    assert!(matches!(
+        rt.state(&spec.id),
+        Some(InstanceState::Running { pid: Some(p), .. }) if p == pid
+    ));
+    eventually("the log file to get the output", || async {
+        fs::read_to_string(&spec.log_file)
+            .ok()
+            .filter(|t| t.contains(&format!("serving on {port}")))
+    })
+    .await;
+
+    let name = container_name(&rt, &spec.id);
+    let c = inspect(&name).await.expect("the container exists");
+    let host = c.host_config.unwrap();
+    assert_eq!(host.memory, Some(64 << 20));
+    assert_eq!(host.nano_cpus, Some(500_000_000));
+    assert_eq!(host.pids_limit, Some(100));
+    let bindings = host.port_bindings.unwrap();
+    let binding = bindings[&format!("{port}/tcp")].clone().unwrap();
+    assert_eq!(binding.len(), 1);
+    assert_eq!(binding[0].host_ip.as_deref(), Some("127.0.0.1"));
+    assert_eq!(
+        binding[0].host_port.as_deref(),
+        Some(port.to_string().as_str())
+    );
+    let published = c.network_settings.unwrap().ports.unwrap();
+    for b in published.values().flatten().flatten() {
+        assert_eq!(b.host_ip.as_deref(), Some("127.0.0.1"), "never 0.0.0.0");
+    }
+    let labels = c.config.unwrap().labels.unwrap();
+    assert_eq!(labels["berth.instance"], spec.id);
+    assert_eq!(labels["berth.owner"], owner.name());
+
+    assert!(matches!(
+        rt.start(spec.clone()).await,
+        Err(RuntimeError::AlreadyRunning(_))
+    ));
+    rt.stop(&spec.id, Duration::from_secs(2)).await.unwrap();
+    assert!(inspect(&name).await.is_none(), "stop removes the container");
+    assert_eq!(rt.state(&spec.id), None);
+    next_event(&mut events, |e| {
+        matches!(
+            e,
+            Event::Exited {
+                restarting: false,
+                ..
+            }
+        )
+    })
+    .await;
+    rt.stop(&spec.id, Duration::from_secs(1)).await.unwrap();
+    rt.stop("never.started", Duration::from_secs(1))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_new_runtime_adopts_and_sweep_removes_the_unmanaged() {
+    let owner = Owner::new();
+    let Some(rt) = connect(&owner).await else {
+        return;
+    };
+    let image = build(&rt, &owner, "adopt", 1, "").await;
+    let port = free_port();
+    let ticking = format!("(while :; do echo tick; sleep 0.2; done) & {HTTPD}");
+    let kept = spec(&owner, "kept", &image, &ticking, port);
+    let info = rt.start(kept.clone()).await.unwrap();
+    let stray = spec(&owner, "stray", &image, HTTPD, free_port());
+    rt.start(stray.clone()).await.unwrap();
+    wait_get(port).await;
+    drop(rt); // as a berth crash: the containers keep running
+
+    let rt = DockerRuntime::connect(Some(Path::new(SOCKET)), &owner.name())
+        .await
+        .unwrap();
+    let missing = spec(&owner, "missing", &image, HTTPD, free_port());
+    assert_eq!(rt.adopt(missing, 1, 1).await.unwrap(), None);
+    let adopted = rt
+        .adopt(kept.clone(), info.pid.unwrap(), info.pid_start.unwrap())
+        .await
+        .unwrap()
+        .expect("the running container is adopted");
+    assert_eq!(adopted.pid, info.pid);
+    assert!(matches!(
+        rt.state(&kept.id),
+        Some(InstanceState::Running { .. })
+    ));
+    assert_eq!(rt.sweep(Duration::from_secs(1)).await.unwrap(), 1);
+    assert!(inspect(&container_name(&rt, &stray.id)).await.is_none());
+    assert!(get(port).is_some(), "the adopted one still serves");
+
+    // Logs are followed from the adoption on.
+    fs::write(&kept.log_file, "").unwrap();
+    eventually("the adopted container's log lines", || {
+        let (log, port) = (kept.log_file.clone(), port);
+        async move {
+            let _ = port;
+            fs::read_to_string(&log).ok().filter(|t| t.contains("tick"))
+        }
+    })
+    .await;
+    rt.stop(&kept.id, Duration::from_secs(2)).await.unwrap();
+    assert!(inspect(&container_name(&rt, &kept.id)).await.is_none());
+}
+
+#[tokio::test]
+async fn kill_orphan_stops_a_container_by_its_pid() {
+    let owner = Owner::new();
+    let Some(rt) = connect(&owner).await else {
+        return;
+    };
+    let image = build(&rt, &owner, "orphan", 1, "").await;
+    let s = spec(&owner, "orphan", &image, "exec sleep 600", free_port());
+    let info = rt.start(s.clone()).await.unwrap();
+    drop(rt);
+    let rt = DockerRuntime::connect(Some(Path::new(SOCKET)), &owner.name())
+        .await
+        .unwrap();
+    let (pid, start) = (info.pid.unwrap(), info.pid_start.unwrap());
+    assert!(!rt
+        .kill_orphan_container(pid, start + 1, Duration::ZERO)
+        .await
+        .unwrap());
+    assert!(rt
+        .kill_orphan_container(pid, start, Duration::ZERO)
+        .await
+        .unwrap());
+    assert!(inspect(&container_name(&rt, &s.id)).await.is_none());
+}
+
+#[tokio::test]
+async fn a_crashing_container_is_reported() {
+    let owner = Owner::new();
+    let Some(rt) = connect(&owner).await else {
+        return;
+    };
+    let image = build(
+        &rt,
+        &owner,
+        "crash",
+        1,
+        "CMD [\"/bin/sh\",\"-c\",\"exit 3\"]",
+    )
+    .await;
+    let mut events = rt.subscribe();
+    let s = spec(&owner, "crash", &image, "", free_port());
+    rt.start(s.clone()).await.unwrap();
+    let exited = next_event(&mut events, |e| matches!(e, Event::Exited { .. })).await;
+    assert!(
+        matches!(&exited, Event::Exited { status, restarting: true, .. } if status == "exit code 3"),
+        "{exited:?}"
+    );
+    next_event(&mut events, |e| matches!(e, Event::Crashing { .. })).await;
+    eventually("state Crashing", || async {
+        matches!(
+            rt.state(&s.id),
+            Some(InstanceState::Crashing { ref last_exit, restarts }) if last_exit == "exit code 3" && restarts >= 5
+        )
+        .then_some(())
+    })
+    .await;
+    rt.stop(&s.id, Duration::ZERO).await.unwrap();
+    assert!(inspect(&container_name(&rt, &s.id)).await.is_none());
+}
+
+#[tokio::test]
+async fn a_single_exposed_port_gets_the_traffic_and_port_env() {
+    let owner = Owner::new();
+    let Some(rt) = connect(&owner).await else {
+        return;
+    };
+    let image = build(
+        &rt,
+        &owner,
+        "exposed",
+        1,
+        "EXPOSE 8080\nCMD [\"/bin/sh\",\"-c\",\"mkdir -p /www && echo inside $PORT > /www/index.html && exec httpd -f -p 8080 -h /www\"]",
+    )
+    .await;
+    let port = free_port();
+    let s = spec(&owner, "exposed", &image, "", port);
+    rt.start(s.clone()).await.unwrap();
+    let body = wait_get(port).await;
+    assert!(body.contains("inside 8080"), "{body}");
+    let c = inspect(&container_name(&rt, &s.id)).await.unwrap();
+    let env = c.config.unwrap().env.unwrap();
+    assert!(env.contains(&"PORT=8080".to_string()), "{env:?}");
+    assert!(!env.contains(&format!("PORT={port}")), "{env:?}");
+    rt.stop(&s.id, Duration::from_secs(1)).await.unwrap();
+}
+
+#[tokio::test]
+async fn run_task_is_refused() {
+    let owner = Owner::new();
+    let Some(rt) = connect(&owner).await else {
+        return;
+    };
+    let task = berth_runtime::TaskSpec {
+        id: "t".into(),
+        command: "true".into(),
+        dir: owner.path().to_path_buf(),
+        env: vec![],
+        log_file: owner.path().join("t.log"),
+        timeout: Duration::from_secs(1),
+        limits: Limits::default(),
+        user: None,
+    };
+    let err = rt.run_task(task).await.err().unwrap();
+    assert!(err.to_string().contains("process runtime"), "{err}");
+}
