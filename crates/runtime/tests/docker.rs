@@ -299,8 +299,7 @@ async fn builds_log_their_output_fail_naming_the_step_and_prune_keeps_rollbacks(
             Duration::from_secs(120),
         )
         .await
-        .err()
-        .expect("RUN false must fail the build");
+        .expect_err("RUN false must fail the build");
     let msg = err.to_string();
     assert!(msg.contains("RUN false"), "{msg}");
     assert!(msg.contains("non-zero code: 1"), "{msg}");
@@ -578,4 +577,62 @@ async fn run_task_is_refused() {
     };
     let err = rt.run_task(task).await.err().unwrap();
     assert!(err.to_string().contains("process runtime"), "{err}");
+}
+
+#[tokio::test]
+async fn multi_runtime_routes_by_image_and_merges_events() {
+    let owner = Owner::new();
+    let Some(docker_rt) = connect(&owner).await else {
+        return;
+    };
+    let image = build(&docker_rt, &owner, "multi", 1, "").await;
+    let process = berth_runtime::ProcessRuntime::new(berth_runtime::ProcessOptions {
+        owner: owner.name(),
+        ..Default::default()
+    });
+    let multi = berth_runtime::MultiRuntime::new(process.clone(), Some(docker_rt.clone()));
+    assert_eq!(multi.name(), "multi");
+    let mut events = multi.subscribe();
+    let port = free_port();
+    let container = spec(&owner, "multic", &image, HTTPD, port);
+    let mut proc_spec = spec(&owner, "multip", "", "exec sleep 600", free_port());
+    proc_spec.image = None;
+    multi.start(container.clone()).await.unwrap();
+    multi.start(proc_spec.clone()).await.unwrap();
+    for id in [&container.id, &proc_spec.id] {
+        next_event(
+            &mut events,
+            |e| matches!(e, Event::Started { id: i, .. } if i == id),
+        )
+        .await;
+        assert!(matches!(
+            multi.state(id),
+            Some(InstanceState::Running { .. })
+        ));
+    }
+    assert!(docker_rt.state(&container.id).is_some());
+    assert!(process.state(&container.id).is_none());
+    assert!(process.state(&proc_spec.id).is_some());
+    wait_get(port).await;
+    multi
+        .stop(&container.id, Duration::from_secs(1))
+        .await
+        .unwrap();
+    multi
+        .stop(&proc_spec.id, Duration::from_secs(1))
+        .await
+        .unwrap();
+    multi
+        .stop("unknown.id", Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(multi.state(&container.id), None);
+    assert_eq!(multi.state(&proc_spec.id), None);
+    assert!(inspect(&container_name(&docker_rt, &container.id))
+        .await
+        .is_none());
+
+    let no_docker = berth_runtime::MultiRuntime::new(process, None);
+    let err = no_docker.start(container).await.err().unwrap();
+    assert!(err.to_string().contains("no Docker daemon"), "{err}");
 }
