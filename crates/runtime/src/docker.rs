@@ -109,6 +109,9 @@ struct Track {
     streak: u32,
     run_started: Instant,
     crashing_reported: bool,
+    health: Option<&'static str>,
+    /// The exit code of the last `die` event not yet reported.
+    die_code: Option<i64>,
 }
 
 /// The parts of an inspect the tracker uses.
@@ -120,6 +123,8 @@ struct View {
     oom_killed: bool,
     restart_count: i64,
     unhealthy: bool,
+    /// The HEALTHCHECK's verdict; `None` without a HEALTHCHECK.
+    health: Option<&'static str>,
 }
 
 impl View {
@@ -136,8 +141,15 @@ impl View {
             restart_count: c.restart_count.unwrap_or_default(),
             unhealthy: state
                 .health
+                .as_ref()
                 .and_then(|h| h.status)
                 .is_some_and(|s| s == HealthStatusEnum::UNHEALTHY),
+            health: match state.health.and_then(|h| h.status) {
+                Some(HealthStatusEnum::STARTING) => Some("starting"),
+                Some(HealthStatusEnum::HEALTHY) => Some("healthy"),
+                Some(HealthStatusEnum::UNHEALTHY) => Some("unhealthy"),
+                _ => None,
+            },
         }
     }
 
@@ -162,6 +174,8 @@ impl Track {
             streak: 0,
             run_started: Instant::now(),
             crashing_reported: false,
+            health: None,
+            die_code: None,
         }
     }
 
@@ -182,6 +196,7 @@ impl Track {
             return events;
         };
         let running = v.status == ContainerStateStatusEnum::RUNNING;
+        self.health = v.health;
         let our_run_ended = self.pid.is_some() && (!running || v.pid != self.pid);
         let delta = u32::try_from(v.restart_count.saturating_sub(self.restart_count)).unwrap_or(0);
         self.restart_count = self.restart_count.max(v.restart_count);
@@ -191,7 +206,12 @@ impl Track {
                 v.status,
                 ContainerStateStatusEnum::RESTARTING | ContainerStateStatusEnum::RUNNING
             );
+        let last_exit = match self.die_code {
+            Some(code) if running => format!("exit code {code}"),
+            _ => v.last_exit(),
+        };
         if ended > 0 {
+            self.die_code = None;
             if self.run_started.elapsed() < STABLE_AFTER {
                 self.streak = self.streak.saturating_add(ended);
             } else {
@@ -200,7 +220,7 @@ impl Track {
             self.pid = None;
             events.push(Event::Exited {
                 id: id.to_string(),
-                status: v.last_exit(),
+                status: last_exit,
                 restarting,
             });
         }
@@ -216,8 +236,9 @@ impl Track {
                         pid_start: v.pid.and_then(proc_start_time),
                     });
                 }
-                if self.run_started.elapsed() >= STABLE_AFTER {
+                if self.run_started.elapsed() >= STABLE_AFTER && self.streak > 0 {
                     self.streak = 0;
+                    self.crashing_reported = false;
                 }
                 if v.unhealthy {
                     self.state = InstanceState::Crashing {
@@ -226,13 +247,20 @@ impl Track {
                     };
                     self.report_crashing(id, restarts, &mut events);
                 } else {
+                    let was_unhealthy = matches!(
+                        &self.state,
+                        InstanceState::Crashing { last_exit, .. } if last_exit == UNHEALTHY
+                    );
+                    // Healthy again: a later unhealthy verdict is news.
+                    if was_unhealthy && self.streak == 0 {
+                        self.crashing_reported = false;
+                    }
                     if !matches!(self.state, InstanceState::Running { pid, .. } if pid == v.pid) {
                         self.state = InstanceState::Running {
                             pid: v.pid,
                             since: since_of(v.pid),
                         };
                     }
-                    self.crashing_reported = false;
                 }
             }
             ContainerStateStatusEnum::RESTARTING => {
@@ -351,6 +379,13 @@ impl DockerRuntime {
             self.inner.prefix,
             app.to_ascii_lowercase()
         )
+    }
+
+    /// The verdict of the image's HEALTHCHECK on the instance (`"starting"`, `"healthy"`,
+    /// `"unhealthy"`), as of the tracker's last look; `None` for an image without one or an
+    /// unknown id. An unhealthy container is also reported as `Crashing`.
+    pub fn health(&self, id: &str) -> Option<&'static str> {
+        self.inner.managed(id).and_then(|m| lock(&m.track).health)
     }
 
     /// The name of the bridge network the containers join.
@@ -787,13 +822,18 @@ async fn track(inner: Arc<Inner>) {
             tokio::select! {
                 event = events.next() => {
                     let Some(Ok(event)) = event else { break };
-                    let id = event
-                        .actor
-                        .and_then(|a| a.attributes)
-                        .and_then(|mut attrs| attrs.remove(INSTANCE_LABEL));
-                    if let Some(m) = id.and_then(|id| inner.managed(&id)) {
-                        inner.refresh(&m).await;
+                    let mut attrs = event.actor.and_then(|a| a.attributes).unwrap_or_default();
+                    let Some(m) = attrs.remove(INSTANCE_LABEL).and_then(|id| inner.managed(&id))
+                    else {
+                        continue;
+                    };
+                    // A restarted container's inspect shows exit code 0: keep the one its
+                    // `die` event tells.
+                    if event.action.as_deref() == Some("die") {
+                        let code = attrs.get("exitCode").and_then(|c| c.parse().ok());
+                        lock(&m.track).die_code = code;
                     }
+                    inner.refresh(&m).await;
                 }
                 _ = tick.tick() => {
                     for m in inner.instances() {
@@ -1401,6 +1441,7 @@ mod tests {
             oom_killed: false,
             restart_count: restarts,
             unhealthy: false,
+            health: None,
         }
     }
 

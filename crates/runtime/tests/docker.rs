@@ -169,13 +169,16 @@ async fn connect(owner: &Owner) -> Option<Arc<DockerRuntime>> {
 
 /// A build context: static busybox and a Dockerfile with `extra` lines at the end.
 fn context(owner: &Owner, name: &str, extra: &str) -> PathBuf {
+    let owner_name = owner.name();
     let dir = owner.path().join(name);
     fs::create_dir_all(&dir).unwrap();
     fs::copy("/bin/busybox", dir.join("busybox")).unwrap();
     fs::write(
         dir.join("Dockerfile"),
         format!(
-            "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\",\"--install\",\"-s\",\"/bin\"]\n{extra}\n"
+            // A layer of its own first: tests never share (or prune) each other's cached
+            // layers.
+            "FROM scratch\nLABEL berth.test={owner_name:?}\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\",\"--install\",\"-s\",\"/bin\"]\n{extra}\n"
         ),
     )
     .unwrap();
@@ -509,7 +512,7 @@ async fn a_crashing_container_is_reported() {
         &owner,
         "crash",
         1,
-        "CMD [\"/bin/sh\",\"-c\",\"exit 3\"]",
+        "CMD [\"/bin/sh\",\"-c\",\"echo boom; exit 3\"]",
     )
     .await;
     let mut events = rt.subscribe();
@@ -529,6 +532,23 @@ async fn a_crashing_container_is_reported() {
         .then_some(())
     })
     .await;
+    // Each run's output once: the follower follows again after every restart and skips
+    // what it wrote already.
+    let booms = eventually("a line per run in the log", || async {
+        let n = fs::read_to_string(&s.log_file)
+            .unwrap_or_default()
+            .matches("boom")
+            .count();
+        (n >= 3).then_some(n)
+    })
+    .await;
+    let runs = inspect(&container_name(&rt, &s.id))
+        .await
+        .unwrap()
+        .restart_count
+        .unwrap()
+        + 1;
+    assert!(booms as i64 <= runs, "{booms} lines for {runs} runs");
     rt.stop(&s.id, Duration::ZERO).await.unwrap();
     assert!(inspect(&container_name(&rt, &s.id)).await.is_none());
 }
@@ -635,4 +655,58 @@ async fn multi_runtime_routes_by_image_and_merges_events() {
     let no_docker = berth_runtime::MultiRuntime::new(process, None);
     let err = no_docker.start(container).await.err().unwrap();
     assert!(err.to_string().contains("no Docker daemon"), "{err}");
+}
+
+#[tokio::test]
+async fn the_images_healthcheck_counts() {
+    let owner = Owner::new();
+    let Some(rt) = connect(&owner).await else {
+        return;
+    };
+    let sick = build(
+        &rt,
+        &owner,
+        "sick",
+        1,
+        "HEALTHCHECK --interval=1s --timeout=1s --retries=1 CMD false\nCMD [\"/bin/sh\",\"-c\",\"exec sleep 600\"]",
+    )
+    .await;
+    let well = build(
+        &rt,
+        &owner,
+        "well",
+        1,
+        "HEALTHCHECK --interval=1s --timeout=1s --retries=1 CMD true\nCMD [\"/bin/sh\",\"-c\",\"exec sleep 600\"]",
+    )
+    .await;
+    let plain = build(&rt, &owner, "plain", 1, "").await;
+    let mut events = rt.subscribe();
+    let sick = spec(&owner, "sick", &sick, "", free_port());
+    let well = spec(&owner, "well", &well, "", free_port());
+    let plain = spec(&owner, "plain", &plain, "exec sleep 600", free_port());
+    for s in [&sick, &well, &plain] {
+        rt.start(s.clone()).await.unwrap();
+    }
+    next_event(
+        &mut events,
+        |e| matches!(e, Event::Crashing { id, .. } if *id == sick.id),
+    )
+    .await;
+    assert_eq!(rt.health(&sick.id), Some("unhealthy"));
+    assert!(matches!(
+        rt.state(&sick.id),
+        Some(InstanceState::Crashing { last_exit, .. }) if last_exit == "unhealthy (HEALTHCHECK)"
+    ));
+    eventually("a healthy verdict", || async {
+        (rt.health(&well.id) == Some("healthy")).then_some(())
+    })
+    .await;
+    assert!(matches!(
+        rt.state(&well.id),
+        Some(InstanceState::Running { .. })
+    ));
+    assert_eq!(rt.health(&plain.id), None);
+    for s in [&sick, &well, &plain] {
+        rt.stop(&s.id, Duration::ZERO).await.unwrap();
+    }
 }
