@@ -1063,6 +1063,10 @@ impl Runtime for DockerRuntime {
                     ])),
                 }),
                 network_mode: Some(self.inner.network_name()),
+                // An init (docker-init, i.e. tini) as pid 1 passes SIGTERM on and reaps
+                // zombies: an app as pid 1 ignores SIGTERM and every stop would take the
+                // whole grace.
+                init: Some(true),
                 ..Default::default()
             }),
             ..Default::default()

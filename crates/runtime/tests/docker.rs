@@ -353,7 +353,10 @@ async fn an_instance_serves_on_localhost_with_env_logs_limits_and_stops() {
         cpu: Some(0.5),
     };
     let mut events = rt.subscribe();
+    let began = Instant::now();
     let info = rt.start(spec.clone()).await.unwrap();
+    eprintln!("start took {:?}", began.elapsed());
+    let served = Instant::now();
     let pid = info.pid.expect("a running container has a pid");
     assert!(info.pid_start.is_some());
     let started = next_event(&mut events, |e| matches!(e, Event::Started { .. })).await;
@@ -367,6 +370,7 @@ async fn an_instance_serves_on_localhost_with_env_logs_limits_and_stops() {
     );
 
     let body = wait_get(port).await;
+    eprintln!("first answer {:?} after start returned", served.elapsed());
     assert!(
         body.contains(&format!("hello hi there on {port}")),
         "{body}"
@@ -408,7 +412,9 @@ async fn an_instance_serves_on_localhost_with_env_logs_limits_and_stops() {
         rt.start(spec.clone()).await,
         Err(RuntimeError::AlreadyRunning(_))
     ));
+    let stopping = Instant::now();
     rt.stop(&spec.id, Duration::from_secs(2)).await.unwrap();
+    eprintln!("stop took {:?}", stopping.elapsed());
     assert!(inspect(&name).await.is_none(), "stop removes the container");
     assert_eq!(rt.state(&spec.id), None);
     next_event(&mut events, |e| {
