@@ -480,12 +480,17 @@ impl DockerRuntime {
             }
             Ok(built) => built,
         };
-        if let Err(e) = packed {
-            return Err(RuntimeError::Docker(format!(
-                "cannot send the build context {}: {e}",
-                context.display()
-            )));
-        }
+        let built = match packed {
+            Ok(()) => built,
+            // A broken pipe only means the daemon stopped reading: its own error says why.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe && built.is_err() => built,
+            Err(e) => {
+                return Err(RuntimeError::Docker(format!(
+                    "cannot send the build context {}: {e}",
+                    context.display()
+                )))
+            }
+        };
         match built? {
             Some(id) => Ok(id),
             None => docker
