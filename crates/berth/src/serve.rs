@@ -91,12 +91,33 @@ async fn run(
             .with_context(|| format!("cannot open the state store in {}", data.display()))?,
     );
     bootstrap_admin_token(&store, &data)?;
+    let owner = data.display().to_string();
+    let process = runtime::ProcessRuntime::new(runtime::ProcessOptions {
+        // Tags the apps' processes as this berth's, for the sweep after a crash.
+        owner: owner.clone(),
+        ..runtime::ProcessOptions::default()
+    });
+    let default_runtime = match cfg.server.runtime.as_str() {
+        "process" => build::manifest::RuntimeChoice::Process,
+        "docker" => build::manifest::RuntimeChoice::Docker,
+        _ => build::manifest::RuntimeChoice::Auto,
+    };
+    // Docker, unless the server says processes only; apps on processes never need it.
+    let docker = if default_runtime == build::manifest::RuntimeChoice::Process {
+        Err("[server] runtime = \"process\"".to_string())
+    } else {
+        runtime::DockerRuntime::connect(cfg.server.docker_socket.as_deref(), &owner)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    match &docker {
+        Ok(_) => {
+            tracing::info!("Docker daemon reachable: apps with a Dockerfile run in containers")
+        }
+        Err(e) => tracing::info!(reason = %e, "no Docker: apps run as processes"),
+    }
     let runtime: Arc<dyn runtime::Runtime> =
-        runtime::ProcessRuntime::new(runtime::ProcessOptions {
-            // Tags the apps' processes as this berth's, for the sweep after a crash.
-            owner: data.display().to_string(),
-            ..runtime::ProcessOptions::default()
-        });
+        runtime::MultiRuntime::new(process, docker.as_ref().ok().cloned());
     let engine = engine::Engine::start(
         engine::EngineConfig {
             data_dir: data.clone(),
@@ -107,6 +128,7 @@ async fn run(
             api_host: cfg.server.api_host.clone(),
             max_upload: cfg.server.max_upload.0,
             max_unpacked: MAX_UNPACKED,
+            default_runtime,
             build_concurrency: cfg
                 .server
                 .build_concurrency
@@ -115,6 +137,7 @@ async fn run(
         },
         store,
         runtime,
+        docker,
         proxy.clone(),
         cfg.route_specs(),
     )

@@ -16,18 +16,20 @@ pub(crate) async fn wait(
     host: &str,
     check: &HealthCheck,
     deadline: Instant,
-    mut alive: impl FnMut() -> Result<(), String>,
+    mut alive: impl FnMut() -> Result<bool, String>,
 ) -> Result<(), String> {
     let mut pause = Duration::from_millis(10);
     let mut last = String::from("no answer yet");
     loop {
-        alive()?;
+        // `Ok(false)`: the runtime's own verdict is not in yet (a HEALTHCHECK still starting).
+        let ready = alive()?;
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(format!("did not pass {} in time: {last}", what(check)));
         }
         match tokio::time::timeout(left.min(PROBE_TIMEOUT), probe(addr, host, check)).await {
-            Ok(Ok(())) => return Ok(()),
+            Ok(Ok(())) if ready => return Ok(()),
+            Ok(Ok(())) => last = "the image's HEALTHCHECK has not passed yet".into(),
             Ok(Err(e)) => last = e,
             Err(_) => last = "the probe timed out".into(),
         }
@@ -92,7 +94,7 @@ mod tests {
             path: "/health".into(),
         };
         let deadline = Instant::now() + Duration::from_secs(10);
-        wait(addr, "hello.example.test", &check, deadline, || Ok(()))
+        wait(addr, "hello.example.test", &check, deadline, || Ok(true))
             .await
             .unwrap();
         let head = heads.lock().unwrap()[0].clone();
@@ -100,7 +102,7 @@ mod tests {
         assert!(head.contains("\r\nHost: hello.example.test\r\n"), "{head}");
 
         // `wait` keeps its old signature and sends `localhost`.
-        wait(addr, "localhost", &check, deadline, || Ok(()))
+        wait(addr, "localhost", &check, deadline, || Ok(true))
             .await
             .unwrap();
         let head = heads.lock().unwrap()[1].clone();
@@ -112,7 +114,7 @@ mod tests {
         let (addr, _) = recorder(400).await;
         let check = HealthCheck::Http { path: "/".into() };
         let deadline = Instant::now() + Duration::from_millis(300);
-        let err = wait(addr, "a.test", &check, deadline, || Ok(()))
+        let err = wait(addr, "a.test", &check, deadline, || Ok(true))
             .await
             .unwrap_err();
         assert!(err.contains("answered 400"), "{err}");

@@ -55,6 +55,9 @@ pub struct EngineConfig {
     pub max_unpacked: u64,
     /// At most this many builds (test and build steps) run at once, across apps.
     pub build_concurrency: usize,
+    /// `[server] runtime`: what apps with `runtime = "auto"` (the default) get. `Auto`: Docker
+    /// for a source with a Dockerfile; `Process`: never Docker unless an app asks for it.
+    pub default_runtime: build::manifest::RuntimeChoice,
     /// Wait before the first retry of a notification (doubling after each; `notify.rs`).
     pub notify_backoff: std::time::Duration,
 }
@@ -105,6 +108,8 @@ pub struct Engine {
     pub cfg: EngineConfig,
     store: Arc<Store>,
     runtime: Arc<dyn Runtime>,
+    /// The Docker daemon (image builds, pruning), or why there is none (the socket tried).
+    docker: Result<Arc<runtime::DockerRuntime>, String>,
     proxy: Arc<Proxy>,
     /// Routes from the config file; app routes are added to these.
     base_routes: Mutex<Vec<RouteSpec>>,
@@ -134,6 +139,7 @@ impl Engine {
         cfg: EngineConfig,
         store: Arc<Store>,
         runtime: Arc<dyn Runtime>,
+        docker: Result<Arc<runtime::DockerRuntime>, String>,
         proxy: Arc<Proxy>,
         base_routes: Vec<RouteSpec>,
     ) -> Result<Arc<Engine>, EngineError> {
@@ -144,6 +150,7 @@ impl Engine {
             active: Mutex::new(HashMap::new()),
             store,
             runtime,
+            docker,
             proxy,
             base_routes: Mutex::new(base_routes),
             live: Mutex::new(HashMap::new()),
@@ -181,6 +188,42 @@ impl Engine {
     /// Where builds run: outside the data dir, which build users cannot enter (`sandbox.rs`).
     pub(crate) fn scratch_root(&self) -> PathBuf {
         sandbox::scratch_root(&self.cfg.data_dir)
+    }
+
+    /// The Docker daemon a release of `spec` runs on, `None` for processes, or why it cannot
+    /// run (a Dockerfile app whose daemon is unreachable, with no Procfile to fall back to).
+    pub(crate) fn docker_for(
+        &self,
+        spec: &AppSpec,
+    ) -> Result<Option<Arc<runtime::DockerRuntime>>, String> {
+        use build::manifest::RuntimeChoice;
+        let wanted = spec.image.is_some()
+            || match spec.runtime {
+                RuntimeChoice::Process => false,
+                RuntimeChoice::Docker => true,
+                RuntimeChoice::Auto => {
+                    spec.dockerfile && self.cfg.default_runtime != RuntimeChoice::Process
+                }
+            };
+        if !wanted {
+            return Ok(None);
+        }
+        match &self.docker {
+            Ok(d) => Ok(Some(d.clone())),
+            // A new build that could run as processes (a Procfile) does, as when there is no
+            // Docker on the machine at all.
+            Err(_)
+                if spec.image.is_none()
+                    && spec.runtime == RuntimeChoice::Auto
+                    && self.cfg.default_runtime == RuntimeChoice::Auto
+                    && spec.processes.values().all(|c| !c.is_empty()) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(format!(
+                "this app runs on Docker, which is not reachable: {e} (hint: start dockerd, or set runtime = \"process\" in berth.toml with a Procfile)"
+            )),
+        }
     }
 
     pub fn app_dir(&self, app: &str) -> PathBuf {

@@ -293,13 +293,16 @@ impl Engine {
         }
         if let (true, Some(docker)) = (build, &docker) {
             // The image: the release's source as the context, layers cached across releases.
-            let tag = self.image_tag(app, version);
+            let tag = docker.image_tag(app, u64::try_from(version).unwrap_or_default());
             step("image", &format!("Building image {tag} (Dockerfile)"))?;
             let labels = vec![
                 ("berth.app".to_string(), app.to_string()),
                 ("berth.release".to_string(), format!("v{version}")),
             ];
-            let timeout = spec.build.as_ref().map_or(IMAGE_TIMEOUT, |b| b.timeout.max(IMAGE_TIMEOUT));
+            let timeout = spec
+                .build
+                .as_ref()
+                .map_or(IMAGE_TIMEOUT, |b| b.timeout.max(IMAGE_TIMEOUT));
             let built = docker.build_image(&release.dir, &tag, &labels, &log.path, timeout);
             tokio::select! {
                 r = built => r.map_err(|e| Failure(format!("the image build failed: {e}")))?,
@@ -723,16 +726,26 @@ impl Engine {
             let rt = self.runtime.clone();
             let (id, addr, check) = (id.clone(), *addr, spec.health.check.clone());
             let host = format!("{app}.{}", self.cfg.domain);
+            let docker = self.docker.as_ref().ok().cloned();
             async move {
-                let r =
-                    crate::health::wait(addr, &host, &check, deadline, || match rt.state(&id) {
+                let r = crate::health::wait(addr, &host, &check, deadline, || {
+                    match rt.state(&id) {
                         Some(runtime::InstanceState::Crashing { last_exit, .. }) => {
-                            Err(format!("it keeps crashing ({last_exit})"))
+                            return Err(format!("it keeps crashing ({last_exit})"))
                         }
-                        Some(runtime::InstanceState::Stopped) | None => Err("it stopped".into()),
-                        _ => Ok(()),
-                    })
-                    .await;
+                        Some(runtime::InstanceState::Stopped) | None => {
+                            return Err("it stopped".into())
+                        }
+                        _ => {}
+                    }
+                    // A container's HEALTHCHECK counts along with berth's own check.
+                    match docker.as_ref().and_then(|d| d.health(&id)) {
+                        Some("unhealthy") => Err("the image's HEALTHCHECK says unhealthy".into()),
+                        Some("starting") => Ok(false),
+                        _ => Ok(true),
+                    }
+                })
+                .await;
                 (id, r)
             }
         });

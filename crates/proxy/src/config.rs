@@ -48,6 +48,12 @@ pub struct ServerConfig {
     pub api_host: Option<String>,
     /// At most this many builds at once, across apps; `None`: the number of cores.
     pub build_concurrency: Option<usize>,
+    /// What apps with `runtime = "auto"` get: `"auto"` (Docker for a source with a Dockerfile,
+    /// when a daemon answers), `"process"` (never Docker; no daemon is contacted) or `"docker"`.
+    pub runtime: String,
+    /// The Docker daemon's socket (default: `$DOCKER_HOST` if unix://, else
+    /// /var/run/docker.sock).
+    pub docker_socket: Option<PathBuf>,
 }
 
 /// `[server] api_host`: validated like a route's host, but exact (no wildcard).
@@ -75,6 +81,8 @@ impl Default for ServerConfig {
             max_upload: Size(512 << 20),
             api_host: None,
             build_concurrency: None,
+            runtime: "auto".into(),
+            docker_socket: None,
         }
     }
 }
@@ -449,6 +457,15 @@ impl FileConfig {
                 format!("route {}{}: {}", e.host, e.path, e.reason),
             ));
         }
+        if !matches!(cfg.server.runtime.as_str(), "auto" | "process" | "docker") {
+            return Err(at(
+                None,
+                format!(
+                    "server.runtime {:?} is not one of \"auto\", \"process\", \"docker\"",
+                    cfg.server.runtime
+                ),
+            ));
+        }
         if cfg.server.build_concurrency == Some(0) {
             return Err(at(
                 None,
@@ -475,6 +492,9 @@ impl FileConfig {
             }
         };
         join(&mut self.server.data_dir);
+        if let Some(p) = &mut self.server.docker_socket {
+            join(p);
+        }
         for c in &mut self.tls.certs {
             join(&mut c.cert);
             join(&mut c.key);

@@ -1112,12 +1112,16 @@ impl Runtime for DockerRuntime {
             .map_err(|e| docker_err(&format!("cannot inspect container for {}", spec.id), e))?;
         let pid = view.pid;
         let pid_start = pid.and_then(proc_start_time);
+        let mut track = Track::new(pid, view.restart_count);
+        // An image with a HEALTHCHECK is `starting` from the first look, not unknown until
+        // the tracker's next one.
+        track.health = view.health;
         let managed = Arc::new(Managed {
             id: spec.id.clone(),
             container: created.id.clone(),
             restart: spec.restart,
             log_file: spec.log_file.clone(),
-            track: Mutex::new(Track::new(pid, view.restart_count)),
+            track: Mutex::new(track),
             stopping: AtomicBool::new(false),
             follower: Mutex::new(None),
         });

@@ -1,0 +1,252 @@
+//! Issue 5: apps with a Dockerfile run in containers on a real `dockerd` (images built `FROM
+//! scratch` from Debian's busybox-static: there is no registry). Skipped, loudly, only when no
+//! daemon answers.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::apps::{api, app_get, cli, create_app, text, upload, wait_body, wait_deploy, T};
+use common::BIN;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use test_support::{eventually, write_file, Berth};
+
+/// Does a Docker daemon answer on the default socket?
+fn docker_available() -> bool {
+    let ok = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "5",
+            "--unix-socket",
+            "/var/run/docker.sock",
+            "http://d/_ping",
+        ])
+        .output()
+        .is_ok_and(|o| o.stdout == b"OK");
+    if !ok {
+        eprintln!(
+            "\n!!! SKIPPED: no Docker daemon answers at /var/run/docker.sock (start dockerd) !!!\n"
+        );
+    }
+    ok
+}
+
+/// A Dockerfile app: busybox's httpd serving `www/` (with `body` as its index) on `$PORT`.
+fn docker_app(dir: &Path, body: &str, extra_run: &str) {
+    std::fs::create_dir_all(dir.join("www")).unwrap();
+    std::fs::copy("/bin/busybox", dir.join("busybox")).unwrap();
+    std::fs::set_permissions(dir.join("busybox"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    write_file(&dir.join("www/index.html"), body.as_bytes());
+    write_file(
+        &dir.join("Dockerfile"),
+        format!(
+            "FROM scratch\n\
+             COPY busybox /bin/busybox\n\
+             RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+             {extra_run}\
+             COPY www /www\n\
+             CMD [\"/bin/sh\", \"-c\", \"echo container up on $PORT; exec httpd -f -v -p $PORT -h /www\"]\n"
+        )
+        .as_bytes(),
+    );
+}
+
+fn deploy_ok(b: &Berth, app: &str, dir: &Path) -> serde_json::Value {
+    let (st, v) = upload(b, app, dir);
+    assert_eq!(st, 202, "{v}");
+    let d = wait_deploy(b, app, v["id"].as_i64().unwrap());
+    let (_, log) = api(
+        b,
+        "GET",
+        &format!("/api/v1/apps/{app}/deploys/{}/log", d["id"]),
+        "",
+    );
+    assert_eq!(
+        d["status"],
+        "succeeded",
+        "{d}\n{}",
+        log.as_str().unwrap_or("")
+    );
+    d
+}
+
+#[test]
+fn a_dockerfile_app_runs_in_containers_and_redeploys_under_load_with_zero_errors() {
+    if !docker_available() {
+        return;
+    }
+    let mut b = Berth::start(BIN, "");
+    create_app(&b, "dock");
+    let src = b.path("dock-src");
+    docker_app(&src, "dock v1\n", "");
+    let d = deploy_ok(&b, "dock", &src);
+    assert_eq!(app_get(&b, "dock", "/"), (200, "dock v1\n".into()));
+    // The build log (Dockerfile steps) is in the deploy log; the container's output in `logs`.
+    let (_, log) = api(
+        &b,
+        "GET",
+        &format!("/api/v1/apps/dock/deploys/{}/log", d["id"]),
+        "",
+    );
+    let log = log.as_str().unwrap().to_string();
+    assert!(log.contains("COPY www /www"), "{log}");
+    eventually(T, "the container's output in berth logs", || {
+        let out = cli(&b, &["logs", "-a", "dock"]);
+        String::from_utf8_lossy(&out.stdout)
+            .contains("container up on")
+            .then_some(())
+    });
+
+    // Redeploys under load: every request answered 200 by some release.
+    let stop = AtomicBool::new(false);
+    let (ok, bad) = (AtomicU64::new(0), AtomicU64::new(0));
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let (st, body) = app_get(&b, "dock", "/");
+                    if st == 200 && body.starts_with("dock v") {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        bad.fetch_add(1, Ordering::Relaxed);
+                        eprintln!("bad answer: {st} {body:?}");
+                    }
+                }
+            });
+        }
+        for v in 2..=4 {
+            docker_app(&src, &format!("dock v{v}\n"), "");
+            deploy_ok(&b, "dock", &src);
+            wait_body(&b, "dock", &format!("dock v{v}"));
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    assert_eq!(bad.load(Ordering::Relaxed), 0);
+    assert!(ok.load(Ordering::Relaxed) > 20);
+
+    // A failing Dockerfile: the deploy fails with the build's error; v4 keeps serving.
+    docker_app(
+        &src,
+        "dock v5\n",
+        "RUN [\"/bin/sh\", \"-c\", \"echo boom; exit 7\"]\n",
+    );
+    let (_, v) = upload(&b, "dock", &src);
+    let d = wait_deploy(&b, "dock", v["id"].as_i64().unwrap());
+    assert_eq!(d["status"], "failed", "{d}");
+    assert!(
+        d["reason"].as_str().unwrap().contains("image build failed"),
+        "{d}"
+    );
+    assert_eq!(app_get(&b, "dock", "/"), (200, "dock v4\n".into()));
+
+    // kill -9 of berth: the container keeps serving, and the restart adopts it (no duplicate).
+    let before = containers("dock");
+    assert_eq!(before.len(), 1, "{before:?}");
+    b.crash_and_restart(BIN);
+    assert_eq!(app_get(&b, "dock", "/"), (200, "dock v4\n".into()));
+    assert_eq!(containers("dock"), before);
+
+    // A rollback runs the earlier image again, without a build.
+    let (st, v) = api(
+        &b,
+        "POST",
+        "/api/v1/apps/dock/rollback",
+        r#"{"version": 2}"#,
+    );
+    assert_eq!(st, 202, "{v}");
+    assert_eq!(
+        wait_deploy(&b, "dock", v["id"].as_i64().unwrap())["status"],
+        "succeeded"
+    );
+    wait_body(&b, "dock", "dock v2");
+
+    // Destroying the app removes its containers.
+    let (st, _) = api(&b, "DELETE", "/api/v1/apps/dock", "");
+    assert_eq!(st, 204);
+    eventually(T, "the containers to be removed", || {
+        containers("dock").is_empty().then_some(())
+    });
+}
+
+/// Ids of the running containers of berth's app `app` (by the instance label).
+fn containers(app: &str) -> Vec<String> {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "--unix-socket",
+            "/var/run/docker.sock",
+            "http://d/containers/json",
+        ])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut ids: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| {
+            c["Labels"]["berth.instance"]
+                .as_str()
+                .is_some_and(|i| i.starts_with(&format!("{app}.")))
+        })
+        .map(|c| c["Id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn an_unreachable_docker_daemon_fails_dockerfile_apps_with_the_socket_named() {
+    let b = Berth::start_with(BIN, "docker_socket = \"/nonexistent/docker.sock\"", &[], "");
+    create_app(&b, "nod");
+    let src = b.path("nod-src");
+    docker_app(&src, "x\n", "");
+    let (st, v) = upload(&b, "nod", &src);
+    assert_eq!(st, 202, "{v}");
+    let d = wait_deploy(&b, "nod", v["id"].as_i64().unwrap());
+    assert_eq!(d["status"], "failed", "{d}");
+    let reason = d["reason"].as_str().unwrap();
+    assert!(reason.contains("/nonexistent/docker.sock"), "{reason}");
+    // Apps on processes are unaffected.
+    create_app(&b, "plain");
+    let site = b.path("plain-src");
+    write_file(&site.join("index.html"), b"plain\n");
+    let (_, v) = upload(&b, "plain", &site);
+    assert_eq!(
+        wait_deploy(&b, "plain", v["id"].as_i64().unwrap())["status"],
+        "succeeded"
+    );
+    let out = cli(&b, &["apps"]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// The image's HEALTHCHECK counts with berth's own: a container it calls unhealthy fails the
+/// deploy (berth's HTTP check passes), is stopped, and the previous release keeps serving.
+#[test]
+fn a_container_whose_healthcheck_fails_is_stopped_and_reported() {
+    if !docker_available() {
+        return;
+    }
+    let b = Berth::start(BIN, "");
+    create_app(&b, "hc");
+    let src = b.path("hc-src");
+    docker_app(&src, "hc v1\n", "");
+    deploy_ok(&b, "hc", &src);
+    docker_app(
+        &src,
+        "hc v2\n",
+        "HEALTHCHECK --interval=1s --timeout=1s --retries=1 CMD [\"/bin/sh\", \"-c\", \"exit 1\"]\n",
+    );
+    let (_, v) = upload(&b, "hc", &src);
+    let d = wait_deploy(&b, "hc", v["id"].as_i64().unwrap());
+    assert_eq!(d["status"], "failed", "{d}");
+    assert!(d["reason"].as_str().unwrap().contains("HEALTHCHECK"), "{d}");
+    assert_eq!(app_get(&b, "hc", "/"), (200, "hc v1\n".into()));
+    assert_eq!(
+        containers("hc").len(),
+        1,
+        "the unhealthy container was removed"
+    );
+}
