@@ -279,6 +279,11 @@ impl Engine {
             self.release_port(port.ok().flatten());
         }
         self.store.destroy_app(name, actor)?;
+        if let Ok(docker) = &self.docker {
+            if let Err(e) = docker.prune_images(name, &[]).await {
+                tracing::warn!(app = name, error = %e, "cannot remove the app's images");
+            }
+        }
         let dir = self.app_dir(name);
         if dir.exists() {
             // Off the async threads: a tree of releases can be large.

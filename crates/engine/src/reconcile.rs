@@ -183,6 +183,33 @@ impl Engine {
         let existing = self.store.instances(app)?;
         let mut web = Vec::new();
         let mut first_error = None;
+        if spec.image.is_some() {
+            if let Err(e) = &self.docker {
+                // Containers outlive berth, and Docker restarts them: without the daemon they
+                // are left as they are and routed where they were.
+                for row in existing.iter().filter(|r| r.release_version == version) {
+                    if let (Some(p), "web") = (row.port, row.proc_type.as_str()) {
+                        self.reserve_port(p);
+                        web.push(SocketAddr::from(([127, 0, 0, 1], p)));
+                    }
+                }
+                lock(&self.live).insert(
+                    app.to_string(),
+                    Live {
+                        version,
+                        target: if web.is_empty() {
+                            Target::None
+                        } else {
+                            Target::Upstreams(web)
+                        },
+                        health_path,
+                    },
+                );
+                return Err(EngineError::Internal(format!(
+                    "{app} runs on Docker, which is not reachable ({e}): its containers are routed as they were, unsupervised"
+                )));
+            }
+        }
         for proc_type in spec.processes.keys() {
             let n = formation_of(&spec, &config.formation, proc_type);
             for index in 1..=n {

@@ -520,6 +520,7 @@ impl DockerRuntime {
             }))
             .await
             .map_err(|e| docker_err("cannot list images", e))?;
+        let ours = format!("{}/{}:", self.inner.prefix, app.to_ascii_lowercase());
         let mut removed = 0;
         for image in images {
             let tags: Vec<&String> = image
@@ -528,6 +529,11 @@ impl DockerRuntime {
                 .filter(|t| t.as_str() != "<none>:<none>")
                 .collect();
             if tags.iter().any(|t| keep.contains(t)) {
+                continue;
+            }
+            // Labels are inherited: an image built FROM ours, or ours tagged by someone else,
+            // is not ours to remove.
+            if tags.is_empty() || tags.iter().any(|t| !t.starts_with(&ours)) {
                 continue;
             }
             // By tag (an image with several tags cannot be removed by id without force),
@@ -667,14 +673,29 @@ impl Inner {
             "label".to_string(),
             vec![format!("{OWNER_LABEL}={}", self.owner)],
         )]);
-        self.docker
+        let listed = self
+            .docker
             .list_containers(Some(ListContainersOptions {
                 all,
                 filters: Some(filters),
                 ..Default::default()
             }))
             .await
-            .map_err(|e| docker_err("cannot list containers", e))
+            .map_err(|e| docker_err("cannot list containers", e))?;
+        // Labels are inherited: a container someone ran from one of our images carries our
+        // owner label too. Ours also have an instance label and our name prefix.
+        let ours = format!("/{}-", self.prefix);
+        Ok(listed
+            .into_iter()
+            .filter(|c| {
+                c.labels
+                    .as_ref()
+                    .is_some_and(|l| l.contains_key(INSTANCE_LABEL))
+                    && c.names
+                        .as_ref()
+                        .is_some_and(|n| n.iter().any(|n| n.starts_with(&ours)))
+            })
+            .collect())
     }
 
     /// Creates the bridge network once (or finds it from an earlier run).
@@ -761,6 +782,9 @@ impl Inner {
                     name,
                     Some(RemoveContainerOptions {
                         force: true,
+                        // Anonymous volumes (a Dockerfile's VOLUME) go with the container;
+                        // named ones stay.
+                        v: true,
                         ..Default::default()
                     }),
                 )

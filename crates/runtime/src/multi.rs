@@ -157,10 +157,18 @@ impl Runtime for MultiRuntime {
     ) -> Result<(), RuntimeError> {
         // A container's init process is a process on this host too: ask Docker first, so
         // it is stopped (and removed) as a container, not signalled behind Docker's back.
-        if let Some(docker) = &self.docker {
-            if docker.kill_orphan_container(pid, pid_start, grace).await? {
+        match &self.docker {
+            Some(docker) if docker.kill_orphan_container(pid, pid_start, grace).await? => {
                 return Ok(());
             }
+            Some(_) => {}
+            // No daemon to ask: a container's process is left alone rather than signalled
+            // behind Docker's back (its restart policy would bring it back unmanaged anyway).
+            None if in_a_container(pid) => {
+                tracing::warn!(pid, "not stopping a container's process without Docker");
+                return Ok(());
+            }
+            None => {}
         }
         self.process.kill_orphan(pid, pid_start, grace).await
     }
@@ -195,4 +203,10 @@ impl Runtime for MultiRuntime {
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Does `pid` run in a Docker (containerd) container? Its cgroup path says so.
+fn in_a_container(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .is_ok_and(|c| c.contains("docker") || c.contains("containerd"))
 }
