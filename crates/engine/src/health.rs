@@ -29,7 +29,12 @@ pub(crate) async fn wait(
         }
         match tokio::time::timeout(left.min(PROBE_TIMEOUT), probe(addr, host, check)).await {
             Ok(Ok(())) if ready => return Ok(()),
-            Ok(Ok(())) => last = "the image's HEALTHCHECK has not passed yet".into(),
+            Ok(Ok(())) => {
+                last = "the image's HEALTHCHECK has not passed yet (hint: Docker runs it first \
+                        after its --interval, 30s by default: set a shorter --interval, or a \
+                        longer [health] timeout in berth.toml)"
+                    .into()
+            }
             Ok(Err(e)) => last = e,
             Err(_) => last = "the probe timed out".into(),
         }

@@ -313,6 +313,11 @@ impl Engine {
                 .set_release_dir_spec(app, version, &release.dir, &spec.to_json())
                 .map_err(EngineError::from)?;
         }
+        if let (Some(_), Some(_)) = (&spec.image, &spec.release_command) {
+            return Err(Failure(
+                "a Docker app's release: command would run on the host, not in its image (hint: run it from the image's entrypoint, or remove the release: line)".into(),
+            ));
+        }
         if spec.image.is_some() && docker.is_none() {
             return Err(Failure(
                 "this release runs in containers and no Docker daemon is reachable".into(),
