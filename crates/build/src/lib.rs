@@ -10,5 +10,5 @@ pub mod manifest;
 pub use bundle::{pack, unpack, BundleError, PackStats, UnpackStats};
 pub use manifest::{
     AppKind, AppSpec, BuildSpec, EnvDecl, HealthCheck, HealthSpec, Limits, ManifestError,
-    RuntimeChoice,
+    DockerBuild, RuntimeChoice, ServiceHealth, ServiceSpec,
 };

@@ -102,6 +102,53 @@ pub struct AppSpec {
     /// in containers; `None`: processes.
     #[serde(default)]
     pub image: Option<String>,
+    /// Where the image is built from: the Dockerfile's directory and file, relative to the
+    /// source (`.` and `Dockerfile` unless a compose file says otherwise).
+    #[serde(default)]
+    pub docker_build: Option<DockerBuild>,
+    /// Accessory services (a database, a cache): containers that live across releases, with
+    /// named volumes (`[services.<name>]` in berth.toml, or a compose file's other services).
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceSpec>,
+    /// Env vars set in the app from its services, as templates: `{db.host}`, `{db.port}`
+    /// (e.g. `DATABASE_URL = "postgres://u:p@{db.host}:{db.port}/app"`).
+    #[serde(default)]
+    pub service_env: BTreeMap<String, String>,
+}
+
+/// `docker build` of the app: `context` (a directory of the source) with `dockerfile` in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DockerBuild {
+    pub context: PathBuf,
+    pub dockerfile: String,
+}
+
+/// One accessory service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ServiceSpec {
+    /// A local image (there may be no registry), or
+    pub image: Option<String>,
+    /// a directory of the source with a Dockerfile (relative), built like the app.
+    pub build: Option<DockerBuild>,
+    pub env: BTreeMap<String, String>,
+    /// `(volume name, path in the container)`: named volumes, kept across deploys and restarts.
+    pub volumes: Vec<(String, String)>,
+    /// The port it listens on (what `{name.port}` gives the app).
+    pub port: Option<u16>,
+    /// A command run in the container (exec form) that exits 0 when the service is ready.
+    pub healthcheck: Option<ServiceHealth>,
+    /// Services started (and ready) before this one.
+    pub depends_on: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceHealth {
+    pub test: Vec<String>,
+    #[serde(with = "millis")]
+    pub interval: Duration,
+    #[serde(with = "millis")]
+    pub timeout: Duration,
+    pub retries: u32,
 }
 
 /// `[build]` (or `[test]`): a command run in the source dir before the processes start.
@@ -396,6 +443,9 @@ fn assemble(
         runtime,
         dockerfile,
         image: None,
+        docker_build: None,
+        services: BTreeMap::new(),
+        service_env: BTreeMap::new(),
     })
 }
 

@@ -44,6 +44,9 @@ fn procfile_only_gets_defaults() {
             runtime: RuntimeChoice::Auto,
             dockerfile: false,
             image: None,
+            docker_build: None,
+            services: BTreeMap::new(),
+            service_env: BTreeMap::new(),
             health: HealthSpec {
                 check: HealthCheck::Http { path: "/".into() },
                 timeout: DEFAULT_HEALTH_TIMEOUT,
