@@ -9,6 +9,6 @@ pub mod manifest;
 
 pub use bundle::{pack, unpack, BundleError, PackStats, UnpackStats};
 pub use manifest::{
-    AppKind, AppSpec, BuildSpec, EnvDecl, HealthCheck, HealthSpec, Limits, ManifestError,
-    DockerBuild, RuntimeChoice, ServiceHealth, ServiceSpec,
+    AppKind, AppSpec, BuildSpec, DockerBuild, EnvDecl, HealthCheck, HealthSpec, Limits,
+    ManifestError, RuntimeChoice, ServiceHealth, ServiceSpec,
 };

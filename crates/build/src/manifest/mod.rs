@@ -12,6 +12,7 @@
 
 mod app_json;
 mod berth_toml;
+mod compose;
 mod procfile;
 mod values;
 
@@ -114,6 +115,10 @@ pub struct AppSpec {
     /// (e.g. `DATABASE_URL = "postgres://u:p@{db.host}:{db.port}/app"`).
     #[serde(default)]
     pub service_env: BTreeMap<String, String>,
+    /// The port the app's container listens on (a compose file's `ports`), else its single
+    /// `EXPOSE`, else `$PORT`.
+    #[serde(default)]
+    pub container_port: Option<u16>,
 }
 
 /// `docker build` of the app: `context` (a directory of the source) with `dockerfile` in it.
@@ -277,7 +282,59 @@ pub fn load(dir: &Path) -> Result<AppSpec, ManifestError> {
         Some(text) => berth_toml::parse(&text)?,
         None => berth_toml::TomlSettings::default(),
     };
-    assemble(dir, procfile, app, toml)
+    let compose = match compose::FILES.iter().find(|f| dir.join(f).is_file()) {
+        Some(file) => match read_optional(dir, file)? {
+            Some(text) => Some(compose::parse(file, &text, dir)?),
+            None => None,
+        },
+        None => None,
+    };
+    let Some(compose) = compose else {
+        return assemble(dir, procfile, app, toml);
+    };
+    if !procfile.is_empty() || !toml.processes.is_empty() {
+        return Err(ManifestError::at(
+            "Procfile",
+            None,
+            None,
+            "both a compose file and a Procfile (or [processes]) say what runs: keep one",
+        ));
+    }
+    if toml.runtime == Some(RuntimeChoice::Process) {
+        return Err(ManifestError::at(
+            "berth.toml",
+            None,
+            None,
+            "runtime = \"process\", but a compose file runs containers",
+        ));
+    }
+    let mut toml = toml;
+    toml.runtime = Some(RuntimeChoice::Docker);
+    // The web service's command is its image's own.
+    let web = vec![procfile::ProcLine {
+        name: WEB.to_string(),
+        command: String::new(),
+        line: 0,
+    }];
+    let mut spec = assemble_with(dir, web, app, toml, true)?;
+    spec.dockerfile = compose.build.is_some();
+    spec.docker_build = compose.build;
+    spec.image = compose.image;
+    spec.container_port = compose.container_port;
+    spec.services = compose.services;
+    for (key, value) in compose.env {
+        if !spec.env.iter().any(|d| d.key == key) {
+            spec.env.push(EnvDecl {
+                key,
+                default: Some(value),
+                generator_secret: false,
+                required: false,
+                description: None,
+            });
+        }
+    }
+    spec.env.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(spec)
 }
 
 /// The file's text, or `None` if it does not exist.
@@ -305,6 +362,17 @@ fn assemble(
     procfile: Vec<procfile::ProcLine>,
     app: app_json::AppJsonSettings,
     toml: berth_toml::TomlSettings,
+) -> Result<AppSpec, ManifestError> {
+    assemble_with(dir, procfile, app, toml, false)
+}
+
+/// `compose`: the app comes from a compose file (its image, not a Dockerfile at the top).
+fn assemble_with(
+    dir: &Path,
+    procfile: Vec<procfile::ProcLine>,
+    app: app_json::AppJsonSettings,
+    toml: berth_toml::TomlSettings,
+    compose: bool,
 ) -> Result<AppSpec, ManifestError> {
     let toml_err =
         |line: usize, reason: String| ManifestError::at("berth.toml", Some(line), None, reason);
@@ -340,7 +408,7 @@ fn assemble(
     // A Dockerfile app runs the image's own command as `web` unless a Procfile says otherwise.
     let runtime = toml.runtime.unwrap_or_default();
     let dockerfile = dir.join("Dockerfile").is_file();
-    if runtime == RuntimeChoice::Docker && !dockerfile {
+    if runtime == RuntimeChoice::Docker && !dockerfile && !compose {
         return Err(ManifestError::at(
             "berth.toml",
             None,
@@ -446,6 +514,7 @@ fn assemble(
         docker_build: None,
         services: BTreeMap::new(),
         service_env: BTreeMap::new(),
+        container_port: None,
     })
 }
 

@@ -47,6 +47,7 @@ fn procfile_only_gets_defaults() {
             docker_build: None,
             services: BTreeMap::new(),
             service_env: BTreeMap::new(),
+            container_port: None,
             health: HealthSpec {
                 check: HealthCheck::Http { path: "/".into() },
                 timeout: DEFAULT_HEALTH_TIMEOUT,
