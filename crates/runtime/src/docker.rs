@@ -37,6 +37,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 
+mod services;
+
+pub use services::{ServiceInfo, ServiceRun};
+
 use crate::procfs::{proc_start_time, start_time_to_system};
 use crate::{
     check_id, logs, Event, InstanceInfo, InstanceSpec, InstanceState, Runtime, RuntimeError,
@@ -47,6 +51,15 @@ use crate::{
 const OWNER_LABEL: &str = "berth.owner";
 /// The label naming the instance id on a container.
 const INSTANCE_LABEL: &str = "berth.instance";
+/// The label naming the app on networks, services and volumes (and on images, set by the
+/// engine).
+const APP_LABEL: &str = "berth.app";
+/// The label naming the service on a service container.
+const SERVICE_LABEL: &str = "berth.service";
+/// The label holding the hash of a service container's definition.
+const SERVICE_HASH_LABEL: &str = "berth.service-hash";
+/// How long a service gets to stop (a database flushing its data) before SIGKILL.
+const SERVICE_STOP_GRACE: Duration = Duration::from_secs(10);
 /// How long `connect` waits for the daemon to answer.
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
 /// Timeout of one API request (a stop gets its grace on top).
@@ -81,8 +94,10 @@ struct Inner {
     prefix: String,
     instances: Mutex<HashMap<String, Arc<Managed>>>,
     events: broadcast::Sender<Event>,
-    /// Set once the bridge network exists; a tokio lock so concurrent starts create it once.
-    network_ready: tokio::sync::Mutex<bool>,
+    /// The app networks known to exist; a tokio lock so concurrent starts create each once.
+    networks_ready: tokio::sync::Mutex<HashSet<String>>,
+    /// Log followers of service containers, by container name.
+    services: Mutex<HashMap<String, Arc<Managed>>>,
     rotate_lock: Mutex<()>,
 }
 
@@ -359,7 +374,8 @@ impl DockerRuntime {
             prefix: format!("berth-{:08x}", fnv1a(owner) >> 32),
             instances: Mutex::new(HashMap::new()),
             events: broadcast::channel(1024).0,
-            network_ready: tokio::sync::Mutex::new(false),
+            networks_ready: tokio::sync::Mutex::new(HashSet::new()),
+            services: Mutex::new(HashMap::new()),
             rotate_lock: Mutex::new(()),
         });
         let tracker = tokio::spawn(track(inner.clone()));
@@ -388,9 +404,27 @@ impl DockerRuntime {
         self.inner.managed(id).and_then(|m| lock(&m.track).health)
     }
 
-    /// The name of the bridge network the containers join.
-    pub fn network_name(&self) -> String {
-        self.inner.network_name()
+    /// The name of the app's bridge network (`<prefix>-app-<app>`): its instances and services
+    /// join it, and only they do, so apps never reach each other's containers directly.
+    pub fn app_network(&self, app: &str) -> String {
+        self.inner.app_network(app)
+    }
+
+    /// Removes the app's network, once its containers and services are gone (a network still
+    /// in use, or already gone, is left as it is).
+    pub async fn remove_app_network(&self, app: &str) -> Result<(), RuntimeError> {
+        let name = self.inner.app_network(app);
+        let mut ready = self.inner.networks_ready.lock().await;
+        ready.remove(&name);
+        match self.inner.docker.remove_network(&name).await {
+            Ok(()) => Ok(()),
+            // 403/409: still has endpoints; 404: gone.
+            Err(e) if matches!(status_of(&e), Some(403 | 404 | 409)) => {
+                tracing::debug!(network = %name, "network not removed: {}", one_line(&e.to_string()));
+                Ok(())
+            }
+            Err(e) => Err(docker_err(&format!("cannot remove network {name}"), e)),
+        }
     }
 
     /// `docker build` of `context` (streamed as a tar), tagged `tag`, labelled with `labels`
@@ -625,7 +659,9 @@ impl DockerRuntime {
 impl Drop for DockerRuntime {
     fn drop(&mut self) {
         self.tracker.abort();
-        for m in lock(&self.inner.instances).values() {
+        let instances = lock(&self.inner.instances);
+        let services = lock(&self.inner.services);
+        for m in instances.values().chain(services.values()) {
             if let Some(task) = lock(&m.follower).take() {
                 task.abort();
             }
@@ -644,8 +680,8 @@ impl Managed {
 }
 
 impl Inner {
-    fn network_name(&self) -> String {
-        format!("{}-net", self.prefix)
+    fn app_network(&self, app: &str) -> String {
+        format!("{}-app-{}", self.prefix, sanitize(app))
     }
 
     fn container_name(&self, id: &str) -> String {
@@ -698,13 +734,14 @@ impl Inner {
             .collect())
     }
 
-    /// Creates the bridge network once (or finds it from an earlier run).
-    async fn ensure_network(&self) -> Result<(), RuntimeError> {
-        let mut ready = self.network_ready.lock().await;
-        if *ready {
-            return Ok(());
+    /// Creates the app's bridge network once (or finds it from an earlier run); returns its
+    /// name.
+    async fn ensure_network(&self, app: &str) -> Result<String, RuntimeError> {
+        let name = self.app_network(app);
+        let mut ready = self.networks_ready.lock().await;
+        if ready.contains(&name) {
+            return Ok(name);
         }
-        let name = self.network_name();
         let filters = HashMap::from([("name".to_string(), vec![name.clone()])]);
         let existing = self
             .docker
@@ -720,22 +757,58 @@ impl Inner {
                 .create_network(NetworkCreateRequest {
                     name: name.clone(),
                     driver: Some("bridge".to_string()),
-                    labels: Some(HashMap::from([(
-                        OWNER_LABEL.to_string(),
-                        self.owner.clone(),
-                    )])),
+                    labels: Some(HashMap::from([
+                        (OWNER_LABEL.to_string(), self.owner.clone()),
+                        (APP_LABEL.to_string(), app.to_string()),
+                    ])),
                     ..Default::default()
                 })
                 .await;
             match created {
-                Ok(_) => tracing::info!(network = %name, "created the container network"),
+                Ok(_) => tracing::info!(network = %name, "created the app's container network"),
                 // Created meanwhile by someone else (another process on the same owner).
                 Err(e) if status_of(&e) == Some(409) => {}
                 Err(e) => return Err(docker_err(&format!("cannot create network {name}"), e)),
             }
         }
-        *ready = true;
-        Ok(())
+        ready.insert(name.clone());
+        Ok(name)
+    }
+
+    /// Creates container `name` from `body` (which names `network`); a network removed from
+    /// outside meanwhile is created again.
+    async fn create_on_network(
+        &self,
+        name: &str,
+        mut body: ContainerCreateBody,
+        app: &str,
+        network: &str,
+    ) -> Result<bollard::models::ContainerCreateResponse, DockerError> {
+        let options = || {
+            Some(CreateContainerOptions {
+                name: Some(name.to_string()),
+                ..Default::default()
+            })
+        };
+        match self.docker.create_container(options(), body.clone()).await {
+            Err(e) if status_of(&e) == Some(404) && e.to_string().contains(network) => {
+                self.forget_network(network).await;
+                let again = match self.ensure_network(app).await {
+                    Ok(again) => again,
+                    Err(_) => return Err(e),
+                };
+                if let Some(host) = body.host_config.as_mut() {
+                    host.network_mode = Some(again);
+                }
+                self.docker.create_container(options(), body).await
+            }
+            created => created,
+        }
+    }
+
+    /// Forgets that `network` exists (it was removed from outside): the next use creates it.
+    async fn forget_network(&self, network: &str) {
+        self.networks_ready.lock().await.remove(network);
     }
 
     /// `docker stop -t <grace>` then `docker rm -f`; returns once the container is gone.
@@ -1007,7 +1080,7 @@ impl Runtime for DockerRuntime {
             return Err(RuntimeError::AlreadyRunning(spec.id));
         }
         let docker = &self.inner.docker;
-        self.inner.ensure_network().await?;
+        let network = self.inner.ensure_network(app_of(&spec.id)).await?;
         let inspected = docker
             .inspect_image(&image)
             .await
@@ -1023,19 +1096,24 @@ impl Runtime for DockerRuntime {
             .rev()
             .find(|(k, _)| k == "PORT")
             .and_then(|(_, v)| v.parse::<u16>().ok());
-        // The image's single EXPOSEd port wins: the app inside listens there.
-        let exposed_port = match exposed.as_slice() {
+        // The spec's container port, else the image's single EXPOSEd port: the app inside
+        // listens there.
+        let exposed_port = spec.container_port.or(match exposed.as_slice() {
             [one] => one.strip_suffix("/tcp").and_then(|p| p.parse::<u16>().ok()),
             _ => None,
-        };
+        });
         let container_port = exposed_port.or(host_port);
+        // The app inside learns the port it listens on from PORT.
+        let port_env = spec
+            .container_port
+            .or(exposed_port.filter(|_| host_port.is_some()));
         let mut env: Vec<String> = spec
             .env
             .iter()
-            .filter(|(k, _)| !(k == "PORT" && exposed_port.is_some() && host_port.is_some()))
+            .filter(|(k, _)| !(k == "PORT" && port_env.is_some()))
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        if let (Some(port), Some(_)) = (exposed_port, host_port) {
+        if let Some(port) = port_env {
             env.push(format!("PORT={port}"));
         }
         let mut exposed_ports = HashMap::new();
@@ -1091,7 +1169,7 @@ impl Runtime for DockerRuntime {
                         ("max-file".to_string(), "2".to_string()),
                     ])),
                 }),
-                network_mode: Some(self.inner.network_name()),
+                network_mode: Some(network.clone()),
                 // An init (docker-init, i.e. tini) as pid 1 passes SIGTERM on and reaps
                 // zombies: an app as pid 1 ignores SIGTERM and every stop would take the
                 // whole grace.
@@ -1100,14 +1178,9 @@ impl Runtime for DockerRuntime {
             }),
             ..Default::default()
         };
-        let created = docker
-            .create_container(
-                Some(CreateContainerOptions {
-                    name: Some(name.clone()),
-                    ..Default::default()
-                }),
-                body,
-            )
+        let created = self
+            .inner
+            .create_on_network(&name, body, app_of(&spec.id), &network)
             .await
             .map_err(|e| docker_err(&format!("cannot create container for {}", spec.id), e))?;
         if let Err(e) = docker
@@ -1323,6 +1396,11 @@ impl Runtime for DockerRuntime {
     fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.inner.events.subscribe()
     }
+}
+
+/// The app of an instance id (`<app>.v<N>.<type>.<i>`): the part before the first `.`.
+fn app_of(id: &str) -> &str {
+    id.split('.').next().unwrap_or(id)
 }
 
 /// `$DOCKER_HOST` when it names a unix socket, else Docker's default socket.

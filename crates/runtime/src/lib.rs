@@ -26,7 +26,7 @@ mod procfs;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-pub use docker::DockerRuntime;
+pub use docker::{DockerRuntime, ServiceInfo, ServiceRun};
 pub use multi::MultiRuntime;
 pub use process::{ProcessOptions, ProcessRuntime};
 pub use procfs::proc_start_time;
@@ -65,6 +65,10 @@ pub struct InstanceSpec {
     /// then means the image's own CMD/ENTRYPOINT, anything else runs with `/bin/sh -c`;
     /// `dir` is ignored. `None`: a process on this host.
     pub image: Option<String>,
+    /// Containers only: the port the app listens on inside the container. `Some(p)`: the host
+    /// port (`PORT` in `env`) is published to `p` and the container's `PORT` is `p`. `None`: the
+    /// image's single `EXPOSE`d port, else `PORT` itself.
+    pub container_port: Option<u16>,
 }
 
 /// A one-off command: a build step, the `release:` command, postdeploy.

@@ -13,11 +13,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use berth_runtime::{
-    DockerRuntime, Event, InstanceSpec, InstanceState, Limits, Runtime, RuntimeError,
+    DockerRuntime, Event, InstanceSpec, InstanceState, Limits, Runtime, RuntimeError, ServiceRun,
 };
 use bollard::query_parameters::{
-    InspectContainerOptions, ListContainersOptions, ListImagesOptions, ListNetworksOptions,
-    RemoveContainerOptions, RemoveImageOptions,
+    InspectContainerOptions, InspectNetworkOptions, ListContainersOptions, ListImagesOptions,
+    ListNetworksOptions, ListVolumesOptions, RemoveContainerOptions, RemoveImageOptions,
+    RemoveVolumeOptions,
 };
 use bollard::Docker;
 use tokio::sync::broadcast;
@@ -152,6 +153,19 @@ async fn remove_everything_of(owner: &str) {
             .remove_network(n.id.as_deref().unwrap_or_default())
             .await;
     }
+    let volumes = docker
+        .list_volumes(Some(ListVolumesOptions {
+            filters: Some(owner_filter(owner)),
+        }))
+        .await
+        .ok()
+        .and_then(|v| v.volumes)
+        .unwrap_or_default();
+    for v in volumes {
+        let _ = docker
+            .remove_volume(&v.name, None::<RemoveVolumeOptions>)
+            .await;
+    }
 }
 
 /// The runtime for `owner`, or `None` (loudly) when this machine has no daemon at all.
@@ -220,6 +234,7 @@ fn spec(owner: &Owner, name: &str, image: &str, command: &str, port: u16) -> Ins
         limits: Limits::default(),
         restart: true,
         image: Some(image.to_string()),
+        container_port: None,
     }
 }
 
@@ -715,4 +730,284 @@ async fn the_images_healthcheck_counts() {
     for s in [&sick, &well, &plain] {
         rt.stop(&s.id, Duration::ZERO).await.unwrap();
     }
+}
+
+/// A service image: appends a fresh line to /data/log at each start, then serves the file to
+/// every connection on 6379. With `FAIL=1` it exits at once (code 3).
+const SERVICE_CMD: &str = "CMD [\"/bin/sh\",\"-c\",\"[ ${FAIL:-0} = 1 ] && { echo failing; exit 3; }; mkdir -p /data; cat /proc/sys/kernel/random/uuid >> /data/log; echo started $(wc -l < /data/log); exec nc -ll -p 6379 -e cat /data/log\"]";
+
+fn service(owner: &Owner, app: &str, name: &str, image: &str) -> ServiceRun {
+    ServiceRun {
+        app: app.to_string(),
+        name: name.to_string(),
+        image: image.to_string(),
+        env: vec![("V".into(), "1".into())],
+        volumes: vec![("data".into(), "/data".into())],
+        port: Some(6379),
+        healthcheck: None,
+        limits: Limits::default(),
+        log_file: owner.path().join(format!("svc-{app}-{name}.log")),
+    }
+}
+
+/// Everything 127.0.0.1:port sends before closing, if it sent anything.
+fn read_port(port: u16) -> Option<String> {
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let mut out = String::new();
+    conn.read_to_string(&mut out).ok()?;
+    (!out.is_empty()).then_some(out)
+}
+
+/// The lines the service serves through its published port, once it serves `n` of them.
+async fn served_lines(port: u16, n: usize) -> Vec<String> {
+    eventually("the service's lines on its host port", || async move {
+        let text = tokio::task::spawn_blocking(move || read_port(port))
+            .await
+            .unwrap()?;
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        (lines.len() >= n).then_some(lines)
+    })
+    .await
+}
+
+async fn log_containing(path: &Path, needle: &str) -> String {
+    eventually(&format!("{needle:?} in {}", path.display()), || async {
+        fs::read_to_string(path).ok().filter(|t| t.contains(needle))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_service_keeps_its_data_and_is_reached_only_from_its_own_app() {
+    let owner = Owner::new();
+    let Some(rt) = connect(&owner).await else {
+        return;
+    };
+    let image = build(&rt, &owner, "shop", 1, SERVICE_CMD).await;
+    let ready = Duration::from_secs(30);
+    let mut db = service(&owner, "shop", "db", &image);
+    let first = rt.ensure_service(&db, ready).await.unwrap();
+    assert_eq!(first.name, "db");
+    assert_eq!(first.state, "running");
+    assert_eq!(first.health, None);
+    let host_port = first.host_port.expect("published on the host");
+    let lines = served_lines(host_port, 1).await;
+    let line = lines[0].clone();
+    log_containing(&db.log_file, "started 1").await;
+
+    let name = format!("{}-svc-shop-db", rt.prefix());
+    let c = inspect(&name).await.unwrap();
+    assert_eq!(c.id.as_deref(), Some(first.container.as_str()));
+    let labels = c.config.unwrap().labels.unwrap();
+    assert_eq!(labels["berth.owner"], owner.name());
+    assert_eq!(labels["berth.app"], "shop");
+    assert_eq!(labels["berth.service"], "db");
+    assert!(labels.contains_key("berth.service-hash"));
+    assert!(!labels.contains_key("berth.instance"));
+    let host = c.host_config.unwrap();
+    assert_eq!(
+        host.restart_policy.unwrap().name,
+        Some(bollard::models::RestartPolicyNameEnum::UNLESS_STOPPED)
+    );
+    let ports = c.network_settings.as_ref().unwrap().ports.clone().unwrap();
+    let bound: Vec<_> = ports.values().flatten().flatten().collect();
+    assert_eq!(bound.len(), 1, "{ports:?}");
+    assert_eq!(bound[0].host_ip.as_deref(), Some("127.0.0.1"));
+    let networks = c.network_settings.unwrap().networks.unwrap();
+    let shop_net = rt.app_network("shop");
+    assert_eq!(networks.keys().collect::<Vec<_>>(), vec![&shop_net]);
+    let service_ip = networks[&shop_net].ip_address.clone().unwrap();
+    assert!(networks[&shop_net]
+        .aliases
+        .as_ref()
+        .unwrap()
+        .contains(&"db".to_string()));
+
+    // The same definition: the same container, not restarted.
+    let again = rt.ensure_service(&db, ready).await.unwrap();
+    assert_eq!(again.container, first.container);
+    assert_eq!(served_lines(host_port, 1).await, vec![line.clone()]);
+    // Services are not instances: a sweep leaves them alone.
+    assert_eq!(rt.sweep(Duration::from_secs(1)).await.unwrap(), 0);
+    assert!(inspect(&name).await.is_some());
+
+    // A changed definition: a new container on the same volume.
+    db.env = vec![("V".into(), "2".into())];
+    let changed = rt.ensure_service(&db, ready).await.unwrap();
+    assert_ne!(changed.container, first.container);
+    assert!(
+        inspect(&first.container).await.is_none(),
+        "the old one is gone"
+    );
+    let port2 = changed.host_port.unwrap();
+    let lines = served_lines(port2, 2).await;
+    assert_eq!(lines[0], line, "the volume kept the first run's line");
+    assert_ne!(lines[1], line);
+    log_containing(&db.log_file, "started 2").await;
+
+    // An instance of the app reaches it by its alias ...
+    let mine = InstanceSpec {
+        id: "shop.v1.web.1".into(),
+        command: "until nc db 6379; do sleep 0.2; done; echo REACHED; exec sleep 600".into(),
+        ..spec(&owner, "shop", &image, "", free_port())
+    };
+    // ... another app's instance neither by name nor by address.
+    let theirs = InstanceSpec {
+        id: "other.v1.web.1".into(),
+        command: format!(
+            "nc -w 2 db 6379 || echo NO-NAME; nc -w 2 {service_ip} 6379 || echo NO-ROUTE; \
+             echo DONE; exec sleep 600"
+        ),
+        log_file: owner.path().join("other.log"),
+        ..spec(&owner, "other", &image, "", free_port())
+    };
+    rt.start(mine.clone()).await.unwrap();
+    rt.start(theirs.clone()).await.unwrap();
+    let out = log_containing(&mine.log_file, "REACHED").await;
+    assert!(out.contains(&line), "{out}");
+    let out = log_containing(&theirs.log_file, "DONE").await;
+    assert!(out.contains("NO-NAME") && out.contains("NO-ROUTE"), "{out}");
+    assert!(!out.contains(&line), "{out}");
+    let other_c = inspect(&container_name(&rt, &theirs.id)).await.unwrap();
+    let other_nets = other_c.network_settings.unwrap().networks.unwrap();
+    assert_eq!(
+        other_nets.keys().collect::<Vec<_>>(),
+        vec![&rt.app_network("other")]
+    );
+
+    let listed = rt.services("shop").await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].container, changed.container);
+    assert_eq!(listed[0].host_port, Some(port2));
+    assert!(rt.services("other").await.unwrap().is_empty());
+
+    // The app is destroyed: instances, services, volumes, network.
+    rt.stop(&mine.id, Duration::ZERO).await.unwrap();
+    rt.stop(&theirs.id, Duration::ZERO).await.unwrap();
+    let volume = format!("{}-shop-data", rt.prefix());
+    let docker = docker().await;
+    assert!(docker.inspect_volume(&volume).await.is_ok());
+    assert_eq!(rt.remove_services("shop", &[], true).await.unwrap(), 1);
+    assert!(inspect(&name).await.is_none());
+    assert!(
+        docker.inspect_volume(&volume).await.is_err(),
+        "volume removed"
+    );
+    assert!(rt.services("shop").await.unwrap().is_empty());
+    for app in ["shop", "other"] {
+        rt.remove_app_network(app).await.unwrap();
+        assert!(docker
+            .inspect_network(&rt.app_network(app), None::<InspectNetworkOptions>)
+            .await
+            .is_err());
+    }
+    // Twice is fine.
+    rt.remove_app_network("shop").await.unwrap();
+}
+
+#[tokio::test]
+async fn a_service_must_run_and_pass_its_healthcheck() {
+    let owner = Owner::new();
+    let Some(rt) = connect(&owner).await else {
+        return;
+    };
+    let image = build(&rt, &owner, "hc", 1, SERVICE_CMD).await;
+    let ready = Duration::from_secs(30);
+    let ms = Duration::from_millis;
+
+    let mut well = service(&owner, "hc", "well", &image);
+    well.healthcheck = Some((
+        vec!["CMD-SHELL".into(), "test -s /data/log".into()],
+        ms(200),
+        ms(2000),
+        3,
+    ));
+    let info = rt.ensure_service(&well, ready).await.unwrap();
+    assert_eq!(info.health, Some("healthy"));
+
+    let mut sick = service(&owner, "hc", "sick", &image);
+    sick.volumes.clear();
+    sick.healthcheck = Some((vec!["false".into()], ms(200), ms(2000), 1));
+    let err = rt.ensure_service(&sick, ready).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("service sick of app hc"), "{msg}");
+    assert!(msg.contains("unhealthy"), "{msg}");
+    assert!(msg.contains("started 1"), "the tail of its output: {msg}");
+
+    let mut crash = service(&owner, "hc", "crash", &image);
+    crash.env.push(("FAIL".into(), "1".into()));
+    let err = rt.ensure_service(&crash, ready).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("service crash of app hc"), "{msg}");
+    assert!(msg.contains("exit code 3"), "{msg}");
+    assert!(msg.contains("failing"), "{msg}");
+    assert!(!msg.contains('\n'), "{msg}");
+
+    let mut names: Vec<String> = rt
+        .services("hc")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    names.sort();
+    assert_eq!(names, ["crash", "sick", "well"]);
+    assert_eq!(
+        rt.remove_services("hc", &["well".to_string()], false)
+            .await
+            .unwrap(),
+        2
+    );
+    let left = rt.services("hc").await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].name, "well");
+    assert_eq!(left[0].state, "running");
+    let volume = format!("{}-hc-data", rt.prefix());
+    let docker = docker().await;
+    assert!(docker.inspect_volume(&volume).await.is_ok(), "volumes kept");
+    assert_eq!(rt.remove_services("hc", &[], true).await.unwrap(), 1);
+    assert!(docker.inspect_volume(&volume).await.is_err());
+
+    // Names that would not make a DNS alias are refused before anything happens.
+    let mut bad = service(&owner, "hc", "Bad.Name", &image);
+    bad.volumes.clear();
+    assert!(rt.ensure_service(&bad, ready).await.is_err());
+    rt.remove_app_network("hc").await.unwrap();
+}
+
+#[tokio::test]
+async fn container_port_gets_the_traffic_and_port_env() {
+    let owner = Owner::new();
+    let Some(rt) = connect(&owner).await else {
+        return;
+    };
+    let image = build(&rt, &owner, "cport", 1, "EXPOSE 9999").await;
+    let port = free_port();
+    let s = InstanceSpec {
+        container_port: Some(8080),
+        ..spec(
+            &owner,
+            "cport",
+            &image,
+            "mkdir -p /www && echo inside $PORT > /www/index.html && exec httpd -f -p $PORT -h /www",
+            port,
+        )
+    };
+    rt.start(s.clone()).await.unwrap();
+    let body = wait_get(port).await;
+    assert!(body.contains("inside 8080"), "{body}");
+    let c = inspect(&container_name(&rt, &s.id)).await.unwrap();
+    let env = c.config.unwrap().env.unwrap();
+    assert!(env.contains(&"PORT=8080".to_string()), "{env:?}");
+    assert!(!env.contains(&format!("PORT={port}")), "{env:?}");
+    let bindings = c.host_config.unwrap().port_bindings.unwrap();
+    let binding = bindings["8080/tcp"].clone().unwrap();
+    assert_eq!(binding[0].host_ip.as_deref(), Some("127.0.0.1"));
+    assert_eq!(
+        binding[0].host_port.as_deref(),
+        Some(port.to_string().as_str())
+    );
+    rt.stop(&s.id, Duration::from_secs(1)).await.unwrap();
+    rt.remove_app_network("cport").await.unwrap();
 }

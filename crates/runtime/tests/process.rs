@@ -99,6 +99,7 @@ fn spec(dir: &Path, name: &str, command: &str) -> InstanceSpec {
         limits: Limits::default(),
         restart: true,
         image: None,
+        container_port: None,
     }
 }
 
