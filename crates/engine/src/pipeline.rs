@@ -702,6 +702,7 @@ impl Engine {
         env.push(("DYNO".into(), format!("{proc_type}.{index}")));
         InstanceSpec {
             image: run.spec.image.clone(),
+            container_port: None,
             log_file: self.instance_log(run.app, &id),
             id,
             command: run
