@@ -410,28 +410,31 @@ impl DockerRuntime {
         self.inner.app_network(app)
     }
 
-    /// Removes the app's network, once its containers and services are gone (a network still
-    /// in use, or already gone, is left as it is).
-    pub async fn remove_app_network(&self, app: &str) -> Result<(), RuntimeError> {
+    /// Removes the app's network, once its containers and services are gone. A network still
+    /// in use, or already gone, is left as it is; any other failure is logged.
+    pub async fn remove_app_network(&self, app: &str) {
         let name = self.inner.app_network(app);
         let mut ready = self.inner.networks_ready.lock().await;
         ready.remove(&name);
         match self.inner.docker.remove_network(&name).await {
-            Ok(()) => Ok(()),
+            Ok(()) => tracing::info!(network = %name, "removed the app's container network"),
             // 403/409: still has endpoints; 404: gone.
             Err(e) if matches!(status_of(&e), Some(403 | 404 | 409)) => {
                 tracing::debug!(network = %name, "network not removed: {}", one_line(&e.to_string()));
-                Ok(())
             }
-            Err(e) => Err(docker_err(&format!("cannot remove network {name}"), e)),
+            Err(e) => {
+                tracing::warn!(network = %name, "cannot remove the app's network: {}", one_line(&e.to_string()));
+            }
         }
     }
 
-    /// `docker build` of `context` (streamed as a tar), tagged `tag`, labelled with `labels`
-    /// and the owner; every line of output is appended to `log`. Returns the image id.
+    /// `docker build` of `context` (streamed as a tar) with `dockerfile` (a path inside the
+    /// context; `""`: `Dockerfile`), tagged `tag`, labelled with `labels` and the owner; every
+    /// line of output is appended to `log`. Returns the image id.
     pub async fn build_image(
         &self,
         context: &Path,
+        dockerfile: &str,
         tag: &str,
         labels: &[(String, String)],
         log: &Path,
@@ -447,7 +450,11 @@ impl DockerRuntime {
         let mut all_labels: HashMap<String, String> = labels.iter().cloned().collect();
         all_labels.insert(OWNER_LABEL.to_string(), self.inner.owner.clone());
         let options = BuildImageOptions {
-            dockerfile: "Dockerfile".to_string(),
+            dockerfile: if dockerfile.is_empty() {
+                "Dockerfile".to_string()
+            } else {
+                dockerfile.to_string()
+            },
             t: Some(tag.to_string()),
             rm: true,
             forcerm: true,

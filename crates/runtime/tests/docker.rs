@@ -207,9 +207,16 @@ async fn build(rt: &DockerRuntime, owner: &Owner, app: &str, release: u64, extra
         ("berth.release".to_string(), format!("v{release}")),
     ];
     let log = owner.path().join(format!("build-{app}-{release}.log"));
-    rt.build_image(&ctx, &tag, &labels, &log, Duration::from_secs(120))
-        .await
-        .unwrap();
+    rt.build_image(
+        &ctx,
+        "Dockerfile",
+        &tag,
+        &labels,
+        &log,
+        Duration::from_secs(120),
+    )
+    .await
+    .unwrap();
     tag
 }
 
@@ -295,7 +302,7 @@ async fn builds_log_their_output_fail_naming_the_step_and_prune_keeps_rollbacks(
     let tag = rt.image_tag("app", 1);
     let labels = [("berth.app".to_string(), "app".to_string())];
     let id = rt
-        .build_image(&ctx, &tag, &labels, &log, Duration::from_secs(120))
+        .build_image(&ctx, "", &tag, &labels, &log, Duration::from_secs(120))
         .await
         .unwrap();
     assert!(id.starts_with("sha256:"), "{id}");
@@ -306,11 +313,15 @@ async fn builds_log_their_output_fail_naming_the_step_and_prune_keeps_rollbacks(
     );
     assert!(text.contains("Successfully built"), "{text}");
 
+    // A Dockerfile elsewhere in the context.
     let bad = context(&owner, "bad", "RUN false");
+    fs::create_dir_all(bad.join("build")).unwrap();
+    fs::rename(bad.join("Dockerfile"), bad.join("build/bad.Dockerfile")).unwrap();
     let bad_log = owner.path().join("bad.log");
     let err = rt
         .build_image(
             &bad,
+            "build/bad.Dockerfile",
             &rt.image_tag("app", 2),
             &labels,
             &bad_log,
@@ -896,14 +907,14 @@ async fn a_service_keeps_its_data_and_is_reached_only_from_its_own_app() {
     );
     assert!(rt.services("shop").await.unwrap().is_empty());
     for app in ["shop", "other"] {
-        rt.remove_app_network(app).await.unwrap();
+        rt.remove_app_network(app).await;
         assert!(docker
             .inspect_network(&rt.app_network(app), None::<InspectNetworkOptions>)
             .await
             .is_err());
     }
     // Twice is fine.
-    rt.remove_app_network("shop").await.unwrap();
+    rt.remove_app_network("shop").await;
 }
 
 #[tokio::test]
@@ -973,7 +984,7 @@ async fn a_service_must_run_and_pass_its_healthcheck() {
     let mut bad = service(&owner, "hc", "Bad.Name", &image);
     bad.volumes.clear();
     assert!(rt.ensure_service(&bad, ready).await.is_err());
-    rt.remove_app_network("hc").await.unwrap();
+    rt.remove_app_network("hc").await;
 }
 
 #[tokio::test]
@@ -1009,5 +1020,5 @@ async fn container_port_gets_the_traffic_and_port_env() {
         Some(port.to_string().as_str())
     );
     rt.stop(&s.id, Duration::from_secs(1)).await.unwrap();
-    rt.remove_app_network("cport").await.unwrap();
+    rt.remove_app_network("cport").await;
 }
