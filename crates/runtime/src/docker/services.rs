@@ -27,6 +27,9 @@ use crate::{Limits, RuntimeError};
 
 /// How often readiness is checked while a service starts.
 const READY_POLL: Duration = Duration::from_millis(200);
+/// How long a new service without a healthcheck must keep running (same process, no
+/// restart) to count as started: one that exits at once is an error, not a success.
+const SETTLE: Duration = Duration::from_secs(1);
 /// Lines of a failed service's output quoted in the error.
 const TAIL_LINES: usize = 10;
 /// Bound on reading that tail.
@@ -113,6 +116,7 @@ impl DockerRuntime {
                 kept = c.id.clone();
             }
         }
+        let fresh = kept.is_none();
         let container = match kept {
             Some(id) => {
                 // After a berth restart nobody follows its output yet: from now on.
@@ -152,7 +156,7 @@ impl DockerRuntime {
             }
         };
         inner
-            .wait_service(&container, &svc.name, &what, ready_timeout)
+            .wait_service(&container, &svc.name, &what, ready_timeout, fresh)
             .await
     }
 
@@ -374,16 +378,21 @@ impl Inner {
         }
     }
 
-    /// Waits until the container runs and, with a healthcheck, is healthy.
+    /// Waits until the container runs (a `fresh` one for [`SETTLE`]) and, with a healthcheck,
+    /// is healthy.
     async fn wait_service(
         &self,
         container: &str,
         name: &str,
         what: &str,
         timeout: Duration,
+        fresh: bool,
     ) -> Result<ServiceInfo, RuntimeError> {
         let deadline = Instant::now() + timeout;
+        let settle = SETTLE.min(timeout / 2);
         let mut restarts = None;
+        // (pid, first seen running) of the current run.
+        let mut running: Option<(Option<u32>, Instant)> = None;
         loop {
             let Some(c) = self.inspect(container).await? else {
                 return Err(RuntimeError::Docker(format!(
@@ -397,7 +406,17 @@ impl Inner {
                     Some(format!("exited ({}) and is restarting", view.last_exit()))
                 }
                 ContainerStateStatusEnum::RUNNING => match view.health {
-                    None | Some("healthy") => return Ok(info_of(&c, name)),
+                    Some("healthy") => return Ok(info_of(&c, name)),
+                    None => {
+                        let since = match running {
+                            Some((pid, since)) if pid == view.pid => since,
+                            _ => running.insert((view.pid, Instant::now())).1,
+                        };
+                        if !fresh || since.elapsed() >= settle {
+                            return Ok(info_of(&c, name));
+                        }
+                        None
+                    }
                     Some("unhealthy") => {
                         Some(format!("is unhealthy (healthcheck: {})", health_output(&c)))
                     }
