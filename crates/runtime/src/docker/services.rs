@@ -402,6 +402,11 @@ impl Inner {
             let view = View::of(&c);
             let baseline = *restarts.get_or_insert(view.restart_count);
             let failed = match view.status {
+                // Running again after a restart: its exit code is the new run's (0), not
+                // the one that ended.
+                ContainerStateStatusEnum::RUNNING if view.restart_count > baseline => {
+                    Some("exited and was restarted".to_string())
+                }
                 _ if view.restart_count > baseline => {
                     Some(format!("exited ({}) and is restarting", view.last_exit()))
                 }
