@@ -431,7 +431,49 @@ impl DockerRuntime {
     /// `docker build` of `context` (streamed as a tar) with `dockerfile` (a path inside the
     /// context; `""`: `Dockerfile`), tagged `tag`, labelled with `labels` and the owner; every
     /// line of output is appended to `log`. Returns the image id.
+    ///
+    /// Tried twice when the daemon loses an image it was looking at in its layer cache (an
+    /// image removed while another build probed the cache: a race of the classic builder).
     pub async fn build_image(
+        &self,
+        context: &Path,
+        dockerfile: &str,
+        tag: &str,
+        labels: &[(String, String)],
+        log: &Path,
+        timeout: Duration,
+    ) -> Result<String, RuntimeError> {
+        let started = Instant::now();
+        match self
+            .build_image_once(context, dockerfile, tag, labels, log, timeout)
+            .await
+        {
+            Err(RuntimeError::Docker(msg))
+                if msg.contains("unable to find image") && started.elapsed() < timeout =>
+            {
+                tracing::warn!(%tag, "build lost a cached image, building again: {msg}");
+                if let Ok(mut file) = open_append(log).await {
+                    let _ = file
+                        .write_all(
+                            b"-----> A cached layer vanished during the build; building again\n",
+                        )
+                        .await;
+                }
+                self.build_image_once(
+                    context,
+                    dockerfile,
+                    tag,
+                    labels,
+                    log,
+                    timeout.saturating_sub(started.elapsed()),
+                )
+                .await
+            }
+            built => built,
+        }
+    }
+
+    async fn build_image_once(
         &self,
         context: &Path,
         dockerfile: &str,
