@@ -474,3 +474,25 @@ pub async fn instances(
     let list = ctx.engine.instances(&app)?;
     Ok(Json(list.iter().map(instance_json).collect()))
 }
+
+/// `GET /apps/{app}/services`: the app's accessory services as Docker reports them.
+pub async fn services(
+    State(ctx): State<Ctx>,
+    Extension(caller): Extension<Caller>,
+    Path(app): Path<String>,
+) -> JsonResult {
+    caller.app(&app)?;
+    let list = ctx.engine.services(&app).await?;
+    Ok(Json(
+        list.iter()
+            .map(|s| {
+                json!({
+                    "name": s.name,
+                    "state": s.state,
+                    "health": s.health,
+                    "host_port": s.host_port,
+                })
+            })
+            .collect(),
+    ))
+}

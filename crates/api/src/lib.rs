@@ -120,6 +120,7 @@ pub fn router(ctx: Ctx) -> Router {
                 .delete(webhooks::disconnect),
         )
         .route("/apps/{app}/logs", get(stream::app_logs))
+        .route("/apps/{app}/services", get(apps::services))
         .route("/apps/{app}/settings", patch(builds::settings))
         .route(
             "/apps/{app}/branches/{*branch}",

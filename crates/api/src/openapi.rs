@@ -29,6 +29,7 @@ pub const OPERATIONS: &[(&str, &str, &str, &str, u16)] = &[
     ("get", "/api/v1/apps/{app}/repo", "The connected repository and webhook URLs (no secret)", "", 200),
     ("delete", "/api/v1/apps/{app}/repo", "Disconnect the repository", "", 204),
     ("get", "/api/v1/apps/{app}/logs", "Instance logs: ?lines=N, ?follow=true (SSE)", "", 200),
+    ("get", "/api/v1/apps/{app}/services", "The app's accessory services (compose): name, state, health", "", 200),
     ("patch", "/api/v1/apps/{app}/settings", "Git settings: {\"deploy_branch\",\"cancel_running\",\"previews\",\"preview_max\",\"preview_env\"}", "application/json", 200),
     ("delete", "/api/v1/apps/{app}/branches/{branch}", "A pushed branch was deleted: its preview is destroyed (409 for the deploy branch)", "", 204),
     ("get", "/api/v1/builds", "Builds and deploys of all apps, newest first: ?app=NAME, ?active=true (queued and running), ?limit=N", "", 200),

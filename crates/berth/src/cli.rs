@@ -233,6 +233,8 @@ pub enum Command {
     },
     /// List an app's instances
     Ps,
+    /// List an app's accessory services (from its compose file)
+    Services,
     /// List the API tokens (admin)
     Tokens,
     /// Create an API token; its secret is printed once
@@ -308,6 +310,7 @@ fn dispatch(g: &Global, cmd: Command) -> Result<i32, Error> {
         Command::DomainsRemove { host } => domains_remove(g, &host),
         Command::Logs { follow, lines } => logs(g, follow, lines),
         Command::Ps => ps(g),
+        Command::Services => services(g),
         Command::Tokens => tokens(g),
         Command::TokensCreate { name, scope, apps } => tokens_create(g, &name, scope, apps),
         Command::TokensRevoke { id } => tokens_revoke(g, id),
@@ -1403,6 +1406,22 @@ fn logs(g: &Global, follow: bool, lines: u32) -> Result<i32, Error> {
         Err(e) => format!("the log stream broke: {e}"),
     };
     Err(Error::unreachable(msg).with_hint(format!("run `berth logs -f -a {}` again", app.name)))
+}
+
+fn services(g: &Global) -> Result<i32, Error> {
+    let app = app(g)?;
+    let c = connect(g)?;
+    let v = c
+        .get(&format!("{}/services", app.path()))
+        .map_err(|e| app.explain(e))?;
+    print_list(
+        g.json,
+        &v,
+        Some(&format!("{} has no services", app.name)),
+        &["SERVICE", "STATE", "HEALTH"],
+        |s| vec![cell(&s["name"]), cell(&s["state"]), cell(&s["health"])],
+    );
+    Ok(EXIT_OK)
 }
 
 fn ps(g: &Global) -> Result<i32, Error> {

@@ -250,3 +250,93 @@ fn a_container_whose_healthcheck_fails_is_stopped_and_reported() {
         "the unhealthy container was removed"
     );
 }
+
+/// A compose project, unchanged: the web service (busybox httpd with a CGI script) talks to a
+/// `db` service (a tiny key-value store on busybox nc) by name; the db keeps its data in a named
+/// volume, which survives a redeploy that replaces the db container, with zero failed requests
+/// to the web app meanwhile.
+#[test]
+fn a_compose_project_with_a_database_keeps_its_data_across_redeploys() {
+    if !docker_available() {
+        return;
+    }
+    let b = Berth::start(BIN, "");
+    create_app(&b, "shop");
+    let src = b.path("shop-src");
+    compose_project(&src, "shop v1\n", "# v1");
+    deploy_ok(&b, "shop", &src);
+    assert_eq!(app_get(&b, "shop", "/"), (200, "shop v1\n".into()));
+    assert_eq!(app_get(&b, "shop", "/cgi-bin/kv?put=apple").1, "OK\n");
+    assert_eq!(app_get(&b, "shop", "/cgi-bin/kv").1, "apple\nEND\n");
+    let out = cli(&b, &["services", "-a", "shop"]);
+    let listing = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        listing.contains("db") && listing.contains("running"),
+        "{}",
+        text(&out)
+    );
+
+    // A new web release and a changed db (its container is replaced), under load.
+    let stop = AtomicBool::new(false);
+    let bad = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                let (st, body) = app_get(&b, "shop", "/");
+                if st != 200 || !body.starts_with("shop v") {
+                    bad.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("bad answer: {st} {body:?}");
+                }
+            }
+        });
+        compose_project(&src, "shop v2\n", "# v2");
+        deploy_ok(&b, "shop", &src);
+        wait_body(&b, "shop", "shop v2");
+        stop.store(true, Ordering::Relaxed);
+    });
+    assert_eq!(bad.load(Ordering::Relaxed), 0);
+    assert_eq!(app_get(&b, "shop", "/cgi-bin/kv").1, "apple\nEND\n");
+
+    // A compose key berth does not support is refused by name; nothing is deployed.
+    write_file(
+        &src.join("compose.yaml"),
+        b"services:\n  web:\n    build: .\n    privileged: true\n",
+    );
+    let (st, v) = upload(&b, "shop", &src);
+    assert_eq!(st, 422, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("privileged"), "{v}");
+    assert_eq!(app_get(&b, "shop", "/"), (200, "shop v2\n".into()));
+}
+
+/// The compose project of the test above; `db_marker` changes the db's image.
+fn compose_project(dir: &Path, body: &str, db_marker: &str) {
+    docker_app(dir, body, "");
+    write_file(
+        &dir.join("www/cgi-bin/kv"),
+        b"#!/bin/sh\necho 'Content-Type: text/plain'\necho ''\ncase \"$QUERY_STRING\" in\n  put=*) echo \"PUT ${QUERY_STRING#put=}\" | nc db 6379 ;;\n  *) echo GET | nc db 6379 ;;\nesac\n",
+    );
+    std::fs::set_permissions(
+        dir.join("www/cgi-bin/kv"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let db = dir.join("db");
+    std::fs::create_dir_all(&db).unwrap();
+    std::fs::copy("/bin/busybox", db.join("busybox")).unwrap();
+    write_file(
+        &db.join("db.sh"),
+        format!(
+            "#!/bin/sh\n{db_marker}\nread -r cmd arg\ncase \"$cmd\" in\n  PUT) echo \"$arg\" >> /data/kv; echo OK ;;\n  GET) cat /data/kv 2>/dev/null; echo END ;;\nesac\n"
+        )
+        .as_bytes(),
+    );
+    std::fs::set_permissions(db.join("db.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    write_file(
+        &db.join("Dockerfile"),
+        b"FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nCOPY db.sh /bin/db.sh\nCMD [\"/bin/sh\", \"-c\", \"mkdir -p /data && exec nc -ll -p 6379 -e /bin/db.sh\"]\n",
+    );
+    write_file(
+        &dir.join("compose.yaml"),
+        b"services:\n  web:\n    build: .\n    depends_on: [db]\n  db:\n    build: { context: db }\n    volumes: [\"data:/data\"]\n    healthcheck:\n      test: [\"CMD-SHELL\", \"echo GET | nc 127.0.0.1 6379 | grep -q END\"]\n      interval: 1s\n      retries: 30\nvolumes:\n  data: {}\n",
+    );
+}

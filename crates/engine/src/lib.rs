@@ -23,6 +23,7 @@ mod reconcile;
 mod routes;
 mod sandbox;
 mod scale;
+mod services;
 pub mod webhook;
 
 use build::manifest::AppSpec;
@@ -226,6 +227,18 @@ impl Engine {
         }
     }
 
+    /// The app's accessory services as Docker reports them (none without Docker).
+    pub async fn services(&self, app: &str) -> Result<Vec<runtime::ServiceInfo>, EngineError> {
+        self.app(app)?;
+        match &self.docker {
+            Ok(d) => d
+                .services(app)
+                .await
+                .map_err(|e| EngineError::Internal(e.to_string())),
+            Err(_) => Ok(Vec::new()),
+        }
+    }
+
     pub fn app_dir(&self, app: &str) -> PathBuf {
         self.cfg.data_dir.join("apps").join(app)
     }
@@ -280,9 +293,14 @@ impl Engine {
         }
         self.store.destroy_app(name, actor)?;
         if let Ok(docker) = &self.docker {
+            // Its services and their volumes, its images, its network.
+            if let Err(e) = docker.remove_services(name, &[], true).await {
+                tracing::warn!(app = name, error = %e, "cannot remove the app's services");
+            }
             if let Err(e) = docker.prune_images(name, &[]).await {
                 tracing::warn!(app = name, error = %e, "cannot remove the app's images");
             }
+            docker.remove_app_network(name).await;
         }
         let dir = self.app_dir(name);
         if dir.exists() {

@@ -27,7 +27,7 @@ const TAIL_LINES: usize = 20;
 
 /// The deploy's log file: the engine's step lines and the build/release command output.
 pub(crate) struct DeployLog {
-    path: PathBuf,
+    pub(crate) path: PathBuf,
 }
 
 impl DeployLog {
@@ -131,6 +131,9 @@ impl Engine {
         job.slot = None;
         match result {
             Ok(()) => {
+                // Old release files (and images) go before the deploy is reported done, so
+                // what a finished deploy leaves on disk is what stays.
+                self.prune_releases(app).await;
                 log.line(&format!(
                     "-----> Done in {:.1}s: v{version} is live at {}",
                     t0.elapsed().as_secs_f64(),
@@ -142,7 +145,6 @@ impl Engine {
                     .finish_deploy(deploy_id, DeployStatus::Succeeded, None);
                 tracing::info!(app, version, deploy = deploy_id, "deploy succeeded");
                 self.notify(deploy_id, "deploy.succeeded");
-                self.prune_releases(app).await;
             }
             Err(Failure(reason)) => {
                 let status = if job.token.is_cancelled() {
@@ -291,10 +293,15 @@ impl Engine {
             .map_err(|e| Failure(e.to_string()))?;
             back?;
         }
-        if let (true, Some(docker)) = (build, &docker) {
+        let builds_image = spec.dockerfile || spec.docker_build.is_some();
+        if let (true, true, Some(docker)) = (build, builds_image, &docker) {
             // The image: the release's source as the context, layers cached across releases.
             let tag = docker.image_tag(app, u64::try_from(version).unwrap_or_default());
-            step("image", &format!("Building image {tag} (Dockerfile)"))?;
+            let (context, dockerfile) = match &spec.docker_build {
+                Some(b) => (release.dir.join(&b.context), b.dockerfile.clone()),
+                None => (release.dir.clone(), "Dockerfile".to_string()),
+            };
+            step("image", &format!("Building image {tag} ({dockerfile})"))?;
             let labels = vec![
                 ("berth.app".to_string(), app.to_string()),
                 ("berth.release".to_string(), format!("v{version}")),
@@ -303,7 +310,8 @@ impl Engine {
                 .build
                 .as_ref()
                 .map_or(IMAGE_TIMEOUT, |b| b.timeout.max(IMAGE_TIMEOUT));
-            let built = docker.build_image(&release.dir, &tag, &labels, &log.path, timeout);
+            let built =
+                docker.build_image(&context, &dockerfile, &tag, &labels, &log.path, timeout);
             tokio::select! {
                 r = built => r.map_err(|e| Failure(format!("the image build failed: {e}")))?,
                 () = token.cancelled() => return Err(Failure(self.cancel_reason(deploy_id))),
@@ -322,6 +330,17 @@ impl Engine {
             return Err(Failure(
                 "this release runs in containers and no Docker daemon is reachable".into(),
             ));
+        }
+        if let Some(docker) = &docker {
+            if !spec.services.is_empty() {
+                let names: Vec<&str> = spec.services.keys().map(String::as_str).collect();
+                step("services", &format!("Services: {}", names.join(", ")))?;
+            }
+            let services = self.ensure_services(app, &release.dir, &spec, docker, log);
+            tokio::select! {
+                r = services => r?,
+                () = token.cancelled() => return Err(Failure(self.cancel_reason(deploy_id))),
+            }
         }
         if build {
             // The build slot is free for the next app as soon as the build is done.
@@ -504,9 +523,19 @@ impl Engine {
             .collect();
         // Images: those of the kept releases stay (rollback targets), older ones go.
         if let Ok(docker) = &self.docker {
-            let images: Vec<String> = kept
+            let specs: Vec<AppSpec> = kept
                 .iter()
-                .filter_map(|r| AppSpec::from_json(&r.spec).ok().and_then(|s| s.image))
+                .filter_map(|r| AppSpec::from_json(&r.spec).ok())
+                .collect();
+            // The releases' images and the services' (one moving tag per service).
+            let images: Vec<String> = specs
+                .iter()
+                .filter_map(|s| s.image.clone())
+                .chain(specs.iter().flat_map(|s| {
+                    s.services
+                        .keys()
+                        .map(|n| crate::services::service_tag(docker, app, n))
+                }))
                 .collect();
             match docker.prune_images(app, &images).await {
                 Ok(0) => {}
@@ -702,7 +731,7 @@ impl Engine {
         env.push(("DYNO".into(), format!("{proc_type}.{index}")));
         InstanceSpec {
             image: run.spec.image.clone(),
-            container_port: None,
+            container_port: run.spec.container_port,
             log_file: self.instance_log(run.app, &id),
             id,
             command: run

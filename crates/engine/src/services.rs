@@ -1,0 +1,183 @@
+//! An app's accessory services (the docker-compose role): long-lived containers beside the app
+//! (a database, a cache) with named volumes, reachable from the app's containers by name on the
+//! app's own network. A deploy brings them to the release's definition before its instances
+//! start, in `depends_on` order: an unchanged service keeps running untouched (its data with
+//! it); a changed one is replaced, its volumes kept; one the release no longer names is removed
+//! (its volumes stay until the app is destroyed).
+
+use crate::pipeline::{DeployLog, Failure};
+use crate::Engine;
+use build::manifest::{AppSpec, ServiceSpec};
+use runtime::DockerRuntime;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A service gets this long to run (and pass its healthcheck) after it is (re)started.
+const SERVICE_READY: Duration = Duration::from_secs(120);
+/// A service's image build gets this long.
+const SERVICE_BUILD: Duration = Duration::from_secs(1800);
+
+/// Service names in an order where each comes after what it depends on.
+fn start_order(services: &BTreeMap<String, ServiceSpec>) -> Result<Vec<String>, String> {
+    let mut order: Vec<String> = Vec::new();
+    let mut visiting: Vec<String> = Vec::new();
+    fn visit(
+        name: &str,
+        services: &BTreeMap<String, ServiceSpec>,
+        order: &mut Vec<String>,
+        visiting: &mut Vec<String>,
+    ) -> Result<(), String> {
+        if order.iter().any(|n| n == name) {
+            return Ok(());
+        }
+        if visiting.iter().any(|n| n == name) {
+            return Err(format!(
+                "services depend on each other in a circle: {} → {name}",
+                visiting.join(" → ")
+            ));
+        }
+        let Some(spec) = services.get(name) else {
+            // The web app itself: started after every service anyway.
+            return Ok(());
+        };
+        visiting.push(name.to_string());
+        for dep in &spec.depends_on {
+            visit(dep, services, order, visiting)?;
+        }
+        visiting.pop();
+        order.push(name.to_string());
+        Ok(())
+    }
+    for name in services.keys() {
+        visit(name, services, &mut order, &mut visiting)?;
+    }
+    Ok(order)
+}
+
+/// The tag of a service's image built from the app's source: it moves with each build.
+pub(crate) fn service_tag(docker: &DockerRuntime, app: &str, service: &str) -> String {
+    format!(
+        "{}/{}:svc-{service}",
+        docker.prefix(),
+        app.to_ascii_lowercase()
+    )
+}
+
+impl Engine {
+    /// Bring `app`'s services to `spec`'s definition (see the module docs).
+    pub(crate) async fn ensure_services(
+        &self,
+        app: &str,
+        source: &Path,
+        spec: &AppSpec,
+        docker: &Arc<DockerRuntime>,
+        log: &DeployLog,
+    ) -> Result<(), Failure> {
+        let order = start_order(&spec.services).map_err(Failure)?;
+        for name in &order {
+            let Some(s) = spec.services.get(name) else {
+                continue;
+            };
+            let image = match (&s.image, &s.build) {
+                (_, Some(b)) => {
+                    let tag = service_tag(docker, app, name);
+                    log.line(&format!(
+                        "-----> Service {name}: building {} ({})",
+                        b.context.display(),
+                        b.dockerfile
+                    ));
+                    let labels = vec![
+                        ("berth.app".to_string(), app.to_string()),
+                        ("berth.service".to_string(), name.clone()),
+                    ];
+                    // Run by image id: an unchanged build (all layers cached) is the same
+                    // image, so the service is not restarted.
+                    docker
+                        .build_image(
+                            &source.join(&b.context),
+                            &b.dockerfile,
+                            &tag,
+                            &labels,
+                            &log.path,
+                            SERVICE_BUILD,
+                        )
+                        .await
+                        .map_err(|e| {
+                            Failure(format!("service {name}: the image build failed: {e}"))
+                        })?
+                }
+                (Some(image), None) => image.clone(),
+                (None, None) => {
+                    return Err(Failure(format!("service {name} has no image and no build")))
+                }
+            };
+            let run = runtime::ServiceRun {
+                app: app.to_string(),
+                name: name.clone(),
+                image,
+                env: s.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                volumes: s.volumes.clone(),
+                port: s.port,
+                healthcheck: s
+                    .healthcheck
+                    .as_ref()
+                    .map(|h| (h.test.clone(), h.interval, h.timeout, h.retries)),
+                limits: runtime::Limits::default(),
+                log_file: self
+                    .app_dir(app)
+                    .join("logs")
+                    .join(format!("svc-{name}.log")),
+            };
+            let info = docker
+                .ensure_service(&run, SERVICE_READY)
+                .await
+                .map_err(|e| Failure(format!("service {name}: {e}")))?;
+            log.line(&format!("-----> Service {name} is {}", info.state));
+        }
+        let removed = docker
+            .remove_services(app, &order, false)
+            .await
+            .map_err(|e| Failure(format!("removing old services: {e}")))?;
+        if removed > 0 {
+            log.line(&format!(
+                "-----> Removed {removed} service(s) this release no longer has (their volumes stay)"
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(deps: &[&str]) -> ServiceSpec {
+        ServiceSpec {
+            image: Some("x".into()),
+            depends_on: deps.iter().map(|d| d.to_string()).collect(),
+            ..ServiceSpec::default()
+        }
+    }
+
+    #[test]
+    fn services_start_after_what_they_depend_on() {
+        let services = BTreeMap::from([
+            ("api".to_string(), svc(&["db", "cache"])),
+            ("cache".to_string(), svc(&[])),
+            ("db".to_string(), svc(&["web"])),
+        ]);
+        let order = start_order(&services).unwrap();
+        let pos = |n: &str| order.iter().position(|x| x == n).unwrap();
+        assert!(
+            pos("db") < pos("api") && pos("cache") < pos("api"),
+            "{order:?}"
+        );
+        let circle = BTreeMap::from([
+            ("a".to_string(), svc(&["b"])),
+            ("b".to_string(), svc(&["a"])),
+        ]);
+        assert!(start_order(&circle).unwrap_err().contains("circle"));
+    }
+}
