@@ -340,3 +340,29 @@ fn compose_project(dir: &Path, body: &str, db_marker: &str) {
         b"services:\n  web:\n    build: .\n    depends_on: [db]\n  db:\n    build: { context: db }\n    volumes: [\"data:/data\"]\n    healthcheck:\n      test: [\"CMD-SHELL\", \"echo GET | nc 127.0.0.1 6379 | grep -q END\"]\n      interval: 1s\n      retries: 30\nvolumes:\n  data: {}\n",
     );
 }
+
+/// A build step that swaps the compose build context for a symlink (to `/`, or to berth's data
+/// dir) does not get berth to send what it points to as the context: the deploy fails.
+#[test]
+fn a_build_context_swapped_for_a_symlink_is_refused() {
+    if !docker_available() {
+        return;
+    }
+    let b = Berth::start(BIN, "");
+    create_app(&b, "esc");
+    let src = b.path("esc-src");
+    write_file(&src.join("ctx/Dockerfile"), b"FROM scratch\nCOPY . /\n");
+    write_file(
+        &src.join("compose.yaml"),
+        b"services:\n  web:\n    build: { context: ctx }\n",
+    );
+    write_file(
+        &src.join("berth.toml"),
+        b"[build]\ncommand = \"rm -rf ctx && ln -s / ctx\"\n",
+    );
+    let (st, v) = upload(&b, "esc", &src);
+    assert_eq!(st, 202, "{v}");
+    let d = wait_deploy(&b, "esc", v["id"].as_i64().unwrap());
+    assert_eq!(d["status"], "failed", "{d}");
+    assert!(d["reason"].as_str().unwrap().contains("symlink"), "{d}");
+}

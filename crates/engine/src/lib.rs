@@ -291,17 +291,18 @@ impl Engine {
         while let Some(port) = stops.join_next().await {
             self.release_port(port.ok().flatten());
         }
-        self.store.destroy_app(name, actor)?;
         if let Ok(docker) = &self.docker {
-            // Its services and their volumes, its images, its network.
-            if let Err(e) = docker.remove_services(name, &[], true).await {
-                tracing::warn!(app = name, error = %e, "cannot remove the app's services");
-            }
+            // Its services and their volumes first: a volume left behind would be mounted by
+            // a later app of the same name. A failure keeps the app (destroy again).
+            docker.remove_services(name, &[], true).await.map_err(|e| {
+                EngineError::Internal(format!("cannot remove the app's services: {e}"))
+            })?;
             if let Err(e) = docker.prune_images(name, &[]).await {
                 tracing::warn!(app = name, error = %e, "cannot remove the app's images");
             }
             docker.remove_app_network(name).await;
         }
+        self.store.destroy_app(name, actor)?;
         let dir = self.app_dir(name);
         if dir.exists() {
             // Off the async threads: a tree of releases can be large.

@@ -298,8 +298,15 @@ impl Engine {
             // The image: the release's source as the context, layers cached across releases.
             let tag = docker.image_tag(app, u64::try_from(version).unwrap_or_default());
             let (context, dockerfile) = match &spec.docker_build {
-                Some(b) => (release.dir.join(&b.context), b.dockerfile.clone()),
-                None => (release.dir.clone(), "Dockerfile".to_string()),
+                Some(b) => (
+                    crate::services::real_dir_beneath(&release.dir, &b.context).map_err(Failure)?,
+                    b.dockerfile.clone(),
+                ),
+                None => (
+                    crate::services::real_dir_beneath(&release.dir, Path::new("."))
+                        .map_err(Failure)?,
+                    "Dockerfile".to_string(),
+                ),
             };
             step("image", &format!("Building image {tag} ({dockerfile})"))?;
             let labels = vec![
@@ -330,6 +337,12 @@ impl Engine {
             return Err(Failure(
                 "this release runs in containers and no Docker daemon is reachable".into(),
             ));
+        }
+        if let (true, false, Some(image), Some(docker)) =
+            (build, builds_image, &spec.image, &docker)
+        {
+            // A compose web service's `image:`, used as it is.
+            crate::services::check_named_image(docker, image).map_err(Failure)?;
         }
         if let Some(docker) = &docker {
             if !spec.services.is_empty() {
@@ -448,6 +461,9 @@ impl Engine {
         )?;
         // From here the new release is live: a failure no longer undoes it.
         started.instances.clear();
+        if let Some(docker) = &docker {
+            self.remove_dropped_services(app, &spec, docker, log).await;
+        }
 
         let step = |name: &str, text: &str| {
             let _ = self.store.set_deploy_step(deploy_id, name);

@@ -2,8 +2,10 @@
 //! (a database, a cache) with named volumes, reachable from the app's containers by name on the
 //! app's own network. A deploy brings them to the release's definition before its instances
 //! start, in `depends_on` order: an unchanged service keeps running untouched (its data with
-//! it); a changed one is replaced, its volumes kept; one the release no longer names is removed
-//! (its volumes stay until the app is destroyed).
+//! it); a changed one is replaced, its volumes kept. A deploy that then fails leaves the new
+//! service definitions in place (a rollback re-applies the old ones, not old data). One the
+//! release no longer names is removed after the switch (its volumes stay until the app is
+//! destroyed).
 
 use crate::pipeline::{DeployLog, Failure};
 use crate::Engine;
@@ -56,6 +58,52 @@ fn start_order(services: &BTreeMap<String, ServiceSpec>) -> Result<Vec<String>, 
     Ok(order)
 }
 
+/// `root/rel` as a real directory beneath `root`: no component (nor `root`) may be a symlink.
+/// The check runs when the image is built, after the host-side `[build]` step, which could
+/// have replaced a directory with a symlink to the data dir.
+pub(crate) fn real_dir_beneath(root: &Path, rel: &Path) -> Result<std::path::PathBuf, String> {
+    use std::path::Component;
+    let mut path = root.to_path_buf();
+    let check = |p: &Path| -> Result<(), String> {
+        let meta = std::fs::symlink_metadata(p)
+            .map_err(|e| format!("build context {}: {e}", rel.display()))?;
+        if meta.file_type().is_symlink() || !meta.is_dir() {
+            return Err(format!(
+                "the build context {} is not a directory of the project (a symlink?)",
+                rel.display()
+            ));
+        }
+        Ok(())
+    };
+    check(&path)?;
+    for c in rel.components() {
+        match c {
+            Component::CurDir => continue,
+            Component::Normal(part) => path.push(part),
+            _ => {
+                return Err(format!(
+                    "the build context {} leaves the project",
+                    rel.display()
+                ))
+            }
+        }
+        check(&path)?;
+    }
+    Ok(path)
+}
+
+/// An image named in a compose file must not be one of berth's own (another app's release or
+/// service), nor an image id: an app runs only what it built or a plain local image.
+pub(crate) fn check_named_image(docker: &DockerRuntime, image: &str) -> Result<(), String> {
+    let ours = format!("{}/", docker.prefix());
+    if image.starts_with(&ours) || image.starts_with("sha256:") {
+        return Err(format!(
+            "image {image:?} is one berth built (or an image id): name a local image by its tag, or build it"
+        ));
+    }
+    Ok(())
+}
+
 /// The tag of a service's image built from the app's source: it moves with each build.
 pub(crate) fn service_tag(docker: &DockerRuntime, app: &str, service: &str) -> String {
     format!(
@@ -94,9 +142,10 @@ impl Engine {
                     ];
                     // Run by image id: an unchanged build (all layers cached) is the same
                     // image, so the service is not restarted.
+                    let context = real_dir_beneath(source, &b.context).map_err(Failure)?;
                     docker
                         .build_image(
-                            &source.join(&b.context),
+                            &context,
                             &b.dockerfile,
                             &tag,
                             &labels,
@@ -108,7 +157,11 @@ impl Engine {
                             Failure(format!("service {name}: the image build failed: {e}"))
                         })?
                 }
-                (Some(image), None) => image.clone(),
+                (Some(image), None) => {
+                    check_named_image(docker, image)
+                        .map_err(|e| Failure(format!("service {name}: {e}")))?;
+                    image.clone()
+                }
                 (None, None) => {
                     return Err(Failure(format!("service {name} has no image and no build")))
                 }
@@ -136,16 +189,26 @@ impl Engine {
                 .map_err(|e| Failure(format!("service {name}: {e}")))?;
             log.line(&format!("-----> Service {name} is {}", info.state));
         }
-        let removed = docker
-            .remove_services(app, &order, false)
-            .await
-            .map_err(|e| Failure(format!("removing old services: {e}")))?;
-        if removed > 0 {
-            log.line(&format!(
-                "-----> Removed {removed} service(s) this release no longer has (their volumes stay)"
-            ));
-        }
         Ok(())
+    }
+
+    /// After the switch: the services the live release no longer names go (their volumes
+    /// stay until the app is destroyed). Before it, the old release might still use them.
+    pub(crate) async fn remove_dropped_services(
+        &self,
+        app: &str,
+        spec: &AppSpec,
+        docker: &Arc<DockerRuntime>,
+        log: &DeployLog,
+    ) {
+        let keep: Vec<String> = spec.services.keys().cloned().collect();
+        match docker.remove_services(app, &keep, false).await {
+            Ok(0) => {}
+            Ok(n) => log.line(&format!(
+                "-----> Removed {n} service(s) this release no longer has (their volumes stay)"
+            )),
+            Err(e) => log.line(&format!("-----> Warning: cannot remove old services: {e}")),
+        }
     }
 }
 

@@ -34,7 +34,6 @@ pub(crate) struct ComposeSettings {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct File {
     #[serde(default)]
     version: Option<serde_norway::Value>,
@@ -44,6 +43,9 @@ struct File {
     /// Named volumes: declared here, created by berth.
     #[serde(default)]
     volumes: Option<BTreeMap<String, serde_norway::Value>>,
+    /// `x-*` extension keys are allowed (and ignored); anything else is refused below.
+    #[serde(flatten)]
+    other: BTreeMap<String, serde_norway::Value>,
 }
 
 #[derive(Deserialize)]
@@ -66,10 +68,14 @@ struct Service {
 #[serde(untagged)]
 enum Build {
     Context(String),
-    Full {
-        context: Option<String>,
-        dockerfile: Option<String>,
-    },
+    Full(BuildFull),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BuildFull {
+    context: Option<String>,
+    dockerfile: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -118,6 +124,9 @@ pub(crate) fn parse(file: &str, text: &str, dir: &Path) -> Result<ComposeSetting
         if let Some(i) = reason.find(" at line ") {
             reason.truncate(i);
         }
+        if reason.contains("untagged enum Build") {
+            reason = "build: berth builds `build: <dir>` or `build: {context, dockerfile}` (no target, args or other build options)".into();
+        }
         if reason.contains("unknown field") {
             reason.push_str(&format!(
                 " (berth deploys this subset of Compose: {SUPPORTED} for services; version, name, services and volumes at the top)"
@@ -126,8 +135,26 @@ pub(crate) fn parse(file: &str, text: &str, dir: &Path) -> Result<ComposeSetting
         at(pos.as_ref().map(|p| p.line()), pos.map(|p| p.column()), reason)
     })?;
     let _ = (raw.version, raw.name);
-    let declared: Vec<String> = raw.volumes.unwrap_or_default().into_keys().collect();
     let plain = |reason: String| at(None, None, reason);
+    if let Some(key) = raw.other.keys().find(|k| !k.starts_with("x-")) {
+        return Err(plain(format!(
+            "unknown top-level key `{key}` (berth deploys this subset of Compose: version, name, services, volumes and x-* extensions at the top; {SUPPORTED} for services)"
+        )));
+    }
+    let mut declared = Vec::new();
+    for (name, options) in raw.volumes.unwrap_or_default() {
+        let plain_volume = match &options {
+            serde_norway::Value::Null => true,
+            serde_norway::Value::Mapping(m) => m.is_empty(),
+            _ => false,
+        };
+        if !plain_volume {
+            return Err(plain(format!(
+                "volumes.{name}: volume options (external, driver, …) are not supported: berth creates and keeps a local volume"
+            )));
+        }
+        declared.push(name);
+    }
 
     let web = pick_web(&raw.services).map_err(plain)?;
     let mut out = ComposeSettings {
@@ -161,7 +188,21 @@ pub(crate) fn parse(file: &str, text: &str, dir: &Path) -> Result<ComposeSetting
         let depends_on = match svc.depends_on {
             None => Vec::new(),
             Some(DependsOn::List(l)) => l,
-            Some(DependsOn::Map(m)) => m.into_keys().collect(),
+            Some(DependsOn::Map(m)) => {
+                for (dep, cond) in &m {
+                    let condition = cond.get("condition").and_then(|c| c.as_str());
+                    if !matches!(
+                        condition,
+                        None | Some("service_started" | "service_healthy")
+                    ) {
+                        return Err(plain(format!(
+                            "services.{name}.depends_on.{dep}: condition {:?} is not supported (service_started or service_healthy: berth waits for a service's healthcheck when it has one)",
+                            condition.unwrap_or_default()
+                        )));
+                    }
+                }
+                m.into_keys().collect()
+            }
         };
         let healthcheck = svc
             .healthcheck
@@ -176,6 +217,11 @@ pub(crate) fn parse(file: &str, text: &str, dir: &Path) -> Result<ComposeSetting
             .collect::<Result<_, _>>()
             .map_err(|r| plain(format!("services.{name}.ports: {r}")))?;
         if name == web {
+            if healthcheck.is_some() {
+                return Err(plain(format!(
+                    "services.{name}.healthcheck: berth checks the web service over HTTP ([health] path in berth.toml) and honours its image's HEALTHCHECK"
+                )));
+            }
             if !volumes.is_empty() {
                 return Err(plain(format!(
                     "services.{name}.volumes: the web service is replaced on every deploy; keep data in another service's volume"
@@ -265,10 +311,10 @@ fn inside(rel: &str) -> Result<PathBuf, String> {
 fn docker_build(b: Build, dir: &Path) -> Result<DockerBuild, String> {
     let (context, dockerfile) = match b {
         Build::Context(c) => (c, None),
-        Build::Full {
+        Build::Full(BuildFull {
             context,
             dockerfile,
-        } => (context.unwrap_or_else(|| ".".into()), dockerfile),
+        }) => (context.unwrap_or_else(|| ".".into()), dockerfile),
     };
     let context = inside(&context)?;
     let dockerfile = dockerfile.unwrap_or_else(|| "Dockerfile".into());
@@ -317,15 +363,31 @@ fn environment(env: Option<Environment>) -> Result<BTreeMap<String, String>, Str
             }
         }
     }
-    for (k, v) in &out {
+    for (k, v) in out.iter_mut() {
         let ok = k.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
             && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !ok || v.contains('\0') {
             return Err(format!("invalid variable {k:?}"));
         }
-        if v.contains("${") {
+        *v = unescape(v).map_err(|e| format!("{k}: {e}"))?;
+    }
+    Ok(out)
+}
+
+/// Compose's `$`: `$$` is a literal `$`; any other `$` is an interpolation from the shell of
+/// whoever runs `docker compose`, which berth does not have.
+fn unescape(s: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '$' {
+            out.push(c);
+        } else if chars.peek() == Some(&'$') {
+            chars.next();
+            out.push('$');
+        } else {
             return Err(format!(
-                "{k}: ${{...}} interpolation is not supported (set the value with berth env:set)"
+                "{s:?}: $ interpolation is not supported (write $$ for a literal $; set values with berth env:set)"
             ));
         }
     }
@@ -335,6 +397,11 @@ fn environment(env: Option<Environment>) -> Result<BTreeMap<String, String>, Str
 /// `name:/path[:ro]` with a declared named volume; bind mounts are refused.
 fn volume(v: &str, declared: &[String]) -> Result<(String, String), String> {
     let mut parts = v.splitn(3, ':');
+    if let Some(mode) = v.splitn(3, ':').nth(2) {
+        return Err(format!(
+            "{v:?}: volume mode {mode:?} is not supported (berth mounts named volumes read-write)"
+        ));
+    }
     let (Some(src), Some(dst)) = (parts.next(), parts.next()) else {
         return Err(format!(
             "{v:?}: berth keeps data in named volumes: `name:/path`"
@@ -396,12 +463,15 @@ fn healthcheck(h: Healthcheck) -> Result<Option<ServiceHealth>, String> {
     if h.disable {
         return Ok(None);
     }
-    let _ = h.start_period;
     let test = match h.test {
         None => return Err("test is missing".into()),
         Some(Test::Shell(s)) => vec!["CMD-SHELL".to_string(), s],
         Some(Test::List(l)) => l,
     };
+    let test: Vec<String> = test.iter().map(|t| unescape(t)).collect::<Result<_, _>>()?;
+    if h.start_period.is_some() {
+        return Err("start_period is not supported yet (raise retries or interval instead)".into());
+    }
     match test.first().map(String::as_str) {
         Some("NONE") => return Ok(None),
         Some("CMD" | "CMD-SHELL") if test.len() > 1 => {}
@@ -476,6 +546,14 @@ volumes:
     }
 
     #[test]
+    fn dollars_and_extensions() {
+        let dir = project(&[("Dockerfile", "FROM scratch\n")]);
+        let text = "x-common: &c {}\nservices:\n  web:\n    build: .\n    environment:\n      PASS: a$$b\n";
+        let c = parse("compose.yaml", text, dir.path()).unwrap();
+        assert_eq!(c.env["PASS"], "a$b");
+    }
+
+    #[test]
     fn what_berth_does_not_support_is_named() {
         let dir = project(&[("Dockerfile", "FROM scratch\n")]);
         for (text, want) in [
@@ -485,7 +563,7 @@ volumes:
             ),
             (
                 "services:\n  web:\n    build: .\nnetworks: {}\n",
-                "unknown field `networks`",
+                "unknown top-level key `networks`",
             ),
             (
                 "services:\n  web:\n    build: .\n  db:\n    image: pg\n    volumes: [\"./data:/d\"]\n",
@@ -507,6 +585,22 @@ volumes:
             (
                 "services:\n  web:\n    image: x\n    environment:\n      A: ${B}\n",
                 "interpolation",
+            ),
+            (
+                "services:\n  web:\n    build: { context: ., target: prod }\n",
+                "no target",
+            ),
+            (
+                "services:\n  web:\n    build: .\nvolumes:\n  d: { external: true }\n",
+                "volume options",
+            ),
+            (
+                "services:\n  web:\n    build: .\n    depends_on:\n      m: { condition: service_completed_successfully }\n  m:\n    image: x\n",
+                "not supported",
+            ),
+            (
+                "services:\n  web:\n    build: .\n  db:\n    image: x\n    volumes: [\"d:/d:ro\"]\nvolumes:\n  d: {}\n",
+                "volume mode",
             ),
         ] {
             let err = parse("compose.yaml", text, dir.path()).unwrap_err().to_string();

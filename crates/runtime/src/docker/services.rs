@@ -481,7 +481,8 @@ impl Inner {
             .filter(|l| !l.is_empty())
             .collect();
         let joined = lines.join(" | ");
-        match joined.char_indices().nth(2000) {
+        // The last 2000 characters.
+        match joined.char_indices().rev().nth(2000) {
             Some((cut, _)) => format!("…{}", &joined[cut..]),
             None => joined,
         }
