@@ -1210,14 +1210,7 @@ impl Runtime for DockerRuntime {
                     }),
                     maximum_retry_count: None,
                 }),
-                // Docker keeps its own bounded copy, which the follower reads.
-                log_config: Some(HostConfigLogConfig {
-                    typ: Some("json-file".to_string()),
-                    config: Some(HashMap::from([
-                        ("max-size".to_string(), "10m".to_string()),
-                        ("max-file".to_string(), "2".to_string()),
-                    ])),
-                }),
+                log_config: Some(bounded_logs()),
                 network_mode: Some(network.clone()),
                 // An init (docker-init, i.e. tini) as pid 1 passes SIGTERM on and reaps
                 // zombies: an app as pid 1 ignores SIGTERM and every stop would take the
@@ -1572,6 +1565,18 @@ impl Write for ChunkWriter {
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Docker keeps its own bounded copy of a container's output (json-file, 2 × 10 MB), which
+/// the log follower reads.
+pub(crate) fn bounded_logs() -> HostConfigLogConfig {
+    HostConfigLogConfig {
+        typ: Some("json-file".to_string()),
+        config: Some(HashMap::from([
+            ("max-size".to_string(), "10m".to_string()),
+            ("max-file".to_string(), "2".to_string()),
+        ])),
+    }
 }
 
 #[cfg(test)]

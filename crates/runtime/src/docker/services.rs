@@ -20,8 +20,8 @@ use super::{
 };
 use super::{
     Arc, AtomicBool, ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum,
-    Duration, HashMap, HostConfig, HostConfigLogConfig, Instant, ListContainersOptions, Mutex,
-    Ordering, PathBuf, PortBinding, RestartPolicy, RestartPolicyNameEnum, StreamExt,
+    Duration, HashMap, HostConfig, Instant, ListContainersOptions, Mutex, Ordering, PathBuf,
+    PortBinding, RestartPolicy, RestartPolicyNameEnum, StreamExt,
 };
 use crate::{Limits, RuntimeError};
 
@@ -635,13 +635,7 @@ fn service_body(
                 name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
                 maximum_retry_count: None,
             }),
-            log_config: Some(HostConfigLogConfig {
-                typ: Some("json-file".to_string()),
-                config: Some(HashMap::from([
-                    ("max-size".to_string(), "10m".to_string()),
-                    ("max-file".to_string(), "2".to_string()),
-                ])),
-            }),
+            log_config: Some(super::bounded_logs()),
             network_mode: Some(network.to_string()),
             init: Some(true),
             ..Default::default()
