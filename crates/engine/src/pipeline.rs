@@ -344,6 +344,14 @@ impl Engine {
             // A compose web service's `image:`, used as it is.
             crate::services::check_named_image(docker, image).map_err(Failure)?;
         }
+        if build {
+            // The build slot is free for the next app as soon as the build is done.
+            job.slot = None;
+            self.notify(deploy_id, "build.succeeded");
+            job.deploying = true;
+            self.notify(deploy_id, "deploy.started");
+        }
+        // Services (their waits can be long) run outside the build slot.
         if let Some(docker) = &docker {
             if !spec.services.is_empty() {
                 let names: Vec<&str> = spec.services.keys().map(String::as_str).collect();
@@ -354,13 +362,6 @@ impl Engine {
                 r = services => r?,
                 () = token.cancelled() => return Err(Failure(self.cancel_reason(deploy_id))),
             }
-        }
-        if build {
-            // The build slot is free for the next app as soon as the build is done.
-            job.slot = None;
-            self.notify(deploy_id, "build.succeeded");
-            job.deploying = true;
-            self.notify(deploy_id, "deploy.started");
         }
 
         let run = ReleaseRun {
