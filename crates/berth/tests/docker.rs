@@ -366,3 +366,57 @@ fn a_build_context_swapped_for_a_symlink_is_refused() {
     assert_eq!(d["status"], "failed", "{d}");
     assert!(d["reason"].as_str().unwrap().contains("symlink"), "{d}");
 }
+
+/// berth.toml `[services]` for an app that runs as processes: the service runs in Docker, its
+/// port is published on 127.0.0.1, and `[service_env]` gives the app its address; the data
+/// survives a redeploy.
+#[test]
+fn a_process_app_gets_a_service_and_its_address_from_berth_toml() {
+    if !docker_available() {
+        return;
+    }
+    let b = Berth::start(BIN, "");
+    create_app(&b, "proc");
+    let src = b.path("proc-src");
+    // The kv service of the compose test, built from `db/`.
+    compose_project(&src, "unused\n", "# kv");
+    std::fs::remove_file(src.join("compose.yaml")).unwrap();
+    std::fs::remove_file(src.join("Dockerfile")).unwrap();
+    write_file(&src.join("Procfile"), b"web: python3 app.py\n");
+    write_file(
+        &src.join("berth.toml"),
+        b"[services.kv]\nbuild = \"db\"\nport = 6379\nvolumes = [\"data:/data\"]\nhealthcheck = [\"CMD-SHELL\", \"echo GET | nc 127.0.0.1 6379 | grep -q END\"]\n\n[service_env]\nKV_ADDR = \"{kv.host}:{kv.port}\"\n",
+    );
+    write_file(
+        &src.join("app.py"),
+        br#"import os, socket
+from http.server import BaseHTTPRequestHandler, HTTPServer
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        host, port = os.environ["KV_ADDR"].rsplit(":", 1)
+        cmd = "PUT " + self.path.split("=", 1)[1] if "put=" in self.path else "GET"
+        s = socket.create_connection((host, int(port)), timeout=5)
+        s.sendall((cmd + "\n").encode())
+        out = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            out += chunk
+        body = (os.environ["KV_ADDR"].split(":")[0] + " " + out.decode()).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+"#,
+    );
+    deploy_ok(&b, "proc", &src);
+    assert_eq!(app_get(&b, "proc", "/?put=pear").1, "127.0.0.1 OK\n");
+    // A new release of the app: the service is unchanged, its data still there.
+    write_file(&src.join("VERSION"), b"2\n");
+    deploy_ok(&b, "proc", &src);
+    assert_eq!(app_get(&b, "proc", "/").1, "127.0.0.1 pear\nEND\n");
+}

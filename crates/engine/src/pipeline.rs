@@ -204,6 +204,16 @@ impl Engine {
             .map_err(|e| Failure(format!("release v{version} has a bad spec: {e}")))?;
         // Which runtime: checked first, so an unreachable Docker fails before any build.
         let docker = self.docker_for(&spec).map_err(Failure)?;
+        // Services run on Docker whatever runs the app.
+        let svc_docker = match (&docker, spec.services.is_empty()) {
+            (Some(d), _) => Some(d.clone()),
+            (None, true) => None,
+            (None, false) => Some(self.docker.clone().map_err(|e| {
+                Failure(format!(
+                    "this app's [services] need Docker, which is not reachable: {e}"
+                ))
+            })?),
+        };
         step(
             "prepare",
             &format!("{app} v{version}: {}", release.description),
@@ -228,7 +238,7 @@ impl Engine {
         self.store
             .set_release_config(app, version, &config.to_json())
             .map_err(EngineError::from)?;
-        let env = process_env(app, &spec, &vars);
+        let mut env = process_env(app, &spec, &vars);
 
         if build && (spec.test.is_some() || spec.build.is_some()) {
             let user = job.slot.as_ref().and_then(|s| s.user);
@@ -352,16 +362,21 @@ impl Engine {
             self.notify(deploy_id, "deploy.started");
         }
         // Services (their waits can be long) run outside the build slot.
-        if let Some(docker) = &docker {
+        if let Some(sd) = &svc_docker {
             if !spec.services.is_empty() {
                 let names: Vec<&str> = spec.services.keys().map(String::as_str).collect();
                 step("services", &format!("Services: {}", names.join(", ")))?;
             }
-            let services = self.ensure_services(app, &release.dir, &spec, docker, log);
+            let services = self.ensure_services(app, &release.dir, &spec, sd, log);
             tokio::select! {
                 r = services => r?,
                 () = token.cancelled() => return Err(Failure(self.cancel_reason(deploy_id))),
             }
+            env.extend(
+                self.service_env(app, &spec, sd, docker.is_some())
+                    .await
+                    .map_err(Failure)?,
+            );
         }
 
         let run = ReleaseRun {
@@ -462,8 +477,8 @@ impl Engine {
         )?;
         // From here the new release is live: a failure no longer undoes it.
         started.instances.clear();
-        if let Some(docker) = &docker {
-            self.remove_dropped_services(app, &spec, docker, log).await;
+        if let Some(sd) = &svc_docker {
+            self.remove_dropped_services(app, &spec, sd, log).await;
         }
 
         let step = |name: &str, text: &str| {

@@ -11,7 +11,7 @@
 //! 4. Anything else the runtime started in an earlier run (an instance whose pid was never
 //!    recorded, a build cut off) is stopped (`Runtime::sweep`).
 
-use crate::pipeline::{formation_of, instance_id, process_env, Config, DeployLog, ReleaseRun};
+use crate::pipeline::{formation_of, instance_id, Config, DeployLog, ReleaseRun};
 use crate::{lock, Engine, EngineError, Live, Target};
 use build::manifest::{AppKind, AppSpec, HealthCheck};
 use std::collections::BTreeMap;
@@ -172,7 +172,7 @@ impl Engine {
                 formation: app_formation.clone(),
             },
         };
-        let env = process_env(app, &spec, &config.env);
+        let env = self.live_env(app, &spec, &config.env).await;
         let run = ReleaseRun {
             app,
             version,

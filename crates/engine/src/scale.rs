@@ -3,7 +3,7 @@
 //! ones leave the route, drain and stop. The release's recorded formation follows, so a
 //! restart after a crash brings up the new count.
 
-use crate::pipeline::{formation_of, process_env, Config, DeployLog, Failure, ReleaseRun, Started};
+use crate::pipeline::{formation_of, Config, DeployLog, Failure, ReleaseRun, Started};
 use crate::{lock, Engine, EngineError, Live, Target};
 use build::manifest::{AppKind, AppSpec};
 use std::net::SocketAddr;
@@ -37,7 +37,7 @@ impl Engine {
                 formation: a.formation.clone(),
             },
         };
-        let env = process_env(app, &spec, &config.env);
+        let env = self.live_env(app, &spec, &config.env).await;
         let current: Vec<store::Instance> = self
             .store
             .instances(app)

@@ -192,6 +192,81 @@ impl Engine {
         Ok(())
     }
 
+    /// The app's `[service_env]`, resolved: `{db.host}` is the service's name for an app in
+    /// a container (its alias on the app's network) and 127.0.0.1 for processes; `{db.port}`
+    /// its own port, or for processes the 127.0.0.1 port Docker published it on.
+    pub(crate) async fn service_env(
+        &self,
+        app: &str,
+        spec: &AppSpec,
+        docker: &Arc<DockerRuntime>,
+        in_container: bool,
+    ) -> Result<Vec<(String, String)>, String> {
+        if spec.service_env.is_empty() {
+            return Ok(Vec::new());
+        }
+        let running = docker
+            .services(app)
+            .await
+            .map_err(|e| format!("cannot read the app's services: {e}"))?;
+        let mut out = Vec::new();
+        for (key, template) in &spec.service_env {
+            let mut value = String::new();
+            let mut rest = template.as_str();
+            while let Some(open) = rest.find('{') {
+                value.push_str(&rest[..open]);
+                let Some(close) = rest[open..].find('}') else {
+                    break;
+                };
+                let reference = &rest[open + 1..open + close];
+                let (name, what) = reference.split_once('.').unwrap_or((reference, ""));
+                let declared = spec.services.get(name);
+                let resolved = match (what, in_container) {
+                    ("host", true) => Some(name.to_string()),
+                    ("host", false) => Some("127.0.0.1".to_string()),
+                    ("port", true) => declared.and_then(|s| s.port).map(|p| p.to_string()),
+                    ("port", false) => running
+                        .iter()
+                        .find(|s| s.name == name)
+                        .and_then(|s| s.host_port)
+                        .map(|p| p.to_string()),
+                    _ => None,
+                };
+                let Some(resolved) = resolved else {
+                    return Err(format!(
+                        "service_env.{key}: {{{reference}}} has no value (is service {name} running with a port?)"
+                    ));
+                };
+                value.push_str(&resolved);
+                rest = &rest[open + close + 1..];
+            }
+            value.push_str(rest);
+            out.push((key.clone(), value));
+        }
+        Ok(out)
+    }
+
+    /// The process env of a release that is already live (a restart of berth, a scale), with
+    /// its `[service_env]` resolved as it is now; an error there is logged, not fatal.
+    pub(crate) async fn live_env(
+        &self,
+        app: &str,
+        spec: &AppSpec,
+        vars: &BTreeMap<String, String>,
+    ) -> Vec<(String, String)> {
+        let mut env = crate::pipeline::process_env(app, spec, vars);
+        if let (false, Ok(docker)) = (spec.service_env.is_empty(), &self.docker) {
+            match self
+                .service_env(app, spec, docker, spec.image.is_some())
+                .await
+            {
+                Ok(extra) => env.extend(extra),
+                Err(e) => tracing::error!(app, error = %e, "cannot resolve the app's service_env"),
+            }
+        }
+        env
+    }
+
     /// After the switch: the services the live release no longer names go (their volumes
     /// stay until the app is destroyed). Before it, the old release might still use them.
     pub(crate) async fn remove_dropped_services(

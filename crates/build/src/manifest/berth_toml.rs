@@ -34,6 +34,30 @@ struct BerthToml {
     limits: Option<Limits>,
     #[serde(default)]
     processes: BTreeMap<Spanned<ProcName>, Command>,
+    /// Accessory services (containers beside the app; need Docker).
+    #[serde(default)]
+    services: BTreeMap<Spanned<String>, TomlService>,
+    /// Env vars of the app made from its services: `{db.host}`, `{db.port}`.
+    #[serde(default)]
+    service_env: BTreeMap<String, Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TomlService {
+    pub image: Option<String>,
+    /// A directory of the app with a Dockerfile.
+    pub build: Option<String>,
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// `name:/path` named volumes.
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    /// A command (exec form) that exits 0 when the service is ready.
+    pub healthcheck: Option<Vec<String>>,
+    #[serde(default)]
+    pub depends_on: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -92,6 +116,10 @@ pub(crate) struct TomlSettings {
     pub pids: Option<u64>,
     pub cpu: Option<f64>,
     pub processes: Vec<(String, String, usize)>,
+    /// (name, definition, line).
+    pub services: Vec<(String, TomlService, usize)>,
+    /// (var, template, line).
+    pub service_env: Vec<(String, String, usize)>,
 }
 
 pub(crate) fn parse(text: &str) -> Result<TomlSettings, ManifestError> {
@@ -189,6 +217,22 @@ pub(crate) fn parse(text: &str) -> Result<TomlSettings, ManifestError> {
         .map(|(name, cmd)| {
             let l = line(name.span());
             (name.into_inner().0, cmd.0, l)
+        })
+        .collect();
+    out.services = raw
+        .services
+        .into_iter()
+        .map(|(name, svc)| {
+            let l = line(name.span());
+            (name.into_inner(), svc, l)
+        })
+        .collect();
+    out.service_env = raw
+        .service_env
+        .into_iter()
+        .map(|(k, v)| {
+            let l = line(v.span());
+            (k, v.into_inner(), l)
         })
         .collect();
     Ok(out)

@@ -268,7 +268,7 @@ pub(crate) fn parse(file: &str, text: &str, dir: &Path) -> Result<ComposeSetting
     Ok(out)
 }
 
-fn valid_service_name(n: &str) -> bool {
+pub(crate) fn valid_service_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 63
         && n.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
@@ -296,7 +296,7 @@ fn pick_web(services: &BTreeMap<String, Service>) -> Result<String, String> {
 }
 
 /// A path of the source (relative, no `..`).
-fn inside(rel: &str) -> Result<PathBuf, String> {
+pub(crate) fn inside(rel: &str) -> Result<PathBuf, String> {
     let p = Path::new(rel);
     if p.components()
         .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
@@ -395,7 +395,7 @@ fn unescape(s: &str) -> Result<String, String> {
 }
 
 /// `name:/path[:ro]` with a declared named volume; bind mounts are refused.
-fn volume(v: &str, declared: &[String]) -> Result<(String, String), String> {
+pub(crate) fn volume(v: &str, declared: &[String]) -> Result<(String, String), String> {
     let mut parts = v.splitn(3, ':');
     if let Some(mode) = v.splitn(3, ':').nth(2) {
         return Err(format!(

@@ -308,6 +308,14 @@ pub fn load(dir: &Path) -> Result<AppSpec, ManifestError> {
             "runtime = \"process\", but a compose file runs containers",
         ));
     }
+    if !toml.services.is_empty() || !toml.service_env.is_empty() {
+        return Err(ManifestError::at(
+            "berth.toml",
+            None,
+            None,
+            "[services] and a compose file: declare the services in the compose file",
+        ));
+    }
     let mut toml = toml;
     toml.runtime = Some(RuntimeChoice::Docker);
     // The web service's command is its image's own.
@@ -480,6 +488,16 @@ fn assemble_with(
         .or(app.health_timeout_secs.map(Duration::from_secs))
         .unwrap_or(DEFAULT_HEALTH_TIMEOUT);
 
+    let (services, service_env) = services_from_toml(dir, toml.services, toml.service_env)?;
+    if !services.is_empty() && static_dir.is_some() {
+        return Err(ManifestError::at(
+            "berth.toml",
+            None,
+            None,
+            "[services] run beside an app's processes, not a static site",
+        ));
+    }
+
     Ok(AppSpec {
         kind: if static_dir.is_some() {
             AppKind::Static
@@ -512,10 +530,119 @@ fn assemble_with(
         dockerfile,
         image: None,
         docker_build: None,
-        services: BTreeMap::new(),
-        service_env: BTreeMap::new(),
+        services,
+        service_env,
         container_port: None,
     })
+}
+
+/// berth.toml's `[services.<name>]` and `[service_env]`, checked.
+#[allow(clippy::type_complexity)]
+fn services_from_toml(
+    dir: &Path,
+    raw: Vec<(String, berth_toml::TomlService, usize)>,
+    env: Vec<(String, String, usize)>,
+) -> Result<(BTreeMap<String, ServiceSpec>, BTreeMap<String, String>), ManifestError> {
+    let err =
+        |line: usize, reason: String| ManifestError::at("berth.toml", Some(line), None, reason);
+    let mut services = BTreeMap::new();
+    let names: Vec<String> = raw.iter().map(|(n, _, _)| n.clone()).collect();
+    for (name, s, line) in raw {
+        if !compose::valid_service_name(&name) {
+            return Err(err(
+                line,
+                format!("service name {name:?}: use lowercase letters, digits, '-' and '_'"),
+            ));
+        }
+        let build = match (&s.image, &s.build) {
+            (Some(_), Some(_)) | (None, None) => {
+                return Err(err(line, format!("services.{name}: give `image` (a local image) or `build` (a directory with a Dockerfile), one of them")))
+            }
+            (None, Some(b)) => {
+                let context = compose::inside(b).map_err(|r| err(line, format!("services.{name}.build: {r}")))?;
+                if !dir.join(&context).join("Dockerfile").is_file() {
+                    return Err(err(line, format!("services.{name}.build: no Dockerfile in {b}")));
+                }
+                Some(DockerBuild { context, dockerfile: "Dockerfile".into() })
+            }
+            (Some(_), None) => None,
+        };
+        let mut volumes = Vec::new();
+        for v in &s.volumes {
+            let declared: Vec<String> = v
+                .split(':')
+                .next()
+                .map(|n| vec![n.to_string()])
+                .unwrap_or_default();
+            volumes.push(
+                compose::volume(v, &declared)
+                    .map_err(|r| err(line, format!("services.{name}.volumes: {r}")))?,
+            );
+        }
+        for d in &s.depends_on {
+            if !names.contains(d) {
+                return Err(err(
+                    line,
+                    format!("services.{name}.depends_on: no service named {d:?}"),
+                ));
+            }
+        }
+        let healthcheck = match &s.healthcheck {
+            None => None,
+            Some(cmd) if cmd.is_empty() => {
+                return Err(err(line, format!("services.{name}.healthcheck is empty")))
+            }
+            Some(cmd) => {
+                let test = match cmd[0].as_str() {
+                    "CMD" | "CMD-SHELL" => cmd.clone(),
+                    _ => std::iter::once("CMD".to_string())
+                        .chain(cmd.iter().cloned())
+                        .collect(),
+                };
+                Some(ServiceHealth {
+                    test,
+                    interval: Duration::from_secs(1),
+                    timeout: Duration::from_secs(5),
+                    retries: 60,
+                })
+            }
+        };
+        services.insert(
+            name,
+            ServiceSpec {
+                image: s.image,
+                build,
+                env: s.env,
+                volumes,
+                port: s.port,
+                healthcheck,
+                depends_on: s.depends_on,
+            },
+        );
+    }
+    let mut service_env = BTreeMap::new();
+    for (key, template, line) in env {
+        for part in template.split('{').skip(1) {
+            let Some((reference, _)) = part.split_once('}') else {
+                return Err(err(line, format!("service_env.{key}: unclosed `{{`")));
+            };
+            let (svc, what) = reference.split_once('.').unwrap_or((reference, ""));
+            let Some(spec) = services.get(svc) else {
+                return Err(err(
+                    line,
+                    format!("service_env.{key}: no service named {svc:?}"),
+                ));
+            };
+            match what {
+                "host" => {}
+                "port" if spec.port.is_some() => {}
+                "port" => return Err(err(line, format!("service_env.{key}: services.{svc} has no `port`"))),
+                _ => return Err(err(line, format!("service_env.{key}: {{{reference}}} is not {{{svc}.host}} or {{{svc}.port}}"))),
+            }
+        }
+        service_env.insert(key, template);
+    }
+    Ok((services, service_env))
 }
 
 /// The static dir must exist, be a directory, and stay inside the release dir once symlinks

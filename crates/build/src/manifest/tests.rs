@@ -352,3 +352,53 @@ fn a_dockerfile_runs_the_image_unless_the_manifest_says_process() {
     assert!(err.to_string().starts_with("berth.toml:2:"), "{err}");
     assert!(err.to_string().contains("\"k8s\""), "{err}");
 }
+
+#[test]
+fn services_in_berth_toml() {
+    let spec = load_files(&[
+        ("Procfile", "web: ./serve\n"),
+        ("db/Dockerfile", "FROM scratch\n"),
+        (
+            "berth.toml",
+            "[services.db]\nbuild = \"db\"\nport = 5432\nvolumes = [\"pg:/var/lib/pg\"]\nhealthcheck = [\"pg_isready\"]\n[services.cache]\nimage = \"local-redis\"\ndepends_on = [\"db\"]\n[service_env]\nDATABASE_URL = \"postgres://{db.host}:{db.port}/app\"\n",
+        ),
+    ])
+    .unwrap();
+    let db = &spec.services["db"];
+    assert_eq!(db.port, Some(5432));
+    assert_eq!(
+        db.volumes,
+        vec![("pg".to_string(), "/var/lib/pg".to_string())]
+    );
+    assert_eq!(db.healthcheck.as_ref().unwrap().test, ["CMD", "pg_isready"]);
+    assert_eq!(spec.services["cache"].depends_on, ["db"]);
+    assert_eq!(
+        spec.service_env["DATABASE_URL"],
+        "postgres://{db.host}:{db.port}/app"
+    );
+    for (toml, want) in [
+        ("[services.db]\nport = 1\n", "one of them"),
+        (
+            "[services.db]\nimage = \"x\"\n[service_env]\nA = \"{db.port}\"\n",
+            "has no `port`",
+        ),
+        (
+            "[services.db]\nimage = \"x\"\n[service_env]\nA = \"{nope.host}\"\n",
+            "no service named",
+        ),
+        (
+            "[services.db]\nimage = \"x\"\ndepends_on = [\"q\"]\n",
+            "no service named",
+        ),
+        ("[services.db]\nbuild = \"nowhere\"\n", "no Dockerfile"),
+        (
+            "[services.db]\nimage = \"x\"\nprivileged = true\n",
+            "unknown field",
+        ),
+    ] {
+        let err = load_files(&[("Procfile", "web: x\n"), ("berth.toml", toml)])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(want), "{toml}\n→ {err}");
+    }
+}
