@@ -43,7 +43,7 @@ pub use services::{ServiceInfo, ServiceRun};
 
 use crate::procfs::{proc_start_time, start_time_to_system};
 use crate::{
-    check_id, logs, Event, InstanceInfo, InstanceSpec, InstanceState, Runtime, RuntimeError,
+    check_id, fnv1a, logs, Event, InstanceInfo, InstanceSpec, InstanceState, Runtime, RuntimeError,
     TaskOutcome, TaskSpec,
 };
 
@@ -1464,13 +1464,6 @@ fn sanitize(id: &str) -> String {
             }
         })
         .collect()
-}
-
-/// FNV-1a: stable across builds (as the process runtime's cgroup prefix).
-fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 fn one_line(s: &str) -> String {

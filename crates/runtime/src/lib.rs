@@ -233,6 +233,14 @@ pub trait Runtime: Send + Sync + 'static {
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event>;
 }
 
+/// FNV-1a of `s`: a hash that stays the same across builds and Rust versions, for names a
+/// restarted berth must find again (its cgroups, its containers).
+pub(crate) fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// Ids end up as directory names, so refuse anything that could escape or
 /// collide with the cgroup files around it.
 fn check_id(id: &str) -> Result<(), RuntimeError> {

@@ -151,11 +151,8 @@ impl ProcessRuntime {
         let cgroup_prefix = if opts.owner.is_empty() {
             String::new()
         } else {
-            // FNV-1a: stable across builds, so a restarted berth finds its cgroups again.
-            let hash = opts.owner.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-            });
-            format!("o{:08x}.", hash >> 32)
+            // Stable across builds, so a restarted berth finds its cgroups again.
+            format!("o{:08x}.", crate::fnv1a(&opts.owner) >> 32)
         };
         Arc::new(ProcessRuntime {
             shared: Arc::new(Shared {
