@@ -275,14 +275,7 @@ impl Store {
 
     /// The app's most recent `limit` deploys, newest first.
     pub fn deploys(&self, app: &str, limit: usize) -> Result<Vec<Deploy>> {
-        let conn = self.conn();
-        let id = app_id(&conn, app)?;
-        query_all(
-            &conn,
-            &format!("{DEPLOY_SELECT} WHERE d.app_id = ?1 ORDER BY d.id DESC LIMIT ?2"),
-            (id, sql_limit(limit)),
-            deploy_from_row,
-        )
+        self.all_deploys(Some(app), false, limit)
     }
 
     /// Deploys still queued or running, oldest first. After a crash these
