@@ -970,6 +970,15 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A new secret (webhook and notification signing keys): 32 random bytes as hex. Unlike
+/// [`random_hex`], no randomness is an error.
+pub(crate) fn new_secret() -> Result<String, EngineError> {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b)
+        .map_err(|e| EngineError::Internal(format!("no random bytes for a secret: {e}")))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
 pub(crate) fn random_hex(n: usize) -> String {
     let mut b = vec![0u8; n];
     if getrandom::fill(&mut b).is_err() {

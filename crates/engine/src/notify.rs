@@ -299,11 +299,8 @@ impl Engine {
                 "invalid notification URL: {why} (hint: an http or https URL with a host, like https://example.com/hooks/berth)"
             ))
         })?;
-        let mut key = [0u8; 32];
-        getrandom::fill(&mut key).map_err(|e| {
-            EngineError::Internal(format!("no randomness for the signing secret: {e}"))
-        })?;
-        Ok(self.store.add_notify_target(app, url, &hex(&key), actor)?)
+        let secret = crate::new_secret()?;
+        Ok(self.store.add_notify_target(app, url, &secret, actor)?)
     }
 
     pub fn remove_notify_target(&self, id: i64, actor: &str) -> Result<(), EngineError> {

@@ -54,10 +54,7 @@ fn fetch_lock(git_dir: &Path) -> Arc<tokio::sync::Mutex<()>> {
 
 /// A new webhook secret: 32 random bytes as hex.
 pub fn new_webhook_secret() -> Result<String, EngineError> {
-    let mut b = [0u8; 32];
-    getrandom::fill(&mut b)
-        .map_err(|e| EngineError::Internal(format!("no random bytes for a secret: {e}")))?;
-    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+    crate::new_secret()
 }
 
 /// `url` without credentials (`https://user:token@host/x` → `https://host/x`), for logs.
