@@ -22,33 +22,9 @@ for t in wrk curl python3; do command -v $t >/dev/null || die "$t is missing"; d
 [ -x /bin/busybox ] || die "/bin/busybox is missing (apt-get install busybox-static)"
 curl -s --max-time 5 --unix-socket /var/run/docker.sock http://d/_ping >/dev/null || die "no dockerd at /var/run/docker.sock"
 
-if [ -n "${BERTH_BIN:-}" ]; then
-  BERTH=$BERTH_BIN
-else
-  log "cargo build --release -p berth"
-  (cd "$ROOT" && cargo build --release -p berth >&2) || die "berth does not build"
-  BERTH=${CARGO_TARGET_DIR:-$ROOT/target}/release/berth
-fi
-REV=$(cd "$ROOT" && git rev-parse --short HEAD)
-T=$(mktemp -d /tmp/berth-dockerbench.XXXXXX)
-BERTH_PID=
-cleanup() {
-  if [ -n "$BERTH_PID" ]; then
-    kill -TERM "$BERTH_PID" 2>/dev/null || true
-    for _ in $(seq 300); do kill -0 "$BERTH_PID" 2>/dev/null || break; sleep 0.1; done
-  fi
-  if [ "$KEEP" = 1 ]; then log "work directory kept: $T"; else rm -rf "$T"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-printf '[server]\nhttp = "127.0.0.1:0"\nhttps = "127.0.0.1:0"\nadmin = "127.0.0.1:0"\nworkers = 1\naccess_log = "off"\ndata_dir = "%s/data"\n' "$T" >"$T/berth.toml"
-"$BERTH" serve --config "$T/berth.toml" >"$T/berth.log" 2>&1 &
-BERTH_PID=$!
-for _ in $(seq 150); do [ -s "$T/data/listen.json" ] && break; sleep 0.1; done
-[ -s "$T/data/listen.json" ] || die "berth did not start: $(tail -c 500 "$T/berth.log")"
-HTTP=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["http"])' "$T/data/listen.json")
-cli() { "$BERTH" --data-dir "$T/data" "$@"; }
+NAME=dockerbench
+# shellcheck source=one-berth.sh
+. "$ROOT/bench/one-berth.sh"
 
 APP=$T/app
 mkdir -p "$APP/www"

@@ -25,38 +25,11 @@ log() { echo "[git-bench] $*" >&2; }
 die() { log "error: $*"; exit 1; }
 for t in git curl python3; do command -v $t >/dev/null || die "$t is missing"; done
 
-if [ -n "${BERTH_BIN:-}" ]; then
-  BERTH=$BERTH_BIN
-else
-  log "cargo build --release -p berth"
-  (cd "$ROOT" && cargo build --release -p berth >&2) || die "berth does not build"
-  BERTH=${CARGO_TARGET_DIR:-$ROOT/target}/release/berth
-fi
-REV=$(cd "$ROOT" && git rev-parse --short HEAD)
 APP_PY_DIR=${APP_PY_DIR:-$(dirname "$(python3 -c 'import sys; print(sys.executable)')")}
-APP_PATH="$APP_PY_DIR:$PATH"
-
-T=$(mktemp -d /tmp/berth-gitbench.XXXXXX)
-BERTH_PID=
-cleanup() {
-  if [ -n "$BERTH_PID" ]; then
-    kill -TERM "$BERTH_PID" 2>/dev/null || true
-    for _ in $(seq 300); do kill -0 "$BERTH_PID" 2>/dev/null || break; sleep 0.1; done
-  fi
-  if [ "$KEEP" = 1 ]; then log "work directory kept: $T"; else rm -rf "$T"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-printf '[server]\nhttp = "127.0.0.1:0"\nhttps = "127.0.0.1:0"\nadmin = "127.0.0.1:0"\nworkers = 1\naccess_log = "off"\ndata_dir = "%s/data"\n' "$T" >"$T/berth.toml"
-PATH=$APP_PATH "$BERTH" serve --config "$T/berth.toml" >"$T/berth.log" 2>&1 &
-BERTH_PID=$!
-for _ in $(seq 150); do [ -s "$T/data/listen.json" ] && break; sleep 0.1; done
-[ -s "$T/data/listen.json" ] || die "berth did not start: $(tail -c 500 "$T/berth.log")"
-field() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$T/data/listen.json" "$1"; }
-HTTP=$(field http) ADMIN=$(field admin)
-TOKEN=$(cat "$T/data/admin-token")
-cli() { "$BERTH" --data-dir "$T/data" "$@"; }
+BERTH_PATH="$APP_PY_DIR:$PATH"
+NAME=gitbench
+# shellcheck source=one-berth.sh
+. "$ROOT/bench/one-berth.sh"
 
 # new_repo APP: a work tree of examples/hello with one commit, its remote at berth.
 new_repo() {
