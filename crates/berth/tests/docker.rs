@@ -170,6 +170,13 @@ fn a_dockerfile_app_runs_in_containers_and_redeploys_under_load_with_zero_errors
     });
 }
 
+/// Destroy `app`: its containers, services, volumes, images and network go (Docker state does
+/// not outlive the test; berth's own stop leaves services running, as they are long-lived).
+fn destroy(b: &Berth, app: &str) {
+    let (st, v) = api(b, "DELETE", &format!("/api/v1/apps/{app}"), "");
+    assert_eq!(st, 204, "{v}");
+}
+
 /// Ids of the running containers of berth's app `app` (by the instance label).
 fn containers(app: &str) -> Vec<String> {
     let out = std::process::Command::new("curl")
@@ -249,6 +256,7 @@ fn a_container_whose_healthcheck_fails_is_stopped_and_reported() {
         1,
         "the unhealthy container was removed"
     );
+    destroy(&b, "hc");
 }
 
 /// A compose project, unchanged: the web service (busybox httpd with a CGI script) talks to a
@@ -306,6 +314,7 @@ fn a_compose_project_with_a_database_keeps_its_data_across_redeploys() {
     assert_eq!(st, 422, "{v}");
     assert!(v["error"].as_str().unwrap().contains("privileged"), "{v}");
     assert_eq!(app_get(&b, "shop", "/"), (200, "shop v2\n".into()));
+    destroy(&b, "shop");
 }
 
 /// The compose project of the test above; `db_marker` changes the db's image.
@@ -365,6 +374,7 @@ fn a_build_context_swapped_for_a_symlink_is_refused() {
     let d = wait_deploy(&b, "esc", v["id"].as_i64().unwrap());
     assert_eq!(d["status"], "failed", "{d}");
     assert!(d["reason"].as_str().unwrap().contains("symlink"), "{d}");
+    destroy(&b, "esc");
 }
 
 /// berth.toml `[services]` for an app that runs as processes: the service runs in Docker, its
@@ -419,4 +429,5 @@ HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
     write_file(&src.join("VERSION"), b"2\n");
     deploy_ok(&b, "proc", &src);
     assert_eq!(app_get(&b, "proc", "/").1, "127.0.0.1 pear\nEND\n");
+    destroy(&b, "proc");
 }
