@@ -6,71 +6,12 @@
 mod common;
 
 use common::apps::{api, app_get, cli, create_app, text, upload, wait_body, wait_deploy, T};
+use common::docker::{deploy_ok, docker_app, docker_available};
 use common::BIN;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use test_support::{eventually, write_file, Berth};
-
-/// Does a Docker daemon answer on the default socket?
-fn docker_available() -> bool {
-    let ok = std::process::Command::new("curl")
-        .args([
-            "-s",
-            "--max-time",
-            "5",
-            "--unix-socket",
-            "/var/run/docker.sock",
-            "http://d/_ping",
-        ])
-        .output()
-        .is_ok_and(|o| o.stdout == b"OK");
-    if !ok {
-        eprintln!(
-            "\n!!! SKIPPED: no Docker daemon answers at /var/run/docker.sock (start dockerd) !!!\n"
-        );
-    }
-    ok
-}
-
-/// A Dockerfile app: busybox's httpd serving `www/` (with `body` as its index) on `$PORT`.
-fn docker_app(dir: &Path, body: &str, extra_run: &str) {
-    std::fs::create_dir_all(dir.join("www")).unwrap();
-    std::fs::copy("/bin/busybox", dir.join("busybox")).unwrap();
-    std::fs::set_permissions(dir.join("busybox"), std::fs::Permissions::from_mode(0o755)).unwrap();
-    write_file(&dir.join("www/index.html"), body.as_bytes());
-    write_file(
-        &dir.join("Dockerfile"),
-        format!(
-            "FROM scratch\n\
-             COPY busybox /bin/busybox\n\
-             RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
-             {extra_run}\
-             COPY www /www\n\
-             CMD [\"/bin/sh\", \"-c\", \"echo container up on $PORT; exec httpd -f -v -p $PORT -h /www\"]\n"
-        )
-        .as_bytes(),
-    );
-}
-
-fn deploy_ok(b: &Berth, app: &str, dir: &Path) -> serde_json::Value {
-    let (st, v) = upload(b, app, dir);
-    assert_eq!(st, 202, "{v}");
-    let d = wait_deploy(b, app, v["id"].as_i64().unwrap());
-    let (_, log) = api(
-        b,
-        "GET",
-        &format!("/api/v1/apps/{app}/deploys/{}/log", d["id"]),
-        "",
-    );
-    assert_eq!(
-        d["status"],
-        "succeeded",
-        "{d}\n{}",
-        log.as_str().unwrap_or("")
-    );
-    d
-}
 
 #[test]
 fn a_dockerfile_app_runs_in_containers_and_redeploys_under_load_with_zero_errors() {
