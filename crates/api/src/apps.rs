@@ -496,3 +496,10 @@ pub async fn services(
             .collect(),
     ))
 }
+
+/// `GET /nodes`: the Docker Swarm's nodes (admin); 409 when the daemon is no swarm manager.
+pub async fn nodes(State(ctx): State<Ctx>, Extension(caller): Extension<Caller>) -> JsonResult {
+    caller.admin()?;
+    let nodes = ctx.engine.nodes().await?;
+    Ok(Json(json!(nodes)))
+}

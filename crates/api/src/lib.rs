@@ -136,6 +136,7 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/notifications", get(notify::list).post(notify::create))
         .route("/notifications/{id}", delete(notify::remove))
         .route("/routes", get(get_routes).put(put_routes))
+        .route("/nodes", get(apps::nodes))
         .route("/openapi.json", get(openapi::document));
     Router::new()
         .nest("/api/v1", v1)

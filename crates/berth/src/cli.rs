@@ -235,6 +235,8 @@ pub enum Command {
     Ps,
     /// List an app's accessory services (from its compose file)
     Services,
+    /// List the Docker Swarm's nodes and their state (admin)
+    Nodes,
     /// List the API tokens (admin)
     Tokens,
     /// Create an API token; its secret is printed once
@@ -311,6 +313,7 @@ fn dispatch(g: &Global, cmd: Command) -> Result<i32, Error> {
         Command::Logs { follow, lines } => logs(g, follow, lines),
         Command::Ps => ps(g),
         Command::Services => services(g),
+        Command::Nodes => nodes(g),
         Command::Tokens => tokens(g),
         Command::TokensCreate { name, scope, apps } => tokens_create(g, &name, scope, apps),
         Command::TokensRevoke { id } => tokens_revoke(g, id),
@@ -1420,6 +1423,41 @@ fn services(g: &Global) -> Result<i32, Error> {
         Some(&format!("{} has no services", app.name)),
         &["SERVICE", "STATE", "HEALTH"],
         |s| vec![cell(&s["name"]), cell(&s["state"]), cell(&s["health"])],
+    );
+    Ok(EXIT_OK)
+}
+
+fn nodes(g: &Global) -> Result<i32, Error> {
+    let c = connect(g)?;
+    let v = c.get("/api/v1/nodes")?;
+    print_list(
+        g.json,
+        &v,
+        Some("the swarm has no nodes"),
+        &[
+            "ID",
+            "HOSTNAME",
+            "ROLE",
+            "STATE",
+            "AVAILABILITY",
+            "ADDRESS",
+            "TASKS",
+        ],
+        |n| {
+            let role = match n["leader"].as_bool() {
+                Some(true) => format!("{} (leader)", cell(&n["role"])),
+                _ => cell(&n["role"]),
+            };
+            vec![
+                cell(&n["id"]).chars().take(12).collect(),
+                cell(&n["hostname"]),
+                role,
+                cell(&n["state"]),
+                cell(&n["availability"]),
+                cell(&n["addr"]),
+                cell(&n["tasks"]),
+            ]
+        },
     );
     Ok(EXIT_OK)
 }

@@ -100,6 +100,7 @@ async fn run(
     let default_runtime = match cfg.server.runtime.as_str() {
         "process" => build::manifest::RuntimeChoice::Process,
         "docker" => build::manifest::RuntimeChoice::Docker,
+        "swarm" => build::manifest::RuntimeChoice::Swarm,
         _ => build::manifest::RuntimeChoice::Auto,
     };
     // Docker, unless the server says processes only; apps on processes never need it.

@@ -24,6 +24,7 @@ mod routes;
 mod sandbox;
 mod scale;
 mod services;
+mod swarm;
 pub mod webhook;
 
 use build::manifest::AppSpec;
@@ -95,6 +96,9 @@ pub(crate) struct Live {
     pub version: i64,
     pub target: Target,
     pub health_path: Option<String>,
+    /// A Swarm app: the web service's instance, whose tasks' endpoints the route follows
+    /// (`swarm.rs`).
+    pub follow: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -201,7 +205,7 @@ impl Engine {
         let wanted = spec.image.is_some()
             || match spec.runtime {
                 RuntimeChoice::Process => false,
-                RuntimeChoice::Docker => true,
+                RuntimeChoice::Docker | RuntimeChoice::Swarm => true,
                 RuntimeChoice::Auto => {
                     spec.dockerfile && self.cfg.default_runtime != RuntimeChoice::Process
                 }
@@ -225,6 +229,19 @@ impl Engine {
                 "this app runs on Docker, which is not reachable: {e} (hint: start dockerd, or set runtime = \"process\" in berth.toml with a Procfile)"
             )),
         }
+    }
+
+    /// The swarm's nodes (`berth nodes`), or why there are none to show.
+    pub async fn nodes(&self) -> Result<Vec<runtime::NodeInfo>, EngineError> {
+        let docker = self
+            .docker
+            .as_ref()
+            .map_err(|e| EngineError::Conflict(format!("no Docker daemon, so no swarm: {e}")))?;
+        docker
+            .swarm()
+            .nodes()
+            .await
+            .map_err(|e| EngineError::Conflict(e.to_string()))
     }
 
     /// The app's accessory services as Docker reports them (none without Docker).
@@ -292,6 +309,10 @@ impl Engine {
             self.release_port(port.ok().flatten());
         }
         if let Ok(docker) = &self.docker {
+            // Swarm services of the app that no instance row names (a crash mid-deploy).
+            docker.swarm().remove_app(name).await.map_err(|e| {
+                EngineError::Internal(format!("cannot remove the app's swarm services: {e}"))
+            })?;
             // Its services and their volumes first: a volume left behind would be mounted by
             // a later app of the same name. A failure keeps the app (destroy again).
             docker.remove_services(name, &[], true).await.map_err(|e| {
@@ -819,14 +840,18 @@ impl Engine {
             .join(format!("{runtime_id}.log"))
     }
 
-    /// On SIGTERM: stop every instance (berth is their supervisor; a `kill -9` instead leaves
-    /// them running and the next start adopts them).
+    /// On SIGTERM: stop every instance berth supervises (a `kill -9` instead leaves them
+    /// running and the next start adopts them).
     pub async fn shutdown(&self) {
         let Ok(all) = self.store.all_instances() else {
             return;
         };
         let mut stops = tokio::task::JoinSet::new();
-        for i in all {
+        // Swarm services run on without berth: the swarm supervises them.
+        for i in all
+            .into_iter()
+            .filter(|i| self.runtime.supervised(&i.runtime_id))
+        {
             let rt = self.runtime.clone();
             stops.spawn(async move { rt.stop(&i.runtime_id, SHUTDOWN_GRACE).await });
         }
@@ -838,6 +863,7 @@ impl Engine {
     fn watch_runtime(self: &Arc<Self>) {
         let mut events = self.runtime.subscribe();
         let store = self.store.clone();
+        let engine = Arc::downgrade(self);
         tokio::spawn(async move {
             use tokio::sync::broadcast::error::RecvError;
             loop {
@@ -860,6 +886,10 @@ impl Engine {
                         tracing::error!(instance = %id, restarts, "instance is crashing");
                         let _ = store.set_instance_state(&id, "crashed", None, None);
                     }
+                    Ok(runtime::Event::Endpoints { id }) => match engine.upgrade() {
+                        Some(engine) => engine.follow_tasks(&id),
+                        None => break,
+                    },
                     Err(RecvError::Lagged(_)) => continue,
                     Err(RecvError::Closed) => break,
                 }

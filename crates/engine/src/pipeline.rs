@@ -70,6 +70,8 @@ pub(crate) struct ReleaseRun<'a> {
     pub spec: &'a AppSpec,
     /// The process env without the per-instance vars (`process_env`).
     pub env: &'a [(String, String)],
+    /// The formation it runs with (replicas per process type; `formation_of`).
+    pub formation: &'a BTreeMap<String, u32>,
 }
 
 /// A one-off command of a deploy.
@@ -202,6 +204,12 @@ impl Engine {
             .ok_or_else(|| Failure(format!("release v{version} disappeared")))?;
         let mut spec = AppSpec::from_json(&release.spec)
             .map_err(|e| Failure(format!("release v{version} has a bad spec: {e}")))?;
+        if build && crate::swarm::pin(&mut spec, self.cfg.default_runtime) {
+            self.store
+                .set_release_dir_spec(app, version, &release.dir, &spec.to_json())
+                .map_err(EngineError::from)?;
+        }
+        crate::swarm::check(&spec)?;
         // Which runtime: checked first, so an unreachable Docker fails before any build.
         let docker = self.docker_for(&spec).map_err(Failure)?;
         // Services run on Docker whatever runs the app.
@@ -385,6 +393,7 @@ impl Engine {
             dir: &release.dir,
             spec: &spec,
             env: &env,
+            formation: &a.formation,
         };
         let (target, health_path) = match spec.kind {
             AppKind::Static => {
@@ -407,9 +416,12 @@ impl Engine {
                 (Target::Static(dir), None)
             }
             AppKind::Process => {
-                let web = self
-                    .start_instances(&run, &a.formation, started, log)
-                    .await?;
+                let web = if crate::swarm::on_swarm(&spec) {
+                    self.start_services(&run, started, log).await?
+                } else {
+                    self.start_instances(&run, &a.formation, started, log)
+                        .await?
+                };
                 if !web.is_empty() {
                     step(
                         "health",
@@ -472,6 +484,7 @@ impl Engine {
                 version,
                 target,
                 health_path,
+                follow: crate::swarm::followed(&spec, app, version),
             },
             restoring.then_some(&config.env),
         )?;
@@ -518,9 +531,19 @@ impl Engine {
     /// Stop and forget the instances a failed deploy started.
     pub(crate) async fn undo(&self, started: Started) {
         let mut stops = tokio::task::JoinSet::new();
+        let swarm = self.docker.as_ref().ok().map(|d| d.swarm());
         for (id, _) in &started.instances {
             let (rt, id) = (self.runtime.clone(), id.clone());
-            stops.spawn(async move { rt.stop(&id, Duration::from_secs(2)).await });
+            match (&swarm, rt.supervised(&id)) {
+                // A Swarm service that took this release goes back to the one it replaced.
+                (Some(swarm), false) => {
+                    let swarm = swarm.clone();
+                    stops.spawn(async move { swarm.undo(&id, Duration::from_secs(2)).await });
+                }
+                _ => {
+                    stops.spawn(async move { rt.stop(&id, Duration::from_secs(2)).await });
+                }
+            }
         }
         while stops.join_next().await.is_some() {}
         for (id, port) in started.instances {
@@ -776,6 +799,9 @@ impl Engine {
             env,
             limits: limits(run.spec),
             restart: true,
+            swarm: crate::swarm::on_swarm(run.spec).then(|| {
+                crate::swarm::options(run.spec, formation_of(run.spec, run.formation, proc_type))
+            }),
         }
     }
 

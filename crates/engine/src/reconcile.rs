@@ -158,6 +158,7 @@ impl Engine {
                     version,
                     target: Target::Static(dir),
                     health_path: None,
+                    follow: None,
                 },
             );
             return Ok(());
@@ -179,8 +180,12 @@ impl Engine {
             dir: &release.dir,
             spec: &spec,
             env: &env,
+            formation: &config.formation,
         };
         let existing = self.store.instances(app)?;
+        if crate::swarm::on_swarm(&spec) && self.docker.is_ok() {
+            return self.bring_up_services(&run, &existing, health_path).await;
+        }
         let mut web = Vec::new();
         let mut first_error = None;
         if spec.image.is_some() {
@@ -203,6 +208,7 @@ impl Engine {
                             Target::Upstreams(web)
                         },
                         health_path,
+                        follow: None,
                     },
                 );
                 return Err(EngineError::Internal(format!(
@@ -271,6 +277,7 @@ impl Engine {
                 version,
                 target,
                 health_path,
+                follow: None,
             },
         );
         match first_error {

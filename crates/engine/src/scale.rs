@@ -53,7 +53,13 @@ impl Engine {
             dir: &release.dir,
             spec: &spec,
             env: &env,
+            formation: &a.formation,
         };
+        if crate::swarm::on_swarm(&spec) {
+            return self
+                .scale_services(&run, deploy_id, current, config, log, started)
+                .await;
+        }
         let mut new_web = Vec::new();
         for proc_type in spec.processes.keys() {
             let want = formation_of(&spec, &a.formation, proc_type);
@@ -101,6 +107,7 @@ impl Engine {
             version,
             target,
             health_path,
+            follow: None,
         };
         // The deploy names its release only once the new formation is recorded: a scale cut
         // off before that is failed at the next start (reconcile), not taken as done.

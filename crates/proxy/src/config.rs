@@ -49,7 +49,8 @@ pub struct ServerConfig {
     /// At most this many builds at once, across apps; `None`: the number of cores.
     pub build_concurrency: Option<usize>,
     /// What apps with `runtime = "auto"` get: `"auto"` (Docker for a source with a Dockerfile,
-    /// when a daemon answers), `"process"` (never Docker; no daemon is contacted) or `"docker"`.
+    /// when a daemon answers), `"process"` (never Docker; no daemon is contacted), `"docker"` or
+    /// `"swarm"` (Dockerfile apps run as Docker Swarm services).
     pub runtime: String,
     /// The Docker daemon's socket (default: `$DOCKER_HOST` if unix://, else
     /// /var/run/docker.sock).
@@ -457,11 +458,14 @@ impl FileConfig {
                 format!("route {}{}: {}", e.host, e.path, e.reason),
             ));
         }
-        if !matches!(cfg.server.runtime.as_str(), "auto" | "process" | "docker") {
+        if !matches!(
+            cfg.server.runtime.as_str(),
+            "auto" | "process" | "docker" | "swarm"
+        ) {
             return Err(at(
                 None,
                 format!(
-                    "server.runtime {:?} is not one of \"auto\", \"process\", \"docker\"",
+                    "server.runtime {:?} is not one of \"auto\", \"process\", \"docker\", \"swarm\"",
                     cfg.server.runtime
                 ),
             ));

@@ -38,8 +38,10 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 
 mod services;
+mod swarm;
 
 pub use services::{ServiceInfo, ServiceRun};
+pub use swarm::{NodeInfo, SwarmOptions, SwarmRuntime};
 
 use crate::procfs::{proc_start_time, start_time_to_system};
 use crate::{
@@ -85,10 +87,14 @@ const UNHEALTHY: &str = "unhealthy (HEALTHCHECK)";
 pub struct DockerRuntime {
     inner: Arc<Inner>,
     tracker: JoinHandle<()>,
+    /// Made on first use ([`DockerRuntime::swarm`]).
+    swarm: std::sync::OnceLock<Arc<SwarmRuntime>>,
 }
 
 struct Inner {
     docker: Docker,
+    /// The socket it talks to, for error messages.
+    socket: String,
     owner: String,
     /// `berth-<hash of owner>`: the start of every name this runtime gives.
     prefix: String,
@@ -370,6 +376,7 @@ impl DockerRuntime {
             .map_err(|e| unreachable(e.to_string()))?;
         let inner = Arc::new(Inner {
             docker,
+            socket: path.to_string(),
             owner: owner.to_string(),
             prefix: format!("berth-{:08x}", fnv1a(owner) >> 32),
             instances: Mutex::new(HashMap::new()),
@@ -379,7 +386,19 @@ impl DockerRuntime {
             rotate_lock: Mutex::new(()),
         });
         let tracker = tokio::spawn(track(inner.clone()));
-        Ok(Arc::new(DockerRuntime { inner, tracker }))
+        Ok(Arc::new(DockerRuntime {
+            inner,
+            tracker,
+            swarm: std::sync::OnceLock::new(),
+        }))
+    }
+
+    /// The Swarm runtime on this daemon's connection (always the same one). It works once
+    /// the daemon is a swarm manager; until then its calls say so. Call it inside tokio.
+    pub fn swarm(&self) -> Arc<SwarmRuntime> {
+        self.swarm
+            .get_or_init(|| SwarmRuntime::new(self.inner.clone()))
+            .clone()
     }
 
     /// `berth-<hash of the owner>`: the prefix of every container, network and image name

@@ -26,7 +26,7 @@ mod procfs;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-pub use docker::{DockerRuntime, ServiceInfo, ServiceRun};
+pub use docker::{DockerRuntime, NodeInfo, ServiceInfo, ServiceRun, SwarmOptions, SwarmRuntime};
 pub use multi::MultiRuntime;
 pub use process::{ProcessOptions, ProcessRuntime};
 pub use procfs::proc_start_time;
@@ -69,6 +69,11 @@ pub struct InstanceSpec {
     /// port (`PORT` in `env`) is published to `p` and the container's `PORT` is `p`. `None`: the
     /// image's single `EXPOSE`d port, else `PORT` itself.
     pub container_port: Option<u16>,
+    /// `Some`: the process type runs as one Docker Swarm service with these replicas and
+    /// placement ([`SwarmRuntime`]); the spec then stands for the whole service (its id ends
+    /// in `.1`), and the engine's `PORT` is not used: [`Runtime::endpoints`] says where its
+    /// tasks are.
+    pub swarm: Option<SwarmOptions>,
 }
 
 /// A one-off command: a build step, the `release:` command, postdeploy.
@@ -150,6 +155,9 @@ pub enum Event {
     },
     /// The instance keeps exiting soon after starting.
     Crashing { id: String, restarts: u32 },
+    /// Where the instance is reached changed ([`Runtime::endpoints`]; Swarm tasks came or
+    /// went). `id` is the instance, or for a service just removed, the service's name.
+    Endpoints { id: String },
 }
 
 /// Everything a runtime call can fail with.
@@ -231,6 +239,19 @@ pub trait Runtime: Send + Sync + 'static {
     /// Lifecycle events; the engine persists pids and crash reports from
     /// these. A slow receiver may miss events (`RecvError::Lagged`).
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event>;
+
+    /// Where the instance serves, for a runtime that decides it (Swarm: its running tasks'
+    /// published ports, on their nodes); `None`: on `127.0.0.1:$PORT`, the port the engine
+    /// gave it.
+    fn endpoints(&self, _id: &str) -> Option<Vec<std::net::SocketAddr>> {
+        None
+    }
+
+    /// Whether berth supervises the instance, so that stopping berth (SIGTERM) stops it. A
+    /// Swarm service is supervised by the swarm and keeps running.
+    fn supervised(&self, _id: &str) -> bool {
+        true
+    }
 }
 
 /// FNV-1a of `s`: a hash that stays the same across builds and Rust versions, for names a

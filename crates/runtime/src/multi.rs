@@ -1,6 +1,7 @@
 //! [`MultiRuntime`]: one [`Runtime`] for the engine in front of the process runtime and, when a
-//! daemon is reachable, the Docker runtime. An instance with an image goes to Docker, anything
-//! else to the process runtime; one-off tasks always run as processes.
+//! daemon is reachable, the Docker and Swarm runtimes. An instance with swarm options goes to
+//! Swarm, one with an image to Docker, anything else to the process runtime; one-off tasks
+//! always run as processes.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -11,19 +12,22 @@ use tokio::task::JoinHandle;
 
 use crate::{
     DockerRuntime, Event, InstanceInfo, InstanceSpec, InstanceState, ProcessRuntime, Runtime,
-    RuntimeError, TaskOutcome, TaskSpec,
+    RuntimeError, SwarmRuntime, TaskOutcome, TaskSpec,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Which {
     Process,
     Docker,
+    Swarm,
 }
 
 /// Routes each call to the process or the Docker runtime. See the module docs.
 pub struct MultiRuntime {
     pub process: Arc<ProcessRuntime>,
     pub docker: Option<Arc<DockerRuntime>>,
+    /// The daemon's Swarm runtime (`docker.swarm()`).
+    pub swarm: Option<Arc<SwarmRuntime>>,
     /// Which runtime runs each started or adopted id.
     owners: Mutex<HashMap<String, Which>>,
     events: broadcast::Sender<Event>,
@@ -36,12 +40,17 @@ impl MultiRuntime {
     pub fn new(process: Arc<ProcessRuntime>, docker: Option<Arc<DockerRuntime>>) -> Arc<Self> {
         let events = broadcast::channel(1024).0;
         let mut forwarders = vec![forward(process.subscribe(), events.clone())];
+        let swarm = docker.as_ref().map(|d| d.swarm());
         if let Some(docker) = &docker {
             forwarders.push(forward(docker.subscribe(), events.clone()));
+        }
+        if let Some(swarm) = &swarm {
+            forwarders.push(forward(swarm.subscribe(), events.clone()));
         }
         Arc::new(MultiRuntime {
             process,
             docker,
+            swarm,
             owners: Mutex::new(HashMap::new()),
             events,
             forwarders,
@@ -54,6 +63,15 @@ impl MultiRuntime {
                 "no Docker daemon: instance {} needs image {}",
                 spec.id,
                 spec.image.as_deref().unwrap_or_default()
+            ))
+        })
+    }
+
+    fn swarm(&self, spec: &InstanceSpec) -> Result<&Arc<SwarmRuntime>, RuntimeError> {
+        self.swarm.as_ref().ok_or_else(|| {
+            RuntimeError::Docker(format!(
+                "no Docker daemon: instance {} runs on Swarm",
+                spec.id
             ))
         })
     }
@@ -100,7 +118,9 @@ impl Runtime for MultiRuntime {
 
     async fn start(&self, spec: InstanceSpec) -> Result<InstanceInfo, RuntimeError> {
         let id = spec.id.clone();
-        let (which, info) = if spec.image.is_some() {
+        let (which, info) = if spec.swarm.is_some() {
+            (Which::Swarm, self.swarm(&spec)?.start(spec).await?)
+        } else if spec.image.is_some() {
             (Which::Docker, self.docker(&spec)?.start(spec).await?)
         } else {
             (Which::Process, self.process.start(spec).await?)
@@ -116,7 +136,12 @@ impl Runtime for MultiRuntime {
         pid_start: u64,
     ) -> Result<Option<InstanceInfo>, RuntimeError> {
         let id = spec.id.clone();
-        let (which, info) = if spec.image.is_some() {
+        let (which, info) = if spec.swarm.is_some() {
+            (
+                Which::Swarm,
+                self.swarm(&spec)?.adopt(spec, pid, pid_start).await?,
+            )
+        } else if spec.image.is_some() {
             let docker = self.docker(&spec)?;
             (Which::Docker, docker.adopt(spec, pid, pid_start).await?)
         } else {
@@ -137,7 +162,13 @@ impl Runtime for MultiRuntime {
                     docker.stop(id, grace).await?;
                 }
             }
-            // Unknown here: each runtime treats an id it does not know as already stopped.
+            Some(Which::Swarm) => {
+                if let Some(swarm) = &self.swarm {
+                    swarm.stop(id, grace).await?;
+                }
+            }
+            // Unknown here: each runtime treats an id it does not know as already stopped
+            // (a service that moved on to another release, too).
             None => {
                 self.process.stop(id, grace).await?;
                 if let Some(docker) = &self.docker {
@@ -177,6 +208,7 @@ impl Runtime for MultiRuntime {
         match self.which(id) {
             Some(Which::Process) => self.process.state(id),
             Some(Which::Docker) => self.docker.as_ref().and_then(|d| d.state(id)),
+            Some(Which::Swarm) => self.swarm.as_ref().and_then(|s| s.state(id)),
             None => self
                 .process
                 .state(id)
@@ -193,11 +225,28 @@ impl Runtime for MultiRuntime {
         if let Some(docker) = &self.docker {
             stopped += docker.sweep(grace).await?;
         }
+        if let Some(swarm) = &self.swarm {
+            // Only where berth may run services: elsewhere there is nothing of ours.
+            if swarm.check_manager().await.is_ok() {
+                stopped += swarm.sweep(grace).await?;
+            }
+        }
         Ok(stopped)
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
+    }
+
+    fn endpoints(&self, id: &str) -> Option<Vec<std::net::SocketAddr>> {
+        match self.which(id) {
+            Some(Which::Swarm) => self.swarm.as_ref().and_then(|s| s.endpoints(id)),
+            _ => None,
+        }
+    }
+
+    fn supervised(&self, id: &str) -> bool {
+        self.which(id) != Some(Which::Swarm)
     }
 }
 

@@ -242,6 +242,7 @@ fn spec(owner: &Owner, name: &str, image: &str, command: &str, port: u16) -> Ins
         restart: true,
         image: Some(image.to_string()),
         container_port: None,
+        swarm: None,
     }
 }
 

@@ -100,6 +100,7 @@ fn spec(dir: &Path, name: &str, command: &str) -> InstanceSpec {
         restart: true,
         image: None,
         container_port: None,
+        swarm: None,
     }
 }
 

@@ -40,6 +40,16 @@ struct BerthToml {
     /// Env vars of the app made from its services: `{db.host}`, `{db.port}`.
     #[serde(default)]
     service_env: BTreeMap<String, Spanned<String>>,
+    /// Placement of a Swarm app's tasks.
+    swarm: Option<Swarm>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Swarm {
+    #[serde(default)]
+    constraints: Vec<Spanned<String>>,
+    max_replicas_per_node: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,6 +130,7 @@ pub(crate) struct TomlSettings {
     pub services: Vec<(String, TomlService, usize)>,
     /// (var, template, line).
     pub service_env: Vec<(String, String, usize)>,
+    pub swarm: super::SwarmSettings,
 }
 
 pub(crate) fn parse(text: &str) -> Result<TomlSettings, ManifestError> {
@@ -137,13 +148,38 @@ pub(crate) fn parse(text: &str) -> Result<TomlSettings, ManifestError> {
             "auto" => super::RuntimeChoice::Auto,
             "process" => super::RuntimeChoice::Process,
             "docker" => super::RuntimeChoice::Docker,
-            other => {
-                return Err(at(
-                    Some(span),
-                    format!("runtime {other:?} is not one of \"auto\", \"process\", \"docker\""),
-                ))
-            }
+            "swarm" => super::RuntimeChoice::Swarm,
+            other => return Err(at(
+                Some(span),
+                format!(
+                    "runtime {other:?} is not one of \"auto\", \"process\", \"docker\", \"swarm\""
+                ),
+            )),
         });
+    }
+    if let Some(sw) = raw.swarm {
+        for c in sw.constraints {
+            let text = c.get_ref().trim();
+            let ok = (text.contains("==") || text.contains("!="))
+                && text.starts_with(|ch: char| ch.is_ascii_alphabetic())
+                && !text.chars().any(char::is_control);
+            if !ok {
+                return Err(at(
+                    Some(c.span()),
+                    format!("constraint {:?} is not `<attribute> == <value>` or `<attribute> != <value>` (e.g. \"node.role == worker\")", c.get_ref()),
+                ));
+            }
+            out.swarm.constraints.push(text.to_string());
+        }
+        if let Some(m) = sw.max_replicas_per_node {
+            if *m.get_ref() == 0 {
+                return Err(at(
+                    Some(m.span()),
+                    "max_replicas_per_node must be at least 1".to_string(),
+                ));
+            }
+            out.swarm.max_replicas_per_node = Some(*m.get_ref());
+        }
     }
     if let Some(b) = raw.build {
         out.build_command = Some(b.command.0);
@@ -241,6 +277,22 @@ pub(crate) fn parse(text: &str) -> Result<TomlSettings, ManifestError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn swarm_table() {
+        let s = parse("runtime = \"swarm\"\n[swarm]\nconstraints = [\"node.role == worker\"]\nmax_replicas_per_node = 1\n").unwrap();
+        assert_eq!(s.runtime, Some(super::super::RuntimeChoice::Swarm));
+        assert_eq!(s.swarm.constraints, vec!["node.role == worker"]);
+        assert_eq!(s.swarm.max_replicas_per_node, Some(1));
+        for (bad, line) in [
+            ("[swarm]\nconstraints = [\"worker\"]\n", 2),
+            ("[swarm]\nmax_replicas_per_node = 0\n", 2),
+            ("[swarm]\nreplicas = 2\n", 2),
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert_eq!(e.line, Some(line), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn full_example() {

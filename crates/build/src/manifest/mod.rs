@@ -52,6 +52,21 @@ pub enum RuntimeChoice {
     Auto,
     Process,
     Docker,
+    /// Docker Swarm services (the image is built as for `Docker`): replicas spread over the
+    /// swarm's nodes, rolling updates by Swarm.
+    Swarm,
+}
+
+/// `[swarm]`: where a Swarm app's tasks may run.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SwarmSettings {
+    /// Placement constraints as Swarm spells them: `node.role == worker`,
+    /// `node.labels.disk != hdd`.
+    #[serde(default)]
+    pub constraints: Vec<String>,
+    /// At most this many tasks of one process type on a node.
+    #[serde(default)]
+    pub max_replicas_per_node: Option<u64>,
 }
 
 /// How the app is served.
@@ -119,6 +134,9 @@ pub struct AppSpec {
     /// `EXPOSE`, else `$PORT`.
     #[serde(default)]
     pub container_port: Option<u16>,
+    /// `[swarm]`: placement, for a release that runs on Swarm.
+    #[serde(default)]
+    pub swarm: SwarmSettings,
 }
 
 /// `docker build` of the app: `context` (a directory of the source) with `dockerfile` in it.
@@ -317,7 +335,9 @@ pub fn load(dir: &Path) -> Result<AppSpec, ManifestError> {
         ));
     }
     let mut toml = toml;
-    toml.runtime = Some(RuntimeChoice::Docker);
+    if toml.runtime != Some(RuntimeChoice::Swarm) {
+        toml.runtime = Some(RuntimeChoice::Docker);
+    }
     // The web service's command is its image's own.
     let web = vec![procfile::ProcLine {
         name: WEB.to_string(),
@@ -416,12 +436,19 @@ fn assemble_with(
     // A Dockerfile app runs the image's own command as `web` unless a Procfile says otherwise.
     let runtime = toml.runtime.unwrap_or_default();
     let dockerfile = dir.join("Dockerfile").is_file();
-    if runtime == RuntimeChoice::Docker && !dockerfile && !compose {
+    if matches!(runtime, RuntimeChoice::Docker | RuntimeChoice::Swarm) && !dockerfile && !compose {
         return Err(ManifestError::at(
             "berth.toml",
             None,
             None,
-            "runtime = \"docker\" needs a Dockerfile at the top of the app",
+            format!(
+                "runtime = \"{}\" needs a Dockerfile at the top of the app",
+                if runtime == RuntimeChoice::Swarm {
+                    "swarm"
+                } else {
+                    "docker"
+                }
+            ),
         ));
     }
     let docker = dockerfile && runtime != RuntimeChoice::Process;
@@ -533,6 +560,7 @@ fn assemble_with(
         services,
         service_env,
         container_port: None,
+        swarm: toml.swarm,
     })
 }
 

@@ -48,6 +48,7 @@ fn procfile_only_gets_defaults() {
             services: BTreeMap::new(),
             service_env: BTreeMap::new(),
             container_port: None,
+            swarm: Default::default(),
             health: HealthSpec {
                 check: HealthCheck::Http { path: "/".into() },
                 timeout: DEFAULT_HEALTH_TIMEOUT,
