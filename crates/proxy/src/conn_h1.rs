@@ -640,8 +640,8 @@ impl Conn {
         let lim = &shared.limits;
         let body_pending = req.framing != Framing::None;
 
-        let (up, mut conn, _active) = match self.w.checkout(pool, idempotent(&req.method)).await {
-            Ok(c) => c,
+        let mut at = match self.w.checkout(pool, idempotent(&req.method)).await {
+            Ok(a) => a,
             Err((status, addr)) => return self.fail(io, status, addr).await,
         };
 
@@ -657,14 +657,15 @@ impl Conn {
                     status: 499,
                     bytes: 0,
                     keep: false,
-                    upstream: Some(up.addr),
+                    upstream: Some(at.up.addr),
                     linger: false,
                 };
             }
             let _ = io.flush().await;
         }
-        // A stale pooled connection is retried once, fresh, for requests safe to send twice.
-        let mut fresh_retry = !body_pending && idempotent(&req.method);
+        // Sent again after a failure before any response byte (see `Worker::resend`): only
+        // requests safe to send twice, with no body that would have to be read again.
+        let resendable = !body_pending && idempotent(&req.method);
         loop {
             self.out.clear();
             self.out.extend_from_slice(&self.up_head);
@@ -676,66 +677,40 @@ impl Conn {
                 write_timeout: lim.upstream_timeout.0,
                 out: &mut self.out,
             };
-            match relay.run(io, &mut self.buf, &mut conn.stream).await {
-                Ok(_) => {}
-                Err(BodyError::Write(_)) if conn.reused && fresh_retry => {
-                    fresh_retry = false;
-                    match upstream::connect(up.addr, lim.upstream_connect_timeout.0).await {
-                        Ok(c) => {
-                            conn = c;
-                            continue;
-                        }
-                        Err(_) => {
-                            return self.fail(io, StatusCode::BAD_GATEWAY, Some(up.addr)).await
-                        }
-                    }
-                }
-                Err(BodyError::Write(_)) => {
-                    shared.metrics.upstream_error(UpstreamError::Connect);
-                    return self.fail(io, StatusCode::BAD_GATEWAY, Some(up.addr)).await;
-                }
+            let addr = Some(at.up.addr);
+            let failed = match relay.run(io, &mut self.buf, &mut at.conn.stream).await {
+                Ok(_) => match self.read_response(req, &mut at.conn).await {
+                    Ok(r) => break self.relay_response(io, r, at.conn, at.up.addr).await,
+                    Err(Some(status)) => return self.fail(io, status, addr).await,
+                    // Closed or reset before a byte of the response head.
+                    Err(None) => UpstreamError::BadResponse,
+                },
+                Err(BodyError::Write(_)) => UpstreamError::Connect,
                 Err(BodyError::TooLarge) => {
-                    return self
-                        .fail(io, StatusCode::PAYLOAD_TOO_LARGE, Some(up.addr))
-                        .await
+                    return self.fail(io, StatusCode::PAYLOAD_TOO_LARGE, addr).await
                 }
                 Err(BodyError::ReadTimeout) => {
-                    return self
-                        .fail(io, StatusCode::REQUEST_TIMEOUT, Some(up.addr))
-                        .await
+                    return self.fail(io, StatusCode::REQUEST_TIMEOUT, addr).await
                 }
                 Err(BodyError::Malformed(_)) => {
-                    return self.fail(io, StatusCode::BAD_REQUEST, Some(up.addr)).await
+                    return self.fail(io, StatusCode::BAD_REQUEST, addr).await
                 }
                 Err(BodyError::ReadIo(_)) => {
                     return Outcome {
                         status: 499,
                         bytes: 0,
                         keep: false,
-                        upstream: Some(up.addr),
+                        upstream: addr,
                         linger: false,
                     }
                 }
+            };
+            if !resendable {
+                shared.metrics.upstream_error(failed);
+                return self.fail(io, StatusCode::BAD_GATEWAY, addr).await;
             }
-            // Read the response head.
-            match self.read_response(req, &mut conn).await {
-                Ok(r) => break self.relay_response(io, r, conn, up.addr).await,
-                Err(Some(status)) => return self.fail(io, status, Some(up.addr)).await,
-                Err(None) if fresh_retry && conn.reused => {
-                    // The pooled connection was closed under us before answering: once more on a
-                    // fresh one (nothing reached the application).
-                    fresh_retry = false;
-                    match upstream::connect(up.addr, lim.upstream_connect_timeout.0).await {
-                        Ok(c) => conn = c,
-                        Err(_) => {
-                            return self.fail(io, StatusCode::BAD_GATEWAY, Some(up.addr)).await
-                        }
-                    }
-                }
-                Err(None) => {
-                    shared.metrics.upstream_error(UpstreamError::BadResponse);
-                    return self.fail(io, StatusCode::BAD_GATEWAY, Some(up.addr)).await;
-                }
+            if let Err((status, addr)) = self.w.resend(pool, &mut at, failed).await {
+                return self.fail(io, status, addr).await;
             }
         }
     }

@@ -407,74 +407,85 @@ async fn proxy(
         None => Framing::Chunked,
     };
     let head = upstream_head(&parts, target, host, peer, framing, request_id);
-    let (up, mut conn, active) = match w.checkout(pool, idempotent(&parts.method)).await {
-        Ok(c) => c,
+    let mut at = match w.checkout(pool, idempotent(&parts.method)).await {
+        Ok(a) => a,
         Err((s, addr)) => return err(s, addr),
     };
-    let addr = up.addr;
-    let mut fresh_retry = framing == Framing::None && idempotent(&parts.method);
+    // Sent again after a failure before any response byte (see `Worker::resend`): only
+    // requests safe to send twice, with no body.
+    let resendable = framing == Framing::None && idempotent(&parts.method);
     let (status, headers, framing, up_keep) = loop {
+        let addr = Some(at.up.addr);
         let sent = send_request(
-            &mut conn, &head, &mut body, framing, max_body, lim, activity,
+            &mut at.conn,
+            &head,
+            &mut body,
+            framing,
+            max_body,
+            lim,
+            activity,
         );
-        match sent.await {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::FileTooLarge => {
-                return err(StatusCode::PAYLOAD_TOO_LARGE, Some(addr))
-            }
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                return err(StatusCode::REQUEST_TIMEOUT, Some(addr))
-            }
-            Err(_) if fresh_retry && conn.reused => {}
-            Err(_) => return err(StatusCode::BAD_GATEWAY, Some(addr)),
-        }
-        let read = conn.read_head(is_head, false, lim.upstream_timeout.0, |head, hs| {
-            (
-                head.status,
-                response_headers(hs, head.framing),
-                head.framing,
-                head.keep_alive,
-            )
-        });
-        match read.await {
-            Ok(r) => break r,
-            Err(HeadError::Bad) => {
-                w.shared.metrics.upstream_error(UpstreamError::BadResponse);
-                return err(StatusCode::BAD_GATEWAY, Some(addr));
-            }
-            Err(HeadError::Timeout) => {
-                w.shared.metrics.upstream_error(UpstreamError::Timeout);
-                return err(StatusCode::GATEWAY_TIMEOUT, Some(addr));
-            }
-            // A pooled connection the upstream had closed: once more on a fresh one (nothing
-            // reached the application), as the HTTP/1.1 front does.
-            Err(HeadError::ClosedEarly) if fresh_retry && conn.reused => {
-                fresh_retry = false;
-                match crate::upstream::connect(addr, lim.upstream_connect_timeout.0).await {
-                    Ok(c) => conn = c,
-                    Err(_) => return err(StatusCode::BAD_GATEWAY, Some(addr)),
+        let failed = match sent.await {
+            Ok(()) => {
+                let read = at
+                    .conn
+                    .read_head(is_head, false, lim.upstream_timeout.0, |head, hs| {
+                        (
+                            head.status,
+                            response_headers(hs, head.framing),
+                            head.framing,
+                            head.keep_alive,
+                        )
+                    });
+                match read.await {
+                    Ok(r) => break r,
+                    Err(HeadError::Bad) => {
+                        w.shared.metrics.upstream_error(UpstreamError::BadResponse);
+                        return err(StatusCode::BAD_GATEWAY, addr);
+                    }
+                    Err(HeadError::Timeout) => {
+                        w.shared.metrics.upstream_error(UpstreamError::Timeout);
+                        return err(StatusCode::GATEWAY_TIMEOUT, addr);
+                    }
+                    Err(HeadError::ClosedEarly) => UpstreamError::BadResponse,
                 }
             }
-            Err(HeadError::ClosedEarly) => return err(StatusCode::BAD_GATEWAY, Some(addr)),
+            Err(e) if e.kind() == io::ErrorKind::FileTooLarge => {
+                return err(StatusCode::PAYLOAD_TOO_LARGE, addr)
+            }
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                return err(StatusCode::REQUEST_TIMEOUT, addr)
+            }
+            // With a body, the failure may be the client's (a reset stream): not counted.
+            Err(_) if !resendable => return err(StatusCode::BAD_GATEWAY, addr),
+            Err(_) => UpstreamError::Connect,
+        };
+        if !resendable {
+            w.shared.metrics.upstream_error(failed);
+            return err(StatusCode::BAD_GATEWAY, addr);
+        }
+        if let Err((s, addr)) = w.resend(pool, &mut at, failed).await {
+            return err(s, addr);
         }
     };
+    let addr = at.up.addr;
     let Ok(status) = StatusCode::from_u16(status) else {
         return err(StatusCode::BAD_GATEWAY, Some(addr));
     };
     let body = match framing {
         Framing::None => {
             if up_keep {
-                w.pool.put(addr, conn);
+                w.pool.put(addr, at.conn);
             }
             full(Bytes::new())
         }
-        Framing::Length(n) if conn.buf.len() as u64 == n && up_keep => {
-            let b = conn.buf.split().freeze();
-            w.pool.put(addr, conn);
+        Framing::Length(n) if at.conn.buf.len() as u64 == n && up_keep => {
+            let b = at.conn.buf.split().freeze();
+            w.pool.put(addr, at.conn);
             full(b)
         }
         // The upstream stays counted as busy (least_conn) until its body has been relayed.
-        _ => relay_body(w, conn, framing, up_keep, addr, active),
+        _ => relay_body(w, at.conn, framing, up_keep, addr, at.active),
     };
     let mut resp = Response::new(body);
     *resp.status_mut() = status;

@@ -4,10 +4,10 @@
 
 use crate::accesslog::AccessLog;
 use crate::config::{FileConfig, Limits, Listen, RouteError, RouteSpec};
-use crate::metrics::Metrics;
-use crate::table::RouteTable;
+use crate::metrics::{Metrics, UpstreamError};
+use crate::table::{Pool, RouteTable};
 use crate::tls;
-use crate::upstream::{ConnPool, Registry};
+use crate::upstream::{ActiveGuard, ConnPool, Registry, UpConn, Upstream};
 use arc_swap::ArcSwap;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -379,26 +379,84 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener, tls: Option<tokio_rus
     }
 }
 
+/// Why a request got no upstream answer: the status to answer, and the upstream last tried.
+pub type Failed = (http::StatusCode, Option<SocketAddr>);
+
+/// A request's place on an upstream: the connection it is sent on, and its count as in flight
+/// there (`track`), which moves with it when the request moves to another upstream.
+pub struct Attempt {
+    pub up: Arc<Upstream>,
+    pub conn: UpConn,
+    pub active: ActiveGuard,
+    /// The request has already moved to another upstream once (it never moves twice).
+    moved: bool,
+}
+
 impl Worker {
     /// An upstream connection for a request on `pool`: a pooled one when there is one, else a new
     /// connection. A failed connect counts against the upstream (passive health) and, for an
     /// idempotent request, is retried once on another upstream. Errors are the status to answer.
     /// The request counts as in flight on the upstream from the moment it is picked (the guard),
     /// so a deploy draining that upstream never sees 0 while a connect is under way.
-    pub async fn checkout(
+    pub async fn checkout(&self, pool: &Pool, idempotent: bool) -> Result<Attempt, Failed> {
+        self.pick_and_connect(pool, idempotent, None).await
+    }
+
+    /// Make `a` ready to send its request again after the exchange failed before any byte of the
+    /// response came back: a write error, or the connection closed or reset before the response
+    /// head (`error` is how that is counted). Callers only ask for requests safe to send twice
+    /// (idempotent, no body), and never after a timeout: a slow application must not get every
+    /// request twice. Like nginx's `proxy_next_upstream error`:
+    /// - a pooled connection is replaced by a fresh one to the same upstream (a keep-alive the
+    ///   upstream closed just as it was reused is not the upstream's fault);
+    /// - otherwise (a fresh connection failed, or the fresh connect after a pooled one did) the
+    ///   failure counts against the upstream and the request moves to another upstream of the
+    ///   pool: once per request, so it never loops.
+    ///
+    /// `Err` is the answer when the request cannot be sent again.
+    pub async fn resend(
         &self,
-        pool: &crate::table::Pool,
+        pool: &Pool,
+        a: &mut Attempt,
+        mut error: UpstreamError,
+    ) -> Result<(), Failed> {
+        if a.conn.reused {
+            let t = self.shared.limits.upstream_connect_timeout.0;
+            match crate::upstream::connect(a.up.addr, t).await {
+                Ok(c) => {
+                    a.up.connect_ok();
+                    a.conn = c;
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::debug!(upstream = %a.up.addr, error = %e, "upstream connect failed");
+                    error = UpstreamError::Connect;
+                }
+            }
+        }
+        self.shared.metrics.upstream_error(error);
+        let several = pool.upstreams.len() > 1;
+        a.up.connect_failed(several);
+        if a.moved || !several {
+            return Err((http::StatusCode::BAD_GATEWAY, Some(a.up.addr)));
+        }
+        // The new attempt counts the request as in flight on the new upstream; the assignment
+        // drops the old attempt's guard, so the upstream it left (maybe draining) sees it go.
+        *a = self
+            .pick_and_connect(pool, true, Some(a.up.clone()))
+            .await?;
+        Ok(())
+    }
+
+    /// `checkout`, avoiding `avoid` (the upstream a request moves away from; a request that has
+    /// moved once does not move again when this connect fails).
+    async fn pick_and_connect(
+        &self,
+        pool: &Pool,
         idempotent: bool,
-    ) -> Result<
-        (
-            Arc<crate::upstream::Upstream>,
-            crate::upstream::UpConn,
-            crate::upstream::ActiveGuard,
-        ),
-        (http::StatusCode, Option<SocketAddr>),
-    > {
-        use crate::metrics::UpstreamError;
-        let mut avoid: Option<Arc<crate::upstream::Upstream>> = None;
+        mut avoid: Option<Arc<Upstream>>,
+    ) -> Result<Attempt, Failed> {
+        let mut moved = avoid.is_some();
         loop {
             let Some(up) = pool.pick(avoid.as_deref()).cloned() else {
                 self.shared
@@ -407,22 +465,33 @@ impl Worker {
                 return Err((http::StatusCode::BAD_GATEWAY, None));
             };
             let active = up.track();
-            if let Some(c) = self.pool.take(up.addr) {
-                return Ok((up, c, active));
+            if let Some(conn) = self.pool.take(up.addr) {
+                return Ok(Attempt {
+                    up,
+                    conn,
+                    active,
+                    moved,
+                });
             }
             match crate::upstream::connect(up.addr, self.shared.limits.upstream_connect_timeout.0)
                 .await
             {
-                Ok(c) => {
+                Ok(conn) => {
                     up.connect_ok();
-                    return Ok((up, c, active));
+                    return Ok(Attempt {
+                        up,
+                        conn,
+                        active,
+                        moved,
+                    });
                 }
                 Err(e) => {
                     tracing::debug!(upstream = %up.addr, error = %e, "upstream connect failed");
                     self.shared.metrics.upstream_error(UpstreamError::Connect);
                     let several = pool.upstreams.len() > 1;
                     up.connect_failed(several);
-                    if idempotent && several && avoid.is_none() {
+                    if idempotent && several && !moved {
+                        moved = true;
                         avoid = Some(up);
                         continue;
                     }
@@ -430,5 +499,97 @@ impl Worker {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Balance, HostPattern, PathPrefix, RouteSpec};
+
+    /// A worker and a round-robin pool over `addrs` (picked in order, from the first).
+    fn worker_and_table(addrs: &[SocketAddr]) -> (Worker, Arc<RouteTable>) {
+        let spec = RouteSpec {
+            host: HostPattern::parse("app.test").unwrap(),
+            path: PathPrefix::parse("/").unwrap(),
+            strip_prefix: false,
+            upstreams: addrs.iter().map(|a| crate::config::Upstream(*a)).collect(),
+            balance: Balance::RoundRobin,
+            health: None,
+            max_body: None,
+            static_root: None,
+            https_redirect: false,
+        };
+        let metrics = Metrics::new();
+        let table = RouteTable::build(vec![spec], 1 << 20, &Registry::default(), &metrics).unwrap();
+        let table = Arc::new(table);
+        let shared = Arc::new(Shared {
+            table: Arc::new(ArcSwap::new(table.clone())),
+            limits: Limits::default(),
+            metrics,
+            log: AccessLog::open("off").unwrap(),
+            conns: AtomicUsize::new(0),
+            shutdown: CancellationToken::new(),
+            https_port: None,
+        });
+        let w = Worker {
+            pool: ConnPool::new(4),
+            shared,
+        };
+        (w, table)
+    }
+
+    /// The whole resend rule on live sockets: a pooled connection is replaced by a fresh one to
+    /// the same upstream, a fresh one's failure moves the request (and its in-flight count) to
+    /// the other upstream, and a request that has moved once does not move again.
+    #[tokio::test]
+    async fn resend_replaces_a_pooled_connection_then_moves_once() {
+        let la = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let lb = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (a, b) = (la.local_addr().unwrap(), lb.local_addr().unwrap());
+        let (w, table) = worker_and_table(&[a, b]);
+        let pool = table.pools().next().unwrap();
+        let (up_a, up_b) = (pool.upstreams[0].clone(), pool.upstreams[1].clone());
+        let err = UpstreamError::BadResponse;
+
+        let mut at = w.checkout(pool, true).await.unwrap();
+        assert_eq!(at.up.addr, a);
+        assert_eq!((up_a.active(), up_b.active()), (1, 0));
+
+        // A pooled connection that failed: a fresh one to the same upstream.
+        at.conn.reused = true;
+        w.resend(pool, &mut at, err).await.unwrap();
+        assert_eq!(at.up.addr, a);
+        assert!(!at.conn.reused);
+        assert_eq!((up_a.active(), up_b.active()), (1, 0));
+
+        // The fresh connection failed: to the other upstream, the in-flight count with it.
+        w.resend(pool, &mut at, err).await.unwrap();
+        assert_eq!(at.up.addr, b);
+        assert_eq!((up_a.active(), up_b.active()), (0, 1));
+
+        // Failed there too: no second move (and no loop back to the first).
+        let failed = w.resend(pool, &mut at, err).await.unwrap_err();
+        assert_eq!(failed, (http::StatusCode::BAD_GATEWAY, Some(b)));
+        assert_eq!((up_a.active(), up_b.active()), (0, 1));
+        drop(at);
+        assert_eq!((up_a.active(), up_b.active()), (0, 0));
+        let m = w.shared.metrics.encode();
+        assert!(m.contains("kind=\"bad_response\"} 2"), "{m}");
+    }
+
+    /// With one upstream there is nowhere to move: the failure is the answer.
+    #[tokio::test]
+    async fn resend_does_not_move_in_a_pool_of_one() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = l.local_addr().unwrap();
+        let (w, table) = worker_and_table(&[a]);
+        let pool = table.pools().next().unwrap();
+        let mut at = w.checkout(pool, true).await.unwrap();
+        let failed = w
+            .resend(pool, &mut at, UpstreamError::Connect)
+            .await
+            .unwrap_err();
+        assert_eq!(failed, (http::StatusCode::BAD_GATEWAY, Some(a)));
     }
 }
