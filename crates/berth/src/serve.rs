@@ -130,6 +130,7 @@ async fn run(
             max_upload: cfg.server.max_upload.0,
             max_unpacked: MAX_UNPACKED,
             default_runtime,
+            registry: cfg.server.registry.clone(),
             build_concurrency: cfg
                 .server
                 .build_concurrency

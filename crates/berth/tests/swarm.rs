@@ -296,6 +296,7 @@ fn a_swarm_app_with_accessory_services_is_refused_with_a_hint() {
         return;
     }
     let b = Berth::start(BIN, "");
+    let _cleanup = RemoveServices(b.path("data"));
     let app = "swarmsvc";
     create_app(&b, app);
     let src = b.path("src");
@@ -314,4 +315,122 @@ fn a_swarm_app_with_accessory_services_is_refused_with_a_hint() {
         "{reason}"
     );
     assert!(services(&b, app).is_empty());
+}
+
+/// A registry (Debian's `docker-registry`) on a loopback port, stopped on drop.
+struct Registry {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Registry {
+    fn start(dir: &Path) -> Option<Registry> {
+        if !Path::new("/usr/bin/docker-registry").exists() {
+            eprintln!(
+                "\n!!! SKIPPED: no /usr/bin/docker-registry (apt install docker-registry) !!!\n"
+            );
+            return None;
+        }
+        // The registry cannot say which port it bound: take a free one and hand it over.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = dir.join("registry.yml");
+        write_file(
+            &config,
+            format!(
+                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                dir.join("registry").display()
+            )
+            .as_bytes(),
+        );
+        let child = Command::new("/usr/bin/docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let r = Registry { child, addr };
+        eventually(T, "the registry to answer", || r.catalog().map(|_| ()));
+        Some(r)
+    }
+
+    /// The repositories it holds.
+    fn catalog(&self) -> Option<serde_json::Value> {
+        let out = Command::new("curl")
+            .args(["-sf", "--max-time", "2"])
+            .arg(format!("http://{}/v2/_catalog", self.addr))
+            .output()
+            .ok()?;
+        serde_json::from_slice(&out.stdout).ok()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn with_a_registry_the_image_is_pushed_and_tasks_may_run_on_any_node() {
+    if !swarm_manager() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(registry) = Registry::start(dir.path()) else {
+        return;
+    };
+    let b = Berth::start_with(BIN, &format!("registry = \"{}\"", registry.addr), &[], "");
+    let _cleanup = RemoveServices(b.path("data"));
+    let app = "swarmreg";
+    create_app(&b, app);
+    let src = b.path("src");
+    swarm_app(&src, "from the registry\n", "");
+    deploy_ok(&b, app, &src);
+    assert_eq!(app_get(&b, app, "/"), (200, "from the registry\n".into()));
+    // The service names the registry's copy, and nothing pins it to this node.
+    let (id, _) = services(&b, app)[0].clone();
+    let svc = docker_get(&format!("/services/{id}"));
+    let image = svc["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
+        .as_str()
+        .unwrap();
+    assert!(image.starts_with(&format!("{}/", registry.addr)), "{image}");
+    let constraints = &svc["Spec"]["TaskTemplate"]["Placement"]["Constraints"];
+    assert!(
+        !constraints.to_string().contains("node.id"),
+        "{constraints}"
+    );
+    let catalog = registry.catalog().unwrap();
+    assert!(
+        catalog.to_string().contains(&format!("/{app}")),
+        "{catalog}"
+    );
+    let (st, _) = api(&b, "DELETE", &format!("/api/v1/apps/{app}"), "");
+    assert_eq!(st, 204);
+}
+
+#[test]
+fn without_a_registry_the_tasks_stay_on_the_node_that_has_the_image() {
+    if !swarm_manager() {
+        return;
+    }
+    let b = Berth::start(BIN, "");
+    let _cleanup = RemoveServices(b.path("data"));
+    let app = "swarmlocal";
+    create_app(&b, app);
+    let src = b.path("src");
+    swarm_app(&src, "local\n", "");
+    deploy_ok(&b, app, &src);
+    let (id, _) = services(&b, app)[0].clone();
+    let svc = docker_get(&format!("/services/{id}"));
+    let constraints = svc["Spec"]["TaskTemplate"]["Placement"]["Constraints"].to_string();
+    assert!(constraints.contains("node.id == "), "{constraints}");
+    let (st, _) = api(&b, "DELETE", &format!("/api/v1/apps/{app}"), "");
+    assert_eq!(st, 204);
 }

@@ -60,6 +60,8 @@ pub struct EngineConfig {
     /// `[server] runtime`: what apps with `runtime = "auto"` (the default) get. `Auto`: Docker
     /// for a source with a Dockerfile; `Process`: never Docker unless an app asks for it.
     pub default_runtime: build::manifest::RuntimeChoice,
+    /// `[server] registry`: where Swarm apps' images are pushed for the other nodes.
+    pub registry: Option<String>,
     /// Wait before the first retry of a notification (doubling after each; `notify.rs`).
     pub notify_backoff: std::time::Duration,
 }

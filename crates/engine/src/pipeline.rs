@@ -800,7 +800,11 @@ impl Engine {
             limits: limits(run.spec),
             restart: true,
             swarm: crate::swarm::on_swarm(run.spec).then(|| {
-                crate::swarm::options(run.spec, formation_of(run.spec, run.formation, proc_type))
+                crate::swarm::options(
+                    run.spec,
+                    formation_of(run.spec, run.formation, proc_type),
+                    self.cfg.registry.as_deref(),
+                )
             }),
         }
     }

@@ -49,7 +49,11 @@ pub(crate) fn check(spec: &AppSpec) -> Result<(), Failure> {
 }
 
 /// How the runtime runs one process type of `spec` with `replicas` tasks.
-pub(crate) fn options(spec: &AppSpec, replicas: u32) -> runtime::SwarmOptions {
+pub(crate) fn options(
+    spec: &AppSpec,
+    replicas: u32,
+    registry: Option<&str>,
+) -> runtime::SwarmOptions {
     let per_task = spec.health.timeout + spec.stop_grace + PER_TASK_SLACK;
     runtime::SwarmOptions {
         replicas,
@@ -57,6 +61,7 @@ pub(crate) fn options(spec: &AppSpec, replicas: u32) -> runtime::SwarmOptions {
         max_per_node: spec.swarm.max_replicas_per_node,
         stop_grace: spec.stop_grace,
         timeout: per_task * replicas.max(1),
+        registry: registry.map(str::to_string),
     }
 }
 

@@ -55,6 +55,9 @@ pub struct ServerConfig {
     /// The Docker daemon's socket (default: `$DOCKER_HOST` if unix://, else
     /// /var/run/docker.sock).
     pub docker_socket: Option<PathBuf>,
+    /// A registry every swarm node can pull from (`host[:port][/path]`): Swarm apps' images
+    /// are pushed there. Unset: Swarm apps run on the node berth talks to only.
+    pub registry: Option<String>,
 }
 
 /// `[server] api_host`: validated like a route's host, but exact (no wildcard).
@@ -84,6 +87,7 @@ impl Default for ServerConfig {
             build_concurrency: None,
             runtime: "auto".into(),
             docker_socket: None,
+            registry: None,
         }
     }
 }
@@ -469,6 +473,19 @@ impl FileConfig {
                     cfg.server.runtime
                 ),
             ));
+        }
+        if let Some(r) = &cfg.server.registry {
+            let ok = !r.is_empty()
+                && !r.contains("://")
+                && r.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '/'))
+                && !r.starts_with(['/', ':', '.', '-']);
+            if !ok {
+                return Err(at(
+                    None,
+                    format!("server.registry {r:?} is not a registry address (hint: host[:port][/path] without a scheme, e.g. \"registry.internal:5000\")"),
+                ));
+            }
         }
         if cfg.server.build_concurrency == Some(0) {
             return Err(at(

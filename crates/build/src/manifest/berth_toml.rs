@@ -149,12 +149,14 @@ pub(crate) fn parse(text: &str) -> Result<TomlSettings, ManifestError> {
             "process" => super::RuntimeChoice::Process,
             "docker" => super::RuntimeChoice::Docker,
             "swarm" => super::RuntimeChoice::Swarm,
-            other => return Err(at(
-                Some(span),
-                format!(
+            other => {
+                return Err(at(
+                    Some(span),
+                    format!(
                     "runtime {other:?} is not one of \"auto\", \"process\", \"docker\", \"swarm\""
                 ),
-            )),
+                ))
+            }
         });
     }
     if let Some(sw) = raw.swarm {

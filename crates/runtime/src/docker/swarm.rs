@@ -24,6 +24,9 @@
 //!   they run), `berth.previous` (the one they replaced) and a hash of what berth asked for;
 //!   task containers carry `berth.swarm.instance` — not `berth.instance`, so the container
 //!   runtime never takes them for its own.
+//! - **Images.** With a registry ([`SwarmOptions::registry`]) the release's image is pushed
+//!   there (and its local registry tag dropped again), so any node can run the tasks; without
+//!   one, the image exists on this node only and the tasks are constrained to it.
 //! - **Logs.** The output of the tasks on this node is followed into the instance's log file.
 //!   Tasks on other nodes: `docker service logs` on a manager.
 
@@ -49,7 +52,7 @@ use super::{
     check_id, docker_err, fnv1a, follow_logs, lock, one_line, sanitize, status_of, unix_now, Inner,
     Managed, Track, APP_LABEL, INSTANCE_LABEL, OWNER_LABEL,
 };
-use super::{Arc, AtomicBool, Duration, Instant, Mutex, Ordering, PathBuf};
+use super::{Arc, AtomicBool, Duration, Instant, Mutex, Ordering, PathBuf, StreamExt};
 use crate::{
     Event, InstanceInfo, InstanceSpec, InstanceState, Runtime, RuntimeError, TaskOutcome,
     TaskSpec as OneOff,
@@ -88,6 +91,10 @@ pub struct SwarmOptions {
     pub stop_grace: Duration,
     /// `start` fails when the service has not converged by then (Swarm goes on rolling back).
     pub timeout: Duration,
+    /// A registry every node can pull from (`host[:port][/path]`): the image is pushed there
+    /// and the service names it there. `None`: the image exists on this node only, so the
+    /// tasks are kept on it (`node.id == <this node>`).
+    pub registry: Option<String>,
 }
 
 /// A node of the swarm, for `berth nodes`.
@@ -346,17 +353,26 @@ impl SwarmRuntime {
         spec: &InstanceSpec,
         opts: &SwarmOptions,
         previous: Option<&str>,
+        local_node: &str,
     ) -> Result<(ServiceSpec, String), RuntimeError> {
-        let image = spec
+        let local = spec
             .image
             .clone()
             .ok_or_else(|| RuntimeError::Docker(format!("instance {} has no image", spec.id)))?;
         let inspected = self
             .inner
             .docker
-            .inspect_image(&image)
+            .inspect_image(&local)
             .await
-            .map_err(|e| docker_err(&format!("no image {image}"), e))?;
+            .map_err(|e| docker_err(&format!("no image {local}"), e))?;
+        let mut constraints = opts.constraints.clone();
+        let image = match &opts.registry {
+            Some(registry) => self.push(&local, registry).await?,
+            None => {
+                constraints.push(format!("node.id == {local_node}"));
+                local
+            }
+        };
         let exposed: Vec<String> = inspected
             .config
             .and_then(|c| c.exposed_ports)
@@ -393,7 +409,7 @@ impl SwarmRuntime {
                 "{:016x}",
                 fnv1a(&format!(
                     "{image}\n{:?}\n{sorted:?}\n{inside}\n{limits:?}\n{:?}\n{:?}\n{grace}\n{}",
-                    command, opts.constraints, opts.max_per_node, spec.id
+                    command, constraints, opts.max_per_node, spec.id
                 ))
             )
         };
@@ -436,7 +452,7 @@ impl SwarmRuntime {
                 window: None,
             }),
             placement: Some(TaskSpecPlacement {
-                constraints: Some(opts.constraints.clone()),
+                constraints: Some(constraints),
                 max_replicas: opts.max_per_node.and_then(|m| i64::try_from(m).ok()),
                 ..Default::default()
             }),
@@ -489,6 +505,66 @@ impl SwarmRuntime {
             },
             hash,
         ))
+    }
+
+    /// Pushes local image `local` (`<repo>:<tag>`) to `registry`; returns the name there.
+    async fn push(&self, local: &str, registry: &str) -> Result<String, RuntimeError> {
+        let docker = &self.inner.docker;
+        let (repo, tag) = local.rsplit_once(':').unwrap_or((local, "latest"));
+        let remote_repo = format!("{}/{repo}", registry.trim_end_matches('/'));
+        let remote = format!("{remote_repo}:{tag}");
+        docker
+            .tag_image(
+                local,
+                Some(bollard::query_parameters::TagImageOptions {
+                    repo: Some(remote_repo.clone()),
+                    tag: Some(tag.to_string()),
+                }),
+            )
+            .await
+            .map_err(|e| docker_err(&format!("cannot tag {local} as {remote}"), e))?;
+        let mut pushed = docker.push_image(
+            &remote_repo,
+            Some(bollard::query_parameters::PushImageOptions {
+                tag: Some(tag.to_string()),
+                ..Default::default()
+            }),
+            // An anonymous push still sends the header (some daemons require it).
+            Some(bollard::auth::DockerCredentials::default()),
+        );
+        let mut failure = None;
+        while let Some(item) = pushed.next().await {
+            let message = match item {
+                Ok(info) => info.error_detail.and_then(|d| d.message).or(info.error),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(m) = message {
+                failure = Some(m);
+                break;
+            }
+        }
+        // The registry's copy is what the service names; the local extra tag would only
+        // keep the image from being pruned.
+        let _ = docker
+            .remove_image(
+                &remote,
+                Some(bollard::query_parameters::RemoveImageOptions {
+                    noprune: true,
+                    force: false,
+                }),
+                None,
+            )
+            .await;
+        match failure {
+            Some(m) => Err(RuntimeError::Docker(format!(
+                "cannot push {remote} to the registry {registry}: {} (hint: check [server] registry; every swarm node must reach it)",
+                one_line(&m)
+            ))),
+            None => {
+                tracing::info!(image = %remote, "image pushed for the swarm");
+                Ok(remote)
+            }
+        }
     }
 
     /// Waits until service `name` runs `replicas` tasks of `id` and nothing else. `update`:
@@ -872,7 +948,7 @@ impl Runtime for SwarmRuntime {
         let opts = spec.swarm.clone().ok_or_else(|| {
             RuntimeError::Docker(format!("instance {} has no swarm options", spec.id))
         })?;
-        self.check_manager().await?;
+        let local_node = self.check_manager().await?;
         let docker = &self.inner.docker;
         let name = self.name_of(&spec.id);
         let existing = match docker
@@ -894,7 +970,9 @@ impl Runtime for SwarmRuntime {
             Some(r) if *r != spec.id => Some(r.clone()),
             _ => labels.get(PREVIOUS_LABEL).cloned(),
         };
-        let (body, hash) = self.service_spec(&spec, &opts, previous.as_deref()).await?;
+        let (body, hash) = self
+            .service_spec(&spec, &opts, previous.as_deref(), &local_node)
+            .await?;
         // Managed from now on, so that a sweep never removes a service being deployed.
         let svc = {
             let mut services = lock(&self.state.services);
