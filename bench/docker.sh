@@ -8,7 +8,9 @@
 #       must be a 200 from the app, with no socket errors
 #
 # Usage: bash bench/docker.sh [> report.md]   (report on stdout, progress on stderr)
+#        RUNTIME=swarm REPLICAS=2 bash bench/docker.sh   (the same app as a Swarm service)
 # Variables: BERTH_BIN (use this binary instead of building), REDEPLOYS (11), LOAD_DEPLOYS (20),
+# RUNTIME (docker, or swarm: the daemon must be a swarm manager), REPLICAS (1),
 # KEEP (0; 1 keeps the work directory). Needs dockerd running, wrk, curl, /bin/busybox.
 set -euo pipefail
 
@@ -16,11 +18,18 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 REDEPLOYS=${REDEPLOYS:-11}
 LOAD_DEPLOYS=${LOAD_DEPLOYS:-20}
 KEEP=${KEEP:-0}
+RUNTIME=${RUNTIME:-docker}
+REPLICAS=${REPLICAS:-1}
 log() { echo "[docker-bench] $*" >&2; }
 die() { log "error: $*"; exit 1; }
 for t in wrk curl python3; do command -v $t >/dev/null || die "$t is missing"; done
 [ -x /bin/busybox ] || die "/bin/busybox is missing (apt-get install busybox-static)"
 curl -s --max-time 5 --unix-socket /var/run/docker.sock http://d/_ping >/dev/null || die "no dockerd at /var/run/docker.sock"
+
+if [ "$RUNTIME" = swarm ]; then
+  [ "$(docker info --format '{{.Swarm.ControlAvailable}}' 2>/dev/null)" = true ] ||
+    die "the daemon is no swarm manager (docker swarm init --advertise-addr 127.0.0.1)"
+fi
 
 NAME=dockerbench
 # shellcheck source=one-berth.sh
@@ -36,6 +45,7 @@ RUN ["/bin/busybox", "--install", "-s", "/bin"]
 COPY www /www
 CMD ["/bin/sh", "-c", "exec httpd -f -p $PORT -h /www"]
 DOCKERFILE
+printf 'runtime = "%s"\n[formation]\nweb = %s\n' "$RUNTIME" "$REPLICAS" >"$APP/berth.toml"
 cli apps:create dock >/dev/null 2>&1
 
 # deploy N: change the page to "release N" and deploy; prints the seconds until it is served.
@@ -95,11 +105,13 @@ OKS=$(awk '/^lua:/ { print $3 }' "$T/wrk.txt")
 BADS=$(awk '/^lua:/ { print $5 }' "$T/wrk.txt")
 SOCK=$(grep -o 'Socket errors:.*' "$T/wrk.txt" || echo "Socket errors: none")
 log "(b) ok $OKS bad $BADS, $SOCK, failed deploys $B_FAIL"
+# Swarm services outlive berth by design: the app goes with the bench.
+cli apps:destroy dock --confirm dock >/dev/null 2>&1 || log "could not destroy the app"
 
 cat <<REPORT
-### Docker runtime (issue 5), $(date -u +%Y-%m-%d) on $REV
+### runtime = "$RUNTIME" with $REPLICAS web replica(s) (issue 5), $(date -u +%Y-%m-%d) on $REV
 
-Command: \`bash bench/docker.sh\` (REDEPLOYS=$REDEPLOYS, LOAD_DEPLOYS=$LOAD_DEPLOYS); $(nproc) cores; dockerd $(curl -s --unix-socket /var/run/docker.sock http://d/version | python3 -c 'import json,sys; print(json.load(sys.stdin)["Version"])').
+Command: \`RUNTIME=$RUNTIME REPLICAS=$REPLICAS bash bench/docker.sh\` (REDEPLOYS=$REDEPLOYS, LOAD_DEPLOYS=$LOAD_DEPLOYS); $(nproc) cores; dockerd $(curl -s --unix-socket /var/run/docker.sock http://d/version | python3 -c 'import json,sys; print(json.load(sys.stdin)["Version"])').
 
 | figure | value | target |
 |---|---|---|
