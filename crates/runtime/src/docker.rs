@@ -836,6 +836,13 @@ impl Inner {
                 Ok(_) => tracing::info!(network = %name, "created the app's container network"),
                 // Created meanwhile by someone else (another process on the same owner).
                 Err(e) if status_of(&e) == Some(409) => {}
+                // Each app has its own network, and Docker's default address pools hold about
+                // 30 of them: say what to change.
+                Err(e) if out_of_pools(&e.to_string()) => {
+                    return Err(RuntimeError::Docker(format!(
+                        "cannot create network {name}: Docker has no address pool left for another app network (hint: give dockerd more, smaller pools in /etc/docker/daemon.json, e.g. \"default-address-pools\": [{{\"base\": \"10.200.0.0/16\", \"size\": 24}}], and restart it)"
+                    )))
+                }
                 Err(e) => return Err(docker_err(&format!("cannot create network {name}"), e)),
             }
         }
@@ -1485,6 +1492,11 @@ fn sanitize(id: &str) -> String {
         .collect()
 }
 
+/// Does dockerd's answer say that its address pools are used up?
+fn out_of_pools(msg: &str) -> bool {
+    msg.contains("non-overlapping IPv4 address pool")
+}
+
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -1594,6 +1606,13 @@ pub(crate) fn bounded_logs() -> HostConfigLogConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn used_up_address_pools_are_recognised() {
+        // dockerd 20.10's words.
+        assert!(out_of_pools("Error response from daemon: could not find an available, non-overlapping IPv4 address pool among the defaults to assign to the network"));
+        assert!(!out_of_pools("network with name x already exists"));
+    }
 
     #[test]
     fn names_are_sanitized() {
