@@ -47,9 +47,19 @@ fn swarm_manager() -> bool {
     ok
 }
 
-/// A Swarm app: the busybox Dockerfile app plus a berth.toml with `extra` after the runtime.
+/// A Swarm app: the busybox Dockerfile app, listening only 2 s after its start (as real apps
+/// do: Swarm must not take a running task for a ready one), plus a berth.toml with `extra`
+/// after the runtime.
 fn swarm_app(dir: &Path, body: &str, extra: &str) {
     docker_app(dir, body, "");
+    write_file(
+        &dir.join("Dockerfile"),
+        b"FROM scratch\n\
+          COPY busybox /bin/busybox\n\
+          RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+          COPY www /www\n\
+          CMD [\"/bin/sh\", \"-c\", \"echo container up on $PORT; sleep 2; exec httpd -f -v -p $PORT -h /www\"]\n",
+    );
     write_file(
         &dir.join("berth.toml"),
         format!("runtime = \"swarm\"\n{extra}").as_bytes(),
@@ -288,6 +298,28 @@ fn a_swarm_service_with_two_replicas_redeploys_under_load_with_zero_errors() {
     let (st, _) = api(&b, "DELETE", &format!("/api/v1/apps/{app}"), "");
     assert_eq!(st, 204);
     assert!(services(&b, app).is_empty());
+}
+
+#[test]
+fn a_first_release_that_never_serves_fails_and_leaves_no_service() {
+    if !swarm_manager() {
+        return;
+    }
+    let b = Berth::start(BIN, "");
+    let _cleanup = RemoveServices(b.path("data"));
+    let app = "swarmbad";
+    create_app(&b, app);
+    let src = b.path("src");
+    swarm_app(&src, "never\n", "[health]\ntimeout = \"5s\"\n");
+    std::fs::write(
+        src.join("Procfile"),
+        "web: echo crashing on purpose; exit 3\n",
+    )
+    .unwrap();
+    let (_, v) = upload(&b, app, &src);
+    let d = wait_deploy(&b, app, v["id"].as_i64().unwrap());
+    assert_eq!(d["status"], "failed", "{d}");
+    assert!(services(&b, app).is_empty(), "{:?}", services(&b, app));
 }
 
 #[test]

@@ -889,10 +889,14 @@ impl Engine {
                         let _ = store.set_instance_state(&id, "crashed", None, None);
                     }
                     Ok(runtime::Event::Endpoints { id }) => match engine.upgrade() {
-                        Some(engine) => engine.follow_tasks(&id),
+                        Some(engine) => engine.follow_tasks(Some(&id)),
                         None => break,
                     },
-                    Err(RecvError::Lagged(_)) => continue,
+                    // Lost events may have been task changes: look at every followed route.
+                    Err(RecvError::Lagged(_)) => match engine.upgrade() {
+                        Some(engine) => engine.follow_tasks(None),
+                        None => break,
+                    },
                     Err(RecvError::Closed) => break,
                 }
             }

@@ -362,6 +362,30 @@ impl Engine {
             // A compose web service's `image:`, used as it is.
             crate::services::check_named_image(docker, image).map_err(Failure)?;
         }
+        if let (true, true, Some(image), Some(docker)) = (
+            build,
+            crate::swarm::on_swarm(&spec),
+            spec.image.clone(),
+            &docker,
+        ) {
+            // Swarm stops an old task once a new one is healthy: the probe gives an image
+            // without tools a HEALTHCHECK that is the app's own health check.
+            match crate::swarm::probe_busybox() {
+                Some(busybox) => {
+                    step("probe", "Adding berth's health probe to the image (Swarm waits for it before stopping an old task)")?;
+                    let tag = docker.image_tag(app, u64::try_from(version).unwrap_or_default());
+                    docker
+                        .add_probe(&image, &tag, &busybox, &log.path)
+                        .await
+                        .map_err(|e| Failure(format!("cannot add the health probe: {e}")))?;
+                    spec.image = Some(tag);
+                    self.store
+                        .set_release_dir_spec(app, version, &release.dir, &spec.to_json())
+                        .map_err(EngineError::from)?;
+                }
+                None => log.line("-----> Warning: no static /bin/busybox on this host (apt install busybox-static): without a HEALTHCHECK in the image, Swarm takes a task that runs for ready, and a rolling update can drop requests while new tasks start"),
+            }
+        }
         if build {
             // The build slot is free for the next app as soon as the build is done.
             job.slot = None;
@@ -804,6 +828,7 @@ impl Engine {
                     run.spec,
                     formation_of(run.spec, run.formation, proc_type),
                     self.cfg.registry.as_deref(),
+                    format!("{}.{}", run.app, self.cfg.domain),
                 )
             }),
         }
@@ -963,6 +988,14 @@ impl Engine {
         commit: impl FnOnce() -> Result<(), EngineError>,
     ) -> Result<(), Failure> {
         let _routes = lock(&self.routes_lock);
+        // A route that follows Swarm tasks takes them as they are now, not as they were when
+        // the deploy looked (tasks may have come or gone since).
+        let mut live = live;
+        if let Some(addrs) = live.follow.as_ref().and_then(|f| self.runtime.endpoints(f)) {
+            if !addrs.is_empty() {
+                live.target = Target::Upstreams(addrs);
+            }
+        }
         let previous = lock(&self.live).insert(app.to_string(), live);
         let undo = || {
             let mut map = lock(&self.live);

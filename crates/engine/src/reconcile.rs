@@ -113,6 +113,7 @@ impl Engine {
                 tracing::error!(app = app.name, error = %e, "cannot route the app yet");
             }
         }
+        self.remove_unwanted_services(&apps).await;
         match self.runtime.sweep(ORPHAN_GRACE).await {
             Ok(0) => {}
             Ok(n) => tracing::warn!(stopped = n, "stopped processes left from an earlier run"),

@@ -48,11 +48,13 @@ pub(crate) fn check(spec: &AppSpec) -> Result<(), Failure> {
     Ok(())
 }
 
-/// How the runtime runs one process type of `spec` with `replicas` tasks.
+/// How the runtime runs one process type of `spec` with `replicas` tasks; `host` is the app's
+/// host name (its health check sends it).
 pub(crate) fn options(
     spec: &AppSpec,
     replicas: u32,
     registry: Option<&str>,
+    host: String,
 ) -> runtime::SwarmOptions {
     let per_task = spec.health.timeout + spec.stop_grace + PER_TASK_SLACK;
     runtime::SwarmOptions {
@@ -62,7 +64,28 @@ pub(crate) fn options(
         stop_grace: spec.stop_grace,
         timeout: per_task * replicas.max(1),
         registry: registry.map(str::to_string),
+        health_path: match &spec.health.check {
+            build::manifest::HealthCheck::Http { path } => Some(path.clone()),
+            build::manifest::HealthCheck::Tcp => None,
+        },
+        health_host: host,
+        health_start: spec.health.timeout,
     }
+}
+
+/// Debian's static busybox on this host (`busybox-static`), for the probe layer: a dynamic one
+/// would not run in an image without a libc.
+pub(crate) fn probe_busybox() -> Option<std::path::PathBuf> {
+    use std::io::Read;
+    let path = std::path::PathBuf::from("/bin/busybox");
+    let mut head = vec![0u8; 4096];
+    let n = std::fs::File::open(&path)
+        .and_then(|mut f| f.read(&mut head))
+        .ok()?;
+    let head = &head[..n];
+    let elf = head.starts_with(b"\x7fELF");
+    let dynamic = head.windows(8).any(|w| w == b"ld-linux");
+    (elf && !dynamic).then_some(path)
 }
 
 /// The instance whose tasks a Swarm release's route follows (its web service).
@@ -133,6 +156,16 @@ impl Engine {
             let result = self.start_one(run, proc_type, 1, None).await;
             if fresh {
                 started.instances.push((id, None));
+            } else if let Err(f) = result {
+                // Back to the replicas it had, best effort: the formation stays as recorded.
+                let before = ReleaseRun {
+                    formation: &config.formation,
+                    ..*run
+                };
+                if let Err(again) = self.start_one(&before, proc_type, 1, None).await {
+                    tracing::warn!(app = run.app, proc_type, reason = %again.0, "cannot restore the replicas");
+                }
+                return Err(f);
             }
             result?;
         }
@@ -235,36 +268,77 @@ impl Engine {
         }
     }
 
-    /// A Swarm service's tasks changed (`Event::Endpoints` for instance `id`): route the app
-    /// whose route follows that service to its tasks now.
-    pub(crate) fn follow_tasks(self: &Arc<Self>, id: &str) {
-        let app = id.split('.').next().unwrap_or_default();
-        let changed = {
-            let mut live = lock(&self.live);
-            let Some(l) = live.get_mut(app) else { return };
-            let Some(follow) = l.follow.clone() else {
-                return;
+    /// After a restart: Swarm services that no live release runs go (an app destroyed, a
+    /// process type dropped or scaled to 0 while berth was down). Every live release on Swarm
+    /// keeps its process types' services, even one whose bring-up failed.
+    pub(crate) async fn remove_unwanted_services(&self, apps: &[store::App]) {
+        let Ok(docker) = &self.docker else { return };
+        let mut keep = std::collections::HashSet::new();
+        for a in apps {
+            let Some(v) = a.live_release else { continue };
+            let Ok(Some(release)) = self.store.release(&a.name, v) else {
+                continue;
             };
-            let mut addrs = self.runtime.endpoints(&follow).unwrap_or_default();
-            addrs.sort();
-            let same = match &l.target {
-                Target::Upstreams(old) => {
-                    let mut old = old.clone();
-                    old.sort();
-                    old == addrs
-                }
-                _ => false,
+            let Ok(spec) = AppSpec::from_json(&release.spec) else {
+                continue;
             };
-            if addrs.is_empty() || same {
-                false
-            } else {
-                l.target = Target::Upstreams(addrs);
-                true
+            if !on_swarm(&spec) {
+                continue;
             }
-        };
+            let formation = Config::parse(&release.config)
+                .map(|c| c.formation)
+                .unwrap_or_else(|| a.formation.clone());
+            for t in spec.processes.keys() {
+                if formation_of(&spec, &formation, t) > 0 {
+                    keep.insert((a.name.clone(), t.clone()));
+                }
+            }
+        }
+        match docker.swarm().remove_unwanted(&keep).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(removed = n, "removed swarm services no live release runs"),
+            Err(e) => tracing::error!(error = %e, "cannot look for unwanted swarm services"),
+        }
+    }
+
+    /// A Swarm service's tasks changed (`Event::Endpoints` for instance `id`; `None`: events
+    /// were lost, look at every app): route the apps whose route follows a service to its
+    /// tasks now. Under `routes_lock`, like every change of the routed state.
+    pub(crate) fn follow_tasks(self: &Arc<Self>, id: Option<&str>) {
+        let _routes = lock(&self.routes_lock);
+        let app = id.map(|id| id.split('.').next().unwrap_or_default());
+        let mut changed = false;
+        {
+            let mut live = lock(&self.live);
+            for (name, l) in live.iter_mut() {
+                if app.is_some_and(|a| a != name.as_str()) {
+                    continue;
+                }
+                let Some(follow) = l.follow.clone() else {
+                    continue;
+                };
+                let mut addrs = self.runtime.endpoints(&follow).unwrap_or_default();
+                addrs.sort();
+                let same = match &l.target {
+                    Target::Upstreams(old) => {
+                        let mut old = old.clone();
+                        old.sort();
+                        old == addrs
+                    }
+                    _ => false,
+                };
+                // An empty set keeps the last one: a 502 from a task that just went beats the
+                // app's host unrouted.
+                if !addrs.is_empty() && !same {
+                    l.target = Target::Upstreams(addrs);
+                    changed = true;
+                }
+            }
+        }
         if changed {
-            if let Err(e) = self.refresh_routes() {
-                tracing::error!(app, error = %e, "cannot route the service's tasks");
+            match self.prepare_table() {
+                Ok(table) => self.proxy.install_routes(table),
+                Err(e) => tracing::error!(error = %e, "cannot route the swarm tasks"),
             }
         }
     }

@@ -41,7 +41,7 @@ mod services;
 mod swarm;
 
 pub use services::{ServiceInfo, ServiceRun};
-pub use swarm::{NodeInfo, SwarmOptions, SwarmRuntime};
+pub use swarm::{NodeInfo, SwarmOptions, SwarmRuntime, PROBE_LABEL};
 
 use crate::procfs::{proc_start_time, start_time_to_system};
 use crate::{
@@ -391,6 +391,41 @@ impl DockerRuntime {
             tracker,
             swarm: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Adds berth's probe (Debian's static busybox, from `busybox` on this host) to image
+    /// `from` as one more layer, labelled [`swarm::PROBE_LABEL`], tagged `tag`: Swarm
+    /// tasks of an image without a HEALTHCHECK then get the app's health check, run by it.
+    pub async fn add_probe(
+        &self,
+        from: &str,
+        tag: &str,
+        busybox: &Path,
+        log: &Path,
+    ) -> Result<(), RuntimeError> {
+        let dir = tempfile_dir()?;
+        let result = async {
+            std::fs::copy(busybox, dir.join("busybox"))?;
+            std::fs::write(
+                dir.join("Dockerfile"),
+                format!(
+                    "FROM {from}\nCOPY busybox {}\nLABEL {}=1\n",
+                    swarm::PROBE_PATH,
+                    swarm::PROBE_LABEL
+                ),
+            )?;
+            Ok::<(), std::io::Error>(())
+        }
+        .await;
+        let built = match result {
+            Ok(()) => {
+                self.build_image(&dir, "Dockerfile", tag, &[], log, Duration::from_secs(120))
+                    .await
+            }
+            Err(e) => Err(RuntimeError::Io(e)),
+        };
+        let _ = std::fs::remove_dir_all(&dir);
+        built.map(drop)
     }
 
     /// The Swarm runtime on this daemon's connection (always the same one). It works once
@@ -787,17 +822,18 @@ impl Inner {
             .await
             .map_err(|e| docker_err("cannot list containers", e))?;
         // Labels are inherited: a container someone ran from one of our images carries our
-        // owner label too. Ours also have an instance label and our name prefix.
+        // owner label too. Ours also have an instance label and our name prefix, and are no
+        // Swarm task (the Swarm runtime's, named with the same prefix).
         let ours = format!("/{}-", self.prefix);
         Ok(listed
             .into_iter()
             .filter(|c| {
-                c.labels
+                c.labels.as_ref().is_some_and(|l| {
+                    l.contains_key(INSTANCE_LABEL) && !l.contains_key("com.docker.swarm.task.id")
+                }) && c
+                    .names
                     .as_ref()
-                    .is_some_and(|l| l.contains_key(INSTANCE_LABEL))
-                    && c.names
-                        .as_ref()
-                        .is_some_and(|n| n.iter().any(|n| n.starts_with(&ours)))
+                    .is_some_and(|n| n.iter().any(|n| n.starts_with(&ours)))
             })
             .collect())
     }
@@ -1490,6 +1526,20 @@ fn sanitize(id: &str) -> String {
             }
         })
         .collect()
+}
+
+/// A fresh private directory for a small build context.
+fn tempfile_dir() -> Result<PathBuf, RuntimeError> {
+    let dir = std::env::temp_dir().join(format!(
+        "berth-probe-{}-{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ));
+    std::fs::create_dir(&dir)?;
+    Ok(dir)
 }
 
 /// Does dockerd's answer say that its address pools are used up?

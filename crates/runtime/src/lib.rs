@@ -26,7 +26,9 @@ mod procfs;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-pub use docker::{DockerRuntime, NodeInfo, ServiceInfo, ServiceRun, SwarmOptions, SwarmRuntime};
+pub use docker::{
+    DockerRuntime, NodeInfo, ServiceInfo, ServiceRun, SwarmOptions, SwarmRuntime, PROBE_LABEL,
+};
 pub use multi::MultiRuntime;
 pub use process::{ProcessOptions, ProcessRuntime};
 pub use procfs::proc_start_time;

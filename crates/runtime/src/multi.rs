@@ -119,7 +119,10 @@ impl Runtime for MultiRuntime {
     async fn start(&self, spec: InstanceSpec) -> Result<InstanceInfo, RuntimeError> {
         let id = spec.id.clone();
         let (which, info) = if spec.swarm.is_some() {
-            (Which::Swarm, self.swarm(&spec)?.start(spec).await?)
+            // Known as Swarm's before it starts: a failed start is undone there too.
+            let swarm = self.swarm(&spec)?;
+            self.record(&id, Which::Swarm);
+            (Which::Swarm, swarm.start(spec).await?)
         } else if spec.image.is_some() {
             (Which::Docker, self.docker(&spec)?.start(spec).await?)
         } else {
@@ -174,6 +177,12 @@ impl Runtime for MultiRuntime {
                 if let Some(docker) = &self.docker {
                     docker.stop(id, grace).await?;
                 }
+                if let Some(swarm) = &self.swarm {
+                    // A no-op unless the service runs exactly this release.
+                    if swarm.check_manager().await.is_ok() {
+                        swarm.stop(id, grace).await?;
+                    }
+                }
             }
         }
         lock(&self.owners).remove(id);
@@ -225,12 +234,7 @@ impl Runtime for MultiRuntime {
         if let Some(docker) = &self.docker {
             stopped += docker.sweep(grace).await?;
         }
-        if let Some(swarm) = &self.swarm {
-            // Only where berth may run services: elsewhere there is nothing of ours.
-            if swarm.check_manager().await.is_ok() {
-                stopped += swarm.sweep(grace).await?;
-            }
-        }
+        // Swarm services are kept or removed by the engine (`SwarmRuntime::remove_unwanted`).
         Ok(stopped)
     }
 

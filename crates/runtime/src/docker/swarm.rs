@@ -1,34 +1,41 @@
 //! [`SwarmRuntime`]: each process type of an app is one Docker Swarm service
-//! (`<prefix>-<app>-<type>`) with N replicas, for when one machine is not enough.
+//! (`<prefix>-<app>-<type>-<hash of app and type>`) with N replicas, for when one machine is
+//! not enough.
 //!
 //! - **One berth instance is one service.** The engine starts `<app>.v<N>.<type>.1` with
-//!   [`SwarmOptions`] (replicas, placement); the service is created, or *updated* when it
-//!   exists: Swarm then replaces the tasks itself, one at a time, new before old
-//!   (`start-first`), and rolls the service back on its own when a new task fails
-//!   (`failure_action: rollback`). [`Runtime::start`] returns once the service has converged:
-//!   every replica runs the new release (and passes the image's HEALTHCHECK) and the update is
-//!   `completed`; a rollback, a pause or the deadline is an error naming the task's error.
+//!   [`SwarmOptions`] (replicas, placement, health check); the service is created, or
+//!   *updated* when it exists: Swarm then replaces the tasks itself, one at a time, new before
+//!   old (`start-first`), and rolls the service back on its own when a new task fails
+//!   (`failure_action: rollback`). [`Runtime::start`] returns once the service has converged
+//!   (every replica runs the new release, the update is `completed`) and every task passes the
+//!   app's health check; a rollback, a pause, tasks no node can take, or the deadline is an
+//!   error naming the task's error. Starting exactly what runs already (after a berth restart)
+//!   changes nothing. A service of that name that berth did not make for this app is refused.
+//! - **Ready means healthy.** Swarm stops an old task as soon as a new one is ready, which
+//!   without a HEALTHCHECK means running, before the app listens. So an image without its own
+//!   HEALTHCHECK that carries berth's probe (a static busybox, [`PROBE_LABEL`], added by the
+//!   engine) gets the app's health check as its HEALTHCHECK.
 //! - **Routing follows the tasks.** Each task publishes its port in `host` mode on an
 //!   ephemeral port of its node; a watcher lists the running tasks every [`WATCH_EVERY`],
-//!   takes each one's node address and published port, adds a task only once its port
-//!   accepts a connection, and sends [`Event::Endpoints`] when the set changes; the engine
-//!   then re-routes ([`Runtime::endpoints`]).
+//!   takes each one's node address and published port, adds a task once it passes the app's
+//!   health check from here (all probes at once), and sends [`Event::Endpoints`] when the set
+//!   changes; the engine then re-routes ([`Runtime::endpoints`]).
 //! - **Stop.** Stopping the release a service runs removes the service; stopping any other
 //!   release is a no-op (the service moved on already). [`SwarmRuntime::undo`] of a deploy
 //!   that failed after the update hands the service back to the release it replaced
-//!   (Swarm's rollback).
-//!   Swarm supervises the tasks, so they outlive berth, SIGTERM included
+//!   (Swarm's rollback). Swarm supervises the tasks, so they outlive berth, SIGTERM included
 //!   ([`Runtime::supervised`] is false); [`SwarmRuntime::remove_app`] removes an app's
-//!   services.
-//! - **Labels.** Services carry `berth.owner`, `berth.app`, `berth.instance` (the release
-//!   they run), `berth.previous` (the one they replaced) and a hash of what berth asked for;
-//!   task containers carry `berth.swarm.instance` — not `berth.instance`, so the container
-//!   runtime never takes them for its own.
+//!   services, and after a restart [`SwarmRuntime::remove_unwanted`] those no live release
+//!   runs (the engine knows which; [`Runtime::sweep`] leaves services alone).
+//! - **Labels.** Services carry `berth.owner`, `berth.app`, `berth.type`, `berth.instance`
+//!   (the release they run), `berth.previous` (the one they replaced) and a hash of what
+//!   berth asked for; task containers carry `berth.swarm.*` — not `berth.instance` — and the
+//!   container runtime skips Swarm's task containers anyway.
 //! - **Images.** With a registry ([`SwarmOptions::registry`]) the release's image is pushed
 //!   there (and its local registry tag dropped again), so any node can run the tasks; without
 //!   one, the image exists on this node only and the tasks are constrained to it.
-//! - **Logs.** The output of the tasks on this node is followed into the instance's log file.
-//!   Tasks on other nodes: `docker service logs` on a manager.
+//! - **Logs.** The output of this node's tasks of the current release is followed into the
+//!   instance's log file. Tasks on other nodes: `docker service logs` on a manager.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -62,18 +69,22 @@ use tokio::task::JoinHandle;
 
 /// How often the watcher lists the tasks (and how often `start` looks while converging).
 const WATCH_EVERY: Duration = Duration::from_millis(200);
-/// How long a new task's port gets to accept a connection in one probe.
-const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+/// How long one probe of a task may take.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Swarm watches each updated task this long for a failure before it moves on.
 const MONITOR: Duration = Duration::from_secs(3);
 /// Tasks of a new service that may fail before its start is given up.
 const MAX_FAILED_TASKS: usize = 3;
+/// How long new tasks may wait for a node that satisfies their placement.
+const UNSCHEDULABLE: Duration = Duration::from_secs(5);
 /// The port an app listens on inside its task when neither the spec nor the image says.
 const DEFAULT_PORT: u16 = 5000;
 /// The release a service ran before the current one (what a rollback goes back to).
 const PREVIOUS_LABEL: &str = "berth.previous";
 /// A hash of what berth asked for: the same hash means the tasks need no update.
 const TEMPLATE_LABEL: &str = "berth.template";
+/// The process type a service runs.
+const TYPE_LABEL: &str = "berth.type";
 /// The owner on task containers (see the module docs).
 const TASK_OWNER_LABEL: &str = "berth.swarm.owner";
 /// The release on task containers.
@@ -95,7 +106,21 @@ pub struct SwarmOptions {
     /// and the service names it there. `None`: the image exists on this node only, so the
     /// tasks are kept on it (`node.id == <this node>`).
     pub registry: Option<String>,
+    /// The app's health check, for the tasks' HEALTHCHECK (an image with the probe, see
+    /// [`PROBE_LABEL`]) and for the watcher: `Some(path)` GET → 2xx/3xx, `None` a TCP check.
+    pub health_path: Option<String>,
+    /// The `Host` the HTTP check sends (the app's host name).
+    pub health_host: String,
+    /// How long a new task may take to pass it before failures count.
+    pub health_start: Duration,
 }
+
+/// An image label saying that the image holds a static busybox at [`PROBE_PATH`] (added by
+/// [`DockerRuntime::add_probe`](super::DockerRuntime::add_probe)), so that its tasks can have a
+/// HEALTHCHECK although the app's image has no tools.
+pub const PROBE_LABEL: &str = "berth.probe";
+/// Where that busybox is in the image.
+pub const PROBE_PATH: &str = "/.berth/busybox";
 
 /// A node of the swarm, for `berth nodes`.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -131,20 +156,35 @@ struct State {
 
 /// One managed service.
 struct Svc {
-    /// Swarm's id of the service (tasks name it).
+    app: String,
+    /// Swarm's id of the service (tasks name it); empty until known.
     service_id: Mutex<String>,
-    /// The instance id it runs now.
-    current: Mutex<String>,
-    log_file: Mutex<PathBuf>,
+    /// The release it runs now (as berth last set or found it).
+    run: Mutex<Run>,
+    /// The log file of each release started on it.
+    logs: Mutex<HashMap<String, PathBuf>>,
+    /// How the watcher checks a task before routing it.
+    probe: Mutex<Probe>,
     /// Its routable tasks as of the watcher's last look.
     endpoints: Mutex<Vec<SocketAddr>>,
-    /// Running tasks of `current` as of the watcher's last look.
-    running: Mutex<usize>,
-    /// Tasks whose port accepted a connection (they stay routable while they run).
-    probed: Mutex<HashSet<String>>,
+    /// Running tasks of the current release, and how many of them passed the probe.
+    running: Mutex<(usize, usize)>,
+    /// Tasks that passed the probe (they stay routable while they run).
+    healthy: Mutex<HashSet<String>>,
     /// Log followers of this node's task containers, by container id.
     followers: Mutex<HashMap<String, Arc<Managed>>>,
-    since: Mutex<std::time::SystemTime>,
+}
+
+#[derive(Clone)]
+struct Run {
+    id: String,
+    since: std::time::SystemTime,
+}
+
+#[derive(Clone, Default)]
+struct Probe {
+    path: Option<String>,
+    host: String,
 }
 
 impl SwarmRuntime {
@@ -163,6 +203,17 @@ impl SwarmRuntime {
 
     /// This node's id, or why berth cannot run services here (not in a swarm, not a manager).
     pub async fn check_manager(&self) -> Result<String, RuntimeError> {
+        self.manager().await?.ok_or_else(|| {
+            RuntimeError::Docker(format!(
+                "the Docker daemon at {} is not a Swarm manager (hint: `docker swarm init` on it, or point [server] docker_socket at a manager)",
+                self.inner.socket
+            ))
+        })
+    }
+
+    /// `Some(node id)` when the daemon is a swarm manager, `None` when it is not; an error
+    /// when it cannot be asked.
+    async fn manager(&self) -> Result<Option<String>, RuntimeError> {
         let info = self
             .inner
             .docker
@@ -173,13 +224,8 @@ impl SwarmRuntime {
         let active = swarm
             .local_node_state
             .is_some_and(|s| s.to_string() == "active");
-        if !active || swarm.control_available != Some(true) {
-            return Err(RuntimeError::Docker(format!(
-                "the Docker daemon at {} is not a Swarm manager (hint: `docker swarm init` on it, or point [server] docker_socket at a manager)",
-                self.inner.socket
-            )));
-        }
-        Ok(swarm.node_id.unwrap_or_default())
+        Ok((active && swarm.control_available == Some(true))
+            .then(|| swarm.node_id.unwrap_or_default()))
     }
 
     /// The swarm's nodes, with how many of this berth's tasks each runs.
@@ -235,12 +281,34 @@ impl SwarmRuntime {
     /// Removes every service of `app` (the app is destroyed). Returns how many. Nothing to do
     /// on a daemon that is no swarm manager.
     pub async fn remove_app(&self, app: &str) -> Result<usize, RuntimeError> {
-        if self.check_manager().await.is_err() {
+        if self.manager().await?.is_none() {
             return Ok(0);
         }
         let mut removed = 0;
-        for (name, _) in self.inner.owned_services(Some(app)).await? {
-            self.remove(&name).await?;
+        for s in self.inner.owned_services(Some(app)).await? {
+            self.remove(&s.name).await?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    /// After a restart: removes this berth's services that no live release runs any more
+    /// (its app destroyed, or the process type gone or scaled to 0 while berth was down).
+    /// `keep`: (app, process type) of every live release on Swarm. Returns how many.
+    pub async fn remove_unwanted(
+        &self,
+        keep: &HashSet<(String, String)>,
+    ) -> Result<usize, RuntimeError> {
+        if self.manager().await?.is_none() {
+            return Ok(0);
+        }
+        let mut removed = 0;
+        for s in self.inner.owned_services(None).await? {
+            if keep.contains(&(s.app.clone(), s.proc_type.clone())) {
+                continue;
+            }
+            tracing::warn!(service = %s.name, instance = %s.instance, "removing a swarm service no live release runs");
+            self.remove(&s.name).await?;
             removed += 1;
         }
         Ok(removed)
@@ -263,7 +331,10 @@ impl SwarmRuntime {
             .await
         {
             Ok(s) => s,
-            Err(e) if status_of(&e) == Some(404) => return Ok(()),
+            Err(e) if status_of(&e) == Some(404) => {
+                lock(&self.state.services).remove(&name);
+                return Ok(());
+            }
             Err(e) => return Err(docker_err(&format!("cannot inspect service {name}"), e)),
         };
         let labels = s
@@ -271,7 +342,7 @@ impl SwarmRuntime {
             .as_ref()
             .and_then(|s| s.labels.clone())
             .unwrap_or_default();
-        if labels.get(INSTANCE_LABEL).map(String::as_str) != Some(id) {
+        if labels.get(INSTANCE_LABEL).map(String::as_str) != Some(id) || !self.ours(&labels) {
             return Ok(());
         }
         match labels
@@ -279,11 +350,7 @@ impl SwarmRuntime {
             .filter(|p| undo && p.as_str() != id)
         {
             Some(previous) => {
-                let version = s
-                    .version
-                    .and_then(|v| v.index)
-                    .and_then(|v| i32::try_from(v).ok())
-                    .unwrap_or_default();
+                let version = version_of(&s, &name)?;
                 self.inner
                     .docker
                     .update_service(
@@ -300,7 +367,7 @@ impl SwarmRuntime {
                     .map_err(|e| docker_err(&format!("cannot roll back service {name}"), e))?;
                 tracing::info!(service = %name, from = %id, to = %previous, "swarm service rolled back");
                 if let Some(svc) = lock(&self.state.services).get(&name) {
-                    *lock(&svc.current) = previous.clone();
+                    svc.set_run(previous);
                 }
             }
             None => self.remove(&name).await?,
@@ -320,8 +387,45 @@ impl SwarmRuntime {
         Ok(())
     }
 
+    /// Do these service labels say this berth made the service?
+    fn ours(&self, labels: &HashMap<String, String>) -> bool {
+        labels.get(OWNER_LABEL) == Some(&self.inner.owner)
+    }
+
     fn name_of(&self, id: &str) -> String {
-        service_name(&self.inner.prefix, id)
+        let (app, proc_type) = parts(id);
+        service_name(&self.inner.prefix, app, proc_type)
+    }
+
+    /// The service's entry, made (for release `id`) when new: before anything that can fail,
+    /// so that a failed start is still known to `stop` and `undo`.
+    fn register(&self, name: &str, spec: &InstanceSpec, opts: &SwarmOptions) -> Arc<Svc> {
+        let (app, _) = parts(&spec.id);
+        let svc = lock(&self.state.services)
+            .entry(name.to_string())
+            .or_insert_with(|| {
+                Arc::new(Svc {
+                    app: app.to_string(),
+                    service_id: Mutex::default(),
+                    run: Mutex::new(Run {
+                        id: spec.id.clone(),
+                        since: std::time::SystemTime::now(),
+                    }),
+                    logs: Mutex::default(),
+                    probe: Mutex::default(),
+                    endpoints: Mutex::default(),
+                    running: Mutex::new((0, 0)),
+                    healthy: Mutex::default(),
+                    followers: Mutex::default(),
+                })
+            })
+            .clone();
+        lock(&svc.logs).insert(spec.id.clone(), spec.log_file.clone());
+        *lock(&svc.probe) = Probe {
+            path: opts.health_path.clone(),
+            host: opts.health_host.clone(),
+        };
+        svc
     }
 
     /// Deletes service `name` and forgets it; waits (bounded) until its tasks are gone.
@@ -375,6 +479,7 @@ impl SwarmRuntime {
         };
         let exposed: Vec<String> = inspected
             .config
+            .clone()
             .and_then(|c| c.exposed_ports)
             .map(|ports| ports.into_keys().collect())
             .unwrap_or_default();
@@ -385,6 +490,20 @@ impl SwarmRuntime {
                 _ => None,
             })
             .unwrap_or(DEFAULT_PORT);
+        let config = inspected.config.clone().unwrap_or_default();
+        // Swarm's start-first update waits for a new task to be *healthy* before it stops an
+        // old one: without a HEALTHCHECK "running" would do, before the app even listens. An
+        // image without its own gets the app's health check, run by the probe berth added.
+        let has_probe = config
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(PROBE_LABEL));
+        let own_check = config
+            .healthcheck
+            .as_ref()
+            .and_then(|h| h.test.as_ref())
+            .is_some_and(|t| t.first().is_some_and(|w| w != "NONE"));
+        let health_check = (has_probe && !own_check).then(|| health_config(opts, inside));
         let mut env: Vec<String> = spec
             .env
             .iter()
@@ -392,7 +511,8 @@ impl SwarmRuntime {
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         env.push(format!("PORT={inside}"));
-        let app = super::app_of(&spec.id).to_string();
+        let (app, proc_type) = parts(&spec.id);
+        let app = app.to_string();
         let command = (!spec.command.trim().is_empty()).then(|| {
             vec![
                 "/bin/sh".to_string(),
@@ -408,8 +528,8 @@ impl SwarmRuntime {
             format!(
                 "{:016x}",
                 fnv1a(&format!(
-                    "{image}\n{:?}\n{sorted:?}\n{inside}\n{limits:?}\n{:?}\n{:?}\n{grace}\n{}",
-                    command, constraints, opts.max_per_node, spec.id
+                    "{image}\n{:?}\n{sorted:?}\n{inside}\n{limits:?}\n{:?}\n{:?}\n{grace}\n{}\n{:?}",
+                    command, constraints, opts.max_per_node, spec.id, health_check.as_ref().map(|h| &h.test)
                 ))
             )
         };
@@ -417,6 +537,7 @@ impl SwarmRuntime {
             (OWNER_LABEL.to_string(), self.inner.owner.clone()),
             (APP_LABEL.to_string(), app.clone()),
             (INSTANCE_LABEL.to_string(), spec.id.clone()),
+            (TYPE_LABEL.to_string(), proc_type.to_string()),
             (TEMPLATE_LABEL.to_string(), hash.clone()),
         ]);
         if let Some(p) = previous {
@@ -433,6 +554,7 @@ impl SwarmRuntime {
                 command,
                 env: Some(env),
                 stop_grace_period: Some(grace),
+                health_check,
                 // docker-init as pid 1 passes SIGTERM on (see the container runtime).
                 init: Some(true),
                 ..Default::default()
@@ -567,19 +689,22 @@ impl SwarmRuntime {
         }
     }
 
-    /// Waits until service `name` runs `replicas` tasks of `id` and nothing else. `update`:
-    /// the update status before berth's update, when the tasks change (Swarm runs an
-    /// update, whose outcome counts).
+    /// Waits until service `name` runs `replicas` tasks of `id` and nothing else, each past
+    /// the image's HEALTHCHECK. `update`: the update status before berth's update, when the
+    /// tasks change (Swarm runs an update, whose outcome counts). `baseline`: the service's
+    /// `UpdatedAt` after berth's change (daemon time): only tasks created since count.
     async fn converge(
         &self,
         name: &str,
         id: &str,
         replicas: u32,
         update: Option<Option<String>>,
+        baseline: &str,
         deadline: Instant,
     ) -> Result<(), RuntimeError> {
         let docker = &self.inner.docker;
-        let mut last_error = String::new();
+        let baseline = timestamp_key(baseline);
+        let mut unschedulable_since: Option<Instant> = None;
         loop {
             let s = docker
                 .inspect_service(name, None::<InspectServiceOptions>)
@@ -592,24 +717,40 @@ impl SwarmRuntime {
                 .as_ref()
                 .is_some_and(|before| s.update_status.is_some() && status.started_at != *before);
             let tasks = self.inner.tasks_of(name).await?;
-            for t in &tasks {
-                let state = t.status.as_ref().and_then(|s| s.state);
-                if matches!(state, Some(TaskState::FAILED | TaskState::REJECTED))
-                    && task_instance(t) == Some(id)
-                {
-                    if let Some(err) = t.status.as_ref().and_then(|s| s.err.clone()) {
-                        last_error = err;
-                    }
-                }
-            }
+            // This start's tasks: of `id`, created since berth's change.
+            let new: Vec<&bollard::models::Task> = tasks
+                .iter()
+                .filter(|t| task_instance(t) == Some(id))
+                .filter(|t| timestamp_key(t.created_at.as_deref().unwrap_or_default()) >= baseline)
+                .collect();
+            let state_of = |t: &bollard::models::Task| t.status.as_ref().and_then(|s| s.state);
+            let err_of = |t: &bollard::models::Task| {
+                t.status
+                    .as_ref()
+                    .and_then(|s| s.err.clone().or_else(|| s.message.clone()))
+                    .unwrap_or_default()
+            };
+            let failed: Vec<&&bollard::models::Task> = new
+                .iter()
+                .filter(|t| matches!(state_of(t), Some(TaskState::FAILED | TaskState::REJECTED)))
+                .collect();
+            let pending: Vec<&&bollard::models::Task> = new
+                .iter()
+                .filter(|t| {
+                    t.desired_state == Some(TaskState::RUNNING)
+                        && state_of(t) == Some(TaskState::PENDING)
+                        && err_of(t).contains("no suitable node")
+                })
+                .collect();
             let why = |what: &str| {
-                let mut msg = format!("service {name}: {what}");
+                let mut msg = what.to_string();
                 if let Some(m) = status.message.as_deref().filter(|m| !m.is_empty()) {
                     msg.push_str(&format!(" ({m})"));
                 }
-                if !last_error.is_empty() {
-                    msg.push_str(&format!("; last task error: {}", one_line(&last_error)));
+                if let Some(t) = failed.last().or(pending.last()) {
+                    msg.push_str(&format!("; task error: {}", one_line(&err_of(t))));
                 }
+                msg.push_str(&format!(" [service {name}]"));
                 RuntimeError::Docker(msg)
             };
             if runs.map(String::as_str) != Some(id) {
@@ -624,7 +765,18 @@ impl SwarmRuntime {
             }
             if ours && matches!(state, U::ROLLBACK_STARTED | U::ROLLBACK_COMPLETED) {
                 return Err(why(
-                    "a new task failed and Swarm rolls the service back to the previous release",
+                    "a new task failed, and Swarm rolls the service back to the previous release",
+                ));
+            }
+            if pending.is_empty() {
+                unschedulable_since = None;
+            } else if unschedulable_since
+                .get_or_insert_with(Instant::now)
+                .elapsed()
+                > UNSCHEDULABLE
+            {
+                return Err(why(
+                    "no node can run the tasks (hint: check [swarm] constraints and max_replicas_per_node against `berth nodes`)",
                 ));
             }
             let desired: Vec<_> = tasks
@@ -634,7 +786,7 @@ impl SwarmRuntime {
             let ready = desired
                 .iter()
                 .filter(|t| task_instance(t) == Some(id))
-                .filter(|t| t.status.as_ref().and_then(|s| s.state) == Some(TaskState::RUNNING))
+                .filter(|t| state_of(t) == Some(TaskState::RUNNING))
                 .count();
             let others = desired
                 .iter()
@@ -644,18 +796,8 @@ impl SwarmRuntime {
             if update_done && ready >= replicas as usize && others == 0 {
                 return Ok(());
             }
-            let failed = tasks
-                .iter()
-                .filter(|t| task_instance(t) == Some(id))
-                .filter(|t| {
-                    matches!(
-                        t.status.as_ref().and_then(|s| s.state),
-                        Some(TaskState::FAILED | TaskState::REJECTED)
-                    )
-                })
-                .count();
-            if update.is_none() && failed >= MAX_FAILED_TASKS {
-                return Err(why(&format!("{failed} tasks failed")));
+            if update.is_none() && failed.len() >= MAX_FAILED_TASKS {
+                return Err(why(&format!("{} new tasks failed", failed.len())));
             }
             if Instant::now() >= deadline {
                 return Err(why(&format!(
@@ -665,6 +807,49 @@ impl SwarmRuntime {
             tokio::time::sleep(WATCH_EVERY).await;
         }
     }
+
+    /// Waits until `n` tasks of the release `svc` runs passed the watcher's probe.
+    async fn wait_routable(
+        &self,
+        svc: &Svc,
+        n: u32,
+        deadline: Instant,
+    ) -> Result<(), RuntimeError> {
+        loop {
+            let (running, healthy) = *lock(&svc.running);
+            if healthy >= n as usize {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let what = match &lock(&svc.probe).path {
+                    Some(p) => format!("GET {p} → 2xx/3xx"),
+                    None => "a TCP check".to_string(),
+                };
+                return Err(RuntimeError::Docker(format!(
+                    "{healthy} of {n} tasks pass the health check ({what}) on their published port ({running} running)"
+                )));
+            }
+            tokio::time::sleep(WATCH_EVERY / 2).await;
+        }
+    }
+}
+
+/// An RFC 3339 time from the daemon as a key that sorts by time: the fraction padded to
+/// nanoseconds (Go trims trailing zeros).
+fn timestamp_key(t: &str) -> String {
+    let t = t.trim_end_matches('Z');
+    let (secs, frac) = t.split_once('.').unwrap_or((t, ""));
+    format!("{secs}.{frac:0<9}")
+}
+
+/// The service's version, for an update (bollard takes an `i32`).
+fn version_of(s: &bollard::models::Service, name: &str) -> Result<i32, RuntimeError> {
+    let index = s.version.as_ref().and_then(|v| v.index).unwrap_or_default();
+    i32::try_from(index).map_err(|_| {
+        RuntimeError::Docker(format!(
+            "service {name}: the swarm's version index {index} is beyond what berth's Docker client can send (2^31)"
+        ))
+    })
 }
 
 impl Drop for SwarmRuntime {
@@ -679,14 +864,33 @@ impl Svc {
             m.stopping.store(true, Ordering::SeqCst);
         }
     }
+
+    /// The service runs release `id` from now on (its tasks' logs follow).
+    fn set_run(&self, id: &str) {
+        let mut run = lock(&self.run);
+        if run.id != id {
+            *run = Run {
+                id: id.to_string(),
+                since: std::time::SystemTime::now(),
+            };
+            drop(run);
+            self.unfollow_all();
+            *lock(&self.running) = (0, 0);
+        }
+    }
+}
+
+/// One of this berth's services as listed.
+struct Owned {
+    name: String,
+    app: String,
+    proc_type: String,
+    instance: String,
 }
 
 impl Inner {
-    /// This owner's services (name, the instance each runs), of `app` or of all apps.
-    async fn owned_services(
-        &self,
-        app: Option<&str>,
-    ) -> Result<Vec<(String, String)>, RuntimeError> {
+    /// This owner's services, of `app` or of all apps.
+    async fn owned_services(&self, app: Option<&str>) -> Result<Vec<Owned>, RuntimeError> {
         let mut labels = vec![format!("{OWNER_LABEL}={}", self.owner)];
         if let Some(app) = app {
             labels.push(format!("{APP_LABEL}={app}"));
@@ -706,8 +910,13 @@ impl Inner {
             .filter_map(|s| {
                 let spec = s.spec?;
                 let name = spec.name?;
-                let id = spec.labels?.get(INSTANCE_LABEL)?.clone();
-                name.starts_with(&ours).then_some((name, id))
+                let labels = spec.labels?;
+                name.starts_with(&ours).then(|| Owned {
+                    app: labels.get(APP_LABEL).cloned().unwrap_or_default(),
+                    proc_type: labels.get(TYPE_LABEL).cloned().unwrap_or_default(),
+                    instance: labels.get(INSTANCE_LABEL).cloned().unwrap_or_default(),
+                    name,
+                })
             })
             .collect())
     }
@@ -757,20 +966,62 @@ fn task_instance(t: &bollard::models::Task) -> Option<&str> {
         .map(String::as_str)
 }
 
-/// `<prefix>-<app>-<type>` for instance `<app>.v<N>.<type>.<i>`: Swarm service names are DNS
-/// labels (63 characters at most), so a longer one is cut and ends with a hash.
-fn service_name(prefix: &str, id: &str) -> String {
-    let mut parts = id.split('.');
-    let app = parts.next().unwrap_or(id);
-    let proc_type = parts.nth(1).unwrap_or("web");
-    let name = format!("{prefix}-{}-{}", sanitize(app), sanitize(proc_type))
+/// The app and process type of instance `<app>.v<N>.<type>.<i>`.
+fn parts(id: &str) -> (&str, &str) {
+    let mut it = id.split('.');
+    let app = it.next().unwrap_or(id);
+    (app, it.nth(1).unwrap_or("web"))
+}
+
+/// `<prefix>-<app>-<type>-<hash>`: Swarm service names are DNS labels (63 characters at most),
+/// and the hash of (app, type) keeps `shop` + `api-web` apart from `shop-api` + `web`.
+fn service_name(prefix: &str, app: &str, proc_type: &str) -> String {
+    let hash = format!("{:06x}", fnv1a(&format!("{app}\0{proc_type}")) >> 40);
+    let mut body = format!("{}-{}", sanitize(app), sanitize(proc_type))
         .replace(['_', '.'], "-")
         .to_ascii_lowercase();
-    if name.len() <= 63 {
-        return name;
+    let room = 63 - prefix.len() - hash.len() - 2;
+    if body.len() > room {
+        body = body.chars().take(room).collect();
     }
-    let cut: String = name.chars().take(54).collect();
-    format!("{}-{:08x}", cut.trim_end_matches('-'), fnv1a(&name) >> 32)
+    format!("{prefix}-{}-{hash}", body.trim_end_matches('-'))
+}
+
+/// The HEALTHCHECK of a task whose image has berth's probe: the app's health check on its
+/// port inside the container, every second once started.
+fn health_config(opts: &SwarmOptions, port: u16) -> bollard::models::HealthConfig {
+    let mut test = vec!["CMD".to_string(), PROBE_PATH.to_string()];
+    match &opts.health_path {
+        Some(path) => test.extend([
+            "wget".to_string(),
+            "-q".to_string(),
+            "-O".to_string(),
+            "/dev/null".to_string(),
+            // No `-T`: busybox 1.35's wget crashes with it in an image without /etc; the
+            // HEALTHCHECK's own timeout bounds the probe.
+            "--header".to_string(),
+            format!("Host: {}", opts.health_host),
+            format!("http://127.0.0.1:{port}{path}"),
+        ]),
+        // nc waits for the app to close: a connection still open after a second passed
+        // (only a refused connect exits 1).
+        None => test.extend([
+            "sh".to_string(),
+            "-c".to_string(),
+            format!(
+                "{PROBE_PATH} timeout 1 {PROBE_PATH} nc 127.0.0.1 {port} </dev/null; test $? -ne 1"
+            ),
+        ]),
+    }
+    let nanos = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+    bollard::models::HealthConfig {
+        test: Some(test),
+        interval: Some(nanos(Duration::from_secs(1))),
+        timeout: Some(nanos(Duration::from_secs(3))),
+        retries: Some(3),
+        start_period: Some(nanos(opts.health_start)),
+        ..Default::default()
+    }
 }
 
 /// Where other machines reach a node: its status address, or its manager address (a manager's
@@ -804,18 +1055,15 @@ fn task_port(t: &bollard::models::Task) -> Option<u16> {
 }
 
 /// The watcher: every [`WATCH_EVERY`], the running tasks of the managed services → their
-/// endpoints (probed), log followers for this node's tasks, and an event when a service's
-/// endpoints change.
+/// endpoints (each probed with the app's health check until it first passes), log followers
+/// for this node's tasks, and an event when a service's endpoints change.
 async fn watch(inner: Arc<Inner>, state: Arc<State>) {
     let mut nodes: HashMap<String, IpAddr> = HashMap::new();
     let mut nodes_at = Instant::now();
     let mut local_node = String::new();
     loop {
         tokio::time::sleep(WATCH_EVERY).await;
-        let services: Vec<(String, Arc<Svc>)> = lock(&state.services)
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let services: Vec<Arc<Svc>> = lock(&state.services).values().cloned().collect();
         if services.is_empty() {
             continue;
         }
@@ -842,17 +1090,31 @@ async fn watch(inner: Arc<Inner>, state: Arc<State>) {
                 local_node = info.swarm.and_then(|s| s.node_id).unwrap_or_default();
             }
         }
-        for (_, svc) in services {
-            let current = lock(&svc.current).clone();
+        // Every running task of every service: (service, task id, address, of the current
+        // release?), probed at once where not yet healthy.
+        let mut looks = Vec::new();
+        for svc in &services {
             let service_id = lock(&svc.service_id).clone();
-            let mine: Vec<&bollard::models::Task> = tasks
-                .iter()
-                .filter(|t| t.service_id.as_deref() == Some(service_id.as_str()))
-                .filter(|t| t.status.as_ref().and_then(|s| s.state) == Some(TaskState::RUNNING))
-                .collect();
-            let mut endpoints = Vec::new();
-            let mut alive = HashSet::new();
-            for t in &mine {
+            let current = lock(&svc.run).id.clone();
+            let probe = lock(&svc.probe).clone();
+            let mut containers = HashSet::new();
+            for t in tasks.iter().filter(|t| {
+                t.service_id.as_deref() == Some(service_id.as_str())
+                    && t.status.as_ref().and_then(|s| s.state) == Some(TaskState::RUNNING)
+            }) {
+                let is_current = task_instance(t) == Some(current.as_str());
+                // Follow the output of this node's tasks of the current release.
+                if let (true, true, Some(cid)) = (
+                    is_current,
+                    t.node_id.as_deref() == Some(local_node.as_str()),
+                    t.status
+                        .as_ref()
+                        .and_then(|s| s.container_status.as_ref())
+                        .and_then(|c| c.container_id.clone()),
+                ) {
+                    svc.follow(&inner, &cid, &current);
+                    containers.insert(cid);
+                }
                 let (Some(task_id), Some(port), Some(ip)) = (
                     t.id.clone(),
                     task_port(t),
@@ -861,39 +1123,32 @@ async fn watch(inner: Arc<Inner>, state: Arc<State>) {
                     continue;
                 };
                 let addr = SocketAddr::new(ip, port);
-                alive.insert(task_id.clone());
-                let probed = lock(&svc.probed).contains(&task_id);
-                if !probed {
-                    let ok =
-                        tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr))
-                            .await
-                            .is_ok_and(|r| r.is_ok());
-                    if !ok {
-                        continue;
-                    }
-                    lock(&svc.probed).insert(task_id.clone());
-                }
-                endpoints.push(addr);
-                // Follow the output of this node's tasks of the current release.
-                if t.node_id.as_deref() == Some(local_node.as_str())
-                    && task_instance(t) == Some(current.as_str())
-                {
-                    if let Some(cid) = t
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.container_status.as_ref())
-                        .and_then(|c| c.container_id.clone())
-                    {
-                        svc.follow(&inner, &cid, &current);
-                    }
-                }
+                let known = lock(&svc.healthy).contains(&task_id);
+                let (svc, probe) = (svc.clone(), probe.clone());
+                looks.push(async move {
+                    let ok = known || probe_task(addr, &probe).await;
+                    (svc, task_id, addr, is_current, ok)
+                });
             }
+            // Followers of containers that stopped running end.
+            lock(&svc.followers).retain(|cid, m| {
+                let keep = containers.contains(cid);
+                if !keep {
+                    m.stopping.store(true, Ordering::SeqCst);
+                }
+                keep
+            });
+        }
+        let looked = futures_util::future::join_all(looks).await;
+        for svc in &services {
+            let mine: Vec<_> = looked.iter().filter(|l| Arc::ptr_eq(&l.0, svc)).collect();
+            let mut endpoints: Vec<SocketAddr> = mine.iter().filter(|l| l.4).map(|l| l.2).collect();
             endpoints.sort();
-            lock(&svc.probed).retain(|t| alive.contains(t));
-            *lock(&svc.running) = mine
-                .iter()
-                .filter(|t| task_instance(t) == Some(current.as_str()))
-                .count();
+            *lock(&svc.healthy) = mine.iter().filter(|l| l.4).map(|l| l.1.clone()).collect();
+            *lock(&svc.running) = (
+                mine.iter().filter(|l| l.3).count(),
+                mine.iter().filter(|l| l.3 && l.4).count(),
+            );
             let changed = {
                 let mut e = lock(&svc.endpoints);
                 let changed = *e != endpoints;
@@ -902,23 +1157,69 @@ async fn watch(inner: Arc<Inner>, state: Arc<State>) {
             };
             if changed {
                 if let Some(tx) = &state.events {
-                    let _ = tx.send(Event::Endpoints {
-                        id: current.clone(),
-                    });
+                    let id = lock(&svc.run).id.clone();
+                    let _ = tx.send(Event::Endpoints { id });
                 }
             }
         }
     }
 }
 
+/// Is the task at `addr` serving? The app's HTTP check (2xx/3xx), or for a TCP check a
+/// connection that stays open: Docker's port proxy accepts on a task's port before the app
+/// listens, and then closes at once.
+async fn probe_task(addr: SocketAddr, probe: &Probe) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(Ok(mut s)) =
+        tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr)).await
+    else {
+        return false;
+    };
+    let mut buf = [0u8; 512];
+    match &probe.path {
+        Some(path) => {
+            let head = format!(
+                "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: berth-health\r\nConnection: close\r\n\r\n",
+                probe.host
+            );
+            let answer = async {
+                s.write_all(head.as_bytes()).await.ok()?;
+                let mut got = Vec::new();
+                while !got.windows(2).any(|w| w == b"\r\n") && got.len() < 512 {
+                    let n = s.read(&mut buf).await.ok()?;
+                    if n == 0 {
+                        break;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                }
+                let line = String::from_utf8_lossy(&got).into_owned();
+                let code: u16 = line.split_whitespace().nth(1)?.parse().ok()?;
+                Some(code)
+            };
+            matches!(
+                tokio::time::timeout(PROBE_TIMEOUT, answer).await,
+                Ok(Some(200..=399))
+            )
+        }
+        None => !matches!(
+            tokio::time::timeout(PROBE_TIMEOUT, s.read(&mut buf)).await,
+            Ok(Ok(0) | Err(_))
+        ),
+    }
+}
+
 impl Svc {
-    /// Follows container `cid`'s output into the service's log file, once.
+    /// Follows container `cid`'s output into the log file of release `id`, once.
     fn follow(&self, inner: &Arc<Inner>, cid: &str, id: &str) {
         let mut followers = lock(&self.followers);
         if followers.contains_key(cid) {
             return;
         }
-        let since = lock(&self.since)
+        let Some(log_file) = lock(&self.logs).get(id).cloned() else {
+            return;
+        };
+        let since = lock(&self.run)
+            .since
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| i64::try_from(d.as_secs()).unwrap_or(0))
             .unwrap_or_else(|_| unix_now());
@@ -926,7 +1227,7 @@ impl Svc {
             id: id.to_string(),
             container: cid.to_string(),
             restart: false,
-            log_file: lock(&self.log_file).clone(),
+            log_file,
             track: Mutex::new(Track::new(None, 0)),
             stopping: AtomicBool::new(false),
             follower: Mutex::new(None),
@@ -948,9 +1249,11 @@ impl Runtime for SwarmRuntime {
         let opts = spec.swarm.clone().ok_or_else(|| {
             RuntimeError::Docker(format!("instance {} has no swarm options", spec.id))
         })?;
+        let name = self.name_of(&spec.id);
+        let svc = self.register(&name, &spec, &opts);
+        let deadline = Instant::now() + opts.timeout;
         let local_node = self.check_manager().await?;
         let docker = &self.inner.docker;
-        let name = self.name_of(&spec.id);
         let existing = match docker
             .inspect_service(&name, None::<InspectServiceOptions>)
             .await
@@ -964,6 +1267,14 @@ impl Runtime for SwarmRuntime {
             .and_then(|s| s.spec.as_ref())
             .and_then(|s| s.labels.clone())
             .unwrap_or_default();
+        if existing.is_some()
+            && (!self.ours(&labels)
+                || labels.get(APP_LABEL).map(String::as_str) != Some(svc.app.as_str()))
+        {
+            return Err(RuntimeError::Docker(format!(
+                "a swarm service named {name} exists that berth did not make for this app (hint: remove it with `docker service rm {name}` if it is stale)"
+            )));
+        }
         let running = labels.get(INSTANCE_LABEL).cloned();
         // The release this one replaces; the same release started again keeps its own.
         let previous = match &running {
@@ -973,23 +1284,35 @@ impl Runtime for SwarmRuntime {
         let (body, hash) = self
             .service_spec(&spec, &opts, previous.as_deref(), &local_node)
             .await?;
-        // Managed from now on, so that a sweep never removes a service being deployed.
-        let svc = {
-            let mut services = lock(&self.state.services);
-            let svc = services.entry(name.clone()).or_insert_with(|| {
-                Arc::new(Svc {
-                    service_id: Mutex::default(),
-                    current: Mutex::new(spec.id.clone()),
-                    log_file: Mutex::new(spec.log_file.clone()),
-                    endpoints: Mutex::default(),
-                    running: Mutex::new(0),
-                    probed: Mutex::default(),
-                    followers: Mutex::default(),
-                    since: Mutex::new(std::time::SystemTime::now()),
-                })
-            });
-            svc.clone()
+        let replicas_now = existing
+            .as_ref()
+            .and_then(|s| s.spec.as_ref())
+            .and_then(|s| s.mode.as_ref())
+            .and_then(|m| m.replicated.as_ref())
+            .and_then(|r| r.replicas);
+        let started = |svc: &Svc| InstanceInfo {
+            id: spec.id.clone(),
+            pid: None,
+            pid_start: None,
+            state: InstanceState::Running {
+                pid: None,
+                since: lock(&svc.run).since,
+            },
         };
+        if let Some(s) = existing.as_ref().filter(|_| {
+            running.as_deref() == Some(spec.id.as_str())
+                && labels.get(TEMPLATE_LABEL) == Some(&hash)
+                && replicas_now == Some(i64::from(opts.replicas))
+        }) {
+            // Exactly what runs already (a berth restart): nothing to change, nothing to
+            // wait for but the watcher's first look at the tasks.
+            *lock(&svc.service_id) = s.id.clone().unwrap_or_default();
+            svc.set_run(&spec.id);
+            let first_look = Instant::now() + Duration::from_secs(3);
+            let _ = self.wait_routable(&svc, opts.replicas, first_look).await;
+            return Ok(started(&svc));
+        }
+        let was = lock(&svc.run).id.clone();
         let update = match existing {
             None => {
                 let created = docker
@@ -1002,11 +1325,7 @@ impl Runtime for SwarmRuntime {
             }
             Some(s) => {
                 *lock(&svc.service_id) = s.id.clone().unwrap_or_default();
-                let version = s
-                    .version
-                    .and_then(|v| v.index)
-                    .and_then(|v| i32::try_from(v).ok())
-                    .unwrap_or_default();
+                let version = version_of(&s, &name)?;
                 let before = s.update_status.and_then(|u| u.started_at);
                 docker
                     .update_service(
@@ -1025,35 +1344,32 @@ impl Runtime for SwarmRuntime {
                 changed.then_some(before)
             }
         };
-        if *lock(&svc.current) != spec.id {
-            // Followers of the release being replaced end with its tasks.
-            svc.unfollow_all();
-            *lock(&svc.log_file) = spec.log_file.clone();
-            *lock(&svc.current) = spec.id.clone();
-            *lock(&svc.since) = std::time::SystemTime::now();
+        svc.set_run(&spec.id);
+        // Daemon time of the change: the tasks created since are this start's.
+        let baseline = docker
+            .inspect_service(&name, None::<InspectServiceOptions>)
+            .await
+            .ok()
+            .and_then(|s| s.updated_at)
+            .unwrap_or_default();
+        let mut result = self
+            .converge(&name, &spec.id, opts.replicas, update, &baseline, deadline)
+            .await;
+        if result.is_ok() {
+            result = self.wait_routable(&svc, opts.replicas, deadline).await;
         }
-        self.converge(
-            &name,
-            &spec.id,
-            opts.replicas,
-            update,
-            Instant::now() + opts.timeout,
-        )
-        .await?;
-        // Routable at once: the endpoints the engine reads next are this release's.
-        let deadline = Instant::now() + PROBE_TIMEOUT * 10;
-        while lock(&svc.endpoints).len() < opts.replicas as usize && Instant::now() < deadline {
-            tokio::time::sleep(WATCH_EVERY / 2).await;
+        if let Err(e) = result {
+            // What the service runs now: Swarm may have rolled back already.
+            let now = docker
+                .inspect_service(&name, None::<InspectServiceOptions>)
+                .await
+                .ok()
+                .and_then(|s| s.spec?.labels?.get(INSTANCE_LABEL).cloned())
+                .unwrap_or(was);
+            svc.set_run(&now);
+            return Err(e);
         }
-        Ok(InstanceInfo {
-            id: spec.id,
-            pid: None,
-            pid_start: None,
-            state: InstanceState::Running {
-                pid: None,
-                since: std::time::SystemTime::now(),
-            },
-        })
+        Ok(started(&svc))
     }
 
     async fn adopt(
@@ -1081,17 +1397,20 @@ impl Runtime for SwarmRuntime {
 
     fn state(&self, id: &str) -> Option<InstanceState> {
         let svc = lock(&self.state.services).get(&self.name_of(id)).cloned()?;
-        if *lock(&svc.current) != id {
+        let run = lock(&svc.run).clone();
+        if run.id != id {
             return None;
         }
-        let running = *lock(&svc.running);
-        let since = *lock(&svc.since);
+        let (running, _) = *lock(&svc.running);
         Some(match running {
             0 => InstanceState::Restarting {
                 restarts: 0,
                 last_exit: "no task running".to_string(),
             },
-            _ => InstanceState::Running { pid: None, since },
+            _ => InstanceState::Running {
+                pid: None,
+                since: run.since,
+            },
         })
     }
 
@@ -1103,17 +1422,9 @@ impl Runtime for SwarmRuntime {
     }
 
     async fn sweep(&self, _grace: Duration) -> Result<usize, RuntimeError> {
-        let managed: HashSet<String> = lock(&self.state.services).keys().cloned().collect();
-        let mut removed = 0;
-        for (name, instance) in self.inner.owned_services(None).await? {
-            if managed.contains(&name) {
-                continue;
-            }
-            tracing::warn!(service = %name, %instance, "removing a swarm service left from an earlier run");
-            self.remove(&name).await?;
-            removed += 1;
-        }
-        Ok(removed)
+        // Which services to keep is the store's knowledge, not the runtime's: the engine
+        // calls `remove_unwanted` with the live releases' process types.
+        Ok(0)
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Event> {
@@ -1139,21 +1450,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn service_names_are_dns_labels() {
-        assert_eq!(
-            service_name("berth-0123abcd", "shop.v3.web.1"),
-            "berth-0123abcd-shop-web"
-        );
-        assert_eq!(
-            service_name("berth-0123abcd", "shop.v3.big_worker.1"),
-            "berth-0123abcd-shop-big-worker"
-        );
+    fn service_names_are_dns_labels_and_never_shared() {
+        let p = "berth-0123abcd";
+        let name = |id: &str| {
+            let (app, t) = parts(id);
+            service_name(p, app, t)
+        };
+        assert!(name("shop.v3.web.1").starts_with("berth-0123abcd-shop-web-"));
+        assert!(name("shop.v3.big_worker.1").starts_with("berth-0123abcd-shop-big-worker-"));
+        // The same name once `-`, `_` and `.` are folded: still two services.
+        assert_ne!(name("shop.v1.api-web.1"), name("shop-api.v1.web.1"));
+        assert_ne!(name("shop.v1.big_worker.1"), name("shop.v1.big-worker.1"));
+        assert_eq!(name("shop.v1.web.1"), name("shop.v9.web.1"));
         let long = format!("{}.v1.web.1", "a".repeat(80));
-        let name = service_name("berth-0123abcd", &long);
-        assert!(name.len() <= 63, "{name}");
-        assert_ne!(
-            name,
-            service_name("berth-0123abcd", &format!("{}.v1.web.1", "a".repeat(81)))
-        );
+        assert!(name(&long).len() <= 63, "{}", name(&long));
+        assert_ne!(name(&long), name(&format!("{}.v1.web.1", "a".repeat(81))));
     }
 }
