@@ -115,7 +115,7 @@ pub struct SwarmOptions {
     pub health_start: Duration,
 }
 
-/// An image label saying that the image holds a static busybox at [`PROBE_PATH`] (added by
+/// An image label saying that the image holds a static busybox at `PROBE_PATH` (added by
 /// [`DockerRuntime::add_probe`](super::DockerRuntime::add_probe)), so that its tasks can have a
 /// HEALTHCHECK although the app's image has no tools.
 pub const PROBE_LABEL: &str = "berth.probe";
