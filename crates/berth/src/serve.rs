@@ -117,6 +117,9 @@ async fn run(
         }
         Err(e) => tracing::info!(reason = %e, "no Docker: apps run as processes"),
     }
+    if let Ok(d) = &docker {
+        d.swarm_owned_by(&format!("{owner}#{}", berth_id(&data)?));
+    }
     let runtime: Arc<dyn runtime::Runtime> =
         runtime::MultiRuntime::new(process, docker.as_ref().ok().cloned());
     let engine = engine::Engine::start(
@@ -277,6 +280,27 @@ fn sweep_spool(tmp: &Path) {
 /// to recover access) or holds anything else, a new admin token is created, its hash stored,
 /// and the secret written to the file (mode 0600, atomically) and printed once. Earlier tokens
 /// are not revoked.
+/// This berth's own random id (`<data>/berth-id`, made on first start): what tells it from
+/// another berth whose data dir has the same path on another machine of one swarm.
+fn berth_id(data: &Path) -> Result<String> {
+    let path = data.join("berth-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if id.trim().len() == 16 && id.trim().bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Ok(id.trim().to_string())
+        }
+        _ => {
+            let mut bytes = [0u8; 8];
+            getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+            let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            let tmp = data.join("berth-id.tmp");
+            std::fs::write(&tmp, format!("{id}\n"))
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            Ok(id)
+        }
+    }
+}
+
 fn bootstrap_admin_token(store: &engine::store::Store, data: &Path) -> Result<()> {
     let path = data.join("admin-token");
     let why = match std::fs::read(&path) {

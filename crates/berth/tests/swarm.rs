@@ -76,11 +76,18 @@ fn docker_get(path: &str) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// The owner label of the swarm services of the berth with data dir `data`.
+fn swarm_owner(data: &Path) -> String {
+    let data = std::fs::canonicalize(data).unwrap_or_else(|_| data.to_path_buf());
+    let id = std::fs::read_to_string(data.join("berth-id")).unwrap_or_default();
+    format!("{}#{}", data.display(), id.trim())
+}
+
 /// The swarm services of app `app` of berth `b`: (id, name).
 fn services(b: &Berth, app: &str) -> Vec<(String, String)> {
-    let owner = std::fs::canonicalize(b.path("data")).unwrap();
+    let owner = swarm_owner(&b.path("data"));
     let filter = serde_json::json!({
-        "label": [format!("berth.app={app}"), format!("berth.owner={}", owner.display())]
+        "label": [format!("berth.app={app}"), format!("berth.owner={owner}")]
     })
     .to_string();
     let v = docker_get(&format!("/services?filters={}", urlencode(&filter)));
@@ -147,10 +154,9 @@ struct RemoveServices(std::path::PathBuf);
 
 impl Drop for RemoveServices {
     fn drop(&mut self) {
-        let owner = std::fs::canonicalize(&self.0).unwrap_or_else(|_| self.0.clone());
         let out = Command::new("docker")
             .args(["service", "ls", "-q", "--filter"])
-            .arg(format!("label=berth.owner={}", owner.display()))
+            .arg(format!("label=berth.owner={}", swarm_owner(&self.0)))
             .output();
         if let Ok(out) = out {
             for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {

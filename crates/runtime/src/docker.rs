@@ -432,7 +432,16 @@ impl DockerRuntime {
     /// the daemon is a swarm manager; until then its calls say so. Call it inside tokio.
     pub fn swarm(&self) -> Arc<SwarmRuntime> {
         self.swarm
-            .get_or_init(|| SwarmRuntime::new(self.inner.clone()))
+            .get_or_init(|| SwarmRuntime::new(self.inner.clone(), self.inner.owner.clone()))
+            .clone()
+    }
+
+    /// Makes the Swarm runtime label what it creates with `owner` instead of the data dir
+    /// (call it before [`DockerRuntime::swarm`]): a swarm spans machines, and two berths on two
+    /// of them may well have the same data dir path. berth passes `<data dir>#<its id>`.
+    pub fn swarm_owned_by(&self, owner: &str) -> Arc<SwarmRuntime> {
+        self.swarm
+            .get_or_init(|| SwarmRuntime::new(self.inner.clone(), owner.to_string()))
             .clone()
     }
 

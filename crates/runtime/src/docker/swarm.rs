@@ -143,6 +143,8 @@ pub struct NodeInfo {
 /// Runs process types as Swarm services. See the module docs.
 pub struct SwarmRuntime {
     inner: Arc<Inner>,
+    /// The owner label of its services and tasks (see [`DockerRuntime::swarm_owned_by`](super::DockerRuntime::swarm_owned_by)).
+    owner: String,
     state: Arc<State>,
     watcher: JoinHandle<()>,
 }
@@ -188,14 +190,15 @@ struct Probe {
 }
 
 impl SwarmRuntime {
-    pub(super) fn new(inner: Arc<Inner>) -> Arc<SwarmRuntime> {
+    pub(super) fn new(inner: Arc<Inner>, owner: String) -> Arc<SwarmRuntime> {
         let state = Arc::new(State {
             services: Mutex::default(),
             events: Some(broadcast::channel(256).0),
         });
-        let watcher = tokio::spawn(watch(inner.clone(), state.clone()));
+        let watcher = tokio::spawn(watch(inner.clone(), owner.clone(), state.clone()));
         Arc::new(SwarmRuntime {
             inner,
+            owner,
             state,
             watcher,
         })
@@ -236,7 +239,7 @@ impl SwarmRuntime {
             .list_nodes(None::<ListNodesOptions>)
             .await
             .map_err(|e| docker_err("cannot list the swarm's nodes", e))?;
-        let tasks = self.inner.running_tasks().await?;
+        let tasks = self.inner.running_tasks(&self.owner).await?;
         let mut out: Vec<NodeInfo> = nodes
             .into_iter()
             .map(|n| {
@@ -285,7 +288,7 @@ impl SwarmRuntime {
             return Ok(0);
         }
         let mut removed = 0;
-        for s in self.inner.owned_services(Some(app)).await? {
+        for s in self.inner.owned_services(&self.owner, Some(app)).await? {
             self.remove(&s.name).await?;
             removed += 1;
         }
@@ -303,7 +306,7 @@ impl SwarmRuntime {
             return Ok(0);
         }
         let mut removed = 0;
-        for s in self.inner.owned_services(None).await? {
+        for s in self.inner.owned_services(&self.owner, None).await? {
             if keep.contains(&(s.app.clone(), s.proc_type.clone())) {
                 continue;
             }
@@ -389,7 +392,7 @@ impl SwarmRuntime {
 
     /// Do these service labels say this berth made the service?
     fn ours(&self, labels: &HashMap<String, String>) -> bool {
-        labels.get(OWNER_LABEL) == Some(&self.inner.owner)
+        labels.get(OWNER_LABEL) == Some(&self.owner)
     }
 
     fn name_of(&self, id: &str) -> String {
@@ -534,7 +537,7 @@ impl SwarmRuntime {
             )
         };
         let mut labels = HashMap::from([
-            (OWNER_LABEL.to_string(), self.inner.owner.clone()),
+            (OWNER_LABEL.to_string(), self.owner.clone()),
             (APP_LABEL.to_string(), app.clone()),
             (INSTANCE_LABEL.to_string(), spec.id.clone()),
             (TYPE_LABEL.to_string(), proc_type.to_string()),
@@ -547,7 +550,7 @@ impl SwarmRuntime {
             container_spec: Some(TaskSpecContainerSpec {
                 image: Some(image),
                 labels: Some(HashMap::from([
-                    (TASK_OWNER_LABEL.to_string(), self.inner.owner.clone()),
+                    (TASK_OWNER_LABEL.to_string(), self.owner.clone()),
                     (TASK_INSTANCE_LABEL.to_string(), spec.id.clone()),
                     (APP_LABEL.to_string(), app),
                 ])),
@@ -890,8 +893,12 @@ struct Owned {
 
 impl Inner {
     /// This owner's services, of `app` or of all apps.
-    async fn owned_services(&self, app: Option<&str>) -> Result<Vec<Owned>, RuntimeError> {
-        let mut labels = vec![format!("{OWNER_LABEL}={}", self.owner)];
+    async fn owned_services(
+        &self,
+        owner: &str,
+        app: Option<&str>,
+    ) -> Result<Vec<Owned>, RuntimeError> {
+        let mut labels = vec![format!("{OWNER_LABEL}={owner}")];
         if let Some(app) = app {
             labels.push(format!("{APP_LABEL}={app}"));
         }
@@ -932,7 +939,7 @@ impl Inner {
     }
 
     /// Every task of this owner's services that should be running.
-    async fn running_tasks(&self) -> Result<Vec<bollard::models::Task>, RuntimeError> {
+    async fn running_tasks(&self, owner: &str) -> Result<Vec<bollard::models::Task>, RuntimeError> {
         // Tasks carry no labels of the service: its containers' labels tell they are ours.
         let filters = HashMap::from([("desired-state".to_string(), vec!["running".to_string()])]);
         let tasks = self
@@ -950,7 +957,7 @@ impl Inner {
                     .and_then(|s| s.container_spec.as_ref())
                     .and_then(|c| c.labels.as_ref())
                     .and_then(|l| l.get(TASK_OWNER_LABEL))
-                    .is_some_and(|o| *o == self.owner)
+                    .is_some_and(|o| o == owner)
             })
             .collect())
     }
@@ -1057,7 +1064,7 @@ fn task_port(t: &bollard::models::Task) -> Option<u16> {
 /// The watcher: every [`WATCH_EVERY`], the running tasks of the managed services → their
 /// endpoints (each probed with the app's health check until it first passes), log followers
 /// for this node's tasks, and an event when a service's endpoints change.
-async fn watch(inner: Arc<Inner>, state: Arc<State>) {
+async fn watch(inner: Arc<Inner>, owner: String, state: Arc<State>) {
     let mut nodes: HashMap<String, IpAddr> = HashMap::new();
     let mut nodes_at = Instant::now();
     let mut local_node = String::new();
@@ -1067,7 +1074,7 @@ async fn watch(inner: Arc<Inner>, state: Arc<State>) {
         if services.is_empty() {
             continue;
         }
-        let tasks = match inner.running_tasks().await {
+        let tasks = match inner.running_tasks(&owner).await {
             Ok(t) => t,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot list swarm tasks");
