@@ -91,6 +91,8 @@ impl From<engine::EngineError> for ApiError {
 pub struct Ctx {
     pub proxy: Arc<Proxy>,
     pub engine: Arc<Engine>,
+    /// The ACME client, with `[tls.acme]`.
+    pub acme: Option<Arc<acme::Manager>>,
     /// Where uploads are spooled before they are unpacked.
     pub tmp_dir: PathBuf,
 }
@@ -137,6 +139,7 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/notifications/{id}", delete(notify::remove))
         .route("/routes", get(get_routes).put(put_routes))
         .route("/nodes", get(apps::nodes))
+        .route("/certs", get(certs))
         .route("/openapi.json", get(openapi::document));
     Router::new()
         .nest("/api/v1", v1)
@@ -213,6 +216,55 @@ async fn get_routes(
     } else {
         ctx.engine.base_routes()
     }))
+}
+
+/// `GET /certs` (admin): each routed host's certificate: where it comes from (`file`, `acme`,
+/// `local`), its issuer and expiry, and for ACME hosts the manager's status (pending, valid,
+/// failed with the reason and the next attempt).
+async fn certs(
+    State(ctx): State<Ctx>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+    caller.admin()?;
+    let acme: std::collections::BTreeMap<String, acme::HostStatus> = ctx
+        .acme
+        .as_ref()
+        .map(|m| {
+            m.status()
+                .into_iter()
+                .map(|s| (s.host.clone(), s))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut hosts = ctx.proxy.route_hosts();
+    hosts.extend(acme.keys().cloned());
+    hosts.sort();
+    hosts.dedup();
+    let resolver = ctx.proxy.resolver();
+    let secs = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    };
+    let list = hosts
+        .into_iter()
+        .map(|host| {
+            let serving = resolver.as_ref().and_then(|r| r.serving(&host));
+            let info = serving
+                .as_ref()
+                .and_then(|(_, c)| c.cert.first())
+                .and_then(|leaf| proxy::tls::cert_info(leaf));
+            let a = acme.get(&host);
+            serde_json::json!({
+                "host": host,
+                "source": serving.as_ref().map(|(s, _)| *s),
+                "issuer": info.as_ref().map(|i| i.issuer.clone()),
+                "not_after": info.as_ref().map(|i| secs(i.not_after)),
+                "acme": a,
+            })
+        })
+        .collect();
+    Ok(Json(list))
 }
 
 /// Replace the operator's routes; the apps' routes are added to them as always. The body is

@@ -149,11 +149,23 @@ async fn run(
     .await
     .map_err(|e| anyhow::anyhow!("cannot start the deploy engine: {e}"))?;
 
+    // ACME: every routed host gets a certificate from the CA (the local CA's meanwhile).
+    let acme = cfg.tls.acme.clone().map(|config| {
+        tracing::info!(directory = %config.directory, "ACME certificates for every routed host");
+        acme::Manager::start(acme::Options {
+            config,
+            dir: data.join("acme"),
+            proxy: proxy.clone(),
+            backoff: acme_backoff(),
+        })
+    });
+
     let stop_admin = tokio::sync::watch::channel(false).0;
     if let Some(l) = admin {
         let app = api::router(api::Ctx {
             proxy: proxy.clone(),
             engine: engine.clone(),
+            acme: acme.clone(),
             tmp_dir: data.join("tmp"),
         });
         let mut rx = stop_admin.subscribe();
@@ -212,6 +224,18 @@ async fn run(
         engine.shutdown().await;
     }
     Ok(())
+}
+
+/// The first wait after a failed ACME issuance: `BERTH_ACME_BACKOFF_MS` (for tests), else a
+/// minute (doubling after each failure).
+fn acme_backoff() -> std::time::Duration {
+    std::env::var("BERTH_ACME_BACKOFF_MS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(
+            std::time::Duration::from_secs(60),
+            std::time::Duration::from_millis,
+        )
 }
 
 /// The first retry delay of outgoing notifications: `BERTH_NOTIFY_BACKOFF_MS` (for tests),

@@ -148,7 +148,12 @@ fn check_rejects_unknown_keys_everywhere() {
         ("[bogus]\nx = 1\n", 1, "bogus"),
         ("[server]\nhttp = \"127.0.0.1:0\"\nlisten = \"x\"\n", 3, "listen"),
         ("[limits]\nheader_timeout = \"1s\"\nheader_timout = \"1s\"\n", 3, "header_timout"),
-        ("[tls]\nlocal_ca = true\nacme = true\n", 3, "acme"),
+        ("[tls]\nlocal_ca = true\nacme_email = \"a@b.c\"\n", 3, "acme_email"),
+        (
+            "[tls.acme]\ndirectory = \"https://ca.test/dir\"\nemial = \"a@b.c\"\n",
+            3,
+            "emial",
+        ),
         (
             "[[route]]\nhost = \"a.test\"\nupstream = [\"127.0.0.1:9\"]\n",
             3,

@@ -120,6 +120,8 @@ pub struct TlsConfig {
     pub certs: Vec<CertFiles>,
     /// Issue leaf certificates from berth's local CA for hosts no file covers.
     pub local_ca: bool,
+    /// Certificates from an ACME CA (Let's Encrypt, ...) for every routed host no file covers.
+    pub acme: Option<AcmeConfig>,
 }
 
 impl Default for TlsConfig {
@@ -127,8 +129,46 @@ impl Default for TlsConfig {
         TlsConfig {
             certs: Vec::new(),
             local_ca: true,
+            acme: None,
         }
     }
+}
+
+/// `[tls.acme]` (or `[tls] acme = { ... }`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeConfig {
+    /// The CA's directory URL (`https://`), e.g. Let's Encrypt's
+    /// `https://acme-v02.api.letsencrypt.org/directory`.
+    pub directory: String,
+    /// The account's contact address (the CA's expiry warnings go there).
+    pub email: Option<String>,
+    /// External account binding, for CAs that require one (ZeroSSL, Google, ...).
+    pub eab: Option<AcmeEab>,
+    /// A PEM file of CA certificates to trust for the directory's HTTPS besides the public
+    /// roots (a private ACME CA; Pebble in tests).
+    pub ca: Option<PathBuf>,
+    /// How the CA checks control of a host: `"http-01"` (default: on the HTTP listener, port
+    /// 80 in production) or `"tls-alpn-01"` (on the HTTPS listener, port 443).
+    #[serde(default)]
+    pub challenge: AcmeChallenge,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeEab {
+    pub kid: String,
+    /// The HMAC key as the CA gives it (base64url).
+    pub hmac: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum AcmeChallenge {
+    #[default]
+    #[serde(rename = "http-01")]
+    Http01,
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -487,6 +527,39 @@ impl FileConfig {
                 ));
             }
         }
+        if let Some(acme) = &cfg.tls.acme {
+            let bad = |reason: String| Err(at(None, format!("tls.acme: {reason}")));
+            if !acme.directory.starts_with("https://") || acme.directory.len() <= 8 {
+                return bad(format!(
+                    "directory {:?} is not an https:// URL (hint: Let's Encrypt's is \"https://acme-v02.api.letsencrypt.org/directory\")",
+                    acme.directory
+                ));
+            }
+            if let Some(e) = &acme.email {
+                if !e.contains('@') || e.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    return bad(format!("email {e:?} is not an address"));
+                }
+            }
+            if let Some(eab) = &acme.eab {
+                let b64url = |s: &str| {
+                    !s.is_empty()
+                        && s.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'='))
+                };
+                if eab.kid.is_empty() || !b64url(&eab.hmac) {
+                    return bad("eab needs a kid and the base64url hmac key the CA gave".into());
+                }
+            }
+            if matches!(cfg.server.https, Listen::Off) {
+                return bad("certificates need an HTTPS listener: [server] https is off".into());
+            }
+            if acme.challenge == AcmeChallenge::Http01 && matches!(cfg.server.http, Listen::Off) {
+                return bad(
+                    "http-01 needs the HTTP listener, which is off (hint: challenge = \"tls-alpn-01\")"
+                        .into(),
+                );
+            }
+        }
         if cfg.server.build_concurrency == Some(0) {
             return Err(at(
                 None,
@@ -519,6 +592,9 @@ impl FileConfig {
         for c in &mut self.tls.certs {
             join(&mut c.cert);
             join(&mut c.key);
+        }
+        if let Some(ca) = self.tls.acme.as_mut().and_then(|a| a.ca.as_mut()) {
+            join(ca);
         }
         for r in &mut self.routes {
             if let Some(root) = &mut r.get_mut().static_root {

@@ -480,6 +480,19 @@ impl Conn {
             request_id,
         };
 
+        // An ACME CA validating HTTP-01 (plain HTTP only, before any route or redirect).
+        if !self.tls {
+            if let Some(answer) = norm
+                .strip_prefix("/.well-known/acme-challenge/")
+                .and_then(|token| self.w.shared.challenges.http01(token))
+            {
+                return (
+                    Some(req),
+                    Decision::Local(request::acme_answer(answer), None),
+                );
+            }
+        }
+
         // Route.
         let table = self.w.shared.table.load();
         let Some(route) = table.lookup(&req.host, &norm).cloned() else {

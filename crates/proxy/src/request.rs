@@ -1,8 +1,8 @@
 //! Request interpretation shared by the HTTP/1.1 and HTTP/2 fronts: host and path normalisation,
 //! the route decision, request ids, and berth's own small responses.
 
-use crate::static_files::{text_response, LocalResponse};
-use http::StatusCode;
+use crate::static_files::{text_response, LocalBody, LocalResponse};
+use http::{HeaderMap, StatusCode};
 use percent_encoding::{percent_decode, utf8_percent_encode, AsciiSet, CONTROLS};
 
 /// Lower-cased host without port, from a Host header or `:authority`. `None` when malformed.
@@ -324,6 +324,24 @@ pub fn not_found() -> LocalResponse {
         StatusCode::NOT_FOUND,
         "404 Not Found: no app is deployed at this address (berth)\n",
     )
+}
+
+/// The answer to an ACME HTTP-01 validation: the key authorization, as is.
+pub fn acme_answer(key_authorization: String) -> LocalResponse {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert(
+        http::header::CONTENT_LENGTH,
+        http::HeaderValue::from(key_authorization.len()),
+    );
+    LocalResponse {
+        status: StatusCode::OK,
+        headers,
+        body: LocalBody::Bytes(bytes::Bytes::from(key_authorization)),
+    }
 }
 
 /// A short error body naming only the status (never an upstream address).

@@ -28,6 +28,8 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Port of the HTTPS listener, for `https_redirect`.
     pub https_port: Option<u16>,
+    /// ACME challenge answers (HTTP-01 is served by `conn_h1`).
+    pub challenges: Arc<tls::Challenges>,
 }
 
 /// One worker thread's state.
@@ -93,6 +95,7 @@ impl Proxy {
         };
 
         let mut resolver = None;
+        let challenges = Arc::new(tls::Challenges::default());
         let acceptor = if https.is_empty() {
             None
         } else {
@@ -114,7 +117,12 @@ impl Proxy {
                         || table.load().knows_host(host)
                 }) as tls::AllowFn
             };
-            let r = Arc::new(tls::Resolver::new(files, ca, allow));
+            let r = Arc::new(tls::Resolver::with_challenges(
+                files,
+                ca,
+                allow,
+                challenges.clone(),
+            ));
             resolver = Some(r.clone());
             Some(tokio_rustls::TlsAcceptor::from(tls::server_config(r)?))
         };
@@ -122,6 +130,7 @@ impl Proxy {
         let shared = Arc::new(Shared {
             table,
             https_port: bound.https.map(|a| a.port()),
+            challenges,
             log: crate::accesslog::AccessLog::open(&cfg.server.access_log)
                 .map_err(StartError::AccessLog)?,
             limits,
@@ -183,6 +192,32 @@ impl Proxy {
     pub fn install_routes(&self, table: RouteTable) {
         self.shared.table.store(Arc::new(table));
         self.restart_health_checks();
+    }
+
+    /// The ACME challenge answers the listeners serve.
+    pub fn challenges(&self) -> Arc<tls::Challenges> {
+        self.shared.challenges.clone()
+    }
+
+    /// The certificate resolver of the HTTPS listener (`None` without one).
+    pub fn resolver(&self) -> Option<Arc<tls::Resolver>> {
+        self.resolver.clone()
+    }
+
+    /// The exact host names of the live route table (no wildcards), sorted.
+    pub fn route_hosts(&self) -> Vec<String> {
+        let mut hosts: Vec<String> = self
+            .shared
+            .table
+            .load()
+            .specs()
+            .iter()
+            .map(|r| r.host.0.clone())
+            .filter(|h| !h.contains('*'))
+            .collect();
+        hosts.sort();
+        hosts.dedup();
+        hosts
     }
 
     /// Re-read certificate files (SIGHUP). On error the old certificates stay in force.
@@ -369,7 +404,14 @@ async fn accept_loop(w: Rc<Worker>, listener: TcpListener, tls: Option<tokio_rus
                 let Ok(Ok(tls)) = tokio::time::timeout(t, acc.accept(stream)).await else {
                     return;
                 };
-                if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                let alpn = tls.get_ref().1.alpn_protocol();
+                if alpn == Some(tls::ACME_TLS_ALPN) {
+                    // A TLS-ALPN-01 validation: the handshake was the answer (RFC 8737).
+                    let mut tls = tls;
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
+                    return;
+                }
+                if alpn == Some(b"h2") {
                     crate::conn_h2::serve(w, tls, peer, accepted).await;
                 } else {
                     crate::conn_h1::serve(w, tls, peer, true, Some(accepted)).await;
@@ -531,6 +573,7 @@ mod tests {
             conns: AtomicUsize::new(0),
             shutdown: CancellationToken::new(),
             https_port: None,
+            challenges: Arc::default(),
         });
         let w = Worker {
             pool: ConnPool::new(4),

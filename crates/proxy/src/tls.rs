@@ -105,7 +105,8 @@ pub fn server_config(resolver: Arc<Resolver>) -> Result<Arc<ServerConfig>, TlsEr
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // `acme-tls/1` last: only an ACME server validating TLS-ALPN-01 offers it (RFC 8737).
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
     // Our order, not the client's: many clients (OpenSSL among them) list AES-256-GCM-SHA384
     // first, whose SHA-384 key schedule costs about a fifth of a full handshake here, while
     // AES-128-GCM-SHA256 runs on SHA-NI and is every bit as sound (measured: bench/README.md).
@@ -260,7 +261,8 @@ impl LocalCa {
     }
 }
 
-fn create_private_dir(dir: &Path) -> Result<(), TlsError> {
+/// Creates `dir` (and parents) with mode 0700.
+pub fn create_private_dir(dir: &Path) -> Result<(), TlsError> {
     let mut builder = fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
@@ -270,7 +272,7 @@ fn create_private_dir(dir: &Path) -> Result<(), TlsError> {
 
 /// Writes `path` via `<path>.tmp` + fsync + rename, so readers see the old file or the whole
 /// new one. `mode` applies on Unix.
-fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), TlsError> {
+pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), TlsError> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
@@ -364,6 +366,42 @@ pub fn load_cert_files(files: &[CertFile]) -> Result<CertIndex, TlsError> {
     Ok(index)
 }
 
+/// What berth shows of a certificate (`berth certs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+    /// The issuer's distinguished name, e.g. `CN=R11, O=Let's Encrypt, C=US`.
+    pub issuer: String,
+}
+
+/// Reads a certificate's validity and issuer (`None` for bytes that are no certificate).
+pub fn cert_info(der: &[u8]) -> Option<CertInfo> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let at = |t: i64| UNIX_EPOCH + Duration::from_secs(u64::try_from(t).unwrap_or(0));
+    Some(CertInfo {
+        not_before: at(cert.validity().not_before.timestamp()),
+        not_after: at(cert.validity().not_after.timestamp()),
+        issuer: cert.issuer().to_string(),
+    })
+}
+
+/// Loads one PEM chain (leaf first) and its key, as for `[tls] certs`: the certificate to
+/// serve and what it says of itself.
+pub fn load_pair(cert: &Path, key: &Path) -> Result<(Arc<CertifiedKey>, CertInfo), TlsError> {
+    let file = CertFile {
+        cert: cert.to_path_buf(),
+        key: key.to_path_buf(),
+    };
+    let (certified, _) = load_cert_file(&file, &provider())?;
+    let info = certified
+        .cert
+        .first()
+        .and_then(|leaf| cert_info(leaf))
+        .ok_or_else(|| invalid(cert, "cannot read the certificate's validity"))?;
+    Ok((Arc::new(certified), info))
+}
+
 fn load_cert_file(
     file: &CertFile,
     provider: &CryptoProvider,
@@ -442,6 +480,73 @@ struct CachedLeaf {
     renew_after: SystemTime,
 }
 
+/// The ALPN protocol of ACME's TLS-ALPN-01 validation (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// The answers to ACME challenges in progress, which the data plane serves: HTTP-01 key
+/// authorizations by token (`/.well-known/acme-challenge/<token>` on plain HTTP) and TLS-ALPN-01
+/// certificates by host name (handshakes that offer only `acme-tls/1`). Written by the ACME
+/// client on the control plane; read lock-free on the workers.
+#[derive(Default)]
+pub struct Challenges {
+    http01: ArcSwap<HashMap<String, String>>,
+    alpn: ArcSwap<HashMap<String, Arc<CertifiedKey>>>,
+}
+
+impl fmt::Debug for Challenges {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Challenges")
+            .field("http01", &self.http01.load().len())
+            .field("alpn", &self.alpn.load().len())
+            .finish()
+    }
+}
+
+impl Challenges {
+    pub fn set_http01(&self, token: &str, key_authorization: &str) {
+        self.http01.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            m.insert(token.to_string(), key_authorization.to_string());
+            m
+        });
+    }
+
+    pub fn remove_http01(&self, token: &str) {
+        self.http01.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            m.remove(token);
+            m
+        });
+    }
+
+    /// The key authorization to answer for `token`.
+    pub fn http01(&self, token: &str) -> Option<String> {
+        self.http01.load().get(token).cloned()
+    }
+
+    pub fn set_alpn(&self, host: &str, cert: Arc<CertifiedKey>) {
+        let host = normalize(host);
+        self.alpn.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            m.insert(host.clone(), cert.clone());
+            m
+        });
+    }
+
+    pub fn remove_alpn(&self, host: &str) {
+        let host = normalize(host);
+        self.alpn.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            m.remove(&host);
+            m
+        });
+    }
+
+    fn alpn(&self, host: &str) -> Option<Arc<CertifiedKey>> {
+        self.alpn.load().get(&normalize(host)).cloned()
+    }
+}
+
 /// Predicate deciding whether the local CA may issue a leaf for a host (e.g. "a route exists").
 pub type AllowFn = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
@@ -449,6 +554,9 @@ pub type AllowFn = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 /// leaf cache are `ArcSwap` snapshots, replaced copy-on-write.
 pub struct Resolver {
     files: ArcSwap<CertIndex>,
+    /// Certificates from the ACME CA, by host (between the files and the local CA).
+    acme: ArcSwap<HashMap<String, Arc<CertifiedKey>>>,
+    challenges: Arc<Challenges>,
     local_ca: Option<LocalCa>,
     allow: AllowFn,
     leaves: ArcSwap<HashMap<String, Arc<CachedLeaf>>>,
@@ -468,8 +576,20 @@ impl Resolver {
     /// `allow(host)` is asked (with a lower-case host) before a local-CA leaf is served or
     /// issued for an SNI name that no file certificate covers; it must be cheap and non-blocking.
     pub fn new(files: CertIndex, local_ca: Option<LocalCa>, allow: AllowFn) -> Resolver {
+        Self::with_challenges(files, local_ca, allow, Arc::default())
+    }
+
+    /// Like [`Resolver::new`], answering TLS-ALPN-01 from `challenges`.
+    pub fn with_challenges(
+        files: CertIndex,
+        local_ca: Option<LocalCa>,
+        allow: AllowFn,
+        challenges: Arc<Challenges>,
+    ) -> Resolver {
         Resolver {
             files: ArcSwap::from_pointee(files),
+            acme: ArcSwap::from_pointee(HashMap::new()),
+            challenges,
             local_ca,
             allow,
             leaves: ArcSwap::from_pointee(HashMap::new()),
@@ -482,10 +602,54 @@ impl Resolver {
         self.files.store(Arc::new(files));
     }
 
+    /// Does a certificate file cover `host` (so ACME leaves it alone)?
+    pub fn file_covers(&self, host: &str) -> bool {
+        self.files.load().lookup(host).is_some()
+    }
+
+    /// Serves `cert` (from the ACME CA) for `host` from the next handshake on.
+    pub fn set_acme(&self, host: &str, cert: Arc<CertifiedKey>) {
+        let host = normalize(host);
+        self.acme.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            m.insert(host.clone(), cert.clone());
+            m
+        });
+    }
+
+    /// Stops serving the ACME certificate of `host`.
+    pub fn remove_acme(&self, host: &str) {
+        let host = normalize(host);
+        self.acme.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            m.remove(&host);
+            m
+        });
+    }
+
+    /// Which certificate a handshake for `host` gets now, and from where: `"file"`, `"acme"`
+    /// or `"local"` (the local CA's, issued now if it has to be).
+    pub fn serving(&self, host: &str) -> Option<(&'static str, Arc<CertifiedKey>)> {
+        let host = normalize(host);
+        if let Some(cert) = self.files.load().lookup(&host) {
+            return Some(("file", cert));
+        }
+        if let Some(cert) = self.acme.load().get(&host) {
+            return Some(("acme", cert.clone()));
+        }
+        if self.local_ca.is_none() || !(self.allow)(&host) {
+            return None;
+        }
+        self.local_leaf(&host).map(|c| ("local", c))
+    }
+
     fn for_host(&self, host: &str) -> Option<Arc<CertifiedKey>> {
         let host = normalize(host);
         if let Some(cert) = self.files.load().lookup(&host) {
             return Some(cert);
+        }
+        if let Some(cert) = self.acme.load().get(&host) {
+            return Some(cert.clone());
         }
         if self.local_ca.is_none() || !(self.allow)(&host) {
             tracing::debug!(%host, "no certificate for SNI host");
@@ -531,6 +695,16 @@ impl Resolver {
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // An ACME server validating TLS-ALPN-01 offers only `acme-tls/1`: it gets the challenge
+        // certificate or nothing, never a real one.
+        if hello
+            .alpn()
+            .is_some_and(|mut offered| offered.any(|p| p == ACME_TLS_ALPN))
+        {
+            return hello
+                .server_name()
+                .and_then(|sni| self.challenges.alpn(sni));
+        }
         match hello.server_name() {
             Some(sni) => self.for_host(sni),
             // No SNI: the client connected by IP address.
@@ -909,7 +1083,7 @@ mod tests {
         let config = server_config(resolver).unwrap();
         assert_eq!(
             config.alpn_protocols,
-            [b"h2".to_vec(), b"http/1.1".to_vec()]
+            [b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()]
         );
         assert!(config.ticketer.enabled());
         let provider = config.crypto_provider();

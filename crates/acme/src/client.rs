@@ -1,0 +1,342 @@
+//! One ACME account and one issuance at a time, on `instant-acme`: the HTTPS client it talks
+//! through (the public roots plus `[tls.acme] ca`), the account (created once, its key kept in
+//! `<dir>/account.json`, mode 0600), and an order for one host answered by HTTP-01 or
+//! TLS-ALPN-01 through the proxy's [`Challenges`].
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper_util::rt::TokioIo;
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, BodyWrapper, BytesResponse, ChallengeType,
+    ExternalAccountKey, HttpClient, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
+};
+use proxy::config::{AcmeChallenge, AcmeConfig};
+use proxy::tls::Challenges;
+use rustls::crypto::aws_lc_rs;
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use tokio::net::TcpStream;
+
+/// Bound on connecting to the CA.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on one request to the CA.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the CA gets to validate the challenges, and then to issue.
+const VALIDATION_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The account file: instant-acme's credentials (the account URL and its private key).
+const ACCOUNT_FILE: &str = "account.json";
+
+/// A signed-in ACME account.
+pub(crate) struct Client {
+    account: Account,
+    challenge: AcmeChallenge,
+    challenges: Arc<Challenges>,
+}
+
+impl Client {
+    /// Signs in with the account kept in `dir`, or creates one (and keeps it). An account of
+    /// another directory, or one the CA no longer knows, is replaced.
+    pub(crate) async fn connect(
+        cfg: &AcmeConfig,
+        dir: &Path,
+        challenges: Arc<Challenges>,
+    ) -> Result<Client, String> {
+        let http = || -> Result<Box<dyn HttpClient>, String> { Ok(Box::new(Https::new(cfg)?)) };
+        let path = dir.join(ACCOUNT_FILE);
+        let stored = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+            .filter(|v| v["directory"].as_str() == Some(cfg.directory.as_str()))
+            .and_then(|v| serde_json::from_value::<AccountCredentials>(v).ok());
+        if let Some(credentials) = stored {
+            match Account::builder_with_http(http()?)
+                .from_credentials(credentials)
+                .await
+            {
+                Ok(account) => {
+                    return Ok(Client {
+                        account,
+                        challenge: cfg.challenge,
+                        challenges,
+                    })
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the stored ACME account does not work; creating a new one")
+                }
+            }
+        }
+        let contact: Vec<String> = cfg.email.iter().map(|e| format!("mailto:{e}")).collect();
+        let contact: Vec<&str> = contact.iter().map(String::as_str).collect();
+        let eab = match &cfg.eab {
+            Some(eab) => Some(ExternalAccountKey::new(
+                eab.kid.clone(),
+                &b64url_decode(&eab.hmac).ok_or("tls.acme.eab.hmac is not base64url")?,
+            )),
+            None => None,
+        };
+        let (account, credentials) = Account::builder_with_http(http()?)
+            .create(
+                &NewAccount {
+                    contact: &contact,
+                    terms_of_service_agreed: true,
+                    only_return_existing: false,
+                },
+                cfg.directory.clone(),
+                eab.as_ref(),
+            )
+            .await
+            .map_err(|e| format!("cannot create an account at {}: {e}", cfg.directory))?;
+        let json = serde_json::to_vec(&credentials).map_err(|e| e.to_string())?;
+        proxy::tls::create_private_dir(dir).map_err(|e| e.to_string())?;
+        proxy::tls::write_atomic(&path, &json, 0o600).map_err(|e| e.to_string())?;
+        tracing::info!(directory = %cfg.directory, account = %account.id(), "ACME account created");
+        Ok(Client {
+            account,
+            challenge: cfg.challenge,
+            challenges,
+        })
+    }
+
+    /// Orders a certificate for `host` and answers its challenge; the chain (PEM, leaf first)
+    /// and its private key (PKCS#8 PEM).
+    pub(crate) async fn issue(&self, host: &str) -> Result<(String, String), String> {
+        let ids = [Identifier::Dns(host.to_string())];
+        let mut order = self
+            .account
+            .new_order(&NewOrder::new(&ids))
+            .await
+            .map_err(|e| format!("the CA refused the order: {e}"))?;
+        let mut answered = Answered {
+            challenges: &self.challenges,
+            tokens: Vec::new(),
+            hosts: Vec::new(),
+        };
+        {
+            let mut authorizations = order.authorizations();
+            while let Some(authz) = authorizations.next().await {
+                let mut authz = authz.map_err(|e| format!("cannot read an authorization: {e}"))?;
+                match authz.status {
+                    AuthorizationStatus::Pending => {}
+                    // Validated earlier for this account: nothing to answer.
+                    AuthorizationStatus::Valid => continue,
+                    other => return Err(format!("authorization is {other:?}")),
+                }
+                let name = authz.identifier().to_string();
+                let kind = match self.challenge {
+                    AcmeChallenge::Http01 => ChallengeType::Http01,
+                    AcmeChallenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
+                };
+                let mut challenge = authz.challenge(kind.clone()).ok_or_else(|| {
+                    format!("the CA offers no {kind:?} challenge for {name} (hint: set [tls.acme] challenge to the other kind)")
+                })?;
+                let key_auth = challenge.key_authorization();
+                match self.challenge {
+                    AcmeChallenge::Http01 => {
+                        self.challenges
+                            .set_http01(&challenge.token, key_auth.as_str());
+                        answered.tokens.push(challenge.token.clone());
+                    }
+                    AcmeChallenge::TlsAlpn01 => {
+                        let cert = alpn_cert(&name, key_auth.digest().as_ref())?;
+                        self.challenges.set_alpn(&name, cert);
+                        answered.hosts.push(name.clone());
+                    }
+                }
+                challenge
+                    .set_ready()
+                    .await
+                    .map_err(|e| format!("cannot tell the CA the challenge is ready: {e}"))?;
+            }
+        }
+        let retry = RetryPolicy::new()
+            .initial_delay(Duration::from_millis(250))
+            .backoff(2.0)
+            .timeout(VALIDATION_TIMEOUT);
+        let status = order
+            .poll_ready(&retry)
+            .await
+            .map_err(|e| format!("validation failed: {e}"))?;
+        if status != OrderStatus::Ready {
+            let why = order
+                .state()
+                .error
+                .as_ref()
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| format!("{status:?}"));
+            return Err(format!("validation failed: {why}"));
+        }
+        drop(answered);
+        let key = order
+            .finalize()
+            .await
+            .map_err(|e| format!("cannot finalize the order: {e}"))?;
+        let chain = order
+            .poll_certificate(&retry)
+            .await
+            .map_err(|e| format!("the CA did not issue the certificate: {e}"))?;
+        Ok((chain, key))
+    }
+}
+
+/// Challenge answers put up for one order, taken down when it ends (any way it ends).
+struct Answered<'a> {
+    challenges: &'a Challenges,
+    tokens: Vec<String>,
+    hosts: Vec<String>,
+}
+
+impl Drop for Answered<'_> {
+    fn drop(&mut self) {
+        for t in &self.tokens {
+            self.challenges.remove_http01(t);
+        }
+        for h in &self.hosts {
+            self.challenges.remove_alpn(h);
+        }
+    }
+}
+
+/// The TLS-ALPN-01 certificate (RFC 8737): self-signed for `host`, with the critical
+/// acmeIdentifier extension holding the SHA-256 of the key authorization.
+fn alpn_cert(host: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, String> {
+    let fail = |e: rcgen::Error| format!("cannot make the TLS-ALPN-01 certificate: {e}");
+    let mut params = rcgen::CertificateParams::new(vec![host.to_string()]).map_err(fail)?;
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
+    let key = rcgen::KeyPair::generate().map_err(fail)?;
+    let cert = params.self_signed(&key).map_err(fail)?;
+    let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let signer = aws_lc_rs::default_provider()
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(|e| format!("cannot load the TLS-ALPN-01 key: {e}"))?;
+    Ok(Arc::new(CertifiedKey::new(
+        vec![cert.der().clone()],
+        signer,
+    )))
+}
+
+/// The HTTPS client instant-acme talks through: one TLS connection per request (ACME traffic
+/// is a handful of requests per certificate), trusting the public roots and `[tls.acme] ca`.
+struct Https {
+    tls: tokio_rustls::TlsConnector,
+}
+
+impl Https {
+    fn new(cfg: &AcmeConfig) -> Result<Https, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        let (added, _) = roots
+            .add_parsable_certificates(webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().cloned());
+        if added == 0 {
+            return Err("no public root certificates".into());
+        }
+        if let Some(ca) = &cfg.ca {
+            let certs = CertificateDer::pem_file_iter(ca)
+                .map_err(|e| format!("cannot read tls.acme.ca {}: {e}", ca.display()))?;
+            for c in certs {
+                let c = c.map_err(|e| format!("tls.acme.ca {}: {e}", ca.display()))?;
+                roots
+                    .add(c)
+                    .map_err(|e| format!("tls.acme.ca {}: {e}", ca.display()))?;
+            }
+        }
+        let config =
+            rustls::ClientConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        Ok(Https {
+            tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        })
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl HttpClient for Https {
+    fn request(
+        &self,
+        req: http::Request<BodyWrapper<Bytes>>,
+    ) -> Pin<Box<dyn Future<Output = Result<BytesResponse, instant_acme::Error>> + Send>> {
+        let tls = self.tls.clone();
+        Box::pin(async move { send(tls, req).await.map_err(instant_acme::Error::Other) })
+    }
+}
+
+async fn send(
+    tls: tokio_rustls::TlsConnector,
+    mut req: http::Request<BodyWrapper<Bytes>>,
+) -> Result<BytesResponse, BoxError> {
+    let uri = req.uri().clone();
+    if uri.scheme_str() != Some("https") {
+        return Err(format!("refusing a non-https ACME URL: {uri}").into());
+    }
+    let host = uri
+        .host()
+        .ok_or("an ACME URL without a host")?
+        .trim_matches(['[', ']'])
+        .to_string();
+    let port = uri.port_u16().unwrap_or(443);
+    let tcp =
+        tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host.as_str(), port))).await??;
+    let stream = tls.connect(ServerName::try_from(host)?, tcp).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    // Drives the connection; it ends once the response is read.
+    tokio::spawn(conn);
+    // The low-level client sends the URI as given: origin form, and the authority as Host.
+    let authority = uri
+        .authority()
+        .ok_or("an ACME URL without an authority")?
+        .as_str()
+        .to_string();
+    *req.uri_mut() = uri.path_and_query().map_or("/", |pq| pq.as_str()).parse()?;
+    req.headers_mut()
+        .insert(http::header::HOST, authority.parse()?);
+    let response = tokio::time::timeout(REQUEST_TIMEOUT, sender.send_request(req)).await??;
+    Ok(BytesResponse::from(response))
+}
+
+/// base64url (padding optional), as CAs give EAB keys.
+fn b64url_decode(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' | b'+' => 62,
+            b'_' | b'/' => 63,
+            b'=' => continue,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push(u8::try_from((acc >> bits) & 0xff).ok()?);
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64url_keys_decode() {
+        assert_eq!(b64url_decode("aGVsbG8"), Some(b"hello".to_vec()));
+        assert_eq!(b64url_decode("aGVsbG8="), Some(b"hello".to_vec()));
+        assert_eq!(b64url_decode("_-8"), Some(vec![0xff, 0xef]));
+        assert_eq!(b64url_decode("not base64!"), None);
+        assert_eq!(b64url_decode(""), None);
+    }
+}

@@ -1,0 +1,365 @@
+//! berth's ACME client: with `[tls.acme]`, every host of the route table gets a certificate
+//! from the ACME CA (Let's Encrypt, ZeroSSL, a private CA; Pebble in tests), renewed at two
+//! thirds of its lifetime, served from the next handshake on.
+//!
+//! - **Which hosts**: the route table's exact host names ([`proxy::Proxy::route_hosts`]), less
+//!   IP addresses, `localhost` and `*.localhost` (the local CA's), single-label names (no CA
+//!   issues for them) and hosts a certificate file covers (`[tls] certs` win). A host waiting
+//!   for its first certificate is served by the local CA meanwhile.
+//! - **One issuance at a time**, from one task on the control plane: an order, its challenge
+//!   answered by the proxy (HTTP-01 on the HTTP listener, or TLS-ALPN-01 on the HTTPS one, per
+//!   `challenge`), finalize (a fresh P-256 key), download. A failure is recorded with its
+//!   reason and retried after a backoff that doubles up to [`MAX_BACKOFF`]; other hosts are not
+//!   held up.
+//! - **Storage**: `<data>/acme/account.json` (the account key) and
+//!   `<data>/acme/certs/<host>/{cert,key}.pem`, mode 0600, written atomically; loaded at start,
+//!   so a restart serves and renews what it had.
+#![forbid(unsafe_code)]
+
+mod client;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use proxy::config::AcmeConfig;
+use proxy::tls::CertInfo;
+use proxy::Proxy;
+
+/// The longest wait before another attempt at a failing host.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(6 * 60 * 60);
+/// How often the route table is looked at for new hosts (a route change also wakes the loop).
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+/// Bound on one whole issuance.
+const ISSUE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What the manager needs.
+pub struct Options {
+    pub config: AcmeConfig,
+    /// `<data>/acme`.
+    pub dir: PathBuf,
+    pub proxy: Arc<Proxy>,
+    /// The first wait after a failure (doubling after each, up to [`MAX_BACKOFF`]).
+    pub backoff: Duration,
+}
+
+/// One host's certificate as `berth certs` shows it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct HostStatus {
+    pub host: String,
+    /// `pending` (waiting for its first certificate), `issuing`, `valid`, `failed` (retried
+    /// later; a valid certificate, if any, is still served).
+    pub status: &'static str,
+    /// Unix seconds.
+    pub not_after: Option<u64>,
+    pub issuer: Option<String>,
+    /// Unix seconds: when it is renewed.
+    pub renew_at: Option<u64>,
+    pub error: Option<String>,
+    /// Failed attempts since the last success.
+    pub failures: u32,
+    /// Seconds until the next attempt, for a failed host.
+    pub retry_in: Option<u64>,
+}
+
+#[derive(Debug)]
+struct Host {
+    status: &'static str,
+    cert: Option<CertInfo>,
+    error: Option<String>,
+    failures: u32,
+    next_try: Instant,
+}
+
+impl Host {
+    fn renew_at(&self) -> Option<SystemTime> {
+        let c = self.cert.as_ref()?;
+        let life = c.not_after.duration_since(c.not_before).unwrap_or_default();
+        Some(c.not_before + life * 2 / 3)
+    }
+
+    /// Does it need a certificate now?
+    fn due(&self, now: Instant) -> bool {
+        let wants = match self.renew_at() {
+            Some(at) => SystemTime::now() >= at,
+            None => true,
+        };
+        wants && now >= self.next_try
+    }
+}
+
+/// Keeps every routed host's certificate. See the crate docs.
+pub struct Manager {
+    opts: Options,
+    hosts: Mutex<BTreeMap<String, Host>>,
+    wake: tokio::sync::Notify,
+    /// The signed-in account, made on first use and dropped after an error.
+    client: tokio::sync::Mutex<Option<client::Client>>,
+}
+
+impl Manager {
+    /// Loads the stored certificates into the proxy and starts the issuing task (inside a
+    /// tokio runtime).
+    pub fn start(opts: Options) -> Arc<Manager> {
+        let manager = Arc::new(Manager {
+            opts,
+            hosts: Mutex::new(BTreeMap::new()),
+            wake: tokio::sync::Notify::new(),
+            client: tokio::sync::Mutex::new(None),
+        });
+        manager.load_stored();
+        tokio::spawn(manager.clone().run());
+        manager
+    }
+
+    /// Look at the route table now (a route was added).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Every host the manager keeps, by name.
+    pub fn status(&self) -> Vec<HostStatus> {
+        let now = Instant::now();
+        let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs());
+        lock(&self.hosts)
+            .iter()
+            .map(|(name, h)| HostStatus {
+                host: name.clone(),
+                status: h.status,
+                not_after: h.cert.as_ref().and_then(|c| secs(c.not_after)),
+                issuer: h.cert.as_ref().map(|c| c.issuer.clone()),
+                renew_at: h.renew_at().and_then(secs),
+                error: h.error.clone(),
+                failures: h.failures,
+                retry_in: (h.status == "failed")
+                    .then(|| h.next_try.saturating_duration_since(now).as_secs()),
+            })
+            .collect()
+    }
+
+    fn certs_dir(&self) -> PathBuf {
+        self.opts.dir.join("certs")
+    }
+
+    /// The certificates of an earlier run, served again (and renewed when due).
+    fn load_stored(&self) {
+        let Some(resolver) = self.opts.proxy.resolver() else {
+            return;
+        };
+        let Ok(entries) = std::fs::read_dir(self.certs_dir()) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let host = e.file_name().to_string_lossy().into_owned();
+            let (cert, key) = (e.path().join("cert.pem"), e.path().join("key.pem"));
+            match proxy::tls::load_pair(&cert, &key) {
+                Ok((certified, info)) => {
+                    resolver.set_acme(&host, certified);
+                    lock(&self.hosts).insert(
+                        host,
+                        Host {
+                            status: "valid",
+                            cert: Some(info),
+                            error: None,
+                            failures: 0,
+                            next_try: Instant::now(),
+                        },
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(%host, error = %e, "ignoring a stored ACME certificate")
+                }
+            }
+        }
+    }
+
+    async fn run(self: Arc<Self>) {
+        loop {
+            self.sync_hosts();
+            let now = Instant::now();
+            let due = lock(&self.hosts)
+                .iter()
+                .filter(|(_, h)| h.due(now))
+                .min_by_key(|(_, h)| h.next_try)
+                .map(|(name, _)| name.clone());
+            match due {
+                Some(host) => self.issue(&host).await,
+                None => {
+                    tokio::select! {
+                        () = self.wake.notified() => {}
+                        () = tokio::time::sleep(LOOK_EVERY) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds the routed hosts that need a certificate and are not known yet.
+    fn sync_hosts(&self) {
+        let Some(resolver) = self.opts.proxy.resolver() else {
+            return;
+        };
+        let routed = self.opts.proxy.route_hosts();
+        let mut hosts = lock(&self.hosts);
+        for host in routed {
+            if hosts.contains_key(&host) || !wanted(&host) || resolver.file_covers(&host) {
+                continue;
+            }
+            tracing::info!(%host, "a certificate will be ordered");
+            hosts.insert(
+                host,
+                Host {
+                    status: "pending",
+                    cert: None,
+                    error: None,
+                    failures: 0,
+                    next_try: Instant::now(),
+                },
+            );
+        }
+    }
+
+    /// One issuance for `host`; the outcome is recorded.
+    async fn issue(&self, host: &str) {
+        if let Some(h) = lock(&self.hosts).get_mut(host) {
+            h.status = "issuing";
+        }
+        let t0 = Instant::now();
+        let result = tokio::time::timeout(ISSUE_TIMEOUT, self.issue_once(host))
+            .await
+            .unwrap_or_else(|_| Err(format!("no certificate within {ISSUE_TIMEOUT:?}")));
+        let mut hosts = lock(&self.hosts);
+        let Some(h) = hosts.get_mut(host) else { return };
+        match result {
+            Ok(info) => {
+                tracing::info!(%host, seconds = t0.elapsed().as_secs_f64(), issuer = %info.issuer, "certificate issued");
+                h.status = "valid";
+                h.cert = Some(info);
+                h.error = None;
+                h.failures = 0;
+                h.next_try = Instant::now();
+            }
+            Err(e) => {
+                h.failures += 1;
+                let wait = backoff(self.opts.backoff, h.failures);
+                tracing::warn!(%host, error = %e, retry_in = ?wait, "certificate not issued");
+                // A certificate still valid keeps being served.
+                h.status = "failed";
+                h.error = Some(e);
+                h.next_try = Instant::now() + wait;
+            }
+        }
+    }
+
+    async fn issue_once(&self, host: &str) -> Result<CertInfo, String> {
+        let resolver = self
+            .opts
+            .proxy
+            .resolver()
+            .ok_or("no HTTPS listener to serve the certificate on")?;
+        let mut client = self.client.lock().await;
+        if client.is_none() {
+            *client = Some(
+                client::Client::connect(
+                    &self.opts.config,
+                    &self.opts.dir,
+                    self.opts.proxy.challenges(),
+                )
+                .await?,
+            );
+        }
+        let Some(c) = client.as_ref() else {
+            return Err("no ACME account".into());
+        };
+        let issued = c.issue(host).await;
+        if issued.is_err() {
+            // Sign in again next time: the CA may have forgotten the account.
+            *client = None;
+        }
+        let (chain, key) = issued?;
+        drop(client);
+        let dir = self.certs_dir().join(host);
+        let store = |name: &str, data: &str| {
+            proxy::tls::write_atomic(&dir.join(name), data.as_bytes(), 0o600)
+                .map_err(|e| format!("cannot store the certificate: {e}"))
+        };
+        proxy::tls::create_private_dir(&dir).map_err(|e| e.to_string())?;
+        store("key.pem", &key)?;
+        store("cert.pem", &chain)?;
+        let (certified, info) = proxy::tls::load_pair(&dir.join("cert.pem"), &dir.join("key.pem"))
+            .map_err(|e| format!("the CA's certificate does not load: {e}"))?;
+        resolver.set_acme(host, certified);
+        Ok(info)
+    }
+}
+
+/// Does an ACME CA issue for `host`? DNS names of two labels or more, not the local CA's.
+fn wanted(host: &str) -> bool {
+    let host = host.trim_end_matches('.');
+    host.contains('.')
+        && host.parse::<std::net::IpAddr>().is_err()
+        && host != "localhost"
+        && !host.ends_with(".localhost")
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+/// `first` doubled per failure after the first, up to [`MAX_BACKOFF`].
+fn backoff(first: Duration, failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(20);
+    first.saturating_mul(1u32 << doublings).min(MAX_BACKOFF)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_names_a_public_ca_issues_for_are_wanted() {
+        for yes in ["app.example.com", "a.test", "xn--bcher-kva.example"] {
+            assert!(wanted(yes), "{yes}");
+        }
+        for no in [
+            "localhost",
+            "app.localhost",
+            "127.0.0.1",
+            "::1",
+            "intranet",
+            "a_b.example.com",
+        ] {
+            assert!(!wanted(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let s = Duration::from_secs;
+        assert_eq!(backoff(s(60), 1), s(60));
+        assert_eq!(backoff(s(60), 2), s(120));
+        assert_eq!(backoff(s(60), 4), s(480));
+        assert_eq!(backoff(s(60), 40), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn renewal_is_at_two_thirds_of_the_lifetime() {
+        let start = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let h = Host {
+            status: "valid",
+            cert: Some(CertInfo {
+                not_before: start,
+                not_after: start + Duration::from_secs(90 * 86_400),
+                issuer: "CN=test".into(),
+            }),
+            error: None,
+            failures: 0,
+            next_try: Instant::now(),
+        };
+        assert_eq!(h.renew_at(), Some(start + Duration::from_secs(60 * 86_400)));
+    }
+}
