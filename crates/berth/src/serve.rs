@@ -312,7 +312,15 @@ fn berth_id(data: &Path) -> Result<String> {
         Ok(id) if id.trim().len() == 16 && id.trim().bytes().all(|b| b.is_ascii_hexdigit()) => {
             Ok(id.trim().to_string())
         }
-        _ => {
+        // A new id would make this berth's swarm services look like another's.
+        Ok(_) => anyhow::bail!(
+            "{} is not a berth id (16 hex digits) (hint: restore it from a backup; delete it only if this berth runs no swarm services)",
+            path.display()
+        ),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot read {}", path.display()))
+        }
+        Err(_) => {
             let mut bytes = [0u8; 8];
             getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
             let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();

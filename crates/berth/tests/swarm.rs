@@ -66,6 +66,9 @@ fn swarm_app(dir: &Path, body: &str, extra: &str) {
     );
 }
 
+/// web as the image runs it, plus a worker that listens nowhere.
+const PROCFILE: &str = "web: echo container up on $PORT; sleep 2; exec httpd -f -v -p $PORT -h /www\nworker: echo working; exec sleep 100000\n";
+
 /// GET on the daemon's API (curl over its socket).
 fn docker_get(path: &str) -> serde_json::Value {
     let out = Command::new("curl")
@@ -176,13 +179,27 @@ fn a_swarm_service_with_two_replicas_redeploys_under_load_with_zero_errors() {
     let app = "swarmy";
     create_app(&b, app);
     let src = b.path("swarmy-src");
-    let toml = "[formation]\nweb = 2\n[swarm]\nconstraints = [\"node.role == manager\"]\nmax_replicas_per_node = 3\n";
+    // Two replicas of web and a worker (which listens nowhere: running is ready for it).
+    let toml =
+        "[formation]\nweb = 2\nworker = 1\n[swarm]\nconstraints = [\"node.role == manager\"]\n";
     swarm_app(&src, "swarmy v1\n", toml);
+    std::fs::write(src.join("Procfile"), PROCFILE).unwrap();
     deploy_ok(&b, app, &src);
     assert_eq!(app_get(&b, app, "/"), (200, "swarmy v1\n".into()));
     let svcs = services(&b, app);
-    assert_eq!(svcs.len(), 1, "{svcs:?}");
-    let (service_id, service) = svcs[0].clone();
+    assert_eq!(svcs.len(), 2, "{svcs:?}");
+    let (service_id, service) = svcs
+        .iter()
+        .find(|(_, name)| name.contains("-web-"))
+        .cloned()
+        .unwrap();
+    let worker = svcs
+        .iter()
+        .find(|(_, n)| n.contains("-worker-"))
+        .unwrap()
+        .1
+        .clone();
+    assert_eq!(running_tasks(&worker).len(), 1);
     assert_eq!(running_tasks(&service).len(), 2);
     // berth routes to both tasks (their host-mode ports), not through a VIP.
     let host = format!("{app}.localhost");
@@ -227,6 +244,7 @@ fn a_swarm_service_with_two_replicas_redeploys_under_load_with_zero_errors() {
         }
         for v in 2..=3 {
             swarm_app(&src, &format!("swarmy v{v}\n"), toml);
+            std::fs::write(src.join("Procfile"), PROCFILE).unwrap();
             deploy_ok(&b, app, &src);
             wait_body(&b, app, &format!("swarmy v{v}"));
         }
@@ -239,11 +257,12 @@ fn a_swarm_service_with_two_replicas_redeploys_under_load_with_zero_errors() {
     );
     assert_eq!(bad.load(Ordering::Relaxed), 0);
     assert!(ok.load(Ordering::Relaxed) > 50);
-    // Still the same service, updated in place; only the new release's tasks run.
-    assert_eq!(
-        services(&b, app),
-        vec![(service_id.clone(), service.clone())]
-    );
+    // Still the same services, updated in place; only the new release's tasks run.
+    assert!(services(&b, app).contains(&(service_id.clone(), service.clone())));
+    assert_eq!(services(&b, app).len(), 2);
+    assert!(running_tasks(&worker)
+        .iter()
+        .all(|t| t.starts_with("swarmy.v3.")));
     let tasks = running_tasks(&service);
     assert_eq!(tasks.len(), 2, "{tasks:?}");
     assert!(
@@ -256,10 +275,11 @@ fn a_swarm_service_with_two_replicas_redeploys_under_load_with_zero_errors() {
     swarm_app(&src, "swarmy v4\n", toml);
     std::fs::write(
         src.join("Procfile"),
-        "web: echo crashing on purpose; exit 3\n",
+        "web: echo crashing on purpose; exit 3\nworker: exec sleep 100000\n",
     )
     .unwrap();
-    let (_, v) = upload(&b, app, &src);
+    let (st, v) = upload(&b, app, &src);
+    assert_eq!(st, 202, "{v}");
     let d = wait_deploy(&b, app, v["id"].as_i64().unwrap());
     assert_eq!(d["status"], "failed", "{d}");
     let reason = d["reason"].as_str().unwrap();
@@ -267,7 +287,6 @@ fn a_swarm_service_with_two_replicas_redeploys_under_load_with_zero_errors() {
         reason.contains("roll") && reason.contains("previous release"),
         "{reason}"
     );
-    std::fs::remove_file(src.join("Procfile")).unwrap();
     eventually(T, "the rollback to finish", || {
         let tasks = running_tasks(&service);
         (tasks.len() == 2 && tasks.iter().all(|t| t.starts_with("swarmy.v3."))).then_some(())
@@ -294,7 +313,8 @@ fn a_swarm_service_with_two_replicas_redeploys_under_load_with_zero_errors() {
     // kill -9 of berth: the tasks keep serving; the restart finds the service as it was.
     b.crash_and_restart(BIN);
     assert_eq!(app_get(&b, app, "/"), (200, "swarmy v3\n".into()));
-    assert_eq!(services(&b, app), vec![(service_id, service.clone())]);
+    assert!(services(&b, app).contains(&(service_id, service.clone())));
+    assert_eq!(services(&b, app).len(), 2);
     assert_eq!(running_tasks(&service).len(), 3);
     eventually(T, "three tasks routed after the restart", || {
         (upstreams(&b, &host).len() == 3).then_some(())

@@ -888,8 +888,11 @@ impl Engine {
                         tracing::error!(instance = %id, restarts, "instance is crashing");
                         let _ = store.set_instance_state(&id, "crashed", None, None);
                     }
+                    // An empty id: events were lost on the way (look at every app).
                     Ok(runtime::Event::Endpoints { id }) => match engine.upgrade() {
-                        Some(engine) => engine.follow_tasks(Some(&id)),
+                        Some(engine) => {
+                            engine.follow_tasks(Some(id.as_str()).filter(|i| !i.is_empty()))
+                        }
                         None => break,
                     },
                     // Lost events may have been task changes: look at every followed route.

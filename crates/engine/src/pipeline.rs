@@ -374,8 +374,12 @@ impl Engine {
                 Some(busybox) => {
                     step("probe", "Adding berth's health probe to the image (Swarm waits for it before stopping an old task)")?;
                     let tag = docker.image_tag(app, u64::try_from(version).unwrap_or_default());
+                    let labels = [
+                        ("berth.app".to_string(), app.to_string()),
+                        ("berth.release".to_string(), format!("v{version}")),
+                    ];
                     docker
-                        .add_probe(&image, &tag, &busybox, &log.path)
+                        .add_probe(&image, &tag, &labels, &busybox, &log.path)
                         .await
                         .map_err(|e| Failure(format!("cannot add the health probe: {e}")))?;
                     spec.image = Some(tag);

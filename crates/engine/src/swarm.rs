@@ -76,16 +76,39 @@ pub(crate) fn options(
 /// Debian's static busybox on this host (`busybox-static`), for the probe layer: a dynamic one
 /// would not run in an image without a libc.
 pub(crate) fn probe_busybox() -> Option<std::path::PathBuf> {
-    use std::io::Read;
     let path = std::path::PathBuf::from("/bin/busybox");
-    let mut head = vec![0u8; 4096];
-    let n = std::fs::File::open(&path)
-        .and_then(|mut f| f.read(&mut head))
-        .ok()?;
-    let head = &head[..n];
-    let elf = head.starts_with(b"\x7fELF");
-    let dynamic = head.windows(8).any(|w| w == b"ld-linux");
-    (elf && !dynamic).then_some(path)
+    let elf = std::fs::read(&path).ok()?;
+    is_static_elf64(&elf).then_some(path)
+}
+
+/// A 64-bit little-endian ELF executable without a program interpreter (`PT_INTERP`): it runs
+/// without a dynamic loader, so in an image without a libc too.
+fn is_static_elf64(elf: &[u8]) -> bool {
+    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |o: usize| {
+        elf.get(o..o + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let u64_at = |o: usize| {
+        elf.get(o..o + 8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_le_bytes)
+    };
+    // "\x7fELF", 64-bit, little-endian.
+    if !elf.starts_with(b"\x7fELF\x02\x01") {
+        return false;
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        return false;
+    };
+    let Ok(phoff) = usize::try_from(phoff) else {
+        return false;
+    };
+    (0..usize::from(phnum)).all(|i| {
+        // PT_INTERP = 3.
+        u32_at(phoff + i * usize::from(phentsize)).is_some_and(|t| t != 3)
+    })
 }
 
 /// The instance whose tasks a Swarm release's route follows (its web service).
@@ -102,24 +125,23 @@ impl Engine {
         started: &mut Started,
         log: &DeployLog,
     ) -> Result<Vec<(String, SocketAddr)>, Failure> {
-        let mut web = Vec::new();
         for proc_type in run.spec.processes.keys() {
             let n = formation_of(run.spec, run.formation, proc_type);
             if n == 0 {
                 continue;
             }
             log.line(&format!(
-                "-----> Swarm service {proc_type}: {n} replica(s), rolling update (new task first, rollback on failure)"
+                "-----> Swarm service {proc_type}: {n} replica(s), rolling update (rollback on failure){}",
+                if proc_type == WEB { "; each task must pass the health check" } else { "" }
             ));
             let id = instance_id(run.app, run.version, proc_type, 1);
             let result = self.start_one(run, proc_type, 1, None).await;
             started.instances.push((id.clone(), None));
             result?;
-            if proc_type == WEB {
-                web.extend(self.task_addrs(&id));
-            }
         }
-        Ok(web)
+        // The runtime returned once every web task passed the health check from here; the
+        // switch routes the tasks as they are then (`Live::follow`).
+        Ok(Vec::new())
     }
 
     /// The routable tasks of instance `id`'s service.
@@ -276,11 +298,20 @@ impl Engine {
         let mut keep = std::collections::HashSet::new();
         for a in apps {
             let Some(v) = a.live_release else { continue };
+            // An app that cannot be looked at might run on Swarm: remove nothing at all.
             let Ok(Some(release)) = self.store.release(&a.name, v) else {
-                continue;
+                tracing::warn!(
+                    app = a.name,
+                    "cannot read the live release: no swarm service is removed"
+                );
+                return;
             };
             let Ok(spec) = AppSpec::from_json(&release.spec) else {
-                continue;
+                tracing::warn!(
+                    app = a.name,
+                    "cannot read the live release's spec: no swarm service is removed"
+                );
+                return;
             };
             if !on_swarm(&spec) {
                 continue;
@@ -341,5 +372,22 @@ impl Engine {
                 Err(e) => tracing::error!(error = %e, "cannot route the swarm tasks"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_a_static_elf_makes_a_probe() {
+        // This host's own binaries: `sh` is dynamic everywhere berth runs.
+        if let Ok(sh) = std::fs::read("/bin/sh") {
+            assert!(!super::is_static_elf64(&sh));
+        }
+        if let Ok(bb) = std::fs::read("/bin/busybox") {
+            // Debian's busybox-static (the CI installs it).
+            assert!(super::is_static_elf64(&bb));
+        }
+        assert!(!super::is_static_elf64(b"#!/bin/sh\n"));
+        assert!(!super::is_static_elf64(b"\x7fELF\x02\x01"));
     }
 }

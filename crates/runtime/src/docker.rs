@@ -400,6 +400,7 @@ impl DockerRuntime {
         &self,
         from: &str,
         tag: &str,
+        labels: &[(String, String)],
         busybox: &Path,
         log: &Path,
     ) -> Result<(), RuntimeError> {
@@ -419,8 +420,15 @@ impl DockerRuntime {
         .await;
         let built = match result {
             Ok(()) => {
-                self.build_image(&dir, "Dockerfile", tag, &[], log, Duration::from_secs(120))
-                    .await
+                self.build_image(
+                    &dir,
+                    "Dockerfile",
+                    tag,
+                    labels,
+                    log,
+                    Duration::from_secs(120),
+                )
+                .await
             }
             Err(e) => Err(RuntimeError::Io(e)),
         };

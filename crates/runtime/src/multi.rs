@@ -103,6 +103,8 @@ fn forward(mut rx: broadcast::Receiver<Event>, tx: broadcast::Sender<Event>) -> 
                 }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!(missed = n, "runtime events lagged");
+                    // Lost events may have been task changes: the engine looks at every route.
+                    let _ = tx.send(Event::Endpoints { id: String::new() });
                 }
                 Err(broadcast::error::RecvError::Closed) => break,
             }

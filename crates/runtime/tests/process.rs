@@ -717,6 +717,13 @@ async fn sweep_stops_a_stale_copy_of_a_managed_id() {
         .start(spec(dir.path(), "stale-web", "exec sleep 1000"))
         .await
         .unwrap();
+    // The sweep knows berth's processes by their environment, which is theirs only once the
+    // child has exec'd (a crashed berth's leftovers did long ago).
+    let environ = format!("/proc/{}/environ", stale.pid.unwrap());
+    until("the stale copy to carry its owner tag", || {
+        fs::read(&environ).is_ok_and(|e| e.windows(mine.len()).any(|w| w == mine.as_bytes()))
+    })
+    .await;
     drop(old);
     let new = ProcessRuntime::new(opts());
     let fresh = new

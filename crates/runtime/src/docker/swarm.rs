@@ -85,6 +85,8 @@ const PREVIOUS_LABEL: &str = "berth.previous";
 const TEMPLATE_LABEL: &str = "berth.template";
 /// The process type a service runs.
 const TYPE_LABEL: &str = "berth.type";
+/// The process type that listens, gets a published port and a health check.
+const WEB: &str = "web";
 /// The owner on task containers (see the module docs).
 const TASK_OWNER_LABEL: &str = "berth.swarm.owner";
 /// The release on task containers.
@@ -145,6 +147,9 @@ pub struct SwarmRuntime {
     inner: Arc<Inner>,
     /// The owner label of its services and tasks (see [`DockerRuntime::swarm_owned_by`](super::DockerRuntime::swarm_owned_by)).
     owner: String,
+    /// `berth-<hash of the owner>`: the start of its service names and registry paths (the
+    /// container runtime's prefix hashes the data dir alone, which two berths may share).
+    prefix: String,
     state: Arc<State>,
     watcher: JoinHandle<()>,
 }
@@ -165,8 +170,9 @@ struct Svc {
     run: Mutex<Run>,
     /// The log file of each release started on it.
     logs: Mutex<HashMap<String, PathBuf>>,
-    /// How the watcher checks a task before routing it.
-    probe: Mutex<Probe>,
+    /// How the watcher checks a task of each release before routing it (`None`: a process
+    /// type that does not listen; running is ready).
+    probes: Mutex<HashMap<String, Option<Probe>>>,
     /// Its routable tasks as of the watcher's last look.
     endpoints: Mutex<Vec<SocketAddr>>,
     /// Running tasks of the current release, and how many of them passed the probe.
@@ -198,6 +204,7 @@ impl SwarmRuntime {
         let watcher = tokio::spawn(watch(inner.clone(), owner.clone(), state.clone()));
         Arc::new(SwarmRuntime {
             inner,
+            prefix: format!("berth-{:08x}", fnv1a(&owner) >> 32),
             owner,
             state,
             watcher,
@@ -288,7 +295,11 @@ impl SwarmRuntime {
             return Ok(0);
         }
         let mut removed = 0;
-        for s in self.inner.owned_services(&self.owner, Some(app)).await? {
+        for s in self
+            .inner
+            .owned_services(&self.owner, &self.prefix, Some(app))
+            .await?
+        {
             self.remove(&s.name).await?;
             removed += 1;
         }
@@ -306,7 +317,11 @@ impl SwarmRuntime {
             return Ok(0);
         }
         let mut removed = 0;
-        for s in self.inner.owned_services(&self.owner, None).await? {
+        for s in self
+            .inner
+            .owned_services(&self.owner, &self.prefix, None)
+            .await?
+        {
             if keep.contains(&(s.app.clone(), s.proc_type.clone())) {
                 continue;
             }
@@ -397,7 +412,7 @@ impl SwarmRuntime {
 
     fn name_of(&self, id: &str) -> String {
         let (app, proc_type) = parts(id);
-        service_name(&self.inner.prefix, app, proc_type)
+        service_name(&self.prefix, app, proc_type)
     }
 
     /// The service's entry, made (for release `id`) when new: before anything that can fail,
@@ -415,7 +430,7 @@ impl SwarmRuntime {
                         since: std::time::SystemTime::now(),
                     }),
                     logs: Mutex::default(),
-                    probe: Mutex::default(),
+                    probes: Mutex::default(),
                     endpoints: Mutex::default(),
                     running: Mutex::new((0, 0)),
                     healthy: Mutex::default(),
@@ -424,10 +439,11 @@ impl SwarmRuntime {
             })
             .clone();
         lock(&svc.logs).insert(spec.id.clone(), spec.log_file.clone());
-        *lock(&svc.probe) = Probe {
+        let probe = (parts(&spec.id).1 == WEB).then(|| Probe {
             path: opts.health_path.clone(),
             host: opts.health_host.clone(),
-        };
+        });
+        lock(&svc.probes).insert(spec.id.clone(), probe);
         svc
     }
 
@@ -473,13 +489,14 @@ impl SwarmRuntime {
             .await
             .map_err(|e| docker_err(&format!("no image {local}"), e))?;
         let mut constraints = opts.constraints.clone();
-        let image = match &opts.registry {
-            Some(registry) => self.push(&local, registry).await?,
-            None => {
-                constraints.push(format!("node.id == {local_node}"));
-                local
-            }
-        };
+        // With a registry the image is pushed (only when the service changes; `start`), else
+        // it exists on this node only.
+        if opts.registry.is_none() {
+            constraints.push(format!("node.id == {local_node}"));
+        }
+        let image_id = inspected.id.clone().unwrap_or_default();
+        let (app, proc_type) = parts(&spec.id);
+        let web = proc_type == WEB;
         let exposed: Vec<String> = inspected
             .config
             .clone()
@@ -506,7 +523,8 @@ impl SwarmRuntime {
             .as_ref()
             .and_then(|h| h.test.as_ref())
             .is_some_and(|t| t.first().is_some_and(|w| w != "NONE"));
-        let health_check = (has_probe && !own_check).then(|| health_config(opts, inside));
+        // Only `web` listens (and has a port to publish and a health check).
+        let health_check = (web && has_probe && !own_check).then(|| health_config(opts, inside));
         let mut env: Vec<String> = spec
             .env
             .iter()
@@ -514,7 +532,6 @@ impl SwarmRuntime {
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         env.push(format!("PORT={inside}"));
-        let (app, proc_type) = parts(&spec.id);
         let app = app.to_string();
         let command = (!spec.command.trim().is_empty()).then(|| {
             vec![
@@ -531,8 +548,8 @@ impl SwarmRuntime {
             format!(
                 "{:016x}",
                 fnv1a(&format!(
-                    "{image}\n{:?}\n{sorted:?}\n{inside}\n{limits:?}\n{:?}\n{:?}\n{grace}\n{}\n{:?}",
-                    command, constraints, opts.max_per_node, spec.id, health_check.as_ref().map(|h| &h.test)
+                    "{image_id}\n{:?}\n{:?}\n{sorted:?}\n{inside}\n{limits:?}\n{:?}\n{:?}\n{grace}\n{}\n{:?}",
+                    opts.registry, command, constraints, opts.max_per_node, spec.id, health_check.as_ref().map(|h| &h.test)
                 ))
             )
         };
@@ -548,7 +565,7 @@ impl SwarmRuntime {
         }
         let template = TaskSpec {
             container_spec: Some(TaskSpecContainerSpec {
-                image: Some(image),
+                image: Some(local),
                 labels: Some(HashMap::from([
                     (TASK_OWNER_LABEL.to_string(), self.owner.clone()),
                     (TASK_INSTANCE_LABEL.to_string(), spec.id.clone()),
@@ -588,6 +605,9 @@ impl SwarmRuntime {
             ..Default::default()
         };
         let monitor = i64::try_from(MONITOR.as_nanos()).unwrap_or(i64::MAX);
+        // New before old needs room for one more task; with a cap per node there may be none
+        // (the new task would wait for a node forever): old before new, then.
+        let start_first = opts.max_per_node.is_none();
         Ok((
             ServiceSpec {
                 name: Some(self.name_of(&spec.id)),
@@ -605,7 +625,11 @@ impl SwarmRuntime {
                     failure_action: Some(ServiceSpecUpdateConfigFailureActionEnum::ROLLBACK),
                     monitor: Some(monitor),
                     max_failure_ratio: Some(0.0),
-                    order: Some(ServiceSpecUpdateConfigOrderEnum::START_FIRST),
+                    order: Some(if start_first {
+                        ServiceSpecUpdateConfigOrderEnum::START_FIRST
+                    } else {
+                        ServiceSpecUpdateConfigOrderEnum::STOP_FIRST
+                    }),
                 }),
                 rollback_config: Some(ServiceSpecRollbackConfig {
                     parallelism: Some(1),
@@ -613,18 +637,26 @@ impl SwarmRuntime {
                     failure_action: Some(ServiceSpecRollbackConfigFailureActionEnum::PAUSE),
                     monitor: Some(monitor),
                     max_failure_ratio: Some(0.0),
-                    order: Some(ServiceSpecRollbackConfigOrderEnum::START_FIRST),
+                    order: Some(if start_first {
+                        ServiceSpecRollbackConfigOrderEnum::START_FIRST
+                    } else {
+                        ServiceSpecRollbackConfigOrderEnum::STOP_FIRST
+                    }),
                 }),
                 // No VIP and no ingress: berth routes to each task's host port itself.
                 endpoint_spec: Some(EndpointSpec {
                     mode: Some(EndpointSpecModeEnum::DNSRR),
-                    ports: Some(vec![EndpointPortConfig {
-                        protocol: Some(EndpointPortConfigProtocolEnum::TCP),
-                        target_port: Some(i64::from(inside)),
-                        published_port: None,
-                        publish_mode: Some(EndpointPortConfigPublishModeEnum::HOST),
-                        name: None,
-                    }]),
+                    ports: Some(
+                        web.then(|| EndpointPortConfig {
+                            protocol: Some(EndpointPortConfigProtocolEnum::TCP),
+                            target_port: Some(i64::from(inside)),
+                            published_port: None,
+                            publish_mode: Some(EndpointPortConfigPublishModeEnum::HOST),
+                            name: None,
+                        })
+                        .into_iter()
+                        .collect(),
+                    ),
                 }),
                 ..Default::default()
             },
@@ -632,11 +664,14 @@ impl SwarmRuntime {
         ))
     }
 
-    /// Pushes local image `local` (`<repo>:<tag>`) to `registry`; returns the name there.
+    /// Pushes local image `local` (`<prefix>/<app>:<tag>`) to `registry` as
+    /// `<registry>/<this berth's swarm prefix>/<app>:<tag>`; returns that name pinned to the
+    /// pushed digest, so a later push of the same tag can never change what the service runs.
     async fn push(&self, local: &str, registry: &str) -> Result<String, RuntimeError> {
         let docker = &self.inner.docker;
         let (repo, tag) = local.rsplit_once(':').unwrap_or((local, "latest"));
-        let remote_repo = format!("{}/{repo}", registry.trim_end_matches('/'));
+        let name = repo.rsplit('/').next().unwrap_or(repo);
+        let remote_repo = format!("{}/{}/{name}", registry.trim_end_matches('/'), self.prefix);
         let remote = format!("{remote_repo}:{tag}");
         docker
             .tag_image(
@@ -658,9 +693,20 @@ impl SwarmRuntime {
             Some(bollard::auth::DockerCredentials::default()),
         );
         let mut failure = None;
+        let mut digest = None;
         while let Some(item) = pushed.next().await {
             let message = match item {
-                Ok(info) => info.error_detail.and_then(|d| d.message).or(info.error),
+                Ok(info) => {
+                    // The last status line: "<tag>: digest: sha256:… size: …".
+                    if let Some(d) = info
+                        .status
+                        .as_deref()
+                        .and_then(|st| st.split_whitespace().find(|w| w.starts_with("sha256:")))
+                    {
+                        digest = Some(d.to_string());
+                    }
+                    info.error_detail.and_then(|d| d.message).or(info.error)
+                }
                 Err(e) => Some(e.to_string()),
             };
             if let Some(m) = message {
@@ -686,8 +732,11 @@ impl SwarmRuntime {
                 one_line(&m)
             ))),
             None => {
-                tracing::info!(image = %remote, "image pushed for the swarm");
-                Ok(remote)
+                tracing::info!(image = %remote, ?digest, "image pushed for the swarm");
+                Ok(match digest {
+                    Some(d) => format!("{remote}@{d}"),
+                    None => remote,
+                })
             }
         }
     }
@@ -811,6 +860,31 @@ impl SwarmRuntime {
         }
     }
 
+    /// Is service `name` at rest on release `id`: no update or rollback under way, and every
+    /// task that should run is of `id`?
+    async fn settled(
+        &self,
+        service: Option<&bollard::models::Service>,
+        name: &str,
+        id: &str,
+    ) -> bool {
+        use ServiceUpdateStatusStateEnum as U;
+        let state = service
+            .and_then(|s| s.update_status.as_ref())
+            .and_then(|u| u.state)
+            .unwrap_or(U::EMPTY);
+        if !matches!(state, U::EMPTY | U::COMPLETED | U::ROLLBACK_COMPLETED) {
+            return false;
+        }
+        match self.inner.tasks_of(name).await {
+            Ok(tasks) => tasks
+                .iter()
+                .filter(|t| t.desired_state == Some(TaskState::RUNNING))
+                .all(|t| task_instance(t) == Some(id)),
+            Err(_) => false,
+        }
+    }
+
     /// Waits until `n` tasks of the release `svc` runs passed the watcher's probe.
     async fn wait_routable(
         &self,
@@ -824,9 +898,11 @@ impl SwarmRuntime {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                let what = match &lock(&svc.probe).path {
-                    Some(p) => format!("GET {p} → 2xx/3xx"),
-                    None => "a TCP check".to_string(),
+                let run = lock(&svc.run).id.clone();
+                let what = match lock(&svc.probes).get(&run).cloned().flatten() {
+                    Some(Probe { path: Some(p), .. }) => format!("GET {p} → 2xx/3xx"),
+                    Some(Probe { path: None, .. }) => "a TCP check".to_string(),
+                    None => "running".to_string(),
                 };
                 return Err(RuntimeError::Docker(format!(
                     "{healthy} of {n} tasks pass the health check ({what}) on their published port ({running} running)"
@@ -896,6 +972,7 @@ impl Inner {
     async fn owned_services(
         &self,
         owner: &str,
+        prefix: &str,
         app: Option<&str>,
     ) -> Result<Vec<Owned>, RuntimeError> {
         let mut labels = vec![format!("{OWNER_LABEL}={owner}")];
@@ -911,7 +988,7 @@ impl Inner {
             }))
             .await
             .map_err(|e| docker_err("cannot list swarm services", e))?;
-        let ours = format!("{}-", self.prefix);
+        let ours = format!("{prefix}-");
         Ok(listed
             .into_iter()
             .filter_map(|s| {
@@ -994,41 +1071,44 @@ fn service_name(prefix: &str, app: &str, proc_type: &str) -> String {
     format!("{prefix}-{}-{hash}", body.trim_end_matches('-'))
 }
 
-/// The HEALTHCHECK of a task whose image has berth's probe: the app's health check on its
-/// port inside the container, every second once started.
+/// The HEALTHCHECK of a `web` task whose image has berth's probe: the app's health check on
+/// its port inside the container. The status line is read as is (busybox wget would follow a
+/// redirect, and use a proxy from the app's env): 2xx/3xx passes, as for berth's own check.
+/// Every second (Swarm waits for the first pass), but a task is unhealthy only after five
+/// failures in a row of up to 10 s each: a busy app is not killed for one slow answer.
 fn health_config(opts: &SwarmOptions, port: u16) -> bollard::models::HealthConfig {
-    let mut test = vec!["CMD".to_string(), PROBE_PATH.to_string()];
-    match &opts.health_path {
-        Some(path) => test.extend([
-            "wget".to_string(),
-            "-q".to_string(),
-            "-O".to_string(),
-            "/dev/null".to_string(),
-            // No `-T`: busybox 1.35's wget crashes with it in an image without /etc; the
-            // HEALTHCHECK's own timeout bounds the probe.
-            "--header".to_string(),
-            format!("Host: {}", opts.health_host),
-            format!("http://127.0.0.1:{port}{path}"),
-        ]),
+    let b = PROBE_PATH;
+    let script = match &opts.health_path {
+        Some(path) => format!(
+            "printf 'GET %s HTTP/1.0\\r\\nHost: %s\\r\\nUser-Agent: berth-health\\r\\n\\r\\n' {} {} | {b} timeout 9 {b} nc 127.0.0.1 {port} | {b} head -n 1 | {b} grep -q '^HTTP/1\\.[01] [23]'",
+            shell_quote(path),
+            shell_quote(&opts.health_host)
+        ),
         // nc waits for the app to close: a connection still open after a second passed
         // (only a refused connect exits 1).
-        None => test.extend([
-            "sh".to_string(),
-            "-c".to_string(),
-            format!(
-                "{PROBE_PATH} timeout 1 {PROBE_PATH} nc 127.0.0.1 {port} </dev/null; test $? -ne 1"
-            ),
-        ]),
-    }
+        None => format!("{b} timeout 1 {b} nc 127.0.0.1 {port} </dev/null; test $? -ne 1"),
+    };
     let nanos = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
     bollard::models::HealthConfig {
-        test: Some(test),
+        test: Some(vec![
+            "CMD".to_string(),
+            PROBE_PATH.to_string(),
+            "sh".to_string(),
+            "-c".to_string(),
+            script,
+        ]),
         interval: Some(nanos(Duration::from_secs(1))),
-        timeout: Some(nanos(Duration::from_secs(3))),
-        retries: Some(3),
+        timeout: Some(nanos(Duration::from_secs(10))),
+        retries: Some(5),
         start_period: Some(nanos(opts.health_start)),
-        ..Default::default()
+        // Docker 25+: checks during the start period this often (older daemons ignore it).
+        start_interval: Some(nanos(Duration::from_secs(1))),
     }
+}
+
+/// `s` as one word for `sh`.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 /// Where other machines reach a node: its status address, or its manager address (a manager's
@@ -1103,7 +1183,7 @@ async fn watch(inner: Arc<Inner>, owner: String, state: Arc<State>) {
         for svc in &services {
             let service_id = lock(&svc.service_id).clone();
             let current = lock(&svc.run).id.clone();
-            let probe = lock(&svc.probe).clone();
+            let probes = lock(&svc.probes).clone();
             let mut containers = HashSet::new();
             for t in tasks.iter().filter(|t| {
                 t.service_id.as_deref() == Some(service_id.as_str())
@@ -1122,19 +1202,25 @@ async fn watch(inner: Arc<Inner>, owner: String, state: Arc<State>) {
                     svc.follow(&inner, &cid, &current);
                     containers.insert(cid);
                 }
-                let (Some(task_id), Some(port), Some(ip)) = (
-                    t.id.clone(),
-                    task_port(t),
-                    t.node_id.as_ref().and_then(|n| nodes.get(n)).copied(),
-                ) else {
+                let Some(task_id) = t.id.clone() else {
                     continue;
                 };
-                let addr = SocketAddr::new(ip, port);
+                let addr = task_port(t)
+                    .zip(t.node_id.as_ref().and_then(|n| nodes.get(n)).copied())
+                    .map(|(port, ip)| SocketAddr::new(ip, port));
+                let probe = task_instance(t)
+                    .and_then(|release| probes.get(release).cloned())
+                    .flatten();
                 let known = lock(&svc.healthy).contains(&task_id);
-                let (svc, probe) = (svc.clone(), probe.clone());
+                let svc = svc.clone();
                 looks.push(async move {
-                    let ok = known || probe_task(addr, &probe).await;
-                    (svc, task_id, addr, is_current, ok)
+                    let (ok, routable) = match (&probe, addr) {
+                        // Not a listening process type: running is ready, nothing to route.
+                        (None, _) => (true, None),
+                        (Some(p), Some(a)) => (known || probe_task(a, p).await, Some(a)),
+                        (Some(_), None) => (false, None),
+                    };
+                    (svc, task_id, routable, is_current, ok)
                 });
             }
             // Followers of containers that stopped running end.
@@ -1149,7 +1235,8 @@ async fn watch(inner: Arc<Inner>, owner: String, state: Arc<State>) {
         let looked = futures_util::future::join_all(looks).await;
         for svc in &services {
             let mine: Vec<_> = looked.iter().filter(|l| Arc::ptr_eq(&l.0, svc)).collect();
-            let mut endpoints: Vec<SocketAddr> = mine.iter().filter(|l| l.4).map(|l| l.2).collect();
+            let mut endpoints: Vec<SocketAddr> =
+                mine.iter().filter(|l| l.4).filter_map(|l| l.2).collect();
             endpoints.sort();
             *lock(&svc.healthy) = mine.iter().filter(|l| l.4).map(|l| l.1.clone()).collect();
             *lock(&svc.running) = (
@@ -1258,7 +1345,6 @@ impl Runtime for SwarmRuntime {
         })?;
         let name = self.name_of(&spec.id);
         let svc = self.register(&name, &spec, &opts);
-        let deadline = Instant::now() + opts.timeout;
         let local_node = self.check_manager().await?;
         let docker = &self.inner.docker;
         let existing = match docker
@@ -1282,13 +1368,17 @@ impl Runtime for SwarmRuntime {
                 "a swarm service named {name} exists that berth did not make for this app (hint: remove it with `docker service rm {name}` if it is stale)"
             )));
         }
+        if let Some(s) = &existing {
+            // Known at once: the watcher follows its tasks even if this start fails below.
+            *lock(&svc.service_id) = s.id.clone().unwrap_or_default();
+        }
         let running = labels.get(INSTANCE_LABEL).cloned();
         // The release this one replaces; the same release started again keeps its own.
         let previous = match &running {
             Some(r) if *r != spec.id => Some(r.clone()),
             _ => labels.get(PREVIOUS_LABEL).cloned(),
         };
-        let (body, hash) = self
+        let (mut body, hash) = self
             .service_spec(&spec, &opts, previous.as_deref(), &local_node)
             .await?;
         let replicas_now = existing
@@ -1306,19 +1396,33 @@ impl Runtime for SwarmRuntime {
                 since: lock(&svc.run).since,
             },
         };
-        if let Some(s) = existing.as_ref().filter(|_| {
-            running.as_deref() == Some(spec.id.as_str())
-                && labels.get(TEMPLATE_LABEL) == Some(&hash)
-                && replicas_now == Some(i64::from(opts.replicas))
-        }) {
-            // Exactly what runs already (a berth restart): nothing to change, nothing to
-            // wait for but the watcher's first look at the tasks.
-            *lock(&svc.service_id) = s.id.clone().unwrap_or_default();
+        let same = existing.is_some()
+            && running.as_deref() == Some(spec.id.as_str())
+            && labels.get(TEMPLATE_LABEL) == Some(&hash)
+            && replicas_now == Some(i64::from(opts.replicas))
+            && self.settled(existing.as_ref(), &name, &spec.id).await;
+        if same {
+            // Exactly what runs already (a berth restart), nothing moving: nothing to change,
+            // nothing to wait for but the watcher's first look at the tasks.
             svc.set_run(&spec.id);
             let first_look = Instant::now() + Duration::from_secs(3);
             let _ = self.wait_routable(&svc, opts.replicas, first_look).await;
             return Ok(started(&svc));
         }
+        if let Some(registry) = &opts.registry {
+            let remote = self
+                .push(spec.image.as_deref().unwrap_or_default(), registry)
+                .await?;
+            if let Some(c) = body
+                .task_template
+                .as_mut()
+                .and_then(|t| t.container_spec.as_mut())
+            {
+                c.image = Some(remote);
+            }
+        }
+        // From here on (a push may take long): the time Swarm gets.
+        let deadline = Instant::now() + opts.timeout;
         let was = lock(&svc.run).id.clone();
         let update = match existing {
             None => {
