@@ -45,6 +45,7 @@ pub const OPERATIONS: &[(&str, &str, &str, &str, u16)] = &[
     ("delete", "/api/v1/notifications/{id}", "Remove a webhook target", "", 204),
     ("get", "/api/v1/routes", "The operator's routes (?all=true: the whole live table)", "", 200),
     ("put", "/api/v1/routes", "Replace the operator's routes", "application/json", 200),
+    ("get", "/api/v1/certs", "Each routed host's certificate: source (file, acme, local), issuer, expiry, ACME status (admin)", "", 200),
     ("get", "/api/v1/nodes", "The Docker Swarm's nodes: role, state, availability, address, berth's tasks (admin)", "", 200),
     ("get", "/api/v1/openapi.json", "This document", "", 200),
     ("get", "/metrics", "Prometheus metrics (admin)", "", 200),

@@ -237,6 +237,8 @@ pub enum Command {
     Services,
     /// List the Docker Swarm's nodes and their state (admin)
     Nodes,
+    /// List each routed host's certificate: source, issuer, expiry, ACME status (admin)
+    Certs,
     /// List the API tokens (admin)
     Tokens,
     /// Create an API token; its secret is printed once
@@ -314,6 +316,7 @@ fn dispatch(g: &Global, cmd: Command) -> Result<i32, Error> {
         Command::Ps => ps(g),
         Command::Services => services(g),
         Command::Nodes => nodes(g),
+        Command::Certs => certs(g),
         Command::Tokens => tokens(g),
         Command::TokensCreate { name, scope, apps } => tokens_create(g, &name, scope, apps),
         Command::TokensRevoke { id } => tokens_revoke(g, id),
@@ -1425,6 +1428,59 @@ fn services(g: &Global) -> Result<i32, Error> {
         |s| vec![cell(&s["name"]), cell(&s["state"]), cell(&s["health"])],
     );
     Ok(EXIT_OK)
+}
+
+fn certs(g: &Global) -> Result<i32, Error> {
+    let c = connect(g)?;
+    let v = c.get("/api/v1/certs")?;
+    print_list(
+        g.json,
+        &v,
+        Some("no routed host yet"),
+        &["HOST", "SOURCE", "STATUS", "ISSUER", "EXPIRES", "ERROR"],
+        |h| {
+            let acme = &h["acme"];
+            let status = match (acme["status"].as_str(), acme["retry_in"].as_u64()) {
+                (Some("failed"), Some(s)) => format!("failed (retry in {})", span(s)),
+                (Some(st), _) => st.to_string(),
+                (None, _) => "-".to_string(),
+            };
+            vec![
+                cell(&h["host"]),
+                cell(&h["source"]),
+                status,
+                cell(&h["issuer"]),
+                expires(&h["not_after"]),
+                cell(&acme["error"]),
+            ]
+        },
+    );
+    Ok(EXIT_OK)
+}
+
+/// `in 89d`, `in 5h`, `expired`, from unix seconds.
+fn expires(v: &Value) -> String {
+    let Some(at) = v.as_u64() else {
+        return cell(v);
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    match at.checked_sub(now) {
+        Some(left) if left > 0 => format!("in {}", span(left)),
+        _ => "expired".to_string(),
+    }
+}
+
+/// A duration in its largest whole unit: `89d`, `5h`, `12m`, `30s`.
+fn span(secs: u64) -> String {
+    match secs {
+        s if s >= 86_400 => format!("{}d", s / 86_400),
+        s if s >= 3_600 => format!("{}h", s / 3_600),
+        s if s >= 60 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
 }
 
 fn nodes(g: &Global) -> Result<i32, Error> {

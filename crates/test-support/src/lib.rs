@@ -15,6 +15,15 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+/// A loopback port that was free a moment ago (for a peer that must be told a port before the
+/// listener exists; the tiny race is a test's to accept).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
 /// Poll `f` until it returns `Some`, or panic with `what` after `timeout`.
 pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
@@ -78,8 +87,22 @@ impl Berth {
             write_file(&dir.path().join(rel), content);
         }
         let d = dir.path().display().to_string();
+        // Ephemeral ports, unless `server_extra` names a listener's address itself (a test
+        // whose peer must know the port first, e.g. an ACME server validating challenges).
+        let listen = |key: &str| {
+            let named = server_extra
+                .lines()
+                .any(|l| l.trim_start().starts_with(&format!("{key} =")));
+            if named {
+                String::new()
+            } else {
+                format!("{key} = \"127.0.0.1:0\"\n")
+            }
+        };
         let server_section = format!(
-            "[server]\nhttp = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nworkers = 2\ndata_dir = \"{d}/data\"\naccess_log = \"{d}/access.log\"\n{server_extra}\n"
+            "[server]\n{}{}admin = \"127.0.0.1:0\"\nworkers = 2\ndata_dir = \"{d}/data\"\naccess_log = \"{d}/access.log\"\n{server_extra}\n",
+            listen("http"),
+            listen("https")
         );
         let config = format!("{server_section}\n{}", extra.replace("{dir}", &d));
         let config_path = dir.path().join("berth.toml");

@@ -1,0 +1,291 @@
+//! Issue 6: certificates from a real ACME server. Pebble (Let's Encrypt's test CA, Debian's
+//! `pebble`) runs on loopback with its own test roots; its DNS (challtestsrv) answers every name
+//! with 127.0.0.1, so the validation of `<app>.test` reaches berth's listeners, whose ports
+//! Pebble is told first. Skipped, loudly, only when Pebble is not installed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::apps::{api, cli, create_app, text, upload, wait_deploy};
+use common::BIN;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+use test_support::pebble::{Pebble, PebbleOptions};
+use test_support::{eventually, free_port, write_file, Berth};
+
+/// Long enough for an issuance with a few retries.
+const ISSUE: Duration = Duration::from_secs(60);
+
+/// Pebble told berth's ports, then berth on them with `[tls.acme]` pointing at Pebble
+/// (`acme_extra`: more lines of that table) and a page at `www/index.html` for static routes
+/// in `extra`. Apps live at `<app>.test`.
+fn berth_and_pebble(validity_secs: Option<u64>, acme_extra: &str, extra: &str) -> (Berth, Pebble) {
+    let (http, https) = (free_port(), free_port());
+    let pebble = Pebble::start(PebbleOptions {
+        http_port: http,
+        tls_port: https,
+        validity_secs,
+        eab: false,
+    });
+    let b = Berth::start_with(
+        BIN,
+        &format!("http = \"127.0.0.1:{http}\"\nhttps = \"127.0.0.1:{https}\"\ndomain = \"test\""),
+        &[("www/index.html", b"a page\n")],
+        &format!(
+            "[tls.acme]\ndirectory = \"{}\"\nca = \"{}\"\nemail = \"ops@example.com\"\n{acme_extra}\n{extra}",
+            pebble.directory_url(),
+            pebble.ca_pem_path().display()
+        ),
+    );
+    (b, pebble)
+}
+
+/// The certificates berth reports (`GET /api/v1/certs`), by host.
+fn cert_of(b: &Berth, host: &str) -> serde_json::Value {
+    let (st, v) = api(b, "GET", "/api/v1/certs", "");
+    assert_eq!(st, 200, "{v}");
+    v.as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["host"] == host)
+        .cloned()
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// Waits until `host` is served with a certificate from the ACME CA; its `not_after`.
+fn wait_acme(b: &Berth, host: &str) -> u64 {
+    eventually(ISSUE, &format!("an ACME certificate for {host}"), || {
+        let c = cert_of(b, host);
+        (c["source"] == "acme").then(|| c["not_after"].as_u64().unwrap())
+    })
+}
+
+/// GET `https://<host>/` through berth's HTTPS listener, trusting only `root` (the CA's
+/// root): (status, issuer line of the served certificate, body).
+fn https_get(b: &Berth, host: &str, root: &Path) -> (u16, String, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "-v", "--max-time", "5", "--cacert"])
+        .arg(root)
+        .arg("--resolve")
+        .arg(format!("{host}:{}:127.0.0.1", b.https.port()))
+        .arg(format!("https://{host}:{}/", b.https.port()))
+        .args(["-w", "\n%{http_code}"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = stdout.rsplit_once('\n').unwrap_or(("", "0"));
+    let issuer = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .find(|l| l.contains("issuer:"))
+        .unwrap_or_default()
+        .to_string();
+    (code.trim().parse().unwrap_or(0), issuer, body.to_string())
+}
+
+/// A static app to deploy: `index.html` with `body`.
+fn static_app(dir: &Path, body: &str) {
+    write_file(&dir.join("www/index.html"), body.as_bytes());
+    write_file(&dir.join("berth.toml"), b"[static]\ndir = \"www\"\n");
+}
+
+#[test]
+fn a_deployed_app_gets_a_certificate_from_the_acme_ca_over_http01() {
+    if !Pebble::available() {
+        return;
+    }
+    let (b, pebble) = berth_and_pebble(None, "", "");
+    let root = b.path("pebble-root.pem");
+    write_file(&root, pebble.root_pem().as_bytes());
+    create_app(&b, "hello");
+    let src = b.path("src");
+    static_app(&src, "hello over acme\n");
+    let (st, v) = upload(&b, "hello", &src);
+    assert_eq!(st, 202, "{v}");
+    assert_eq!(
+        wait_deploy(&b, "hello", v["id"].as_i64().unwrap())["status"],
+        "succeeded"
+    );
+    let not_after = wait_acme(&b, "hello.test");
+    let c = cert_of(&b, "hello.test");
+    assert_eq!(c["acme"]["status"], "valid", "{c}");
+    assert!(c["issuer"].as_str().unwrap().contains("Pebble"), "{c}");
+    assert!(not_after > 0);
+    // A client that trusts only Pebble's root gets the app over HTTPS.
+    let (code, issuer, body) = https_get(&b, "hello.test", &root);
+    assert_eq!(code, 200, "{issuer}");
+    assert_eq!(body, "hello over acme\n");
+    assert!(issuer.contains("Pebble"), "{issuer}");
+    // `berth certs` shows it.
+    let out = cli(&b, &["certs"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let listing = text(&out);
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.contains("hello.test") && l.contains("acme") && l.contains("valid")),
+        "{listing}"
+    );
+    // The key and the account are the data dir's, readable by berth only.
+    for f in ["acme/account.json", "acme/certs/hello.test/key.pem"] {
+        let mode = std::fs::metadata(b.path("data").join(f))
+            .unwrap_or_else(|e| panic!("{f}: {e}"))
+            .permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600,
+            "{f}"
+        );
+    }
+}
+
+#[test]
+fn tls_alpn01_issues_too_and_a_restart_serves_the_stored_certificate() {
+    if !Pebble::available() {
+        return;
+    }
+    let (mut b, pebble) = berth_and_pebble(
+        None,
+        "challenge = \"tls-alpn-01\"",
+        "[[route]]\nhost = \"alpn.test\"\nstatic = \"{dir}/www\"\n",
+    );
+    let root = b.path("pebble-root.pem");
+    write_file(&root, pebble.root_pem().as_bytes());
+    let not_after = wait_acme(&b, "alpn.test");
+    assert_eq!(https_get(&b, "alpn.test", &root).0, 200);
+    // After a restart the stored certificate is served at once, without a new order.
+    drop(pebble);
+    b.crash_and_restart(BIN);
+    let c = cert_of(&b, "alpn.test");
+    assert_eq!(c["source"], "acme", "{c}");
+    assert_eq!(c["not_after"].as_u64(), Some(not_after), "{c}");
+    assert_eq!(https_get(&b, "alpn.test", &root).0, 200);
+}
+
+#[test]
+fn short_lived_certificates_are_renewed_before_they_expire() {
+    if !Pebble::available() {
+        return;
+    }
+    // 15 s certificates: renewed at two thirds, 10 s after they start.
+    let (b, pebble) = berth_and_pebble(
+        Some(15),
+        "",
+        "[[route]]\nhost = \"renew.test\"\nstatic = \"{dir}/www\"\n",
+    );
+    let first = wait_acme(&b, "renew.test");
+    let renewed = eventually(Duration::from_secs(45), "a renewed certificate", || {
+        let c = cert_of(&b, "renew.test");
+        c["not_after"].as_u64().filter(|n| *n > first)
+    });
+    assert!(renewed > first);
+    let root = b.path("pebble-root.pem");
+    write_file(&root, pebble.root_pem().as_bytes());
+    assert_eq!(https_get(&b, "renew.test", &root).0, 200);
+}
+
+#[test]
+fn a_failing_challenge_is_retried_while_other_hosts_get_theirs() {
+    if !Pebble::available() {
+        return;
+    }
+    let routes = "[[route]]\nhost = \"good.test\"\nstatic = \"{dir}/www\"\n\n[[route]]\nhost = \"bad.test\"\nstatic = \"{dir}/www\"\n";
+    let (http, https) = (free_port(), free_port());
+    let pebble = Pebble::start(PebbleOptions {
+        http_port: http,
+        tls_port: https,
+        validity_secs: None,
+        eab: false,
+    });
+    // bad.test resolves (for the CA) to an address where nothing listens: its validation fails.
+    let dns = pebble.dns_mgmt();
+    let add = Command::new("curl")
+        .args([
+            "-sSf",
+            "-X",
+            "POST",
+            "-d",
+            r#"{"host":"bad.test","addresses":["127.0.0.2"]}"#,
+        ])
+        .arg(format!("http://{dns}/add-a"))
+        .output()
+        .unwrap();
+    assert!(add.status.success(), "{}", text(&add));
+    // berth with a short first retry (500 ms), through a wrapper that sets
+    // `BERTH_ACME_BACKOFF_MS` (the harness passes no environment of its own).
+    let bin_dir = tempfile::tempdir().unwrap();
+    let wrapper = bin_dir.path().join("berth-fast-retries");
+    write_file(
+        &wrapper,
+        format!("#!/bin/sh\nBERTH_ACME_BACKOFF_MS=500 exec '{BIN}' \"$@\"\n").as_bytes(),
+    );
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let b = Berth::start_with(
+        wrapper.to_str().unwrap(),
+        &format!("http = \"127.0.0.1:{http}\"\nhttps = \"127.0.0.1:{https}\"\ndomain = \"test\""),
+        &[("www/index.html", b"ok\n")],
+        &format!(
+            "[tls.acme]\ndirectory = \"{}\"\nca = \"{}\"\n\n{routes}",
+            pebble.directory_url(),
+            pebble.ca_pem_path().display()
+        ),
+    );
+    wait_acme(&b, "good.test");
+    let failed = eventually(ISSUE, "bad.test to fail and be retried", || {
+        let c = cert_of(&b, "bad.test");
+        (c["acme"]["failures"].as_u64() >= Some(2)).then_some(c)
+    });
+    assert!(
+        failed["acme"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("validation"),
+        "{failed}"
+    );
+    // Meanwhile bad.test is served by the local CA rather than failing the handshake.
+    assert_eq!(failed["source"], "local", "{failed}");
+    // Once its name resolves to berth, the next attempt succeeds.
+    let fix = Command::new("curl")
+        .args(["-sSf", "-X", "POST", "-d", r#"{"host":"bad.test"}"#])
+        .arg(format!("http://{dns}/clear-a"))
+        .output()
+        .unwrap();
+    assert!(fix.status.success(), "{}", text(&fix));
+    wait_acme(&b, "bad.test");
+}
+
+#[test]
+fn bad_acme_settings_are_refused_with_a_hint() {
+    let cases = [
+        ("[tls.acme]\ndirectory = \"http://ca.test/dir\"\n", "https://"),
+        (
+            "[tls.acme]\ndirectory = \"https://ca.test/dir\"\nemail = \"not an address\"\n",
+            "email",
+        ),
+        (
+            "[tls.acme]\ndirectory = \"https://ca.test/dir\"\nchallenge = \"dns-01\"\n",
+            "tls-alpn-01",
+        ),
+        (
+            "[tls.acme]\ndirectory = \"https://ca.test/dir\"\neab = { kid = \"k\", hmac = \"not base64!\" }\n",
+            "eab",
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (i, (toml, want)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("c{i}.toml"));
+        std::fs::write(&path, toml).unwrap();
+        let out = Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{toml}");
+        let err = text(&out);
+        assert!(err.contains(want), "{toml} → {err}");
+    }
+}
