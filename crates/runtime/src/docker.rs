@@ -133,6 +133,9 @@ struct Track {
     health: Option<&'static str>,
     /// The exit code of the last `die` event not yet reported.
     die_code: Option<i64>,
+    /// A restart was seen by a poll before its `die` event came: reported at the next look,
+    /// which the event triggers (with its exit code) or the next poll does (without).
+    deferred: bool,
 }
 
 /// The parts of an inspect the tracker uses.
@@ -197,6 +200,7 @@ impl Track {
             crashing_reported: false,
             health: None,
             die_code: None,
+            deferred: false,
         }
     }
 
@@ -220,8 +224,15 @@ impl Track {
         self.health = v.health;
         let our_run_ended = self.pid.is_some() && (!running || v.pid != self.pid);
         let delta = u32::try_from(v.restart_count.saturating_sub(self.restart_count)).unwrap_or(0);
-        self.restart_count = self.restart_count.max(v.restart_count);
         let ended = delta.max(u32::from(our_run_ended));
+        // Running again already: only the `die` event knows how the last run ended (an
+        // inspect now says exit code 0). Wait one look for it.
+        if ended > 0 && running && self.die_code.is_none() && !self.deferred {
+            self.deferred = true;
+            return events;
+        }
+        self.deferred = false;
+        self.restart_count = self.restart_count.max(v.restart_count);
         let restarting = restart
             && matches!(
                 v.status,
@@ -229,6 +240,7 @@ impl Track {
             );
         let last_exit = match self.die_code {
             Some(code) if running => format!("exit code {code}"),
+            None if running => "exited (exit code not seen)".to_string(),
             _ => v.last_exit(),
         };
         if ended > 0 {
