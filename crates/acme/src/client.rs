@@ -303,6 +303,57 @@ async fn send(
     Ok(BytesResponse::from(response))
 }
 
+/// Asks the on-demand `ask` URL about `host`: `GET <ask>?domain=<host>`, approved by a 2xx.
+pub(crate) async fn ask(cfg: &AcmeConfig, url: &str, host: &str) -> Result<bool, String> {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let uri: http::Uri = format!("{url}{sep}domain={host}")
+        .parse()
+        .map_err(|e| format!("on_demand.ask: {e}"))?;
+    let authority = uri
+        .authority()
+        .ok_or("on_demand.ask has no host")?
+        .as_str()
+        .to_string();
+    let host_part = uri
+        .host()
+        .ok_or("on_demand.ask has no host")?
+        .trim_matches(['[', ']'])
+        .to_string();
+    let https = uri.scheme_str() == Some("https");
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let req = http::Request::get(uri.path_and_query().map_or("/", |pq| pq.as_str()))
+        .header(http::header::HOST, authority)
+        .header(http::header::USER_AGENT, "berth-on-demand")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let go = async {
+        let tcp = TcpStream::connect((host_part.as_str(), port)).await?;
+        let status = if https {
+            let tls = Https::new(cfg)?.tls;
+            let stream = tls
+                .connect(ServerName::try_from(host_part.clone())?, tcp)
+                .await?;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(conn);
+            sender.send_request(req).await?.status()
+        } else {
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+            tokio::spawn(conn);
+            sender.send_request(req).await?.status()
+        };
+        Ok::<_, BoxError>(status)
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, go).await {
+        Ok(Ok(status)) => Ok(status.is_success()),
+        Ok(Err(e)) => Err(format!("on_demand.ask {url}: {e}")),
+        Err(_) => Err(format!(
+            "on_demand.ask {url}: no answer within {CONNECT_TIMEOUT:?}"
+        )),
+    }
+}
+
 /// base64url (padding optional), as CAs give EAB keys.
 fn b64url_decode(s: &str) -> Option<Vec<u8>> {
     let mut out = Vec::new();

@@ -11,6 +11,11 @@
 //!   `challenge`), finalize (a fresh P-256 key), download. A failure is recorded with its
 //!   reason and retried after a backoff that doubles up to [`MAX_BACKOFF`]; other hosts are not
 //!   held up.
+//! - **On demand** (`[tls.acme.on_demand]`): a handshake for a host only a wildcard or
+//!   catch-all route knows (the proxy tells the manager of every SNI host without a
+//!   certificate, without waiting) orders one too, if the `ask` URL approves and at most
+//!   `per_minute` such orders a minute; that handshake and the next get the local CA's
+//!   certificate until the order is done. Denials are remembered for [`DENIED_FOR`].
 //! - **Storage**: `<data>/acme/account.json` (the account key) and
 //!   `<data>/acme/certs/<host>/{cert,key}.pem`, mode 0600, written atomically; loaded at start,
 //!   so a restart serves and renews what it had.
@@ -33,6 +38,11 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(6 * 60 * 60);
 const LOOK_EVERY: Duration = Duration::from_secs(1);
 /// Bound on one whole issuance.
 const ISSUE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long an on-demand host that was turned down (by `ask`, or not routed) is not asked
+/// about again.
+pub const DENIED_FOR: Duration = Duration::from_secs(60);
+/// On-demand hosts waiting to be considered; more handshakes meanwhile are dropped.
+const ON_DEMAND_QUEUE: usize = 256;
 
 /// What the manager needs.
 pub struct Options {
@@ -93,6 +103,10 @@ impl Host {
 pub struct Manager {
     opts: Options,
     hosts: Mutex<BTreeMap<String, Host>>,
+    /// On demand: hosts recently turned down, until when.
+    denied: Mutex<BTreeMap<String, Instant>>,
+    /// On demand: when the orders of the last minute were allowed.
+    recent: Mutex<std::collections::VecDeque<Instant>>,
     wake: tokio::sync::Notify,
     /// The signed-in account, made on first use and dropped after an error.
     client: tokio::sync::Mutex<Option<client::Client>>,
@@ -105,11 +119,23 @@ impl Manager {
         let manager = Arc::new(Manager {
             opts,
             hosts: Mutex::new(BTreeMap::new()),
+            denied: Mutex::new(BTreeMap::new()),
+            recent: Mutex::new(std::collections::VecDeque::new()),
             wake: tokio::sync::Notify::new(),
             client: tokio::sync::Mutex::new(None),
         });
         manager.load_stored();
-        tokio::spawn(manager.clone().run());
+        let (tx, rx) = tokio::sync::mpsc::channel::<String>(ON_DEMAND_QUEUE);
+        if let (Some(_), Some(resolver)) = (
+            manager.opts.config.on_demand.as_ref(),
+            manager.opts.proxy.resolver(),
+        ) {
+            resolver.on_miss(Arc::new(move |host: &str| {
+                // Never waits: a full queue drops the host (the next handshake asks again).
+                let _ = tx.try_send(host.to_string());
+            }));
+        }
+        tokio::spawn(manager.clone().run(rx));
         manager
     }
 
@@ -174,7 +200,7 @@ impl Manager {
         }
     }
 
-    async fn run(self: Arc<Self>) {
+    async fn run(self: Arc<Self>, mut on_demand: tokio::sync::mpsc::Receiver<String>) {
         loop {
             self.sync_hosts();
             let now = Instant::now();
@@ -189,6 +215,7 @@ impl Manager {
                     tokio::select! {
                         () = self.wake.notified() => {}
                         () = tokio::time::sleep(LOOK_EVERY) => {}
+                        Some(host) = on_demand.recv() => self.consider(&host).await,
                     }
                 }
             }
@@ -218,6 +245,72 @@ impl Manager {
                 },
             );
         }
+    }
+
+    /// On demand: a handshake for `host` found no certificate. Ordered if the route table
+    /// knows it, the CA would issue for it, `ask` approves and the rate allows.
+    async fn consider(&self, host: &str) {
+        let Some(od) = self.opts.config.on_demand.as_ref() else {
+            return;
+        };
+        let now = Instant::now();
+        if lock(&self.hosts).contains_key(host)
+            || lock(&self.denied)
+                .get(host)
+                .is_some_and(|until| *until > now)
+        {
+            return;
+        }
+        let deny = |why: &str| {
+            tracing::info!(%host, why, "no on-demand certificate");
+            let mut denied = lock(&self.denied);
+            denied.retain(|_, until| *until > now);
+            denied.insert(host.to_string(), now + DENIED_FOR);
+        };
+        let file = self
+            .opts
+            .proxy
+            .resolver()
+            .is_some_and(|r| r.file_covers(host));
+        if !wanted(host) || file || !self.opts.proxy.knows_host(host) {
+            return deny("not a routed host a CA issues for");
+        }
+        {
+            let mut recent = lock(&self.recent);
+            while recent
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
+            {
+                recent.pop_front();
+            }
+            if recent.len() >= od.per_minute as usize {
+                // Not remembered as denied: a later handshake may find room.
+                tracing::warn!(%host, per_minute = od.per_minute, "on-demand certificates are rate limited");
+                return;
+            }
+            recent.push_back(now);
+        }
+        if let Some(url) = &od.ask {
+            match client::ask(&self.opts.config, url, host).await {
+                Ok(true) => {}
+                Ok(false) => return deny("the ask URL said no"),
+                Err(e) => {
+                    tracing::warn!(%host, error = %e, "the on-demand ask URL failed");
+                    return deny("the ask URL failed");
+                }
+            }
+        }
+        tracing::info!(%host, "a certificate will be ordered (on demand)");
+        lock(&self.hosts).insert(
+            host.to_string(),
+            Host {
+                status: "pending",
+                cert: None,
+                error: None,
+                failures: 0,
+                next_try: Instant::now(),
+            },
+        );
     }
 
     /// One issuance for `host`; the outcome is recorded.

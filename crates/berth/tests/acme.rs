@@ -289,3 +289,93 @@ fn bad_acme_settings_are_refused_with_a_hint() {
         assert!(err.contains(want), "{toml} → {err}");
     }
 }
+
+/// A tiny `ask` endpoint: 200 for hosts starting with `yes`, 403 otherwise; the domains it was
+/// asked about.
+fn ask_server() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = asked.clone();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let mut buf = [0u8; 2048];
+            let n = s.read(&mut buf).unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let domain = head
+                .split_whitespace()
+                .nth(1)
+                .and_then(|t| t.split("domain=").nth(1))
+                .unwrap_or_default()
+                .to_string();
+            let ok = domain.starts_with("yes");
+            seen.lock().unwrap().push(domain);
+            let status = if ok { "200 OK" } else { "403 Forbidden" };
+            let _ = s.write_all(
+                format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .as_bytes(),
+            );
+        }
+    });
+    (port, asked)
+}
+
+/// A TLS handshake (and GET) for `host` through berth, trusting anything: what triggers
+/// on-demand issuance.
+fn handshake(b: &Berth, host: &str) {
+    let _ = Command::new("curl")
+        .args(["-sk", "--max-time", "5", "-o", "/dev/null", "--resolve"])
+        .arg(format!("{host}:{}:127.0.0.1", b.https.port()))
+        .arg(format!("https://{host}:{}/", b.https.port()))
+        .output();
+}
+
+#[test]
+fn on_demand_certificates_need_a_route_the_ask_url_and_room_in_the_rate() {
+    if !Pebble::available() {
+        return;
+    }
+    let (ask_port, asked) = ask_server();
+    let (b, pebble) = berth_and_pebble(
+        None,
+        &format!("on_demand = {{ ask = \"http://127.0.0.1:{ask_port}/check\", per_minute = 2 }}"),
+        "[[route]]\nhost = \"*.od.test\"\nstatic = \"{dir}/www\"\n",
+    );
+    let root = b.path("pebble-root.pem");
+    write_file(&root, pebble.root_pem().as_bytes());
+    // A name only the wildcard route knows: its first handshake gets the local CA's
+    // certificate and starts an order; a later one gets the CA's.
+    handshake(&b, "yes1.od.test");
+    wait_acme(&b, "yes1.od.test");
+    let (code, issuer, _) = https_get(&b, "yes1.od.test", &root);
+    assert_eq!(code, 200, "{issuer}");
+    // The ask URL says no: nothing is ordered.
+    handshake(&b, "no.od.test");
+    eventually(ISSUE, "the ask URL to be asked about no.od.test", || {
+        asked
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|d| d == "no.od.test")
+            .then_some(())
+    });
+    // Not routed at all: not even asked.
+    handshake(&b, "yes.elsewhere.test");
+    // Two orders a minute: yes1 and no took them, so yes2 waits.
+    handshake(&b, "yes2.od.test");
+    eventually(ISSUE, "the rate limit to hold yes2 back", || {
+        std::fs::read_to_string(&b.log_path)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains("rate limited") && l.contains("yes2.od.test"))
+            .then_some(())
+    });
+    assert!(cert_of(&b, "no.od.test")["acme"].is_null());
+    assert!(cert_of(&b, "yes2.od.test")["acme"].is_null());
+    assert!(!asked
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|d| d.contains("elsewhere") || d == "yes2.od.test"));
+}

@@ -152,6 +152,25 @@ pub struct AcmeConfig {
     /// 80 in production) or `"tls-alpn-01"` (on the HTTPS listener, port 443).
     #[serde(default)]
     pub challenge: AcmeChallenge,
+    /// Also order a certificate at the first handshake for a host only a wildcard or catch-all
+    /// route knows (Caddy's on-demand TLS).
+    pub on_demand: Option<OnDemandConfig>,
+}
+
+/// `[tls.acme.on_demand]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnDemandConfig {
+    /// Asked `GET <ask>?domain=<host>` before ordering: a 2xx answer approves the host.
+    pub ask: Option<String>,
+    /// At most this many on-demand orders per minute (default 10): a flood of made-up names
+    /// cannot turn into a flood of orders.
+    #[serde(default = "default_per_minute")]
+    pub per_minute: u32,
+}
+
+fn default_per_minute() -> u32 {
+    10
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -548,6 +567,18 @@ impl FileConfig {
                 };
                 if eab.kid.is_empty() || !b64url(&eab.hmac) {
                     return bad("eab needs a kid and the base64url hmac key the CA gave".into());
+                }
+            }
+            if let Some(od) = &acme.on_demand {
+                if let Some(ask) = &od.ask {
+                    if !(ask.starts_with("http://") || ask.starts_with("https://"))
+                        || ask.contains(char::is_whitespace)
+                    {
+                        return bad(format!("on_demand.ask {ask:?} is not an http(s) URL"));
+                    }
+                }
+                if od.per_minute == 0 {
+                    return bad("on_demand.per_minute must be at least 1".into());
                 }
             }
             if matches!(cfg.server.https, Listen::Off) {

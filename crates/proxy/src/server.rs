@@ -204,6 +204,11 @@ impl Proxy {
         self.resolver.clone()
     }
 
+    /// Does a route of the live table match `host` (exactly, by a wildcard, or catch-all)?
+    pub fn knows_host(&self, host: &str) -> bool {
+        self.shared.table.load().knows_host(host)
+    }
+
     /// The exact host names of the live route table (no wildcards), sorted.
     pub fn route_hosts(&self) -> Vec<String> {
         let mut hosts: Vec<String> = self

@@ -547,6 +547,10 @@ impl Challenges {
     }
 }
 
+/// Told (on the handshake path: must not block) of an SNI host that has no certificate of its
+/// own yet; ACME's on-demand issuance listens.
+pub type MissFn = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// Predicate deciding whether the local CA may issue a leaf for a host (e.g. "a route exists").
 pub type AllowFn = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
@@ -557,6 +561,8 @@ pub struct Resolver {
     /// Certificates from the ACME CA, by host (between the files and the local CA).
     acme: ArcSwap<HashMap<String, Arc<CertifiedKey>>>,
     challenges: Arc<Challenges>,
+    /// See [`MissFn`]; set once, by the ACME client.
+    on_miss: std::sync::OnceLock<MissFn>,
     local_ca: Option<LocalCa>,
     allow: AllowFn,
     leaves: ArcSwap<HashMap<String, Arc<CachedLeaf>>>,
@@ -590,6 +596,7 @@ impl Resolver {
             files: ArcSwap::from_pointee(files),
             acme: ArcSwap::from_pointee(HashMap::new()),
             challenges,
+            on_miss: std::sync::OnceLock::new(),
             local_ca,
             allow,
             leaves: ArcSwap::from_pointee(HashMap::new()),
@@ -600,6 +607,11 @@ impl Resolver {
     /// the snapshot they started with.
     pub fn set_files(&self, files: CertIndex) {
         self.files.store(Arc::new(files));
+    }
+
+    /// Calls `f` with every SNI host that gets no file or ACME certificate (at most one `f`).
+    pub fn on_miss(&self, f: MissFn) {
+        let _ = self.on_miss.set(f);
     }
 
     /// Does a certificate file cover `host` (so ACME leaves it alone)?
@@ -650,6 +662,9 @@ impl Resolver {
         }
         if let Some(cert) = self.acme.load().get(&host) {
             return Some(cert.clone());
+        }
+        if let Some(f) = self.on_miss.get() {
+            f(&host);
         }
         if self.local_ca.is_none() || !(self.allow)(&host) {
             tracing::debug!(%host, "no certificate for SNI host");
