@@ -116,6 +116,32 @@ fn a_deployed_app_gets_a_certificate_from_the_acme_ca_over_http01() {
     assert_eq!(code, 200, "{issuer}");
     assert_eq!(body, "hello over acme\n");
     assert!(issuer.contains("Pebble"), "{issuer}");
+    // Plain HTTP to a host with a real certificate is redirected, but the ACME path is not.
+    let plain = |path: &str| {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{redirect_url}",
+                "-H",
+            ])
+            .arg("Host: hello.test")
+            .arg(format!("http://{}{path}", b.http))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(
+        plain("/page?x=1"),
+        format!("308 https://hello.test:{}/page?x=1", b.https.port())
+    );
+    assert!(
+        plain("/.well-known/acme-challenge/unknown").starts_with("404"),
+        "{}",
+        plain("/.well-known/acme-challenge/unknown")
+    );
     // `berth certs` shows it.
     let out = cli(&b, &["certs"]);
     assert!(out.status.success(), "{}", text(&out));

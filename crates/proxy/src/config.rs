@@ -122,6 +122,9 @@ pub struct TlsConfig {
     pub local_ca: bool,
     /// Certificates from an ACME CA (Let's Encrypt, ...) for every routed host no file covers.
     pub acme: Option<AcmeConfig>,
+    /// Plain HTTP to a host with a certificate from a file or the ACME CA gets a 308 to HTTPS
+    /// (ACME challenge paths excepted).
+    pub redirect: bool,
 }
 
 impl Default for TlsConfig {
@@ -130,6 +133,7 @@ impl Default for TlsConfig {
             certs: Vec::new(),
             local_ca: true,
             acme: None,
+            redirect: true,
         }
     }
 }

@@ -498,7 +498,17 @@ impl Conn {
         let Some(route) = table.lookup(&req.host, &norm).cloned() else {
             return (Some(req), Decision::Local(request::not_found(), None));
         };
-        if route.spec.https_redirect && !self.tls {
+        // Hosts with a real certificate are HTTPS only, as with Caddy (the ACME CA's own
+        // validation path stays plain).
+        let certified = || {
+            self.w
+                .shared
+                .redirect_certified
+                .as_ref()
+                .is_some_and(|r| r.has_real_cert(&req.host))
+                && !norm.starts_with("/.well-known/acme-challenge/")
+        };
+        if !self.tls && (route.spec.https_redirect || certified()) {
             let resp = request::https_redirect(&req.host, self.w.shared.https_port, origin);
             return (Some(req), Decision::Local(resp, Some(route)));
         }

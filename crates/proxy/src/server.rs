@@ -30,6 +30,9 @@ pub struct Shared {
     pub https_port: Option<u16>,
     /// ACME challenge answers (HTTP-01 is served by `conn_h1`).
     pub challenges: Arc<tls::Challenges>,
+    /// The HTTPS listener's certificates, when plain HTTP to a host that has a real one is
+    /// redirected (`[tls] redirect`).
+    pub redirect_certified: Option<Arc<tls::Resolver>>,
 }
 
 /// One worker thread's state.
@@ -131,6 +134,7 @@ impl Proxy {
             table,
             https_port: bound.https.map(|a| a.port()),
             challenges,
+            redirect_certified: resolver.clone().filter(|_| cfg.tls.redirect),
             log: crate::accesslog::AccessLog::open(&cfg.server.access_log)
                 .map_err(StartError::AccessLog)?,
             limits,
@@ -579,6 +583,7 @@ mod tests {
             shutdown: CancellationToken::new(),
             https_port: None,
             challenges: Arc::default(),
+            redirect_certified: None,
         });
         let w = Worker {
             pool: ConnPool::new(4),

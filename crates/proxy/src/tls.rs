@@ -614,6 +614,18 @@ impl Resolver {
         let _ = self.on_miss.set(f);
     }
 
+    /// Does `host` have a certificate a browser trusts (a file's or the ACME CA's, not the
+    /// local CA's)? Plain HTTP to such a host is redirected to HTTPS.
+    pub fn has_real_cert(&self, host: &str) -> bool {
+        let acme = self.acme.load();
+        let files = self.files.load();
+        if acme.is_empty() && files.is_empty() {
+            return false;
+        }
+        let host = normalize(host);
+        acme.contains_key(&host) || files.lookup(&host).is_some()
+    }
+
     /// Does a certificate file cover `host` (so ACME leaves it alone)?
     pub fn file_covers(&self, host: &str) -> bool {
         self.files.load().lookup(host).is_some()
