@@ -405,3 +405,44 @@ fn on_demand_certificates_need_a_route_the_ask_url_and_room_in_the_rate() {
         .iter()
         .any(|d| d.contains("elsewhere") || d == "yes2.od.test"));
 }
+
+#[test]
+fn a_ca_that_requires_external_account_binding_gets_it() {
+    if !Pebble::available() {
+        return;
+    }
+    let (http, https) = (free_port(), free_port());
+    let pebble = Pebble::start(PebbleOptions {
+        http_port: http,
+        tls_port: https,
+        validity_secs: None,
+        eab: true,
+    });
+    let (kid, hmac) = pebble.eab().unwrap();
+    let start = |kid: &str, hmac: &str| {
+        Berth::start_with(
+            BIN,
+            &format!("http = \"127.0.0.1:{http}\"\nhttps = \"127.0.0.1:{https}\"\ndomain = \"test\""),
+            &[("www/index.html", b"eab\n")],
+            &format!(
+                "[tls.acme]\ndirectory = \"{}\"\nca = \"{}\"\neab = {{ kid = \"{kid}\", hmac = \"{hmac}\" }}\n\n[[route]]\nhost = \"eab.test\"\nstatic = \"{{dir}}/www\"\n",
+                pebble.directory_url(),
+                pebble.ca_pem_path().display()
+            ),
+        )
+    };
+    // A wrong key: the account cannot be made, and the error says so.
+    let wrong = start("nobody", "d3JvbmcgaG1hYyBrZXkgZm9yIHRoZSB0ZXN0");
+    let c = eventually(ISSUE, "the failed order to be reported", || {
+        let c = cert_of(&wrong, "eab.test");
+        (c["acme"]["status"] == "failed").then_some(c)
+    });
+    assert!(
+        c["acme"]["error"].as_str().unwrap().contains("account"),
+        "{c}"
+    );
+    drop(wrong);
+    // The CA's key: issued.
+    let b = start(&kid, &hmac);
+    wait_acme(&b, "eab.test");
+}
