@@ -25,6 +25,7 @@ mod client;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -102,6 +103,9 @@ impl Host {
 /// Keeps every routed host's certificate. See the crate docs.
 pub struct Manager {
     opts: Options,
+    /// Orders since start, by outcome (metrics).
+    issued: AtomicU64,
+    failed: AtomicU64,
     hosts: Mutex<BTreeMap<String, Host>>,
     /// On demand: hosts recently turned down, until when.
     denied: Mutex<BTreeMap<String, Instant>>,
@@ -118,6 +122,8 @@ impl Manager {
     pub fn start(opts: Options) -> Arc<Manager> {
         let manager = Arc::new(Manager {
             opts,
+            issued: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
             hosts: Mutex::new(BTreeMap::new()),
             denied: Mutex::new(BTreeMap::new()),
             recent: Mutex::new(std::collections::VecDeque::new()),
@@ -142,6 +148,51 @@ impl Manager {
     /// Look at the route table now (a route was added).
     pub fn wake(&self) {
         self.wake.notify_one();
+    }
+
+    /// The manager's figures, OpenMetrics text without the final `# EOF` (to go before the
+    /// proxy's): certificates by status, seconds until each expires, orders by outcome.
+    pub fn metrics(&self) -> String {
+        use prometheus_client::metrics::family::Family;
+        use prometheus_client::metrics::gauge::Gauge;
+        let mut registry = prometheus_client::registry::Registry::with_prefix("berth_acme");
+        let by_status = Family::<Vec<(String, String)>, Gauge>::default();
+        let expiry = Family::<Vec<(String, String)>, Gauge>::default();
+        let now = SystemTime::now();
+        for (host, h) in lock(&self.hosts).iter() {
+            by_status
+                .get_or_create(&vec![("status".to_string(), h.status.to_string())])
+                .inc();
+            if let Some(c) = &h.cert {
+                let left = c.not_after.duration_since(now).map_or(0, |d| d.as_secs());
+                expiry
+                    .get_or_create(&vec![("host".to_string(), host.clone())])
+                    .set(i64::try_from(left).unwrap_or(i64::MAX));
+            }
+        }
+        let orders = Family::<Vec<(String, String)>, Gauge>::default();
+        for (result, n) in [
+            ("issued", self.issued.load(Ordering::Relaxed)),
+            ("failed", self.failed.load(Ordering::Relaxed)),
+        ] {
+            orders
+                .get_or_create(&vec![("result".to_string(), result.to_string())])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        registry.register(
+            "certificates",
+            "Hosts ACME looks after, by status",
+            by_status,
+        );
+        registry.register(
+            "certificate_expiry_seconds",
+            "Seconds until the host's ACME certificate expires",
+            expiry,
+        );
+        registry.register("orders", "Orders since berth started, by outcome", orders);
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out.trim_end().trim_end_matches("# EOF").to_string()
     }
 
     /// Every host the manager keeps, by name.
@@ -326,6 +377,7 @@ impl Manager {
         let Some(h) = hosts.get_mut(host) else { return };
         match result {
             Ok(info) => {
+                self.issued.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(%host, seconds = t0.elapsed().as_secs_f64(), issuer = %info.issuer, "certificate issued");
                 h.status = "valid";
                 h.cert = Some(info);
@@ -334,6 +386,7 @@ impl Manager {
                 h.next_try = Instant::now();
             }
             Err(e) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
                 h.failures += 1;
                 let wait = backoff(self.opts.backoff, h.failures);
                 tracing::warn!(%host, error = %e, retry_in = ?wait, "certificate not issued");

@@ -292,12 +292,18 @@ async fn metrics(
     Extension(caller): Extension<Caller>,
 ) -> Result<Response, ApiError> {
     caller.admin()?;
+    // ACME's families go before the proxy's exposition (which ends in the one `# EOF`).
+    let mut text = ctx.acme.as_ref().map(|a| a.metrics()).unwrap_or_default();
+    if !text.is_empty() {
+        text.push('\n');
+    }
+    text.push_str(&ctx.proxy.metrics());
     Ok((
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        ctx.proxy.metrics(),
+        text,
     )
         .into_response())
 }

@@ -142,6 +142,26 @@ fn a_deployed_app_gets_a_certificate_from_the_acme_ca_over_http01() {
         "{}",
         plain("/.well-known/acme-challenge/unknown")
     );
+    // The metrics count it.
+    let out = Command::new("curl")
+        .args(["-s", "-H"])
+        .arg(format!("Authorization: Bearer {}", b.token))
+        .arg(format!("http://{}/metrics", b.admin))
+        .output()
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&out.stdout).into_owned();
+    // hello.test and the API's host, berth.test.
+    assert!(
+        metrics.contains("berth_acme_certificates{status=\"valid\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("berth_acme_orders{result=\"issued\"} 2"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("berth_acme_certificate_expiry_seconds{host=\"hello.test\"}"));
+    assert_eq!(metrics.matches("# EOF").count(), 1, "{metrics}");
+    assert!(metrics.trim_end().ends_with("# EOF"));
     // `berth certs` shows it.
     let out = cli(&b, &["certs"]);
     assert!(out.status.success(), "{}", text(&out));
