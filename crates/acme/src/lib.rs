@@ -450,6 +450,11 @@ fn wanted(host: &str) -> bool {
         && host
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        // Every label a DNS label (this also keeps `.` and `..` out of the certs dir's names).
+        && host
+            .split('.')
+            .all(|l| !l.is_empty() && l.len() <= 63 && !l.starts_with('-') && !l.ends_with('-'))
+        && host.len() <= 253
 }
 
 /// `first` doubled per failure after the first, up to [`MAX_BACKOFF`].
@@ -478,6 +483,10 @@ mod tests {
             "::1",
             "intranet",
             "a_b.example.com",
+            "..",
+            ".a.b",
+            "a..b",
+            "-a.b",
         ] {
             assert!(!wanted(no), "{no}");
         }
