@@ -1,6 +1,6 @@
 //! One ACME account and one issuance at a time, on `instant-acme`: the HTTPS client it talks
 //! through (the public roots plus `[tls.acme] ca`), the account (created once, its key kept in
-//! `<dir>/account.json`, mode 0600), and an order for one host answered by HTTP-01 or
+//! `<dir>/account-<hash of the directory URL>.json`, mode 0600), and an order for one host answered by HTTP-01 or
 //! TLS-ALPN-01 through the proxy's [`Challenges`].
 
 use std::future::Future;
@@ -30,8 +30,19 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the CA gets to validate the challenges, and then to issue.
 const VALIDATION_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// The account file: instant-acme's credentials (the account URL and its private key).
-const ACCOUNT_FILE: &str = "account.json";
+/// The account file of a directory URL: instant-acme's credentials (the account URL and its
+/// private key), one per directory URL: switching CAs never loses an account.
+fn account_file(directory: &str) -> String {
+    let hash = directory.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("account-{:016x}.json", hash)
+}
+
+/// Did the CA say it does not know (or no longer accepts) the account?
+pub(crate) fn account_gone(error: &str) -> bool {
+    error.contains("accountDoesNotExist") || error.contains("account does not exist")
+}
 
 /// A signed-in ACME account.
 pub(crate) struct Client {
@@ -41,36 +52,35 @@ pub(crate) struct Client {
 }
 
 impl Client {
-    /// Signs in with the account kept in `dir`, or creates one (and keeps it). An account of
-    /// another directory, or one the CA no longer knows, is replaced.
+    /// Signs in with the account kept in `dir` for this directory, or creates one (and keeps
+    /// it). `fresh`: the CA said it does not know the stored account; make a new one. A stored
+    /// account that cannot be restored now (the CA unreachable) is an error, never replaced.
     pub(crate) async fn connect(
         cfg: &AcmeConfig,
         dir: &Path,
         challenges: Arc<Challenges>,
+        fresh: bool,
     ) -> Result<Client, String> {
         let http = || -> Result<Box<dyn HttpClient>, String> { Ok(Box::new(Https::new(cfg)?)) };
-        let path = dir.join(ACCOUNT_FILE);
-        let stored = std::fs::read_to_string(&path)
+        // One account file per directory URL: switching CAs never loses an account.
+        let path = dir.join(account_file(&cfg.directory));
+        let read = path.clone();
+        let stored = tokio::task::spawn_blocking(move || std::fs::read_to_string(read).ok())
+            .await
             .ok()
-            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-            .filter(|v| v["directory"].as_str() == Some(cfg.directory.as_str()))
-            .and_then(|v| serde_json::from_value::<AccountCredentials>(v).ok());
+            .flatten()
+            .and_then(|s| serde_json::from_str::<AccountCredentials>(&s).ok())
+            .filter(|_| !fresh);
         if let Some(credentials) = stored {
-            match Account::builder_with_http(http()?)
+            let account = Account::builder_with_http(http()?)
                 .from_credentials(credentials)
                 .await
-            {
-                Ok(account) => {
-                    return Ok(Client {
-                        account,
-                        challenge: cfg.challenge,
-                        challenges,
-                    })
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "the stored ACME account does not work; creating a new one")
-                }
-            }
+                .map_err(|e| format!("cannot reach the CA with the stored account: {e}"))?;
+            return Ok(Client {
+                account,
+                challenge: cfg.challenge,
+                challenges,
+            });
         }
         let contact: Vec<String> = cfg.email.iter().map(|e| format!("mailto:{e}")).collect();
         let contact: Vec<&str> = contact.iter().map(String::as_str).collect();
@@ -94,8 +104,21 @@ impl Client {
             .await
             .map_err(|e| format!("cannot create an account at {}: {e}", cfg.directory))?;
         let json = serde_json::to_vec(&credentials).map_err(|e| e.to_string())?;
-        proxy::tls::create_private_dir(dir).map_err(|e| e.to_string())?;
-        proxy::tls::write_atomic(&path, &json, 0o600).map_err(|e| e.to_string())?;
+        let dir = dir.to_path_buf();
+        let saved = tokio::task::spawn_blocking(move || {
+            proxy::tls::create_private_dir(&dir)?;
+            proxy::tls::write_atomic(&path, &json, 0o600)
+        })
+        .await;
+        match saved {
+            Ok(Ok(())) => {}
+            // Kept in memory all the same: another account per attempt would soon hit the
+            // CA's limit on new accounts.
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot store the new ACME account; it lasts until berth stops")
+            }
+            Err(e) => tracing::error!(error = %e, "cannot store the new ACME account"),
+        }
         tracing::info!(directory = %cfg.directory, account = %account.id(), "ACME account created");
         Ok(Client {
             account,

@@ -16,7 +16,7 @@
 //!   certificate, without waiting) orders one too, if the `ask` URL approves and at most
 //!   `per_minute` such orders a minute; that handshake and the next get the local CA's
 //!   certificate until the order is done. Denials are remembered for [`DENIED_FOR`].
-//! - **Storage**: `<data>/acme/account.json` (the account key) and
+//! - **Storage**: `<data>/acme/account-<hash of the directory URL>.json` (the account key) and
 //!   `<data>/acme/certs/<host>/{cert,key}.pem`, mode 0600, written atomically; loaded at start,
 //!   so a restart serves and renews what it had.
 #![forbid(unsafe_code)]
@@ -44,6 +44,10 @@ const ISSUE_TIMEOUT: Duration = Duration::from_secs(300);
 pub const DENIED_FOR: Duration = Duration::from_secs(60);
 /// On-demand hosts waiting to be considered; more handshakes meanwhile are dropped.
 const ON_DEMAND_QUEUE: usize = 256;
+/// At most this many hosts come from on-demand issuance: names are not free.
+pub const ON_DEMAND_MAX_HOSTS: usize = 1000;
+/// An on-demand host whose orders failed this many times in a row is forgotten.
+const ON_DEMAND_MAX_FAILURES: u32 = 5;
 
 /// What the manager needs.
 pub struct Options {
@@ -76,7 +80,13 @@ pub struct HostStatus {
 
 #[derive(Debug)]
 struct Host {
+    /// `pending`, `issuing`, `valid`, `failed`, `expired`, or `unused` (no route needs it
+    /// now: not renewed).
     status: &'static str,
+    /// Came from on-demand issuance (counted against [`ON_DEMAND_MAX_HOSTS`]).
+    on_demand: bool,
+    /// A route needs it now (only those are ordered and renewed).
+    in_use: bool,
     cert: Option<CertInfo>,
     error: Option<String>,
     failures: u32,
@@ -92,6 +102,9 @@ impl Host {
 
     /// Does it need a certificate now?
     fn due(&self, now: Instant) -> bool {
+        if !self.in_use {
+            return false;
+        }
         let wants = match self.renew_at() {
             Some(at) => SystemTime::now() >= at,
             None => true,
@@ -106,6 +119,10 @@ pub struct Manager {
     /// Orders since start, by outcome (metrics).
     issued: AtomicU64,
     failed: AtomicU64,
+    /// The CA does not know the stored account: make a new one at the next sign-in.
+    fresh_account: std::sync::atomic::AtomicBool,
+    /// On demand: names queued for `consider` (a name takes one slot of the queue).
+    queued: Arc<Mutex<std::collections::HashSet<String>>>,
     hosts: Mutex<BTreeMap<String, Host>>,
     /// On demand: hosts recently turned down, until when.
     denied: Mutex<BTreeMap<String, Instant>>,
@@ -124,21 +141,30 @@ impl Manager {
             opts,
             issued: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            fresh_account: std::sync::atomic::AtomicBool::new(false),
+            queued: Arc::default(),
             hosts: Mutex::new(BTreeMap::new()),
             denied: Mutex::new(BTreeMap::new()),
             recent: Mutex::new(std::collections::VecDeque::new()),
             wake: tokio::sync::Notify::new(),
             client: tokio::sync::Mutex::new(None),
         });
-        manager.load_stored();
         let (tx, rx) = tokio::sync::mpsc::channel::<String>(ON_DEMAND_QUEUE);
         if let (Some(_), Some(resolver)) = (
             manager.opts.config.on_demand.as_ref(),
             manager.opts.proxy.resolver(),
         ) {
+            let queued = manager.queued.clone();
             resolver.on_miss(Arc::new(move |host: &str| {
-                // Never waits: a full queue drops the host (the next handshake asks again).
-                let _ = tx.try_send(host.to_string());
+                // Never waits (the handshake path): a busy set or a full queue drops the name,
+                // and the next handshake offers it again. A name already queued is not again.
+                let Ok(mut q) = queued.try_lock() else { return };
+                if q.len() < ON_DEMAND_QUEUE
+                    && q.insert(host.to_string())
+                    && tx.try_send(host.to_string()).is_err()
+                {
+                    q.remove(host);
+                }
             }));
         }
         tokio::spawn(manager.clone().run(rx));
@@ -151,7 +177,8 @@ impl Manager {
     }
 
     /// The manager's figures, OpenMetrics text without the final `# EOF` (to go before the
-    /// proxy's): certificates by status, seconds until each expires, orders by outcome.
+    /// proxy's): certificates by status, seconds until each expires, orders by outcome
+    /// (`berth_acme_orders_total`).
     pub fn metrics(&self) -> String {
         use prometheus_client::metrics::family::Family;
         use prometheus_client::metrics::gauge::Gauge;
@@ -170,14 +197,16 @@ impl Manager {
                     .set(i64::try_from(left).unwrap_or(i64::MAX));
             }
         }
-        let orders = Family::<Vec<(String, String)>, Gauge>::default();
+        let orders =
+            Family::<Vec<(String, String)>, prometheus_client::metrics::counter::Counter>::default(
+            );
         for (result, n) in [
             ("issued", self.issued.load(Ordering::Relaxed)),
             ("failed", self.failed.load(Ordering::Relaxed)),
         ] {
             orders
                 .get_or_create(&vec![("result".to_string(), result.to_string())])
-                .set(i64::try_from(n).unwrap_or(i64::MAX));
+                .inc_by(n);
         }
         registry.register(
             "certificates",
@@ -191,8 +220,9 @@ impl Manager {
         );
         registry.register("orders", "Orders since berth started, by outcome", orders);
         let mut out = String::new();
-        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
-        out.trim_end().trim_end_matches("# EOF").to_string()
+        // Without the `# EOF` (the proxy's exposition ends with it).
+        let _ = prometheus_client::encoding::text::encode_registry(&mut out, &registry);
+        out
     }
 
     /// Every host the manager keeps, by name.
@@ -231,12 +261,19 @@ impl Manager {
             let host = e.file_name().to_string_lossy().into_owned();
             let (cert, key) = (e.path().join("cert.pem"), e.path().join("key.pem"));
             match proxy::tls::load_pair(&cert, &key) {
+                // An expired certificate is not served (the local CA's is, until a new one).
+                Ok((_, info)) if info.not_after <= SystemTime::now() => {
+                    tracing::warn!(%host, "a stored ACME certificate has expired");
+                }
                 Ok((certified, info)) => {
                     resolver.set_acme(&host, certified);
                     lock(&self.hosts).insert(
                         host,
                         Host {
                             status: "valid",
+                            // A stored on-demand host that no route knows stays unused.
+                            on_demand: false,
+                            in_use: false,
                             cert: Some(info),
                             error: None,
                             failures: 0,
@@ -252,6 +289,9 @@ impl Manager {
     }
 
     async fn run(self: Arc<Self>, mut on_demand: tokio::sync::mpsc::Receiver<String>) {
+        // Off the async threads: there may be many.
+        let this = self.clone();
+        let _ = tokio::task::spawn_blocking(move || this.load_stored()).await;
         loop {
             self.sync_hosts();
             let now = Instant::now();
@@ -266,35 +306,71 @@ impl Manager {
                     tokio::select! {
                         () = self.wake.notified() => {}
                         () = tokio::time::sleep(LOOK_EVERY) => {}
-                        Some(host) = on_demand.recv() => self.consider(&host).await,
+                        Some(host) = on_demand.recv() => {
+                            self.consider(&host).await;
+                            lock(&self.queued).remove(&host);
+                        }
                     }
                 }
             }
         }
     }
 
-    /// Adds the routed hosts that need a certificate and are not known yet.
+    /// Brings the hosts in line with the route table: routed hosts that need a certificate
+    /// are added; hosts no route needs any more (or that a file now covers) are not renewed;
+    /// an expired certificate is no longer served.
     fn sync_hosts(&self) {
         let Some(resolver) = self.opts.proxy.resolver() else {
             return;
         };
-        let routed = self.opts.proxy.route_hosts();
+        let routed: std::collections::HashSet<String> = self
+            .opts
+            .proxy
+            .route_hosts()
+            .into_iter()
+            .filter(|h| wanted(h) && !resolver.file_covers(h))
+            .collect();
+        let now = SystemTime::now();
         let mut hosts = lock(&self.hosts);
-        for host in routed {
-            if hosts.contains_key(&host) || !wanted(&host) || resolver.file_covers(&host) {
-                continue;
+        for host in &routed {
+            if !hosts.contains_key(host) {
+                tracing::info!(%host, "a certificate will be ordered");
+                hosts.insert(
+                    host.clone(),
+                    Host {
+                        status: "pending",
+                        on_demand: false,
+                        in_use: true,
+                        cert: None,
+                        error: None,
+                        failures: 0,
+                        next_try: Instant::now(),
+                    },
+                );
             }
-            tracing::info!(%host, "a certificate will be ordered");
-            hosts.insert(
-                host,
-                Host {
-                    status: "pending",
-                    cert: None,
-                    error: None,
-                    failures: 0,
-                    next_try: Instant::now(),
-                },
-            );
+        }
+        for (name, h) in hosts.iter_mut() {
+            let used = if h.on_demand {
+                self.opts.proxy.knows_host(name) && !resolver.file_covers(name)
+            } else {
+                routed.contains(name)
+            };
+            if used != h.in_use {
+                h.in_use = used;
+                if !used {
+                    tracing::info!(host = %name, "no route needs this certificate any more: not renewed");
+                    h.status = "unused";
+                } else if h.status == "unused" {
+                    h.status = if h.cert.is_some() { "valid" } else { "pending" };
+                }
+            }
+            if h.cert.as_ref().is_some_and(|c| c.not_after <= now) {
+                resolver.remove_acme(name);
+                h.cert = None;
+                if h.in_use {
+                    h.status = "expired";
+                }
+            }
         }
     }
 
@@ -326,6 +402,21 @@ impl Manager {
         if !wanted(host) || file || !self.opts.proxy.knows_host(host) {
             return deny("not a routed host a CA issues for");
         }
+        let on_demand_hosts = lock(&self.hosts).values().filter(|h| h.on_demand).count();
+        if on_demand_hosts >= ON_DEMAND_MAX_HOSTS {
+            return deny("too many on-demand hosts");
+        }
+        // The ask URL first: names it turns down never use the order budget.
+        if let Some(url) = &od.ask {
+            match client::ask(&self.opts.config, url, host).await {
+                Ok(true) => {}
+                Ok(false) => return deny("the ask URL said no"),
+                Err(e) => {
+                    tracing::warn!(%host, error = %e, "the on-demand ask URL failed");
+                    return deny("the ask URL failed");
+                }
+            }
+        }
         {
             let mut recent = lock(&self.recent);
             while recent
@@ -341,21 +432,13 @@ impl Manager {
             }
             recent.push_back(now);
         }
-        if let Some(url) = &od.ask {
-            match client::ask(&self.opts.config, url, host).await {
-                Ok(true) => {}
-                Ok(false) => return deny("the ask URL said no"),
-                Err(e) => {
-                    tracing::warn!(%host, error = %e, "the on-demand ask URL failed");
-                    return deny("the ask URL failed");
-                }
-            }
-        }
         tracing::info!(%host, "a certificate will be ordered (on demand)");
         lock(&self.hosts).insert(
             host.to_string(),
             Host {
                 status: "pending",
+                on_demand: true,
+                in_use: true,
                 cert: None,
                 error: None,
                 failures: 0,
@@ -387,6 +470,14 @@ impl Manager {
             }
             Err(e) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
+                if client::account_gone(&e) {
+                    self.fresh_account.store(true, Ordering::Relaxed);
+                }
+                if h.on_demand && h.failures + 1 >= ON_DEMAND_MAX_FAILURES && h.cert.is_none() {
+                    tracing::warn!(%host, error = %e, "forgetting an on-demand host whose orders keep failing");
+                    hosts.remove(host);
+                    return;
+                }
                 h.failures += 1;
                 let wait = backoff(self.opts.backoff, h.failures);
                 tracing::warn!(%host, error = %e, retry_in = ?wait, "certificate not issued");
@@ -406,11 +497,13 @@ impl Manager {
             .ok_or("no HTTPS listener to serve the certificate on")?;
         let mut client = self.client.lock().await;
         if client.is_none() {
+            let fresh = self.fresh_account.swap(false, Ordering::Relaxed);
             *client = Some(
                 client::Client::connect(
                     &self.opts.config,
                     &self.opts.dir,
                     self.opts.proxy.challenges(),
+                    fresh,
                 )
                 .await?,
             );
@@ -425,16 +518,35 @@ impl Manager {
         }
         let (chain, key) = issued?;
         drop(client);
+        // Checked before it replaces what is on disk; written off the async threads.
         let dir = self.certs_dir().join(host);
-        let store = |name: &str, data: &str| {
-            proxy::tls::write_atomic(&dir.join(name), data.as_bytes(), 0o600)
-                .map_err(|e| format!("cannot store the certificate: {e}"))
-        };
-        proxy::tls::create_private_dir(&dir).map_err(|e| e.to_string())?;
-        store("key.pem", &key)?;
-        store("cert.pem", &chain)?;
-        let (certified, info) = proxy::tls::load_pair(&dir.join("cert.pem"), &dir.join("key.pem"))
-            .map_err(|e| format!("the CA's certificate does not load: {e}"))?;
+        let stored = tokio::task::spawn_blocking(move || {
+            let check = dir.with_file_name(format!(
+                "{host_}~check",
+                host_ = dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            ));
+            let write = |d: &std::path::Path| {
+                proxy::tls::create_private_dir(d).map_err(|e| e.to_string())?;
+                for (name, data) in [("key.pem", &key), ("cert.pem", &chain)] {
+                    proxy::tls::write_atomic(&d.join(name), data.as_bytes(), 0o600)
+                        .map_err(|e| format!("cannot store the certificate: {e}"))?;
+                }
+                Ok::<(), String>(())
+            };
+            write(&check)?;
+            let loaded = proxy::tls::load_pair(&check.join("cert.pem"), &check.join("key.pem"))
+                .map_err(|e| format!("the CA's certificate does not load: {e}"));
+            let _ = std::fs::remove_dir_all(&check);
+            let loaded = loaded?;
+            write(&dir)?;
+            Ok::<_, String>(loaded)
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let (certified, info) = stored;
         resolver.set_acme(host, certified);
         Ok(info)
     }
@@ -506,6 +618,8 @@ mod tests {
         let start = UNIX_EPOCH + Duration::from_secs(1_000_000);
         let h = Host {
             status: "valid",
+            on_demand: false,
+            in_use: true,
             cert: Some(CertInfo {
                 not_before: start,
                 not_after: start + Duration::from_secs(90 * 86_400),

@@ -294,9 +294,6 @@ async fn metrics(
     caller.admin()?;
     // ACME's families go before the proxy's exposition (which ends in the one `# EOF`).
     let mut text = ctx.acme.as_ref().map(|a| a.metrics()).unwrap_or_default();
-    if !text.is_empty() {
-        text.push('\n');
-    }
     text.push_str(&ctx.proxy.metrics());
     Ok((
         [(

@@ -166,6 +166,8 @@ pub struct AcmeConfig {
 #[serde(deny_unknown_fields)]
 pub struct OnDemandConfig {
     /// Asked `GET <ask>?domain=<host>` before ordering: a 2xx answer approves the host.
+    /// Required: without it anyone who can send a ClientHello picks the names berth orders
+    /// (and uses up the CA's rate limits).
     pub ask: Option<String>,
     /// At most this many on-demand orders per minute (default 10): a flood of made-up names
     /// cannot turn into a flood of orders.
@@ -574,12 +576,16 @@ impl FileConfig {
                 }
             }
             if let Some(od) = &acme.on_demand {
-                if let Some(ask) = &od.ask {
-                    if !(ask.starts_with("http://") || ask.starts_with("https://"))
-                        || ask.contains(char::is_whitespace)
-                    {
-                        return bad(format!("on_demand.ask {ask:?} is not an http(s) URL"));
-                    }
+                let Some(ask) = &od.ask else {
+                    return bad(
+                        "on_demand needs an ask URL that approves each name (hint: ask = \"http://127.0.0.1:9000/allowed\"; GET ?domain=<host> answers 2xx for your customers' domains)"
+                            .into(),
+                    );
+                };
+                if !(ask.starts_with("http://") || ask.starts_with("https://"))
+                    || ask.contains(char::is_whitespace)
+                {
+                    return bad(format!("on_demand.ask {ask:?} is not an http(s) URL"));
                 }
                 if od.per_minute == 0 {
                     return bad("on_demand.per_minute must be at least 1".into());
