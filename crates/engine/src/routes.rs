@@ -113,5 +113,6 @@ fn route(host: HostPattern) -> RouteSpec {
         max_body: None,
         static_root: None,
         https_redirect: false,
+        hsts: None,
     }
 }

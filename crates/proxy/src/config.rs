@@ -275,6 +275,47 @@ pub struct RouteSpec {
     /// Plain-HTTP requests get a 308 to the same URL on https.
     #[serde(default, skip_serializing_if = "is_false")]
     pub https_redirect: bool,
+    /// `Strict-Transport-Security` on this route's HTTPS responses (opt-in, as browsers remember
+    /// it): `true` for `max-age=31536000`, or the whole value
+    /// (`"max-age=63072000; includeSubDomains; preload"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hsts: Option<Hsts>,
+}
+
+/// A `Strict-Transport-Security` value, checked: `max-age=<seconds>` then optional directives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Hsts(pub String);
+
+impl<'de> Deserialize<'de> for Hsts {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            On(bool),
+            Value(String),
+        }
+        let value = match Raw::deserialize(d)? {
+            Raw::On(true) => return Ok(Hsts("max-age=31536000".into())),
+            Raw::On(false) => {
+                return Err(de::Error::custom(
+                    "hsts = false: leave the key out to send no Strict-Transport-Security",
+                ))
+            }
+            Raw::Value(v) => v,
+        };
+        let first = value.split(';').next().unwrap_or_default().trim();
+        let age_ok = first
+            .strip_prefix("max-age=")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        let chars_ok = value.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
+        if !age_ok || !chars_ok {
+            return Err(de::Error::custom(format!(
+                "hsts {value:?} must start with max-age=<seconds> (e.g. \"max-age=31536000; includeSubDomains\")"
+            )));
+        }
+        Ok(Hsts(value))
+    }
 }
 
 fn is_false(b: &bool) -> bool {

@@ -184,8 +184,17 @@ impl Conn {
                 Box::pin(linger_close(io)).await;
                 return false;
             }
-            Decision::Local(resp, route) => {
+            Decision::Local(mut resp, route) => {
                 let Some(req) = &req else { return false };
+                if let Some(v) = route
+                    .as_ref()
+                    .and_then(|r| r.hsts.clone())
+                    .filter(|_| self.tls)
+                {
+                    resp.headers
+                        .entry(http::header::STRICT_TRANSPORT_SECURITY)
+                        .or_insert(v);
+                }
                 (self.respond_local(io, req, resp).await, route)
             }
             Decision::Proxy(route) => {
@@ -662,6 +671,7 @@ impl Conn {
         let shared = self.w.shared.clone();
         let lim = &shared.limits;
         let body_pending = req.framing != Framing::None;
+        let hsts = route.hsts.clone().filter(|_| self.tls);
 
         let mut at = match self.w.checkout(pool, idempotent(&req.method)).await {
             Ok(a) => a,
@@ -702,7 +712,7 @@ impl Conn {
             };
             let addr = Some(at.up.addr);
             let failed = match relay.run(io, &mut self.buf, &mut at.conn.stream).await {
-                Ok(_) => match self.read_response(req, &mut at.conn).await {
+                Ok(_) => match self.read_response(req, &mut at.conn, hsts.as_ref()).await {
                     Ok(r) => break self.relay_response(io, r, at.conn, at.up.addr).await,
                     Err(Some(status)) => return self.fail(io, status, addr).await,
                     // Closed or reset before a byte of the response head.
@@ -744,6 +754,7 @@ impl Conn {
         &mut self,
         req: &Req,
         conn: &mut UpConn,
+        hsts: Option<&http::HeaderValue>,
     ) -> Result<RespInfo, Option<StatusCode>> {
         let shared = self.w.shared.clone();
         let out = &mut self.out;
@@ -770,7 +781,7 @@ impl Conn {
                     upgraded,
                 };
                 out.clear();
-                write_response_head(out, &info, headers, req.http10);
+                write_response_head(out, &info, headers, req.http10, hsts);
                 info
             },
         );
@@ -965,6 +976,7 @@ fn write_response_head(
     r: &RespInfo,
     headers: &[httparse::Header<'_>],
     http10: bool,
+    hsts: Option<&http::HeaderValue>,
 ) {
     let RespInfo {
         status,
@@ -1001,6 +1013,17 @@ fn write_response_head(
         out.extend_from_slice(b": ");
         out.extend_from_slice(h.value);
         out.extend_from_slice(b"\r\n");
+    }
+    // The route's Strict-Transport-Security (HTTPS only; an upstream's own value wins).
+    if let Some(v) = hsts {
+        if !headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case("strict-transport-security"))
+        {
+            out.extend_from_slice(b"Strict-Transport-Security: ");
+            out.extend_from_slice(v.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
     }
     match framing {
         Framing::Length(len) => {

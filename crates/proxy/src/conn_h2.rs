@@ -277,6 +277,13 @@ async fn handle(
             )
         }
     };
+    let mut resp = resp;
+    if let Some(hsts) = route.as_ref().and_then(|r| r.hsts.clone()) {
+        // An upstream's own value wins.
+        resp.headers_mut()
+            .entry(http::header::STRICT_TRANSPORT_SECURITY)
+            .or_insert(hsts);
+    }
     let status = resp.status().as_u16();
     if let Some(route) = &route {
         route.metrics.record(status, start.elapsed().as_secs_f64());

@@ -570,6 +570,7 @@ mod tests {
             max_body: None,
             static_root: None,
             https_redirect: false,
+            hsts: None,
         };
         let metrics = Metrics::new();
         let table = RouteTable::build(vec![spec], 1 << 20, &Registry::default(), &metrics).unwrap();

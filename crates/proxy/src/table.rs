@@ -21,6 +21,8 @@ pub struct Route {
     pub action: Action,
     pub max_body: u64,
     pub metrics: RouteMetrics,
+    /// `spec.hsts` as a header value, for HTTPS responses.
+    pub hsts: Option<http::HeaderValue>,
 }
 
 pub enum Action {
@@ -103,6 +105,10 @@ impl RouteTable {
             let route = Arc::new(Route {
                 max_body: spec.max_body.map_or(default_max_body, |s| s.0),
                 metrics: metrics.route(&format!("{}{}", spec.host, spec.path)),
+                hsts: spec
+                    .hsts
+                    .as_ref()
+                    .and_then(|h| http::HeaderValue::from_str(&h.0).ok()),
                 spec: spec.clone(),
                 action,
             });
@@ -203,6 +209,7 @@ mod tests {
             max_body: None,
             static_root: Some(root),
             https_redirect: false,
+            hsts: None,
         }
     }
 
