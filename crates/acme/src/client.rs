@@ -1,4 +1,4 @@
-//! One ACME account and one issuance at a time, on `instant-acme`: the HTTPS client it talks
+//! One ACME account and its orders, on `instant-acme`: the HTTPS client it talks
 //! through (the public roots plus `[tls.acme] ca`), the account (created once, its key kept in
 //! `<dir>/account-<hash of the directory URL>.json`, mode 0600), and an order for one host answered by HTTP-01 or
 //! TLS-ALPN-01 through the proxy's [`Challenges`].
@@ -44,7 +44,8 @@ pub(crate) fn account_gone(error: &str) -> bool {
     error.contains("accountDoesNotExist") || error.contains("account does not exist")
 }
 
-/// A signed-in ACME account.
+/// A signed-in ACME account (cheap to clone: orders run side by side on one account).
+#[derive(Clone)]
 pub(crate) struct Client {
     account: Account,
     challenge: AcmeChallenge,

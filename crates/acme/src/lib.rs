@@ -6,7 +6,7 @@
 //!   IP addresses, `localhost` and `*.localhost` (the local CA's), single-label names (no CA
 //!   issues for them) and hosts a certificate file covers (`[tls] certs` win). A host waiting
 //!   for its first certificate is served by the local CA meanwhile.
-//! - **One issuance at a time**, from one task on the control plane: an order, its challenge
+//! - **Up to [`CONCURRENT_ORDERS`] orders at once**, from one task on the control plane: an order, its challenge
 //!   answered by the proxy (HTTP-01 on the HTTP listener, or TLS-ALPN-01 on the HTTPS one, per
 //!   `challenge`), finalize (a fresh P-256 key), download. A failure is recorded with its
 //!   reason and retried after a backoff that doubles up to [`MAX_BACKOFF`]; other hosts are not
@@ -39,6 +39,8 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(6 * 60 * 60);
 const LOOK_EVERY: Duration = Duration::from_secs(1);
 /// Bound on one whole issuance.
 const ISSUE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Orders under way at once: a slow or hung one never holds up the other hosts for long.
+const CONCURRENT_ORDERS: usize = 4;
 /// How long an on-demand host that was turned down (by `ask`, or not routed) is not asked
 /// about again.
 pub const DENIED_FOR: Duration = Duration::from_secs(60);
@@ -102,7 +104,7 @@ impl Host {
 
     /// Does it need a certificate now?
     fn due(&self, now: Instant) -> bool {
-        if !self.in_use {
+        if !self.in_use || self.status == "issuing" {
             return false;
         }
         let wants = match self.renew_at() {
@@ -292,25 +294,35 @@ impl Manager {
         // Off the async threads: there may be many.
         let this = self.clone();
         let _ = tokio::task::spawn_blocking(move || this.load_stored()).await;
+        let mut orders = tokio::task::JoinSet::new();
         loop {
             self.sync_hosts();
-            let now = Instant::now();
-            let due = lock(&self.hosts)
-                .iter()
-                .filter(|(_, h)| h.due(now))
-                .min_by_key(|(_, h)| h.next_try)
-                .map(|(name, _)| name.clone());
-            match due {
-                Some(host) => self.issue(&host).await,
-                None => {
-                    tokio::select! {
-                        () = self.wake.notified() => {}
-                        () = tokio::time::sleep(LOOK_EVERY) => {}
-                        Some(host) = on_demand.recv() => {
-                            self.consider(&host).await;
-                            lock(&self.queued).remove(&host);
-                        }
+            // Start what is due, the longest waiting first, while there is room.
+            while orders.len() < CONCURRENT_ORDERS {
+                let now = Instant::now();
+                let due = {
+                    let mut hosts = lock(&self.hosts);
+                    let name = hosts
+                        .iter()
+                        .filter(|(_, h)| h.due(now))
+                        .min_by_key(|(_, h)| h.next_try)
+                        .map(|(name, _)| name.clone());
+                    if let Some(h) = name.as_ref().and_then(|n| hosts.get_mut(n)) {
+                        h.status = "issuing";
                     }
+                    name
+                };
+                let Some(host) = due else { break };
+                let this = self.clone();
+                orders.spawn(async move { this.issue(&host).await });
+            }
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(LOOK_EVERY) => {}
+                Some(_) = orders.join_next() => {}
+                Some(host) = on_demand.recv() => {
+                    self.consider(&host).await;
+                    lock(&self.queued).remove(&host);
                 }
             }
         }
@@ -447,11 +459,8 @@ impl Manager {
         );
     }
 
-    /// One issuance for `host`; the outcome is recorded.
+    /// One issuance for `host` (marked `issuing` by the caller); the outcome is recorded.
     async fn issue(&self, host: &str) {
-        if let Some(h) = lock(&self.hosts).get_mut(host) {
-            h.status = "issuing";
-        }
         let t0 = Instant::now();
         let result = tokio::time::timeout(ISSUE_TIMEOUT, self.issue_once(host))
             .await
@@ -495,29 +504,31 @@ impl Manager {
             .proxy
             .resolver()
             .ok_or("no HTTPS listener to serve the certificate on")?;
-        let mut client = self.client.lock().await;
-        if client.is_none() {
-            let fresh = self.fresh_account.swap(false, Ordering::Relaxed);
-            *client = Some(
-                client::Client::connect(
-                    &self.opts.config,
-                    &self.opts.dir,
-                    self.opts.proxy.challenges(),
-                    fresh,
-                )
-                .await?,
-            );
-        }
-        let Some(c) = client.as_ref() else {
-            return Err("no ACME account".into());
+        // One sign-in shared by the orders under way (made by the first that needs it).
+        let c = {
+            let mut client = self.client.lock().await;
+            if client.is_none() {
+                let fresh = self.fresh_account.swap(false, Ordering::Relaxed);
+                *client = Some(
+                    client::Client::connect(
+                        &self.opts.config,
+                        &self.opts.dir,
+                        self.opts.proxy.challenges(),
+                        fresh,
+                    )
+                    .await?,
+                );
+            }
+            client.clone().ok_or("no ACME account")?
         };
         let issued = c.issue(host).await;
-        if issued.is_err() {
-            // Sign in again next time: the CA may have forgotten the account.
-            *client = None;
+        if let Err(e) = &issued {
+            if client::account_gone(e) {
+                // Sign in again (with a new account) for the next order.
+                *self.client.lock().await = None;
+            }
         }
         let (chain, key) = issued?;
-        drop(client);
         // Checked before it replaces what is on disk; written off the async threads.
         let dir = self.certs_dir().join(host);
         let stored = tokio::task::spawn_blocking(move || {
