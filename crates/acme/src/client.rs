@@ -380,26 +380,11 @@ pub(crate) async fn ask(cfg: &AcmeConfig, url: &str, host: &str) -> Result<bool,
 
 /// base64url (padding optional), as CAs give EAB keys.
 fn b64url_decode(s: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in s.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'-' | b'+' => 62,
-            b'_' | b'/' => 63,
-            b'=' => continue,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push(u8::try_from((acc >> bits) & 0xff).ok()?);
-        }
-    }
-    (!out.is_empty()).then_some(out)
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s.trim_end_matches('='))
+        .ok()
+        .filter(|k| !k.is_empty())
 }
 
 #[cfg(test)]
@@ -411,6 +396,7 @@ mod tests {
         assert_eq!(b64url_decode("aGVsbG8"), Some(b"hello".to_vec()));
         assert_eq!(b64url_decode("aGVsbG8="), Some(b"hello".to_vec()));
         assert_eq!(b64url_decode("_-8"), Some(vec![0xff, 0xef]));
+        assert_eq!(b64url_decode("+/8"), None, "not the url-safe alphabet");
         assert_eq!(b64url_decode("not base64!"), None);
         assert_eq!(b64url_decode(""), None);
     }
