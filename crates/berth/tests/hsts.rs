@@ -87,3 +87,39 @@ fn bad_hsts_values_are_refused_with_a_hint() {
         );
     }
 }
+
+#[test]
+fn an_app_opts_in_with_hsts_in_its_berth_toml() {
+    use common::apps::{create_app, upload, wait_deploy};
+    use test_support::write_file;
+    let b = Berth::start(BIN, "");
+    create_app(&b, "strict");
+    let src = b.path("src");
+    write_file(&src.join("www/index.html"), b"strict\n");
+    write_file(
+        &src.join("berth.toml"),
+        b"hsts = \"max-age=600\"\n[static]\ndir = \"www\"\n",
+    );
+    let (st, v) = upload(&b, "strict", &src);
+    assert_eq!(st, 202, "{v}");
+    assert_eq!(
+        wait_deploy(&b, "strict", v["id"].as_i64().unwrap())["status"],
+        "succeeded"
+    );
+    let r = curl_https_resp(&b, "strict.localhost", "/", &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("strict-transport-security"), Some("max-age=600"));
+    // A bad value is refused before anything is deployed, naming the line.
+    std::fs::write(
+        src.join("berth.toml"),
+        "hsts = \"forever\"\n[static]\ndir = \"www\"\n",
+    )
+    .unwrap();
+    let (st, v) = upload(&b, "strict", &src);
+    assert_eq!(st, 422, "{v}");
+    let err = v.to_string();
+    assert!(
+        err.contains("berth.toml:1") && err.contains("max-age"),
+        "{err}"
+    );
+}

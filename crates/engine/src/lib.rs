@@ -101,6 +101,8 @@ pub(crate) struct Live {
     /// A Swarm app: the web service's instance, whose tasks' endpoints the route follows
     /// (`swarm.rs`).
     pub follow: Option<String>,
+    /// The release's `hsts` (berth.toml), for its routes' HTTPS answers.
+    pub hsts: Option<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -513,6 +513,7 @@ impl Engine {
                 target,
                 health_path,
                 follow: crate::swarm::followed(&spec, app, version),
+                hsts: spec.hsts.clone(),
             },
             restoring.then_some(&config.env),
         )?;

@@ -160,6 +160,7 @@ impl Engine {
                     target: Target::Static(dir),
                     health_path: None,
                     follow: None,
+                    hsts: spec.hsts.clone(),
                 },
             );
             return Ok(());
@@ -210,6 +211,7 @@ impl Engine {
                         },
                         health_path,
                         follow: None,
+                        hsts: spec.hsts.clone(),
                     },
                 );
                 return Err(EngineError::Internal(format!(
@@ -279,6 +281,7 @@ impl Engine {
                 target,
                 health_path,
                 follow: None,
+                hsts: spec.hsts.clone(),
             },
         );
         match first_error {

@@ -70,10 +70,12 @@ impl Engine {
                 let Ok(h) = HostPattern::parse(&host) else {
                     continue;
                 };
+                let hsts = l.hsts.clone().map(proxy::config::Hsts);
                 let spec = match &l.target {
                     Target::Upstreams(addrs) => RouteSpec {
                         upstreams: addrs.iter().map(|a| Upstream(*a)).collect(),
                         balance: Balance::LeastConn,
+                        hsts: hsts.clone(),
                         health: l.health_path.as_deref().and_then(|p| {
                             Some(HealthSpec {
                                 path: PathPrefix::parse(p).ok()?,
@@ -91,6 +93,7 @@ impl Engine {
                     }
                     Target::Static(dir) => RouteSpec {
                         static_root: Some(dir.clone()),
+                        hsts,
                         ..route(h)
                     },
                     Target::None => continue,

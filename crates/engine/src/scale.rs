@@ -108,6 +108,7 @@ impl Engine {
             target,
             health_path,
             follow: None,
+            hsts: spec.hsts.clone(),
         };
         // The deploy names its release only once the new formation is recorded: a scale cut
         // off before that is failed at the next start (reconcile), not taken as done.

@@ -219,6 +219,7 @@ impl Engine {
                 target,
                 health_path,
                 follow,
+                hsts: run.spec.hsts.clone(),
             },
             || {
                 self.store
@@ -282,6 +283,7 @@ impl Engine {
                 },
                 health_path,
                 follow,
+                hsts: run.spec.hsts.clone(),
             },
         );
         match first_error {

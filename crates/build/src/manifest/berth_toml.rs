@@ -42,6 +42,15 @@ struct BerthToml {
     service_env: BTreeMap<String, Spanned<String>>,
     /// Placement of a Swarm app's tasks.
     swarm: Option<Swarm>,
+    /// `Strict-Transport-Security` on the app's HTTPS answers: `true` or the whole value.
+    hsts: Option<Spanned<HstsValue>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum HstsValue {
+    On(bool),
+    Value(String),
 }
 
 #[derive(Debug, Deserialize)]
@@ -131,6 +140,7 @@ pub(crate) struct TomlSettings {
     /// (var, template, line).
     pub service_env: Vec<(String, String, usize)>,
     pub swarm: super::SwarmSettings,
+    pub hsts: Option<String>,
 }
 
 pub(crate) fn parse(text: &str) -> Result<TomlSettings, ManifestError> {
@@ -158,6 +168,30 @@ pub(crate) fn parse(text: &str) -> Result<TomlSettings, ManifestError> {
                 ))
             }
         });
+    }
+    if let Some(h) = raw.hsts {
+        let span = h.span();
+        let value = match h.into_inner() {
+            HstsValue::On(true) => "max-age=31536000".to_string(),
+            HstsValue::On(false) => {
+                return Err(at(
+                    Some(span),
+                    "hsts = false: leave the key out to send no Strict-Transport-Security".into(),
+                ))
+            }
+            HstsValue::Value(v) => v,
+        };
+        let first = value.split(';').next().unwrap_or_default().trim();
+        let age_ok = first
+            .strip_prefix("max-age=")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if !age_ok || !value.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+            return Err(at(
+                Some(span),
+                format!("hsts {value:?} must start with max-age=<seconds> (e.g. \"max-age=31536000; includeSubDomains\")"),
+            ));
+        }
+        out.hsts = Some(value);
     }
     if let Some(sw) = raw.swarm {
         for c in sw.constraints {

@@ -137,6 +137,9 @@ pub struct AppSpec {
     /// `[swarm]`: placement, for a release that runs on Swarm.
     #[serde(default)]
     pub swarm: SwarmSettings,
+    /// berth.toml's `hsts`: `Strict-Transport-Security` on the app's HTTPS answers.
+    #[serde(default)]
+    pub hsts: Option<String>,
 }
 
 /// `docker build` of the app: `context` (a directory of the source) with `dockerfile` in it.
@@ -561,6 +564,7 @@ fn assemble_with(
         service_env,
         container_port: None,
         swarm: toml.swarm,
+        hsts: toml.hsts,
     })
 }
 

@@ -49,6 +49,7 @@ fn procfile_only_gets_defaults() {
             service_env: BTreeMap::new(),
             container_port: None,
             swarm: Default::default(),
+            hsts: None,
             health: HealthSpec {
                 check: HealthCheck::Http { path: "/".into() },
                 timeout: DEFAULT_HEALTH_TIMEOUT,
