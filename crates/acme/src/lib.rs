@@ -259,9 +259,31 @@ impl Manager {
         let Ok(entries) = std::fs::read_dir(self.certs_dir()) else {
             return;
         };
-        for e in entries.flatten() {
-            let host = e.file_name().to_string_lossy().into_owned();
-            let (cert, key) = (e.path().join("cert.pem"), e.path().join("key.pem"));
+        let names: Vec<String> = entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        // A swap cut off by a crash (see `issue_once`): finish it, or drop its leftovers.
+        for name in names.iter().filter_map(|n| n.strip_suffix("~new")) {
+            let dir = self.certs_dir().join(name);
+            if !dir.exists() {
+                let _ = std::fs::rename(sibling(&dir, "new"), &dir);
+            }
+        }
+        for name in names.iter().filter(|n| n.contains('~')) {
+            let _ = std::fs::remove_dir_all(self.certs_dir().join(name));
+        }
+        let hosts = std::fs::read_dir(self.certs_dir())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.contains('~'))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        for host in hosts {
+            let dir = self.certs_dir().join(&host);
+            let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
             match proxy::tls::load_pair(&cert, &key) {
                 // An expired certificate is not served (the local CA's is, until a new one).
                 Ok((_, info)) if info.not_after <= SystemTime::now() => {
@@ -488,7 +510,7 @@ impl Manager {
                     return;
                 }
                 h.failures += 1;
-                let wait = backoff(self.opts.backoff, h.failures);
+                let wait = retry_after(&e, backoff(self.opts.backoff, h.failures));
                 tracing::warn!(%host, error = %e, retry_in = ?wait, "certificate not issued");
                 // A certificate still valid keeps being served.
                 h.status = "failed";
@@ -531,28 +553,33 @@ impl Manager {
         let (chain, key) = issued?;
         // Checked before it replaces what is on disk; written off the async threads.
         let dir = self.certs_dir().join(host);
+        // The pair goes to `<host>~new`, is loaded from there, and only then swaps with the
+        // directory in use (`<host>~old` meanwhile): never a key of one and a chain of another.
         let stored = tokio::task::spawn_blocking(move || {
-            let check = dir.with_file_name(format!(
-                "{host_}~check",
-                host_ = dir
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default()
-            ));
-            let write = |d: &std::path::Path| {
-                proxy::tls::create_private_dir(d).map_err(|e| e.to_string())?;
-                for (name, data) in [("key.pem", &key), ("cert.pem", &chain)] {
-                    proxy::tls::write_atomic(&d.join(name), data.as_bytes(), 0o600)
-                        .map_err(|e| format!("cannot store the certificate: {e}"))?;
-                }
-                Ok::<(), String>(())
-            };
-            write(&check)?;
-            let loaded = proxy::tls::load_pair(&check.join("cert.pem"), &check.join("key.pem"))
+            let (new, old) = (sibling(&dir, "new"), sibling(&dir, "old"));
+            let _ = std::fs::remove_dir_all(&new);
+            proxy::tls::create_private_dir(&new).map_err(|e| e.to_string())?;
+            for (name, data) in [("key.pem", &key), ("cert.pem", &chain)] {
+                proxy::tls::write_atomic(&new.join(name), data.as_bytes(), 0o600)
+                    .map_err(|e| format!("cannot store the certificate: {e}"))?;
+            }
+            let loaded = proxy::tls::load_pair(&new.join("cert.pem"), &new.join("key.pem"))
                 .map_err(|e| format!("the CA's certificate does not load: {e}"));
-            let _ = std::fs::remove_dir_all(&check);
-            let loaded = loaded?;
-            write(&dir)?;
+            let loaded = match loaded {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&new);
+                    return Err(e);
+                }
+            };
+            let _ = std::fs::remove_dir_all(&old);
+            if dir.exists() {
+                std::fs::rename(&dir, &old)
+                    .map_err(|e| format!("cannot store the certificate: {e}"))?;
+            }
+            std::fs::rename(&new, &dir)
+                .map_err(|e| format!("cannot store the certificate: {e}"))?;
+            let _ = std::fs::remove_dir_all(&old);
             Ok::<_, String>(loaded)
         })
         .await
@@ -561,6 +588,13 @@ impl Manager {
         resolver.set_acme(host, certified);
         Ok(info)
     }
+}
+
+/// `<dir>~<what>`: a working copy beside a host's certificate directory (`~` is in no host name).
+fn sibling(dir: &std::path::Path, what: &str) -> PathBuf {
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(format!("~{what}"));
+    dir.with_file_name(name)
 }
 
 /// Does an ACME CA issue for `host`? DNS names of two labels or more, not the local CA's.
@@ -578,6 +612,20 @@ fn wanted(host: &str) -> bool {
             .split('.')
             .all(|l| !l.is_empty() && l.len() <= 63 && !l.starts_with('-') && !l.ends_with('-'))
         && host.len() <= 253
+}
+
+/// The CA's own rate limits (Let's Encrypt: 5 failed validations per host and hour, 300 new
+/// orders per 3 hours, ...) say when to come back: never sooner than [`RATE_LIMITED_WAIT`].
+pub const RATE_LIMITED_WAIT: Duration = Duration::from_secs(60 * 60);
+
+/// The wait after a failed order: `backoff`, or at least [`RATE_LIMITED_WAIT`] when the CA
+/// answered `rateLimited`.
+fn retry_after(error: &str, backoff: Duration) -> Duration {
+    if error.contains("rateLimited") || error.contains("rate limit") {
+        backoff.max(RATE_LIMITED_WAIT)
+    } else {
+        backoff
+    }
 }
 
 /// `first` doubled per failure after the first, up to [`MAX_BACKOFF`].
@@ -613,6 +661,18 @@ mod tests {
         ] {
             assert!(!wanted(no), "{no}");
         }
+    }
+
+    #[test]
+    fn a_rate_limited_order_waits_an_hour_at_least() {
+        let s = Duration::from_secs;
+        let limited = "the CA refused the order: API error: urn:ietf:params:acme:error:rateLimited: too many failed authorizations recently";
+        assert_eq!(retry_after(limited, s(60)), RATE_LIMITED_WAIT);
+        assert_eq!(retry_after(limited, s(7200)), s(7200));
+        assert_eq!(
+            retry_after("validation failed: connection refused", s(60)),
+            s(60)
+        );
     }
 
     #[test]

@@ -209,8 +209,11 @@ fn tls_alpn01_issues_too_and_a_restart_serves_the_stored_certificate() {
     write_file(&root, pebble.root_pem().as_bytes());
     let not_after = wait_acme(&b, "alpn.test");
     assert_eq!(https_get(&b, "alpn.test", &root).0, 200);
-    // After a restart the stored certificate is served at once, without a new order.
+    // After a restart the stored certificate is served at once, without a new order; also when
+    // berth died in the middle of swapping a new pair into place (only `<host>~new` left).
     drop(pebble);
+    let certs = b.path("data/acme/certs");
+    std::fs::rename(certs.join("alpn.test"), certs.join("alpn.test~new")).unwrap();
     b.crash_and_restart(BIN);
     // Loaded from the data dir right after the start (no CA needed: Pebble is gone).
     let c = eventually(Duration::from_secs(10), "the stored certificate", || {
