@@ -405,7 +405,7 @@ impl Runtime for ProcessRuntime {
                 return Err(e);
             }
         };
-        let mut guard = GroupGuard(Some(proc.pid()));
+        let mut guard = GroupGuard(Some(proc.pid()), Some(confinement.clone()));
         let outcome = match tokio::time::timeout(task.timeout, proc.wait()).await {
             Ok(status) => task_outcome(status),
             Err(_) => {
@@ -696,12 +696,21 @@ fn signal_group(pgid: u32, signal: Signal) {
 
 /// Kills a task's process group if `run_task` is dropped midway (the caller
 /// gave up), so an abandoned build does not keep running.
-struct GroupGuard(Option<u32>);
+/// Kills a task's process group when the task is dropped before its end (a cancelled build),
+/// and everything in its cgroup too: a build task's command runs in a session of its own
+/// (`setsid`), so its group is not the task's.
+struct GroupGuard(Option<u32>, Option<crate::limits::Confinement>);
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {
         if let Some(pgid) = self.0 {
             signal_group(pgid, Signal::KILL);
+            if let Some(confinement) = self.1.take() {
+                confinement.kill_all();
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn(async move { confinement.remove().await });
+                }
+            }
         }
     }
 }
