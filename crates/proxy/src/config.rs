@@ -295,26 +295,11 @@ impl<'de> Deserialize<'de> for Hsts {
             On(bool),
             Value(String),
         }
-        let value = match Raw::deserialize(d)? {
-            Raw::On(true) => return Ok(Hsts("max-age=31536000".into())),
-            Raw::On(false) => {
-                return Err(de::Error::custom(
-                    "hsts = false: leave the key out to send no Strict-Transport-Security",
-                ))
-            }
-            Raw::Value(v) => v,
+        let parsed = match Raw::deserialize(d)? {
+            Raw::On(on) => units::parse_hsts(Some(on), None),
+            Raw::Value(v) => units::parse_hsts(None, Some(v)),
         };
-        let first = value.split(';').next().unwrap_or_default().trim();
-        let age_ok = first
-            .strip_prefix("max-age=")
-            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
-        let chars_ok = value.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
-        if !age_ok || !chars_ok {
-            return Err(de::Error::custom(format!(
-                "hsts {value:?} must start with max-age=<seconds> (e.g. \"max-age=31536000; includeSubDomains\")"
-            )));
-        }
-        Ok(Hsts(value))
+        parsed.map(Hsts).map_err(de::Error::custom)
     }
 }
 

@@ -1,5 +1,6 @@
-//! The duration and size notation of every file berth reads (the server config, app
-//! manifests): one parser, so `"10s"` or `"256MiB"` mean the same everywhere.
+//! The duration, size and HSTS notation of every file berth reads (the server config, app
+//! manifests): one parser each, so `"10s"`, `"256MiB"` or `hsts = true` mean the same
+//! everywhere.
 #![forbid(unsafe_code)]
 
 use std::time::Duration;
@@ -51,9 +52,54 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(mult).ok_or_else(err)
 }
 
+/// A `Strict-Transport-Security` setting as berth's files write it (a route's or an app's
+/// `hsts`): `true` for `max-age=31536000`, or the whole header value, which must start with
+/// `max-age=<seconds>`. `false` is refused: leaving the key out is how to send none.
+pub fn parse_hsts(on: Option<bool>, value: Option<String>) -> Result<String, String> {
+    let value = match (on, value) {
+        (Some(true), _) => return Ok("max-age=31536000".into()),
+        (Some(false), _) => {
+            return Err(
+                "hsts = false: leave the key out to send no Strict-Transport-Security".into(),
+            )
+        }
+        (None, Some(v)) => v,
+        (None, None) => return Err("hsts needs true or a header value".into()),
+    };
+    let first = value.split(';').next().unwrap_or_default().trim();
+    let age_ok = first
+        .strip_prefix("max-age=")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    if !age_ok || !value.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+        return Err(format!(
+            "hsts {value:?} must start with max-age=<seconds> (e.g. \"max-age=31536000; includeSubDomains\")"
+        ));
+    }
+    Ok(value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hsts_values() {
+        assert_eq!(
+            parse_hsts(Some(true), None).as_deref(),
+            Ok("max-age=31536000")
+        );
+        let v = "max-age=63072000; includeSubDomains; preload";
+        assert_eq!(parse_hsts(None, Some(v.into())).as_deref(), Ok(v));
+        assert!(parse_hsts(Some(false), None).is_err());
+        for bad in [
+            "31536000",
+            "max-age=abc",
+            "includeSubDomains",
+            "max-age=1\n",
+        ] {
+            assert!(parse_hsts(None, Some(bad.into())).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn durations() {

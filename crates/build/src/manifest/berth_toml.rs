@@ -171,27 +171,11 @@ pub(crate) fn parse(text: &str) -> Result<TomlSettings, ManifestError> {
     }
     if let Some(h) = raw.hsts {
         let span = h.span();
-        let value = match h.into_inner() {
-            HstsValue::On(true) => "max-age=31536000".to_string(),
-            HstsValue::On(false) => {
-                return Err(at(
-                    Some(span),
-                    "hsts = false: leave the key out to send no Strict-Transport-Security".into(),
-                ))
-            }
-            HstsValue::Value(v) => v,
+        let parsed = match h.into_inner() {
+            HstsValue::On(on) => units::parse_hsts(Some(on), None),
+            HstsValue::Value(v) => units::parse_hsts(None, Some(v)),
         };
-        let first = value.split(';').next().unwrap_or_default().trim();
-        let age_ok = first
-            .strip_prefix("max-age=")
-            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
-        if !age_ok || !value.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
-            return Err(at(
-                Some(span),
-                format!("hsts {value:?} must start with max-age=<seconds> (e.g. \"max-age=31536000; includeSubDomains\")"),
-            ));
-        }
-        out.hsts = Some(value);
+        out.hsts = Some(parsed.map_err(|e| at(Some(span), e))?);
     }
     if let Some(sw) = raw.swarm {
         for c in sw.constraints {
