@@ -263,24 +263,17 @@ impl Manager {
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
+        let mut hosts: Vec<String> = names.iter().filter(|n| !n.contains('~')).cloned().collect();
         // A swap cut off by a crash (see `issue_once`): finish it, or drop its leftovers.
         for name in names.iter().filter_map(|n| n.strip_suffix("~new")) {
             let dir = self.certs_dir().join(name);
-            if !dir.exists() {
-                let _ = std::fs::rename(sibling(&dir, "new"), &dir);
+            if !dir.exists() && std::fs::rename(sibling(&dir, "new"), &dir).is_ok() {
+                hosts.push(name.to_string());
             }
         }
         for name in names.iter().filter(|n| n.contains('~')) {
             let _ = std::fs::remove_dir_all(self.certs_dir().join(name));
         }
-        let hosts = std::fs::read_dir(self.certs_dir())
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| !n.contains('~'))
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default();
         for host in hosts {
             let dir = self.certs_dir().join(&host);
             let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
