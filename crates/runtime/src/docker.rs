@@ -416,36 +416,27 @@ impl DockerRuntime {
         busybox: &Path,
         log: &Path,
     ) -> Result<(), RuntimeError> {
-        let dir = tempfile_dir()?;
-        let result = async {
-            std::fs::copy(busybox, dir.join("busybox"))?;
-            std::fs::write(
-                dir.join("Dockerfile"),
-                format!(
-                    "FROM {from}\nCOPY busybox {}\nLABEL {}=1\n",
-                    swarm::PROBE_PATH,
-                    swarm::PROBE_LABEL
-                ),
-            )?;
-            Ok::<(), std::io::Error>(())
-        }
-        .await;
-        let built = match result {
-            Ok(()) => {
-                self.build_image(
-                    &dir,
-                    "Dockerfile",
-                    tag,
-                    labels,
-                    log,
-                    Duration::from_secs(120),
-                )
-                .await
-            }
-            Err(e) => Err(RuntimeError::Io(e)),
-        };
-        let _ = std::fs::remove_dir_all(&dir);
-        built.map(drop)
+        // The build context: removed when `dir` is dropped.
+        let dir = tempfile::Builder::new().prefix("berth-probe-").tempdir()?;
+        std::fs::copy(busybox, dir.path().join("busybox"))?;
+        std::fs::write(
+            dir.path().join("Dockerfile"),
+            format!(
+                "FROM {from}\nCOPY busybox {}\nLABEL {}=1\n",
+                swarm::PROBE_PATH,
+                swarm::PROBE_LABEL
+            ),
+        )?;
+        self.build_image(
+            dir.path(),
+            "Dockerfile",
+            tag,
+            labels,
+            log,
+            Duration::from_secs(120),
+        )
+        .await
+        .map(drop)
     }
 
     /// The Swarm runtime on this daemon's connection (always the same one). It works once
@@ -1555,20 +1546,6 @@ fn sanitize(id: &str) -> String {
             }
         })
         .collect()
-}
-
-/// A fresh private directory for a small build context.
-fn tempfile_dir() -> Result<PathBuf, RuntimeError> {
-    let dir = std::env::temp_dir().join(format!(
-        "berth-probe-{}-{}",
-        std::process::id(),
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    ));
-    std::fs::create_dir(&dir)?;
-    Ok(dir)
 }
 
 /// Does dockerd's answer say that its address pools are used up?
