@@ -56,6 +56,12 @@ enum Cmd {
 }
 
 fn main() {
+    // `berth jail <args> -- <cmd>`: the process runtime's jail helper (berth-jail), run as
+    // root by berth itself; kept out of clap so nothing but its own arguments are parsed.
+    let mut args = std::env::args_os();
+    if args.nth(1).is_some_and(|a| a == "jail") {
+        std::process::exit(jail::main(args));
+    }
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Serve { config, deploy } => serve::serve(config, deploy),
