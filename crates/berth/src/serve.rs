@@ -92,9 +92,16 @@ async fn run(
     );
     bootstrap_admin_token(&store, &data)?;
     let owner = data.display().to_string();
+    // The jail helper is this very binary (`berth jail`).
+    let jail_helper = if cfg.server.jail {
+        Some(std::env::current_exe().context("cannot find berth's own binary (the jail helper)")?)
+    } else {
+        None
+    };
     let process = runtime::ProcessRuntime::new(runtime::ProcessOptions {
         // Tags the apps' processes as this berth's, for the sweep after a crash.
         owner: owner.clone(),
+        jail_helper: jail_helper.clone(),
         ..runtime::ProcessOptions::default()
     });
     let default_runtime = match cfg.server.runtime.as_str() {
@@ -139,6 +146,7 @@ async fn run(
                 .build_concurrency
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
             notify_backoff: notify_backoff(),
+            jail_helper,
         },
         store,
         runtime,

@@ -12,7 +12,9 @@
 //!   instances that survived it, starts the missing ones, routes them.
 #![forbid(unsafe_code)]
 
+mod firewall;
 mod health;
+mod jails;
 pub mod logs;
 pub mod notify;
 mod pipeline;
@@ -25,6 +27,7 @@ mod sandbox;
 mod scale;
 mod services;
 mod swarm;
+mod users;
 pub mod webhook;
 
 use build::manifest::AppSpec;
@@ -64,6 +67,9 @@ pub struct EngineConfig {
     pub registry: Option<String>,
     /// Wait before the first retry of a notification (doubling after each; `notify.rs`).
     pub notify_backoff: std::time::Duration,
+    /// The jail helper (berth's own binary, `berth jail`) that shuts every app process in
+    /// its jail (`jail.rs`); `None`: `[server] jail = false`, apps run unjailed.
+    pub jail_helper: Option<PathBuf>,
 }
 
 /// Errors the API turns into 4xx/5xx answers.
@@ -135,6 +141,8 @@ pub struct Engine {
     routes_lock: Mutex<()>,
     /// Build slots: the global limit and the build users (`sandbox.rs`).
     slots: Arc<sandbox::Slots>,
+    /// The apps' users, storage dirs and jails (`jails.rs`).
+    jails: jails::Jails,
     /// Jobs queued or running, by deploy id (`queue.rs`).
     active: Mutex<HashMap<i64, queue::Active>>,
     /// Outgoing webhook queues (`notify.rs`).
@@ -152,10 +160,18 @@ impl Engine {
         proxy: Arc<Proxy>,
         base_routes: Vec<RouteSpec>,
     ) -> Result<Arc<Engine>, EngineError> {
-        let slots = sandbox::Slots::new(cfg.build_concurrency, &cfg.data_dir);
+        let jails = {
+            let (data, helper) = (cfg.data_dir.clone(), cfg.jail_helper.clone());
+            let admin = cfg.admin.map(|a| a.port());
+            tokio::task::spawn_blocking(move || jails::Jails::new(&data, helper.as_deref(), admin))
+                .await
+                .map_err(|e| EngineError::Internal(e.to_string()))?
+        };
+        let slots = sandbox::Slots::new(cfg.build_concurrency, &cfg.data_dir, jails.firewall());
         let engine = Arc::new(Engine {
             cfg,
             slots,
+            jails,
             active: Mutex::new(HashMap::new()),
             store,
             runtime,
@@ -328,6 +344,8 @@ impl Engine {
             docker.remove_app_network(name).await;
         }
         self.store.destroy_app(name, actor)?;
+        // Its processes are gone: its user and network rule go too.
+        self.jails.remove_app(name).await;
         let dir = self.app_dir(name);
         if dir.exists() {
             // Off the async threads: a tree of releases can be large.
@@ -978,7 +996,7 @@ pub struct InstanceView {
 
 pub const MAX_REPLICAS: u32 = 100;
 /// Ports for instances: below the kernel's default ephemeral range.
-const PORTS: std::ops::Range<u16> = 10_000..30_000;
+pub(crate) const PORTS: std::ops::Range<u16> = 10_000..30_000;
 const STOP_GRACE_ON_DESTROY: std::time::Duration = std::time::Duration::from_secs(5);
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 

@@ -72,6 +72,8 @@ pub(crate) struct ReleaseRun<'a> {
     pub env: &'a [(String, String)],
     /// The formation it runs with (replicas per process type; `formation_of`).
     pub formation: &'a BTreeMap<String, u32>,
+    /// The jail its processes run in (`jails.rs`); `None` for containers or with the jail off.
+    pub jail: Option<&'a crate::jails::Prepared>,
 }
 
 /// A one-off command of a deploy.
@@ -289,6 +291,7 @@ impl Engine {
                             &spec,
                             log,
                             user,
+                            None,
                             &token,
                         )
                         .await
@@ -415,6 +418,13 @@ impl Engine {
             );
         }
 
+        let jail = self
+            .jail_for(app, &release.dir, &spec)
+            .await
+            .map_err(Failure)?;
+        if let Some(j) = &jail {
+            j.apply_env(&mut env);
+        }
         let run = ReleaseRun {
             app,
             version,
@@ -422,6 +432,7 @@ impl Engine {
             spec: &spec,
             env: &env,
             formation: &a.formation,
+            jail: jail.as_ref(),
         };
         let (target, health_path) = match spec.kind {
             AppKind::Static => {
@@ -494,6 +505,7 @@ impl Engine {
                 &spec,
                 log,
                 None,
+                jail.as_ref(),
                 &token,
             )
             .await?;
@@ -547,6 +559,7 @@ impl Engine {
                     &spec,
                     log,
                     None,
+                    jail.as_ref(),
                     &Default::default(),
                 )
                 .await;
@@ -659,6 +672,7 @@ impl Engine {
         spec: &AppSpec,
         log: &DeployLog,
         user: crate::sandbox::BuildUser,
+        jail: Option<&crate::jails::Prepared>,
         cancel: &tokio_util::sync::CancellationToken,
     ) -> Result<(), Failure> {
         let run = self.runtime.run_task(TaskSpec {
@@ -674,6 +688,7 @@ impl Engine {
                 limits(spec)
             },
             user,
+            jail: jail.map(|j| j.jail.clone()),
         });
         let outcome = tokio::select! {
             r = run => r.map_err(|e| Failure(format!("{} could not start: {e}", task.what)))?,
@@ -828,6 +843,10 @@ impl Engine {
             env,
             limits: limits(run.spec),
             restart: true,
+            jail: run
+                .jail
+                .filter(|_| run.spec.image.is_none())
+                .map(|j| j.jail.clone()),
             swarm: crate::swarm::on_swarm(run.spec).then(|| {
                 crate::swarm::options(
                     run.spec,

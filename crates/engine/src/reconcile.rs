@@ -175,7 +175,16 @@ impl Engine {
                 formation: app_formation.clone(),
             },
         };
-        let env = self.live_env(app, &spec, &config.env).await;
+        let mut env = self.live_env(app, &spec, &config.env).await;
+        // Without its jail no instance of the app starts (the runtime refuses app code without
+        // one); instances that survived the restart are adopted all the same.
+        let (jail, jail_error) = match self.jail_for(app, &release.dir, &spec).await {
+            Ok(j) => (j, None),
+            Err(e) => (None, Some(e)),
+        };
+        if let Some(j) = &jail {
+            j.apply_env(&mut env);
+        }
         let run = ReleaseRun {
             app,
             version,
@@ -183,6 +192,7 @@ impl Engine {
             spec: &spec,
             env: &env,
             formation: &config.formation,
+            jail: jail.as_ref(),
         };
         let existing = self.store.instances(app)?;
         if crate::swarm::on_swarm(&spec) && self.docker.is_ok() {
@@ -241,6 +251,11 @@ impl Engine {
                 if adopted {
                     tracing::info!(instance = id, "adopted a running instance");
                 } else {
+                    if let Some(e) = &jail_error {
+                        tracing::error!(instance = id, reason = %e, "cannot start again");
+                        first_error.get_or_insert(e.clone());
+                        continue;
+                    }
                     if proc_type == "web" {
                         self.release_port(port);
                         port = Some(self.free_port()?);

@@ -35,6 +35,8 @@ pub(crate) struct Slots {
     prefix: Option<String>,
     /// Build users known to exist, by slot.
     users: Mutex<std::collections::HashMap<usize, (u32, u32)>>,
+    /// The jail's network rule, which build users are under too (`firewall.rs`).
+    firewall: Option<Arc<crate::firewall::Firewall>>,
 }
 
 /// A held build slot; dropping it frees the slot.
@@ -54,18 +56,19 @@ impl Drop for Slot {
 impl Slots {
     /// `n` slots for the berth of `data`; as root, each gets its build user, created the first
     /// time the slot builds.
-    pub(crate) fn new(n: usize, data: &Path) -> Arc<Slots> {
+    pub(crate) fn new(
+        n: usize,
+        data: &Path,
+        firewall: Option<Arc<crate::firewall::Firewall>>,
+    ) -> Arc<Slots> {
         let n = n.max(1);
         let root = rustix::process::getuid().is_root();
         if !root {
             tracing::warn!("berth is not running as root: builds run as berth's own user");
         }
         let prefix = root.then(|| {
-            use sha2::Digest;
             let path = data.canonicalize().unwrap_or_else(|_| data.to_path_buf());
-            let hash = sha2::Sha256::digest(path.to_string_lossy().as_bytes());
-            let tag: String = hash.iter().take(4).map(|b| format!("{b:02x}")).collect();
-            format!("berth-build-{tag}-")
+            format!("berth-build-{}-", crate::users::data_tag(&path))
         });
         // Users an earlier run left (a crash skips their removal) are known from the start, so
         // this run's stop removes them.
@@ -80,7 +83,7 @@ impl Slots {
                 else {
                     continue;
                 };
-                if let Some(ids) = lookup(&format!("{p}{index}")) {
+                if let Some(ids) = crate::users::lookup(&format!("{p}{index}")) {
                     users.insert(index, ids);
                 }
             }
@@ -90,6 +93,7 @@ impl Slots {
             free: Mutex::new((0..n).rev().collect()),
             prefix,
             users: Mutex::new(users),
+            firewall,
         })
     }
 
@@ -116,13 +120,18 @@ impl Slots {
             Some(ids) => ids,
             None => {
                 let name = format!("{prefix}{index}");
-                let ids = tokio::task::spawn_blocking(move || ensure_user(&name))
+                let ids = tokio::task::spawn_blocking(move || crate::users::ensure(&name, ""))
                     .await
                     .map_err(|e| e.to_string())??;
                 crate::lock(&self.users).insert(index, ids);
                 ids
             }
         };
+        if let Some(fw) = &self.firewall {
+            fw.allow(ids.0, &Default::default())
+                .await
+                .map_err(|e| format!("the build user's network rule: {e}"))?;
+        }
         slot.user = Some(ids);
         Ok(slot)
     }
@@ -134,67 +143,11 @@ impl Slots {
         let users: Vec<usize> = crate::lock(&self.users).drain().map(|(i, _)| i).collect();
         for i in users {
             let name = format!("{prefix}{i}");
-            // Retried: another berth may hold the lock on /etc/passwd.
-            for attempt in 0..20 {
-                if lookup(&name).is_none() {
-                    break;
-                }
-                if attempt > 0 {
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-                let _ = std::process::Command::new("userdel").arg(&name).output();
-            }
-            if lookup(&name).is_some() {
+            if !crate::users::remove(&name) {
                 tracing::warn!(user = name, "could not remove the build user");
             }
         }
     }
-}
-
-/// The uid and gid of `name`, created as a system user without a home or a login shell when
-/// missing (retried: another berth may hold the lock on /etc/passwd).
-fn ensure_user(name: &str) -> Result<(u32, u32), String> {
-    let mut last = String::new();
-    for attempt in 0..20 {
-        if let Some(ids) = lookup(name) {
-            return Ok(ids);
-        }
-        if attempt > 0 {
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        let out = std::process::Command::new("useradd")
-            .args([
-                "--system",
-                "--user-group",
-                "--no-create-home",
-                "--home-dir",
-                "/nonexistent",
-                "--shell",
-                "/usr/sbin/nologin",
-                name,
-            ])
-            .output()
-            .map_err(|e| format!("cannot run useradd to create the build user {name}: {e}"))?;
-        if out.status.success() {
-            tracing::info!(user = name, "created build user");
-        } else {
-            last = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        }
-    }
-    lookup(name).ok_or_else(|| format!("could not create the build user {name}: {last}"))
-}
-
-/// `name`'s uid and gid from /etc/passwd.
-fn lookup(name: &str) -> Option<(u32, u32)> {
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|line| {
-        let mut f = line.split(':');
-        if f.next()? != name {
-            return None;
-        }
-        let (_pw, uid, gid) = (f.next()?, f.next()?, f.next()?);
-        Some((uid.parse().ok()?, gid.parse().ok()?))
-    })
 }
 
 /// Where builds run for the data dir `data` (see the module docs).

@@ -37,7 +37,14 @@ impl Engine {
                 formation: a.formation.clone(),
             },
         };
-        let env = self.live_env(app, &spec, &config.env).await;
+        let mut env = self.live_env(app, &spec, &config.env).await;
+        let jail = self
+            .jail_for(app, &release.dir, &spec)
+            .await
+            .map_err(Failure)?;
+        if let Some(j) = &jail {
+            j.apply_env(&mut env);
+        }
         let current: Vec<store::Instance> = self
             .store
             .instances(app)
@@ -54,6 +61,7 @@ impl Engine {
             spec: &spec,
             env: &env,
             formation: &a.formation,
+            jail: jail.as_ref(),
         };
         if crate::swarm::on_swarm(&spec) {
             return self

@@ -58,6 +58,10 @@ pub struct ServerConfig {
     /// A registry every swarm node can pull from (`host[:port][/path]`): Swarm apps' images
     /// are pushed there. Unset: Swarm apps run on the node berth talks to only.
     pub registry: Option<String>,
+    /// Shut every app process in its jail (own user, mount namespace, seccomp, firewall
+    /// rule). `false` runs apps unjailed as berth's own user: for machines that cannot build
+    /// the jail, and said loudly at every start.
+    pub jail: bool,
 }
 
 /// `[server] api_host`: validated like a route's host, but exact (no wildcard).
@@ -88,6 +92,7 @@ impl Default for ServerConfig {
             runtime: "auto".into(),
             docker_socket: None,
             registry: None,
+            jail: true,
         }
     }
 }

@@ -76,6 +76,9 @@ pub struct InstanceSpec {
     /// in `.1`), and the engine's `PORT` is not used: [`Runtime::endpoints`] says where its
     /// tasks are.
     pub swarm: Option<SwarmOptions>,
+    /// Processes only: run inside this jail (`berth jail`, see the `berth-jail` crate), as the
+    /// app's own user. `None`: as berth's own user (the server turned the jail off).
+    pub jail: Option<jail::Jail>,
 }
 
 /// A one-off command: a build step, the `release:` command, postdeploy.
@@ -93,6 +96,8 @@ pub struct TaskSpec {
     /// Run as this (uid, gid), with no supplementary groups (berth must be root); `None`: as
     /// berth's own user.
     pub user: Option<(u32, u32)>,
+    /// Run inside this jail (as its user; `user` is then ignored), like an instance.
+    pub jail: Option<jail::Jail>,
 }
 
 /// How a [`TaskSpec`] ended.
@@ -188,6 +193,9 @@ pub enum RuntimeError {
     /// failure names the socket tried).
     #[error("docker: {0}")]
     Docker(String),
+    /// A spec asks for a jail this runtime cannot build.
+    #[error("cannot jail {id}: {why}")]
+    Jail { id: String, why: String },
 }
 
 /// The interface between the deploy engine and whatever runs app code.

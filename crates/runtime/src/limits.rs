@@ -211,11 +211,20 @@ fn write_limit(dir: &Path, file: &str, value: impl ToString) -> Result<(), Runti
     fs::write(&path, value.to_string()).map_err(|source| RuntimeError::Cgroup { path, source })
 }
 
+/// How the prelude hands over to the command.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Switch {
+    /// Run it as berth's own user.
+    None,
+    /// `setsid` + `setpriv` to this (uid, gid) (a build).
+    User(u32, u32),
+    /// Through the jail helper whose command line follows the cgroup dirs.
+    Jail,
+}
+
 impl Confinement {
-    /// The shell script described in the module docs.
-    /// With a `user` (uid, gid), the cgroup is joined as root, then `setpriv` (util-linux)
-    /// switches user and clears supplementary groups.
-    pub fn prelude_as(&self, user: Option<(u32, u32)>) -> String {
+    /// The shell script described in the module docs, ending in the switch `how` asks for.
+    pub fn prelude(&self, how: Switch) -> String {
         let mut script = String::new();
         for n in 1..=self.dirs.len() {
             script.push_str(&format!(
@@ -225,17 +234,24 @@ impl Confinement {
         if let Some(kib) = self.ulimit_v_kib {
             script.push_str(&format!("ulimit -v {kib} || exit 125\n"));
         }
-        if let Some((uid, gid)) = user {
+        // After a switch of user, the env arrives on stdin (see `process::spawn`), then the
+        // command runs with stdin from /dev/null.
+        const ENV_THEN_COMMAND: &str =
+            "/bin/sh -c 'eval \"$(cat)\" && exec /bin/sh -c -- \"$0\" </dev/null' \"$0\"";
+        match how {
+            Switch::None => script.push_str("exec /bin/sh -c -- \"$0\""),
             // A session of its own (no controlling terminal to type into), no privileges to
-            // regain (no setuid binaries, no capabilities), then the env from stdin (see
-            // `process::spawn`) and the command, with stdin from /dev/null.
-            script.push_str(&format!(
+            // regain (no setuid binaries, no capabilities).
+            Switch::User(uid, gid) => script.push_str(&format!(
                 "exec /usr/bin/setsid /usr/bin/setpriv --reuid={uid} --regid={gid} --clear-groups \
-                 --no-new-privs --inh-caps=-all --bounding-set=-all -- \
-                 /bin/sh -c 'eval \"$(cat)\" && exec /bin/sh -c -- \"$0\" </dev/null' \"$0\""
-            ));
-        } else {
-            script.push_str("exec /bin/sh -c -- \"$0\"");
+                 --no-new-privs --inh-caps=-all --bounding-set=-all -- {ENV_THEN_COMMAND}"
+            )),
+            // The arguments after the cgroup dirs are the jail helper's command line, ending in
+            // `--` (see `berth-jail`): it builds the jail, becomes the app's user, then execs.
+            Switch::Jail => script.push_str(&format!(
+                "shift {}\nexec \"$@\" {ENV_THEN_COMMAND}",
+                self.dirs.len()
+            )),
         }
         script
     }
@@ -297,7 +313,7 @@ mod tests {
             ulimit_v_kib: Some(1024),
         };
         assert_eq!(
-            conf.prelude_as(None),
+            conf.prelude(Switch::None),
             "echo $$ > \"${1}/cgroup.procs\" || exit 125\n\
              echo $$ > \"${2}/cgroup.procs\" || exit 125\n\
              ulimit -v 1024 || exit 125\n\

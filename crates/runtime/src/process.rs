@@ -25,7 +25,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
-use crate::limits::{Confinement, Limiter};
+use crate::limits::{Confinement, Limiter, Switch};
 use crate::procfs::{is_alive, proc_start_time, start_time_to_system};
 use crate::{
     check_id, logs, Event, InstanceInfo, InstanceSpec, InstanceState, Runtime, RuntimeError,
@@ -89,6 +89,9 @@ pub struct ProcessOptions {
     /// earlier run, and only its own (berth's data dir is a good owner).
     /// Empty: no tags, and `sweep` does nothing.
     pub owner: String,
+    /// The jail helper: a binary whose `jail` subcommand is `berth_jail::main` (berth itself).
+    /// Specs with a jail fail to start without it.
+    pub jail_helper: Option<std::path::PathBuf>,
 }
 
 impl Default for ProcessOptions {
@@ -103,6 +106,7 @@ impl Default for ProcessOptions {
             log_keep: 3,
             log_check_every: Duration::from_secs(2),
             owner: String::new(),
+            jail_helper: None,
         }
     }
 }
@@ -257,7 +261,7 @@ impl Runtime for ProcessRuntime {
             .shared
             .limiter
             .prepare(&self.cgroup(&spec.id), &spec.limits)?;
-        let (proc, pid_start) = match spawn_instance(&spec, &confinement, &self.shared.opts.owner) {
+        let (proc, pid_start) = match spawn_instance(&spec, &confinement, &self.shared) {
             Ok(spawned) => spawned,
             Err(e) => {
                 confinement.remove().await;
@@ -388,16 +392,23 @@ impl Runtime for ProcessRuntime {
         // instance's cannot rewrite (or, on cleanup, kill) that instance.
         let cgroup = self.cgroup(&format!("task.{}", task.id));
         let confinement = self.shared.limiter.prepare(&cgroup, &task.limits)?;
-        let spawned = spawn(
-            &task.id,
-            &task.command,
-            &task.dir,
-            &task.env,
-            &task.log_file,
-            &confinement,
-            &self.shared.opts.owner,
-            task.user,
-        );
+        let how = match (&task.jail, task.user) {
+            (Some(jail), _) => self.shared.jailed(&task.id, jail),
+            (None, Some((uid, gid))) => Ok(RunAs::User(uid, gid)),
+            (None, None) => self.shared.unjailed(&task.id),
+        };
+        let spawned = how.and_then(|how| {
+            spawn(
+                &task.id,
+                &task.command,
+                &task.dir,
+                &task.env,
+                &task.log_file,
+                &confinement,
+                &self.shared.opts.owner,
+                how,
+            )
+        });
         let mut proc = match spawned {
             Ok((proc, _)) => proc,
             Err(e) => {
@@ -545,7 +556,7 @@ impl Supervisor {
                     _ = tokio::time::sleep(delay) => {}
                     _ = stop_requested(&mut self.stop_rx) => break 'supervise,
                 }
-                match spawn_instance(spec, &inst.confinement, &opts.owner) {
+                match spawn_instance(spec, &inst.confinement, &shared) {
                     Ok(spawned) => break spawned,
                     Err(e) => {
                         tracing::warn!(instance = %spec.id, "restart failed: {e}");
@@ -718,8 +729,12 @@ impl Drop for GroupGuard {
 fn spawn_instance(
     spec: &InstanceSpec,
     confinement: &Confinement,
-    owner: &str,
+    shared: &Shared,
 ) -> Result<(Proc, Option<u64>), RuntimeError> {
+    let how = match &spec.jail {
+        Some(jail) => shared.jailed(&spec.id, jail)?,
+        None => shared.unjailed(&spec.id)?,
+    };
     spawn(
         &spec.id,
         &spec.command,
@@ -727,9 +742,47 @@ fn spawn_instance(
         &spec.env,
         &spec.log_file,
         confinement,
-        owner,
-        None,
+        &shared.opts.owner,
+        how,
     )
+}
+
+/// As whom [`spawn`] runs a command.
+enum RunAs<'a> {
+    /// berth's own user.
+    Berth,
+    /// This unprivileged (uid, gid), through `setpriv` (builds).
+    User(u32, u32),
+    /// Inside this jail, through the helper (`<helper> jail <args> -- …`).
+    Jail {
+        helper: &'a Path,
+        jail: &'a jail::Jail,
+    },
+}
+
+impl Shared {
+    /// With a jail helper (the jail is on), app code never runs without a jail: a spec
+    /// without one is a bug or a jail that could not be prepared, never a reason to run it
+    /// as berth.
+    fn unjailed(&self, id: &str) -> Result<RunAs<'static>, RuntimeError> {
+        match &self.opts.jail_helper {
+            None => Ok(RunAs::Berth),
+            Some(_) => Err(RuntimeError::Jail {
+                id: id.to_string(),
+                why: "the jail is on and this process has none; refusing to run it as berth".into(),
+            }),
+        }
+    }
+
+    fn jailed<'a>(&'a self, id: &str, jail: &'a jail::Jail) -> Result<RunAs<'a>, RuntimeError> {
+        match &self.opts.jail_helper {
+            Some(helper) => Ok(RunAs::Jail { helper, jail }),
+            None => Err(RuntimeError::Jail {
+                id: id.to_string(),
+                why: "this runtime has no jail helper".into(),
+            }),
+        }
+    }
 }
 
 /// Starts `/bin/sh -c <prelude> <command> <cgroup dirs>` in its own process
@@ -744,7 +797,7 @@ fn spawn(
     log_file: &Path,
     confinement: &Confinement,
     owner: &str,
-    user: Option<(u32, u32)>,
+    how: RunAs<'_>,
 ) -> Result<(Proc, Option<u64>), RuntimeError> {
     let log_err = |source| RuntimeError::LogFile {
         path: log_file.to_path_buf(),
@@ -757,12 +810,20 @@ fn spawn(
         .map_err(log_err)?;
     let stderr = stdout.try_clone().map_err(log_err)?;
 
+    let switch = match how {
+        RunAs::Berth => Switch::None,
+        RunAs::User(uid, gid) => Switch::User(uid, gid),
+        RunAs::Jail { .. } => Switch::Jail,
+    };
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c")
-        .arg(confinement.prelude_as(user))
+        .arg(confinement.prelude(switch))
         .arg(command)
-        .args(&confinement.dirs)
-        .current_dir(dir)
+        .args(&confinement.dirs);
+    if let RunAs::Jail { helper, jail } = how {
+        cmd.arg(helper).arg("jail").args(jail.to_args());
+    }
+    cmd.current_dir(dir)
         .env_clear()
         .stdout(stdout)
         .stderr(stderr)
@@ -774,16 +835,17 @@ fn spawn(
         .filter_map(|key| std::env::var(key).ok().map(|v| (key.to_string(), v)))
         .collect();
     vars.extend(env.iter().cloned());
-    let env_script = match user {
-        None => {
+    let env_script = match how {
+        RunAs::Berth => {
             cmd.stdin(Stdio::null()).process_group(0).envs(vars);
             None
         }
         // The part that runs as root (the prelude) never sees the task's env: an `LD_PRELOAD`
         // or `PATH` from an app must not run code as root. It gets a fixed PATH; the env goes
         // through stdin to the command, after the switch to the user. (`setsid` in the prelude
-        // makes the process its own group: no `process_group` here, or setsid would fork.)
-        Some(_) => {
+        // or the jail makes the process its own group: no `process_group` here, or setsid would
+        // fork.)
+        RunAs::User(..) | RunAs::Jail { .. } => {
             cmd.stdin(Stdio::piped()).env("PATH", SAFE_PATH);
             Some(shell_exports(&vars))
         }

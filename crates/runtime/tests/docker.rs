@@ -243,6 +243,7 @@ fn spec(owner: &Owner, name: &str, image: &str, command: &str, port: u16) -> Ins
         image: Some(image.to_string()),
         container_port: None,
         swarm: None,
+        jail: None,
     }
 }
 
@@ -627,6 +628,7 @@ async fn run_task_is_refused() {
         timeout: Duration::from_secs(1),
         limits: Limits::default(),
         user: None,
+        jail: None,
     };
     let err = rt.run_task(task).await.err().unwrap();
     assert!(err.to_string().contains("process runtime"), "{err}");

@@ -101,6 +101,7 @@ fn spec(dir: &Path, name: &str, command: &str) -> InstanceSpec {
         image: None,
         container_port: None,
         swarm: None,
+        jail: None,
     }
 }
 
@@ -114,6 +115,7 @@ fn task(dir: &Path, name: &str, command: &str, timeout: Duration) -> TaskSpec {
         timeout,
         limits: Limits::default(),
         user: None,
+        jail: None,
     }
 }
 

@@ -1,0 +1,354 @@
+//! Each app's jail: the user its processes run as, the storage dir it keeps across deploys,
+//! what it sees (a `berth_jail::Jail` for the process runtime) and what it may connect to
+//! (`firewall.rs`).
+//!
+//! - **Its own user**: `berth-<tag>-<app>` (the tag, a hash of the data dir, keeps two berths
+//!   apart; a long app name is cut and given a hash), a system user with its own group, no
+//!   home and no login shell, whose comment names the app. It is made on the app's first
+//!   start, kept across deploys and restarts (so the storage dir stays its), and removed with
+//!   the app. An existing user with another comment is never taken over.
+//! - **Its files**: the release directory is chowned to the app's user (it is mounted
+//!   read-only in the jail: owning it changes nothing but what it can read) and
+//!   `<data>/apps/<app>/storage` (mode 0700, the app's) is the one writable directory that
+//!   survives deploys: `BERTH_STORAGE` and, unless the app sets one, `HOME`.
+//! - **Its view**: berth's data dir and build dirs are hidden, with the release and storage
+//!   bound back (see `berth-jail` for the rest).
+//!
+//! With `[server] jail = false` apps run as berth's user, unjailed, and berth says so at start.
+//! When the jail cannot be built (berth is not root, no nftables, a kernel without mount
+//! namespaces or seccomp), every start of app code fails with the reason: never a silent
+//! fallback to an unjailed process.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::firewall::Firewall;
+
+enum Mode {
+    /// `[server] jail = false`.
+    Off,
+    On {
+        firewall: Arc<Firewall>,
+    },
+    /// The jail was asked for and cannot be built: why.
+    Unavailable(String),
+}
+
+pub(crate) struct Jails {
+    mode: Mode,
+    /// From the data dir (as the build users'): in user names and the firewall's table.
+    tag: String,
+    /// The data dir, absolute.
+    data: PathBuf,
+    /// What every jail hides on top of `berth_jail::ALWAYS_HIDDEN`.
+    hide: Vec<PathBuf>,
+    /// App users known to exist: (uid, gid) by app.
+    users: Mutex<HashMap<String, (u32, u32)>>,
+}
+
+/// What a start of app code needs from its jail.
+pub(crate) struct Prepared {
+    pub jail: ::jail::Jail,
+    /// `BERTH_STORAGE` and `HOME` (the app's own `HOME` wins; see [`Prepared::apply_env`]).
+    pub env: Vec<(String, String)>,
+}
+
+impl Prepared {
+    /// `env` with the jail's variables added where the app did not set them.
+    pub fn apply_env(&self, env: &mut Vec<(String, String)>) {
+        for (k, v) in &self.env {
+            if !env.iter().any(|(key, _)| key == k) {
+                env.push((k.clone(), v.clone()));
+            }
+        }
+    }
+}
+
+/// The ports an app's processes are refused (the firewall's `guarded` set): instances, the
+/// admin listener, and the local port range Docker publishes services on.
+fn guarded_ports(admin: Option<u16>) -> Vec<(u16, u16)> {
+    let mut out = vec![(crate::PORTS.start, crate::PORTS.end - 1)];
+    if let Some(p) = admin {
+        out.push((p, p));
+    }
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|n| n.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999));
+    out.push(ephemeral);
+    // Overlapping intervals are refused by nft: merge them.
+    out.sort();
+    let mut merged: Vec<(u16, u16)> = Vec::new();
+    for (a, b) in out {
+        match merged.last_mut() {
+            Some(last) if a <= last.1.saturating_add(1) => last.1 = last.1.max(b),
+            _ => merged.push((a, b)),
+        }
+    }
+    merged
+}
+
+impl Jails {
+    /// Decides the mode (blocking: it runs `nft` and one trial jail). `helper` is the jail
+    /// helper (`None`: `[server] jail = false`).
+    pub(crate) fn new(data: &Path, helper: Option<&Path>, admin: Option<u16>) -> Jails {
+        let data = data.canonicalize().unwrap_or_else(|_| data.to_path_buf());
+        let tag = crate::users::data_tag(&data);
+        let mut scratch = data.as_os_str().to_owned();
+        scratch.push(".builds");
+        let hide = vec![
+            data.clone(),
+            PathBuf::from(scratch),
+            PathBuf::from("/var/tmp/berth-builds"),
+        ];
+        let mut jails = Jails {
+            mode: Mode::Off,
+            tag,
+            data,
+            hide,
+            users: Mutex::new(HashMap::new()),
+        };
+        let Some(helper) = helper else {
+            tracing::warn!(
+                "[server] jail = false: apps run UNJAILED as berth's own user; any deploy token \
+                 can then run code with berth's privileges"
+            );
+            return jails;
+        };
+        jails.mode = match jails.start(helper, admin) {
+            Ok(firewall) => {
+                tracing::info!("app jail on: each app runs as its own user, in its own mount namespace, with a seccomp filter and a firewall rule");
+                Mode::On { firewall }
+            }
+            Err(why) => {
+                tracing::error!(
+                    "the app jail cannot be built, so no app process will start: {why}"
+                );
+                Mode::Unavailable(why)
+            }
+        };
+        jails
+    }
+
+    fn start(&self, helper: &Path, admin: Option<u16>) -> Result<Arc<Firewall>, String> {
+        if !rustix::process::geteuid().is_root() {
+            return Err(
+                "the app jail needs berth to run as root (each app runs as its own user); run \
+                 berth as root, or set `[server] jail = false` to run apps unjailed as berth's user"
+                    .into(),
+            );
+        }
+        // One trial jail proves the kernel has what it needs, before any app depends on it.
+        let out = std::process::Command::new(helper)
+            .args([
+                "jail",
+                "--uid",
+                "65534",
+                "--gid",
+                "65534",
+                "--",
+                "/bin/true",
+            ])
+            .env_clear()
+            .output()
+            .map_err(|e| format!("cannot run the jail helper {}: {e}", helper.display()))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        }
+        let known: Vec<u32> = crate::users::all()
+            .into_iter()
+            .filter(|(_, e)| {
+                e.comment.starts_with("berth app ") && e.comment.ends_with(&self.comment_tail())
+            })
+            .map(|(_, e)| e.uid)
+            .collect();
+        let firewall = Firewall::start(&self.tag, &guarded_ports(admin), &known)
+            .map_err(|e| format!("{e}; or set `[server] jail = false`"))?;
+        Ok(Arc::new(firewall))
+    }
+
+    /// The firewall, for the build users (`sandbox.rs`).
+    pub(crate) fn firewall(&self) -> Option<Arc<Firewall>> {
+        match &self.mode {
+            Mode::On { firewall } => Some(firewall.clone()),
+            _ => None,
+        }
+    }
+
+    fn comment_tail(&self) -> String {
+        format!("({})", self.tag)
+    }
+
+    fn user_name(&self, app: &str) -> String {
+        // useradd allows 32 characters: "berth-" + 8 + "-" leaves 17 for the app.
+        let short = if app.len() <= 17 {
+            app.to_string()
+        } else {
+            let hash = crate::users::data_tag(Path::new(app));
+            format!("{}-{hash}", &app[..8])
+        };
+        format!("berth-{}-{short}", self.tag)
+    }
+
+    fn comment(&self, app: &str) -> String {
+        format!("berth app {app} {}", self.comment_tail())
+    }
+
+    /// The storage dir of `app` (made by [`Jails::prepare`]).
+    pub(crate) fn storage(&self, app: &str) -> PathBuf {
+        self.data.join("apps").join(app).join("storage")
+    }
+
+    /// Everything a start of `app`'s code in release dir `dir` needs: its user (made on first
+    /// use), its storage dir, the release chowned to it, its firewall entry (with its own
+    /// services' published ports `own`). `Ok(None)`: the jail is off.
+    pub(crate) async fn prepare(
+        &self,
+        app: &str,
+        dir: &Path,
+        own: BTreeSet<u16>,
+    ) -> Result<Option<Prepared>, String> {
+        let firewall = match &self.mode {
+            Mode::Off => return Ok(None),
+            Mode::Unavailable(why) => return Err(format!("the app jail cannot be built: {why}")),
+            Mode::On { firewall } => firewall.clone(),
+        };
+        let known = crate::lock(&self.users).get(app).copied();
+        let (uid, gid) = match known {
+            Some(ids) => ids,
+            None => {
+                let (name, comment) = (self.user_name(app), self.comment(app));
+                let ids =
+                    tokio::task::spawn_blocking(move || crate::users::ensure(&name, &comment))
+                        .await
+                        .map_err(|e| e.to_string())??;
+                crate::lock(&self.users).insert(app.to_string(), ids);
+                ids
+            }
+        };
+        let storage = self.storage(app);
+        let dir = dir
+            .canonicalize()
+            .map_err(|e| format!("the release directory {}: {e}", dir.display()))?;
+        let (st, release) = (storage.clone(), dir.clone());
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::create_dir_all(&st)
+                .map_err(|e| format!("cannot make the storage dir {}: {e}", st.display()))?;
+            std::os::unix::fs::chown(&st, Some(uid), Some(gid))
+                .and_then(|()| {
+                    std::fs::set_permissions(&st, std::fs::Permissions::from_mode(0o700))
+                })
+                .map_err(|e| {
+                    format!(
+                        "cannot give the storage dir {} to the app: {e}",
+                        st.display()
+                    )
+                })?;
+            chown_tree(&release, uid, gid).map_err(|e| {
+                format!(
+                    "cannot give the release {} to the app: {e}",
+                    release.display()
+                )
+            })
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        firewall.allow(uid, &own).await?;
+        let mut jail = ::jail::Jail::new(uid, gid);
+        jail.hide = self.hide.clone();
+        jail.read_only = vec![dir];
+        jail.writable = vec![storage.clone()];
+        let storage = storage.display().to_string();
+        Ok(Some(Prepared {
+            jail,
+            env: vec![
+                ("BERTH_STORAGE".into(), storage.clone()),
+                ("HOME".into(), storage),
+            ],
+        }))
+    }
+
+    /// `app` is destroyed (its processes are stopped): its user and firewall entry go.
+    pub(crate) async fn remove_app(&self, app: &str) {
+        let ids = crate::lock(&self.users).remove(app);
+        let name = self.user_name(app);
+        let comment = self.comment(app);
+        let uid = ids.map(|(u, _)| u).or_else(|| {
+            crate::users::entry(&name)
+                .filter(|e| e.comment == comment)
+                .map(|e| e.uid)
+        });
+        let Some(uid) = uid else { return };
+        if let Some(fw) = self.firewall() {
+            if let Err(e) = fw.forget(uid).await {
+                tracing::warn!(app, "cannot remove the app's firewall entry: {e}");
+            }
+        }
+        let removed = tokio::task::spawn_blocking(move || {
+            // Only berth's user for this app, never one that merely has the name.
+            crate::users::entry(&name).is_some_and(|e| e.comment == comment)
+                && crate::users::remove(&name)
+        })
+        .await
+        .unwrap_or(false);
+        if !removed {
+            tracing::warn!(app, "could not remove the app's system user");
+        }
+    }
+}
+
+/// Gives the tree at `root` to `(uid, gid)`, links themselves and not what they point to;
+/// the root last, so a root owned by `uid` means the whole tree is (a rollback reuses it).
+fn chown_tree(root: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::symlink_metadata(root)?.uid() == uid {
+        return Ok(());
+    }
+    fn walk(dir: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                walk(&path, uid, gid)?;
+            }
+            std::os::unix::fs::lchown(&path, Some(uid), Some(gid))?;
+        }
+        Ok(())
+    }
+    walk(root, uid, gid)?;
+    std::os::unix::fs::lchown(root, Some(uid), Some(gid))
+}
+
+impl crate::Engine {
+    /// The jail for `app`'s code from the release in `dir`: `None` when the release runs no
+    /// process on this host (containers have Docker's confinement; a static site without
+    /// `release:` or postdeploy runs nothing) or the jail is off.
+    pub(crate) async fn jail_for(
+        &self,
+        app: &str,
+        dir: &Path,
+        spec: &build::manifest::AppSpec,
+    ) -> Result<Option<Prepared>, String> {
+        let runs_code = spec.kind == build::manifest::AppKind::Process
+            || spec.release_command.is_some()
+            || spec.postdeploy.is_some();
+        if spec.image.is_some() || !runs_code {
+            return Ok(None);
+        }
+        // The app's own services, published on 127.0.0.1: the only guarded ports it may reach.
+        let mut own = BTreeSet::new();
+        if let (false, Ok(docker)) = (spec.services.is_empty(), &self.docker) {
+            let services = docker
+                .services(app)
+                .await
+                .map_err(|e| format!("cannot read the app's services: {e}"))?;
+            own.extend(services.iter().filter_map(|s| s.host_port));
+        }
+        self.jails.prepare(app, dir, own).await
+    }
+}

@@ -1,0 +1,116 @@
+//! System users berth makes for code it runs: build users (`sandbox.rs`) and app users
+//! (`jail.rs`). Through `useradd`/`userdel` (the distribution's own tools keep /etc/passwd,
+//! /etc/shadow and /etc/group consistent and locked), retried: another berth may hold the
+//! lock on /etc/passwd. Blocking: call from `spawn_blocking`.
+
+use std::time::Duration;
+
+/// A user of /etc/passwd.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Entry {
+    pub uid: u32,
+    pub gid: u32,
+    /// The comment (GECOS) field: berth writes what the user is for.
+    pub comment: String,
+}
+
+/// The uid and gid of `name`, created as a system user (own group, no home, no login shell)
+/// with `comment` when missing. An existing user must carry the same comment: a user berth
+/// did not make for this purpose is never taken over.
+pub(crate) fn ensure(name: &str, comment: &str) -> Result<(u32, u32), String> {
+    let mut last = String::new();
+    for attempt in 0..20 {
+        if let Some(e) = entry(name) {
+            if e.comment != comment {
+                return Err(format!(
+                    "the system user {name} exists and is not berth's ({:?}, expected {comment:?}); \
+                     remove it (userdel {name}) or use another data dir",
+                    e.comment
+                ));
+            }
+            return Ok((e.uid, e.gid));
+        }
+        if attempt > 0 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = std::process::Command::new("useradd")
+            .args([
+                "--system",
+                "--user-group",
+                "--no-create-home",
+                "--home-dir",
+                "/nonexistent",
+                "--shell",
+                "/usr/sbin/nologin",
+                "--comment",
+                comment,
+                name,
+            ])
+            .output()
+            .map_err(|e| format!("cannot run useradd to create the user {name}: {e}"))?;
+        if out.status.success() {
+            tracing::info!(user = name, comment, "created system user");
+        } else {
+            last = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        }
+    }
+    match entry(name) {
+        Some(e) => Ok((e.uid, e.gid)),
+        None => Err(format!("could not create the system user {name}: {last}")),
+    }
+}
+
+/// Removes `name` (and its group); true when it is gone.
+pub(crate) fn remove(name: &str) -> bool {
+    for attempt in 0..20 {
+        if entry(name).is_none() {
+            return true;
+        }
+        if attempt > 0 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = std::process::Command::new("userdel").arg(name).output();
+    }
+    entry(name).is_none()
+}
+
+/// `name`'s uid and gid from /etc/passwd.
+pub(crate) fn lookup(name: &str) -> Option<(u32, u32)> {
+    entry(name).map(|e| (e.uid, e.gid))
+}
+
+/// `name`'s line of /etc/passwd.
+pub(crate) fn entry(name: &str) -> Option<Entry> {
+    all()
+        .into_iter()
+        .find_map(|(n, e)| (n == name).then_some(e))
+}
+
+/// Every user of /etc/passwd, by name.
+pub(crate) fn all() -> Vec<(String, Entry)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    passwd
+        .lines()
+        .filter_map(|line| {
+            let mut f = line.split(':');
+            let name = f.next()?.to_string();
+            let (_pw, uid, gid, comment) = (f.next()?, f.next()?, f.next()?, f.next()?);
+            Some((
+                name,
+                Entry {
+                    uid: uid.parse().ok()?,
+                    gid: gid.parse().ok()?,
+                    comment: comment.to_string(),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// 8 hex digits of SHA-256 of `path` (the canonical data dir, in user names, cgroup-free tags
+/// and the firewall's table name).
+pub(crate) fn data_tag(path: &std::path::Path) -> String {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(path.to_string_lossy().as_bytes());
+    hash.iter().take(4).map(|b| format!("{b:02x}")).collect()
+}
