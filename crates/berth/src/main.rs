@@ -39,6 +39,10 @@ enum Cmd {
         /// else the directory's name). The quickstart uses it.
         #[arg(long = "deploy", value_name = "[NAME=]DIR")]
         deploy: Vec<String>,
+        /// Run apps unjailed, as berth's own user (`[server] jail = false`): for a machine or
+        /// a user that cannot build the jail (it needs root). Said loudly at start.
+        #[arg(long)]
+        no_jail: bool,
     },
     /// Validate a config file and exit (like `nginx -t`): prints file:line:col and the reason.
     Check {
@@ -64,7 +68,11 @@ fn main() {
     }
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Cmd::Serve { config, deploy } => serve::serve(config, deploy),
+        Cmd::Serve {
+            config,
+            deploy,
+            no_jail,
+        } => serve::serve(config, deploy, no_jail),
         Cmd::Check { config } => check(&config),
         Cmd::Hook { name } => std::process::exit(hook::run(&name)),
         Cmd::Client(cmd) => std::process::exit(cli::run(&cli.global, cmd)),

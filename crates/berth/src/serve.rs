@@ -10,7 +10,7 @@ use std::sync::Arc;
 /// Largest unpacked source tree, against zip bombs (uploads are bounded by `max_upload`).
 const MAX_UNPACKED: u64 = 2 << 30;
 
-pub fn serve(config: Option<PathBuf>, deploy: Vec<String>) -> Result<()> {
+pub fn serve(config: Option<PathBuf>, deploy: Vec<String>, no_jail: bool) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(crate::log_filter())
         .with_writer(std::io::stderr)
@@ -28,6 +28,9 @@ pub fn serve(config: Option<PathBuf>, deploy: Vec<String>) -> Result<()> {
         .with_context(|| format!("cannot create data dir {}", cfg.server.data_dir.display()))?;
     // Absolute, so release dirs and log files stay valid whatever an app's working dir is.
     let mut cfg = cfg;
+    if no_jail {
+        cfg.server.jail = false;
+    }
     cfg.server.data_dir = std::fs::canonicalize(&cfg.server.data_dir)
         .with_context(|| format!("cannot resolve data dir {}", cfg.server.data_dir.display()))?;
     sweep_spool(&cfg.server.data_dir.join("tmp"));

@@ -348,15 +348,28 @@ fn static_site_and_worker_processes() {
     assert!(out.status.success(), "{}", text(&out));
     let (st, body) = app_get(&b, "site", "/");
     assert_eq!((st, body.as_str()), (200, "<h1>static</h1>\n"));
-    // A worker without a route, and a release command that runs before the switch.
+    // A worker without a route, and a release command that runs before the switch. The
+    // release is read-only to the app (a write there fails, with a hint); its storage dir is
+    // where it writes.
     let w = tmpdir(&b, "w");
     write_file(
         &w.join("Procfile"),
         b"worker: echo working; exec sleep 1000\nrelease: echo migrating > migrated.txt\n",
     );
     let out = deploy(&b, "w", &w);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("Read-only file system") && text(&out).contains("$BERTH_STORAGE"),
+        "{}",
+        text(&out)
+    );
+    write_file(
+        &w.join("Procfile"),
+        b"worker: echo working; exec sleep 1000\nrelease: echo migrating > $BERTH_STORAGE/migrated.txt\n",
+    );
+    let out = deploy(&b, "w", &w);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(b.path("data/apps/w/releases/v1/migrated.txt").exists());
+    assert!(b.path("data/apps/w/storage/migrated.txt").exists());
     let (_, inst) = api(&b, "GET", "/api/v1/apps/w/instances", "");
     assert_eq!(inst[0]["proc_type"], "worker", "{inst}");
     assert_eq!(inst[0]["state"], "running", "{inst}");
@@ -419,7 +432,7 @@ fn kill_9_at_each_step_of_a_deploy_k1() {
         let slow = (step == "drain").then(|| {
             let addr = b.http;
             let s = std::thread::spawn(move || common::get(addr, "k.localhost", "/slow"));
-            let started = b.path("data/apps/k/releases/v1/slow-started");
+            let started = b.path("data/apps/k/storage/slow-started");
             eventually(T, "the slow request to reach the app", || {
                 started.exists().then_some(())
             });

@@ -49,7 +49,8 @@ pub(crate) struct Jails {
 
 /// What a start of app code needs from its jail.
 pub(crate) struct Prepared {
-    pub jail: ::jail::Jail,
+    /// `None`: the jail is off (`[server] jail = false`).
+    pub jail: Option<::jail::Jail>,
     /// `BERTH_STORAGE` and `HOME` (the app's own `HOME` wins; see [`Prepared::apply_env`]).
     pub env: Vec<(String, String)>,
 }
@@ -63,6 +64,18 @@ impl Prepared {
             }
         }
     }
+}
+
+/// What a jailed process that wrote next to its code is told (its output said `Read-only file
+/// system`), after the tail of its output.
+pub(crate) fn read_only_hint(output: &[String]) -> Option<&'static str> {
+    output
+        .iter()
+        .any(|l| l.contains("Read-only file system"))
+        .then_some(
+            "hint: the release is read-only in the app's jail; write to $BERTH_STORAGE (kept \
+             across deploys) or /tmp instead",
+        )
 }
 
 /// The ports an app's processes are refused (the firewall's `guarded` set): instances, the
@@ -205,15 +218,30 @@ impl Jails {
 
     /// Everything a start of `app`'s code in release dir `dir` needs: its user (made on first
     /// use), its storage dir, the release chowned to it, its firewall entry (with its own
-    /// services' published ports `own`). `Ok(None)`: the jail is off.
+    /// services' published ports `own`). With the jail off, only the storage dir and its env.
     pub(crate) async fn prepare(
         &self,
         app: &str,
         dir: &Path,
         own: BTreeSet<u16>,
     ) -> Result<Option<Prepared>, String> {
+        let storage = self.storage(app);
+        let env = vec![
+            ("BERTH_STORAGE".to_string(), storage.display().to_string()),
+            ("HOME".to_string(), storage.display().to_string()),
+        ];
         let firewall = match &self.mode {
-            Mode::Off => return Ok(None),
+            Mode::Off => {
+                // Unjailed, the storage dir is still where the app keeps its files.
+                let st = storage.clone();
+                tokio::task::spawn_blocking(move || std::fs::create_dir_all(&st))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| {
+                        format!("cannot make the storage dir {}: {e}", storage.display())
+                    })?;
+                return Ok(Some(Prepared { jail: None, env }));
+            }
             Mode::Unavailable(why) => return Err(format!("the app jail cannot be built: {why}")),
             Mode::On { firewall } => firewall.clone(),
         };
@@ -230,7 +258,6 @@ impl Jails {
                 ids
             }
         };
-        let storage = self.storage(app);
         let dir = dir
             .canonicalize()
             .map_err(|e| format!("the release directory {}: {e}", dir.display()))?;
@@ -262,14 +289,10 @@ impl Jails {
         let mut jail = ::jail::Jail::new(uid, gid);
         jail.hide = self.hide.clone();
         jail.read_only = vec![dir];
-        jail.writable = vec![storage.clone()];
-        let storage = storage.display().to_string();
+        jail.writable = vec![storage];
         Ok(Some(Prepared {
-            jail,
-            env: vec![
-                ("BERTH_STORAGE".into(), storage.clone()),
-                ("HOME".into(), storage),
-            ],
+            jail: Some(jail),
+            env,
         }))
     }
 
@@ -327,7 +350,7 @@ fn chown_tree(root: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
 impl crate::Engine {
     /// The jail for `app`'s code from the release in `dir`: `None` when the release runs no
     /// process on this host (containers have Docker's confinement; a static site without
-    /// `release:` or postdeploy runs nothing) or the jail is off.
+    /// `release:` or postdeploy runs nothing).
     pub(crate) async fn jail_for(
         &self,
         app: &str,

@@ -688,13 +688,20 @@ impl Engine {
                 limits(spec)
             },
             user,
-            jail: jail.map(|j| j.jail.clone()),
+            jail: jail.and_then(|j| j.jail.clone()),
         });
         let outcome = tokio::select! {
             r = run => r.map_err(|e| Failure(format!("{} could not start: {e}", task.what)))?,
             () = cancel.cancelled() => return Err(Failure(self.cancel_reason(deploy_id))),
         };
-        check_task(task.what, outcome, task.timeout)
+        let checked = check_task(task.what, outcome, task.timeout);
+        if let (Err(Failure(why)), Some(_)) = (&checked, jail.and_then(|j| j.jail.as_ref())) {
+            let tail = crate::logs::tail_file(&log.path, TAIL_LINES);
+            if let Some(hint) = crate::jails::read_only_hint(&tail) {
+                return Err(Failure(format!("{why} ({hint})")));
+            }
+        }
+        checked
     }
 
     /// The app's env (`base`, else the stored one), plus app.json's generated secrets (stored,
@@ -846,7 +853,7 @@ impl Engine {
             jail: run
                 .jail
                 .filter(|_| run.spec.image.is_none())
-                .map(|j| j.jail.clone()),
+                .and_then(|j| j.jail.clone()),
             swarm: crate::swarm::on_swarm(run.spec).then(|| {
                 crate::swarm::options(
                     run.spec,
@@ -911,8 +918,12 @@ impl Engine {
         if let Some((id, why)) = first_err {
             let label = id.splitn(3, '.').nth(2).unwrap_or(&id).to_string();
             log.line(&format!("-----> {label} log (last {TAIL_LINES} lines):"));
-            for line in crate::logs::tail_file(&self.instance_log(app, &id), TAIL_LINES) {
+            let tail = crate::logs::tail_file(&self.instance_log(app, &id), TAIL_LINES);
+            for line in &tail {
                 log.line(&format!("       {line}"));
+            }
+            if let Some(hint) = crate::jails::read_only_hint(&tail) {
+                log.line(&format!("-----> {hint}"));
             }
             return Err(Failure(format!(
                 "health check failed: {label} {why}; the previous release keeps serving"

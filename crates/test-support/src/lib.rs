@@ -227,12 +227,37 @@ impl Drop for Berth {
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
         while std::time::Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+                break;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.remove_host_state();
+    }
+}
+
+impl Berth {
+    /// What berth leaves on the machine on purpose (app users and its firewall table outlive
+    /// a stop, as instances do), removed once a test is done with it.
+    fn remove_host_state(&self) {
+        use sha2::Digest;
+        let data = self.dir.path().join("data");
+        let data = data.canonicalize().unwrap_or(data);
+        let hash = sha2::Sha256::digest(data.to_string_lossy().as_bytes());
+        let tag: String = hash.iter().take(4).map(|b| format!("{b:02x}")).collect();
+        let suffix = format!("({tag})");
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        for line in passwd.lines() {
+            let f: Vec<&str> = line.split(':').collect();
+            if f.len() > 4 && f[4].starts_with("berth app ") && f[4].ends_with(&suffix) {
+                let _ = Command::new("userdel").arg(f[0]).output();
+            }
+        }
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", &format!("berth_{tag}")])
+            .stderr(std::process::Stdio::null())
+            .status();
     }
 }
 

@@ -179,7 +179,8 @@ pub fn static_site(b: &Berth, name: &str) -> Vec<u8> {
 }
 
 /// A Python web app (stdlib only) that answers `<tag> <release> <dyno>`, `/health`, `/env`
-/// (its `GREETING`) and `/slow` (after 4 s; it first creates the file `slow-started`). `health_status` is what `/health` answers (500
+/// (its `GREETING`) and `/slow` (after 4 s; it first creates the file `slow-started` in its storage dir, or its own
+/// directory when it has none). `health_status` is what `/health` answers (500
 /// makes the deploy fail its health check). A file `delay` in the app's directory holds seconds
 /// to wait before listening.
 pub fn python_app(dir: &Path, tag: &str, health_status: u16) {
@@ -199,7 +200,7 @@ class H(BaseHTTPRequestHandler):
         elif self.path == "/env":
             code, body = 200, (os.environ.get("GREETING", "-") + "\n").encode()
         elif self.path == "/slow":
-            open("slow-started", "w").close()
+            open(os.path.join(os.environ.get("BERTH_STORAGE", "."), "slow-started"), "w").close()
             time.sleep(4)
             code, body = 200, b"slow done\n"
         else:

@@ -1,0 +1,384 @@
+//! The app jail, attacked: an app deployed with a deploy-only token tries, from `web:`,
+//! `release:` and postdeploy, every way out it can think of (berth's secrets, another app's
+//! files, env and processes, its ports, the admin listener, privileges), and each attempt must
+//! fail while the app itself still serves, writes its storage dir and `/tmp`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::apps::*;
+use common::BIN;
+use serde_json::Value;
+use test_support::{eventually, write_file, Berth};
+
+/// Every attack the hostile app makes, by the name it reports. Each must come back
+/// "blocked".
+const ATTACKS: &[&str] = &[
+    "read-admin-token",
+    "read-berth-db",
+    "list-other-apps",
+    "read-victim-release",
+    "read-victim-storage",
+    "read-victim-environ",
+    "see-other-processes",
+    "signal-victim",
+    "signal-berth",
+    "ptrace-victim",
+    "connect-victim-port",
+    "connect-admin",
+    "write-release",
+    "write-etc",
+    "write-data-dir",
+    "list-root-home",
+    "list-build-dirs",
+    "docker-socket",
+    "setuid-root",
+    "setuid-binary-mount",
+    "unshare-user-namespace",
+    "mount-syscall",
+    "privileges",
+];
+
+/// What the hostile app must still be able to do, each "ok".
+const WORKS: &[&str] = &["write-storage", "write-tmp", "read-own-release"];
+
+const ATTACK_PY: &str = r#"import ctypes, json, os, signal, socket, subprocess, sys
+
+D = os.environ
+
+def attempt(fn):
+    try:
+        r = fn()
+    except Exception as e:
+        return "blocked: %s: %s" % (type(e).__name__, str(e)[:150])
+    return "blocked: nothing" if r is None else "LEAKED: " + repr(r)[:200]
+
+def read(p):
+    with open(p, "rb") as f:
+        return f.read(200)
+
+def listing(p):
+    return [e for e in os.listdir(p)] or None
+
+def environs():
+    hits = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                if b"victim-secret" in read("/proc/%s/environ" % pid):
+                    hits.append(pid)
+            except OSError:
+                pass
+    return hits or None
+
+def others():
+    me, seen = os.getuid(), []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                if os.stat("/proc/" + pid).st_uid != me:
+                    seen.append(pid)
+            except OSError:
+                pass
+    return seen or None
+
+def connect(port):
+    s = socket.create_connection(("127.0.0.1", int(port)), timeout=3)
+    s.close()
+    return "connected to %s" % port
+
+def kill(pid):
+    # Signal 0 checks the permission to signal without delivering anything.
+    os.kill(int(pid), 0)
+    return "may signal %s" % pid
+
+def ptrace(pid):
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.ptrace(16, int(pid), 0, 0) == 0:
+        return "attached to %s" % pid
+    raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+
+def mount_syscall():
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(b"none", D["BERTH_STORAGE"].encode(), b"tmpfs", 0, None) == 0:
+        return "mounted"
+    raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+
+def write(p):
+    with open(p, "w") as f:
+        f.write("pwned")
+    return "wrote " + p
+
+def run(cmd):
+    r = subprocess.run(cmd, capture_output=True, timeout=10)
+    if r.returncode == 0:
+        return "ran: " + r.stdout.decode()[:100]
+    raise OSError((r.stdout + r.stderr).decode()[:150])
+
+def setuid0():
+    os.setuid(0)
+    return "uid 0"
+
+def docker():
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(3)
+    s.connect("/var/run/docker.sock")
+    return "docker socket"
+
+def privileges():
+    st = dict(l.split(":\t", 1) for l in open("/proc/self/status").read().splitlines() if ":\t" in l)
+    bad = {k: st[k].strip() for k in ("CapEff", "CapPrm", "CapBnd", "CapAmb", "CapInh") if int(st[k], 16) != 0}
+    if st["NoNewPrivs"].strip() != "1":
+        bad["NoNewPrivs"] = st["NoNewPrivs"]
+    if st["Seccomp"].strip() != "2":
+        bad["Seccomp"] = st["Seccomp"]
+    if 0 in (os.getuid(), os.geteuid(), os.getgid(), os.getegid()) or os.getgroups() not in ([], [os.getgid()]):
+        bad["ids"] = (os.getuid(), os.getgid(), os.getgroups())
+    return bad or None
+
+DATA = D["VICTIM_DATA"]
+ATTACKS = {
+    "read-admin-token": lambda: read(DATA + "/admin-token"),
+    "read-berth-db": lambda: read(DATA + "/berth.db"),
+    "list-other-apps": lambda: [a for a in os.listdir(DATA + "/apps") if a != "attacker"] or None,
+    "read-victim-release": lambda: read(DATA + "/apps/victim/releases/v1/app.py"),
+    "read-victim-storage": lambda: read(DATA + "/apps/victim/storage/secret.txt"),
+    "read-victim-environ": environs,
+    "see-other-processes": others,
+    "signal-victim": lambda: kill(D["VICTIM_PID"]),
+    "signal-berth": lambda: kill(D["BERTH_PID"]),
+    "ptrace-victim": lambda: ptrace(D["VICTIM_PID"]),
+    "connect-victim-port": lambda: connect(D["VICTIM_PORT"]),
+    "connect-admin": lambda: connect(D["ADMIN_PORT"]),
+    "write-release": lambda: write("pwned"),
+    "write-etc": lambda: write("/etc/berth-jail-test-pwned"),
+    "write-data-dir": lambda: write(DATA + "/pwned"),
+    "list-root-home": lambda: (listing("/root") or []) + (listing("/home") or []) or None,
+    "list-build-dirs": lambda: listing(DATA + ".builds"),
+    "docker-socket": docker,
+    "setuid-root": setuid0,
+    "setuid-binary-mount": lambda: run(["mount", "-t", "tmpfs", "none", D["BERTH_STORAGE"]]),
+    "unshare-user-namespace": lambda: run(["unshare", "-r", "id"]),
+    "mount-syscall": mount_syscall,
+    "privileges": privileges,
+}
+
+def works():
+    out = {}
+    for name, fn in {
+        "write-storage": lambda: write(D["BERTH_STORAGE"] + "/mine.txt"),
+        "write-tmp": lambda: write("/tmp/mine.txt"),
+        "read-own-release": lambda: read("attack.py"),
+    }.items():
+        try:
+            fn()
+            out[name] = "ok"
+        except Exception as e:
+            out[name] = "FAILED: %s" % e
+    return out
+
+def report():
+    return {"attacks": {k: attempt(f) for k, f in ATTACKS.items()}, "works": works(), "uid": os.getuid()}
+
+if sys.argv[1] != "web":
+    print("REPORT-%s %s" % (sys.argv[1], json.dumps(report())), flush=True)
+    sys.exit(0)
+
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = json.dumps(report()).encode() if self.path == "/report" else b"attacker up\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+ThreadingHTTPServer(("127.0.0.1", int(D["PORT"])), H).serve_forever()
+"#;
+
+const VICTIM_PY: &str = r#"import os
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+with open(os.environ["BERTH_STORAGE"] + "/secret.txt", "w") as f:
+    f.write("victim-secret-file")
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = ("victim %s uid=%d home=%s\n" % (os.environ["BERTH_RELEASE"], os.getuid(), os.environ["HOME"])).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+"#;
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+}
+
+/// Every attack in `report` is blocked and every normal thing works; `from` names the
+/// process type for the message.
+fn assert_contained(report: &Value, from: &str) {
+    for name in ATTACKS {
+        let r = report["attacks"][name]
+            .as_str()
+            .unwrap_or("missing from the report");
+        assert!(r.starts_with("blocked"), "{from}: {name}: {r}\n{report:#}");
+    }
+    for name in WORKS {
+        let r = report["works"][name]
+            .as_str()
+            .unwrap_or("missing from the report");
+        assert_eq!(r, "ok", "{from}: {name} must still work\n{report:#}");
+    }
+}
+
+fn report_line(log: &str, tag: &str) -> Value {
+    let line = log
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(&format!("REPORT-{tag} ")))
+        .unwrap_or_else(|| panic!("no {tag} report in the deploy log:\n{log}"));
+    serde_json::from_str(line).unwrap()
+}
+
+#[test]
+fn a_hostile_app_cannot_leave_its_jail_from_web_release_or_postdeploy() {
+    if !is_root() {
+        eprintln!("SKIPPED: the jail needs root");
+        return;
+    }
+    let b = Berth::start_with(BIN, "runtime = \"process\"", &[], "");
+
+    // The victim: a secret in its env and in its storage dir.
+    let victim = tmpdir(&b, "victim");
+    write_file(&victim.join("Procfile"), b"web: python3 app.py\n");
+    write_file(&victim.join("app.py"), VICTIM_PY.as_bytes());
+    create_app(&b, "victim");
+    let out = cli(&b, &["env:set", "SECRET=victim-secret", "-a", "victim"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = deploy(&b, "victim", &victim);
+    assert!(out.status.success(), "{}", text(&out));
+    let first = wait_body(&b, "victim", "victim v");
+    let (_, insts) = api(&b, "GET", "/api/v1/apps/victim/instances", "");
+    let web = insts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["proc_type"] == "web")
+        .unwrap()
+        .clone();
+    let (victim_pid, victim_port) = (web["pid"].as_u64().unwrap(), web["port"].as_u64().unwrap());
+    // Never let the hostile app loose unjailed (as root it could mount over the host's dirs).
+    let uid_of = |body: &str| -> u64 {
+        body.split("uid=")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let victim_uid = uid_of(&first);
+    assert_ne!(victim_uid, 0, "the jail is off: {first}");
+
+    // The attacker: its own app, a deploy-only token, and everything it needs to aim.
+    create_app(&b, "attacker");
+    let (st, tok) = api(
+        &b,
+        "POST",
+        "/api/v1/tokens",
+        r#"{"name":"ci","scope":"deploy","apps":["attacker"]}"#,
+    );
+    assert_eq!(st, 201, "{tok}");
+    let token = tok["token"].as_str().unwrap().to_string();
+    let data = b.path("data").canonicalize().unwrap();
+    let vars = serde_json::json!({"set": {
+        "VICTIM_DATA": data.display().to_string(),
+        "VICTIM_PID": victim_pid.to_string(),
+        "VICTIM_PORT": victim_port.to_string(),
+        "BERTH_PID": b.child.id().to_string(),
+        "ADMIN_PORT": b.admin.port().to_string(),
+    }});
+    let (st, v) = api_as(
+        &b,
+        &token,
+        "PATCH",
+        "/api/v1/apps/attacker/env",
+        "application/json",
+        vars.to_string().as_bytes(),
+    );
+    assert!(st < 300, "{st} {v}");
+    let src = tmpdir(&b, "attacker");
+    write_file(
+        &src.join("Procfile"),
+        b"web: python3 attack.py web\nrelease: python3 attack.py release\n",
+    );
+    write_file(
+        &src.join("app.json"),
+        br#"{"scripts": {"postdeploy": "python3 attack.py postdeploy"}}"#,
+    );
+    write_file(&src.join("attack.py"), ATTACK_PY.as_bytes());
+    let id = deploy_ok(&b, &token, "attacker", &targz(&src));
+
+    // release: and postdeploy reported into the deploy log, readable with the same token.
+    let log = get_as(
+        &b,
+        &token,
+        &format!("/api/v1/apps/attacker/deploys/{id}/log"),
+    )
+    .text();
+    assert_contained(&report_line(&log, "release"), "release");
+    assert_contained(&report_line(&log, "postdeploy"), "postdeploy");
+    assert!(!log.contains("victim-secret"), "{log}");
+
+    // web: asked through the proxy.
+    let (st, body) = app_get(&b, "attacker", "/report");
+    assert_eq!(st, 200, "{body}");
+    let report: Value = serde_json::from_str(&body).unwrap();
+    assert_contained(&report, "web");
+
+    // Each app has its own user, never root, and the same one across deploys; the victim is
+    // untouched and still serving, with its storage kept.
+    assert_ne!(report["uid"].as_u64().unwrap(), victim_uid);
+    assert!(pid_alive(victim_pid), "the victim was signalled");
+    let out = deploy(&b, "victim", &victim);
+    assert!(out.status.success(), "{}", text(&out));
+    let second = wait_body(&b, "victim", "victim v2");
+    assert_eq!(
+        uid_of(&second),
+        victim_uid,
+        "the app's user is stable across deploys"
+    );
+    let storage = data.join("apps/victim/storage");
+    assert!(
+        second.contains(&format!("home={}", storage.display())),
+        "{second}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(storage.join("secret.txt")).unwrap(),
+        "victim-secret-file"
+    );
+    // Nothing was written where the attacker aimed.
+    assert!(!data.join("pwned").exists());
+    assert!(!std::path::Path::new("/etc/berth-jail-test-pwned").exists());
+
+    // Destroying the app removes its user.
+    let user_line = |uid: u64| {
+        std::fs::read_to_string("/etc/passwd")
+            .unwrap()
+            .lines()
+            .find(|l| l.split(':').nth(2) == Some(&uid.to_string()))
+            .map(str::to_string)
+    };
+    let line = user_line(victim_uid).expect("the victim's user exists");
+    assert!(line.contains("berth app victim"), "{line}");
+    let out = cli(&b, &["apps:destroy", "victim", "--confirm", "victim"]);
+    assert!(out.status.success(), "{}", text(&out));
+    eventually(T, "the victim's user to be removed", || {
+        user_line(victim_uid).is_none().then_some(())
+    });
+}
