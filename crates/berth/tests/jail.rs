@@ -50,6 +50,9 @@ D = os.environ
 def attempt(fn):
     try:
         r = fn()
+    except (KeyError, NameError, TypeError, AttributeError, ValueError) as e:
+        # A mistake of the test, not a wall of the jail.
+        return "TEST-ERROR: %s: %s" % (type(e).__name__, e)
     except Exception as e:
         return "blocked: %s: %s" % (type(e).__name__, str(e)[:150])
     return "blocked: nothing" if r is None else "LEAKED: " + repr(r)[:200]
@@ -381,4 +384,134 @@ fn a_hostile_app_cannot_leave_its_jail_from_web_release_or_postdeploy() {
     eventually(T, "the victim's user to be removed", || {
         user_line(victim_uid).is_none().then_some(())
     });
+}
+
+/// What the hostile container tries, by the name it reports; each must be "blocked".
+const CONTAINER_ATTACKS: &[&str] = &[
+    "no-new-privileges-off",
+    "cap-net-raw",
+    "cap-mknod",
+    "cap-sys-admin",
+    "mount",
+    "unshare",
+    "docker-socket",
+    "connect-victim-container",
+    "connect-admin-via-gateway",
+];
+
+/// The hostile container's start: the attacks, reported in `/www/report.txt`, then the app.
+const ATTACK_SH: &str = r#"mkdir -p /tmp
+r() { name=$1; shift; if "$@" >/tmp/out 2>&1; then echo "$name LEAKED $(head -c 100 /tmp/out | tr '\n' ' ')"; else echo "$name blocked"; fi; }
+cap() { b=$(awk '/CapBnd/ {print $2}' /proc/self/status); [ $(( (0x$b >> $1) & 1 )) = 1 ]; }
+gw=$(ip route | awk '/default/ {print $3}')
+{
+r no-new-privileges-off grep -q 'NoNewPrivs:[[:space:]]*0' /proc/self/status
+r cap-net-raw cap 13
+r cap-mknod cap 27
+r cap-sys-admin cap 21
+r mount mount -t tmpfs none /mnt
+r unshare unshare -r true
+r docker-socket test -e /var/run/docker.sock
+r connect-victim-container nc -w 2 "$VICTIM_IP" "$VICTIM_PORT" </dev/null
+r connect-admin-via-gateway nc -w 2 "$gw" "$ADMIN_PORT" </dev/null
+r control-sees-its-own-status grep -q NoNewPrivs /proc/self/status
+echo done
+} > /www/report.txt
+exec httpd -f -p "$PORT" -h /www
+"#;
+
+/// (IP address on its network, port inside) of the running container of `app`.
+fn container_address(app: &str) -> (String, String) {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "--unix-socket",
+            "/var/run/docker.sock",
+            "http://d/containers/json",
+        ])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let c = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| {
+            c["Labels"]["berth.instance"]
+                .as_str()
+                .is_some_and(|i| i.starts_with(&format!("{app}.")))
+        })
+        .unwrap_or_else(|| panic!("no container of {app}: {v}"))
+        .clone();
+    let ip = c["NetworkSettings"]["Networks"]
+        .as_object()
+        .and_then(|n| n.values().next())
+        .and_then(|n| n["IPAddress"].as_str())
+        .unwrap()
+        .to_string();
+    let port = c["Ports"][0]["PrivatePort"].as_u64().unwrap().to_string();
+    (ip, port)
+}
+
+#[test]
+fn a_hostile_container_keeps_no_privileges_and_reaches_no_other_app() {
+    if !is_root() || !common::docker::docker_available() {
+        eprintln!("SKIPPED: needs root and a Docker daemon");
+        return;
+    }
+    // The admin listener on every address, so that only the firewall keeps containers off it.
+    let b = Berth::start_with(BIN, "admin = \"0.0.0.0:0\"", &[], "");
+    let victim = tmpdir(&b, "dvictim");
+    common::docker::docker_app(&victim, "victim inside\n", "");
+    create_app(&b, "dvictim");
+    common::docker::deploy_ok(&b, "dvictim", &victim);
+    wait_body(&b, "dvictim", "victim inside");
+    let (victim_ip, victim_port) = container_address("dvictim");
+
+    create_app(&b, "dattacker");
+    let vars = serde_json::json!({"set": {
+        "VICTIM_IP": victim_ip,
+        "VICTIM_PORT": victim_port,
+        "ADMIN_PORT": b.admin.port().to_string(),
+    }});
+    let (st, v) = api(&b, "PATCH", "/api/v1/apps/dattacker/env", &vars.to_string());
+    assert!(st < 300, "{st} {v}");
+    let src = tmpdir(&b, "dattacker");
+    common::docker::docker_app(&src, "attacker up\n", "COPY attack.sh /attack.sh\n");
+    write_file(&src.join("attack.sh"), ATTACK_SH.as_bytes());
+    let dockerfile = std::fs::read_to_string(src.join("Dockerfile")).unwrap();
+    let cmd_line = dockerfile.lines().last().unwrap().to_string();
+    write_file(
+        &src.join("Dockerfile"),
+        dockerfile
+            .replace(&cmd_line, "CMD [\"/bin/sh\", \"/attack.sh\"]")
+            .replace(
+                "COPY www /www\n",
+                "COPY www /www\nCOPY attack.sh /attack.sh\n",
+            )
+            .as_bytes(),
+    );
+    common::docker::deploy_ok(&b, "dattacker", &src);
+    let report = eventually(T, "the container's report", || {
+        let (st, body) = app_get(&b, "dattacker", "/report.txt");
+        (st == 200 && body.contains("done")).then_some(body)
+    });
+    // The report itself works: a harmless command is reported as what it is.
+    assert!(
+        report.contains("control-sees-its-own-status LEAKED"),
+        "{report}"
+    );
+    for name in CONTAINER_ATTACKS {
+        let line = report
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("{name} missing from the report:\n{report}"));
+        assert!(line.ends_with(" blocked"), "{line}\n{report}");
+    }
+    // The victim still serves; both apps go with their containers.
+    wait_body(&b, "dvictim", "victim inside");
+    for app in ["dattacker", "dvictim"] {
+        let (st, v) = api(&b, "DELETE", &format!("/api/v1/apps/{app}"), "");
+        assert_eq!(st, 204, "{v}");
+    }
 }

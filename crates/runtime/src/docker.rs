@@ -37,6 +37,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 
+mod hardening;
 mod services;
 mod swarm;
 
@@ -1279,11 +1280,11 @@ impl Runtime for DockerRuntime {
                 (INSTANCE_LABEL.to_string(), spec.id.clone()),
             ])),
             exposed_ports: Some(exposed_ports),
-            host_config: Some(HostConfig {
+            host_config: Some(hardening::harden(HostConfig {
                 port_bindings: Some(port_bindings),
                 memory: limits.memory.and_then(|m| i64::try_from(m).ok()),
                 nano_cpus: limits.cpu.map(|c| (c * 1e9) as i64),
-                pids_limit: limits.pids.and_then(|p| i64::try_from(p).ok()),
+                pids_limit: hardening::pids(limits.pids),
                 restart_policy: Some(RestartPolicy {
                     name: Some(if spec.restart {
                         RestartPolicyNameEnum::UNLESS_STOPPED
@@ -1299,7 +1300,7 @@ impl Runtime for DockerRuntime {
                 // whole grace.
                 init: Some(true),
                 ..Default::default()
-            }),
+            })),
             ..Default::default()
         };
         let created = self

@@ -100,9 +100,10 @@ impl Berth {
             }
         };
         let server_section = format!(
-            "[server]\n{}{}admin = \"127.0.0.1:0\"\nworkers = 2\ndata_dir = \"{d}/data\"\naccess_log = \"{d}/access.log\"\n{server_extra}\n",
+            "[server]\n{}{}{}workers = 2\ndata_dir = \"{d}/data\"\naccess_log = \"{d}/access.log\"\n{server_extra}\n",
             listen("http"),
-            listen("https")
+            listen("https"),
+            listen("admin")
         );
         let config = format!("{server_section}\n{}", extra.replace("{dir}", &d));
         let config_path = dir.path().join("berth.toml");

@@ -625,12 +625,12 @@ fn service_body(
                 retries: Some(i64::from(*retries)),
                 ..Default::default()
             }),
-        host_config: Some(HostConfig {
+        host_config: Some(super::hardening::harden(HostConfig {
             port_bindings: Some(port_bindings),
             mounts: Some(mounts),
             memory: limits.memory.and_then(|m| i64::try_from(m).ok()),
             nano_cpus: limits.cpu.map(|c| (c * 1e9) as i64),
-            pids_limit: limits.pids.and_then(|p| i64::try_from(p).ok()),
+            pids_limit: super::hardening::pids(limits.pids),
             restart_policy: Some(RestartPolicy {
                 name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
                 maximum_retry_count: None,
@@ -639,7 +639,7 @@ fn service_body(
             network_mode: Some(network.to_string()),
             init: Some(true),
             ..Default::default()
-        }),
+        })),
         networking_config: Some(NetworkingConfig {
             endpoints_config: Some(HashMap::from([(
                 network.to_string(),

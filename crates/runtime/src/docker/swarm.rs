@@ -577,13 +577,25 @@ impl SwarmRuntime {
                 health_check,
                 // docker-init as pid 1 passes SIGTERM on (see the container runtime).
                 init: Some(true),
+                // The same hardening as a container's (`hardening.rs`).
+                capability_drop: Some(vec!["ALL".to_string()]),
+                capability_add: Some(
+                    super::hardening::KEPT_CAPABILITIES
+                        .iter()
+                        .map(|c| c.to_string())
+                        .collect(),
+                ),
+                privileges: Some(bollard::models::TaskSpecContainerSpecPrivileges {
+                    no_new_privileges: Some(true),
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             resources: Some(TaskSpecResources {
                 limits: Some(Limit {
                     nano_cpus: limits.cpu.map(|c| (c * 1e9) as i64),
                     memory_bytes: limits.memory.and_then(|m| i64::try_from(m).ok()),
-                    pids: limits.pids.and_then(|p| i64::try_from(p).ok()),
+                    pids: super::hardening::pids(limits.pids),
                 }),
                 reservations: None,
             }),
