@@ -721,11 +721,7 @@ impl Engine {
         self.app(app)?;
         let host = host.trim_end_matches('.').to_ascii_lowercase();
         store::valid_host(&host).map_err(EngineError::BadInput)?;
-        if host == self.api_host() || self.is_app_host(&host) {
-            return Err(EngineError::Conflict(format!(
-                "{host} is one of berth's own names"
-            )));
-        }
+        self.check_claim(app, &host)?;
         self.store.add_domain(app, &host, actor)?;
         if let Err(e) = self.refresh_routes() {
             let _ = self.store.remove_domain(app, &host, actor);
@@ -781,6 +777,52 @@ impl Engine {
             .api_host
             .clone()
             .unwrap_or_else(|| format!("berth.{}", self.cfg.domain))
+    }
+
+    /// May `app` claim `host` as a custom domain? Not an IP address (a TLD is never all
+    /// digits), not the base domain itself, not one of berth's own names (`<app>.<domain>`,
+    /// the API host and anything under it), nothing under another app's name
+    /// (`x.<other>.<domain>`), and no host an operator route serves (exact or one-label
+    /// wildcard; a catch-all `*` route is what is left over, so it does not count).
+    fn check_claim(&self, app: &str, host: &str) -> Result<(), EngineError> {
+        let refuse = |why: String| {
+            Err(EngineError::Conflict(format!(
+                "{host} cannot be claimed: {why}"
+            )))
+        };
+        if host
+            .rsplit('.')
+            .next()
+            .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Err(EngineError::BadInput(format!(
+                "{host} is an IP address, not a domain (hint: point a DNS name at the server)"
+            )));
+        }
+        let domain = self.cfg.domain.as_str();
+        let api = self.api_host();
+        if host == domain {
+            return refuse(format!("it is the platform's base domain {domain}"));
+        }
+        if host == api || host.ends_with(&format!(".{api}")) || self.is_app_host(host) {
+            return refuse("it is one of berth's own names".into());
+        }
+        if let Some(under) = host.strip_suffix(&format!(".{domain}")) {
+            // `x.y.<app>.<domain>`: the label before the domain is an app's name.
+            let owner = under.rsplit('.').next().unwrap_or(under);
+            if owner != app {
+                return refuse(format!("names under {owner}.{domain} belong to {owner}"));
+            }
+        }
+        let wildcard_of = |h: &str| h.split_once('.').map(|(_, parent)| format!("*.{parent}"));
+        let served = lock(&self.base_routes).iter().any(|r| {
+            let pattern = r.host.0.as_str();
+            pattern == host || Some(pattern) == wildcard_of(host).as_deref()
+        });
+        if served {
+            return refuse("an operator route serves it".into());
+        }
+        Ok(())
     }
 
     fn is_app_host(&self, host: &str) -> bool {
