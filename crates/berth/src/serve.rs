@@ -150,6 +150,11 @@ async fn run(
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
             notify_backoff: notify_backoff(),
             jail_helper,
+            jail_hide: config_path
+                .iter()
+                .cloned()
+                .chain(cfg.tls.certs.iter().map(|c| c.key.clone()))
+                .collect(),
         },
         store,
         runtime,
@@ -366,18 +371,16 @@ fn bootstrap_admin_token(store: &engine::store::Store, data: &Path) -> Result<()
     let (_, secret) = store.create_token("admin", engine::store::Scope::Admin, &[], "berth")?;
     write_secret_file(data, &path, &secret)
         .with_context(|| format!("cannot write the admin token to {}", path.display()))?;
+    // The secret itself is never printed: berth's output ends up in log files and journals
+    // that other users (and apps, which see the host's files read-only) may read.
     if first {
         eprintln!(
-            "berth: created the admin API token (shown once; also in {}):\n  {secret}",
+            "berth: created the admin API token in {} (mode 0600; the CLI next to the data dir uses it)",
             path.display()
         );
     } else {
         tracing::warn!(
-            "{} {why}: created a new admin API token (earlier tokens still work)",
-            path.display()
-        );
-        eprintln!(
-            "berth: created a new admin API token (shown once; also in {}):\n  {secret}",
+            "{} {why}: created a new admin API token there (earlier tokens still work)",
             path.display()
         );
     }

@@ -38,6 +38,12 @@ const ATTACKS: &[&str] = &[
     "unshare-user-namespace",
     "mount-syscall",
     "privileges",
+    "bind-instance-ports",
+    "listen-on-another-port",
+    "udp-to-local-port",
+    "connect-victim-abstract-socket",
+    "leave-the-cgroup",
+    "unbounded-tmp",
 ];
 
 /// What the hostile app must still be able to do, each "ok".
@@ -140,6 +146,52 @@ def privileges():
         bad["ids"] = (os.getuid(), os.getgid(), os.getgroups())
     return bad or None
 
+def bind_instance_ports():
+    # Every port of the instance range but its own is refused (EACCES), free or not.
+    own, got, refused = int(D.get("PORT", "0")), [], 0
+    for port in range(10000, 10064):
+        if port == own:
+            continue
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+            got.append(port)
+        except PermissionError:
+            refused += 1
+        except OSError:
+            pass
+        finally:
+            s.close()
+    if not got and refused < 32:
+        raise ValueError("only %d ports refused: the test proves nothing" % refused)
+    return got or None
+
+def listen_other():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 6380))
+    s.listen()
+    return "listening on 6380"
+
+def udp_local():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.sendto(b"x", ("127.0.0.1", 5355))
+    return "sent a datagram to 127.0.0.1:5355"
+
+def abstract():
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(3)
+    s.connect("\0berth-victim-abstract-v1")
+    return "connected to the victim's abstract socket"
+
+def cgroup():
+    lines = open("/proc/self/cgroup").read().splitlines()
+    return None if any("/berth/" in l for l in lines) else lines
+
+def tmp_size():
+    st = os.statvfs("/tmp")
+    size = st.f_blocks * st.f_frsize
+    return None if size <= 512 << 20 else "a /tmp of %d bytes" % size
+
 DATA = D["VICTIM_DATA"]
 ATTACKS = {
     "read-admin-token": lambda: read(DATA + "/admin-token"),
@@ -165,6 +217,12 @@ ATTACKS = {
     "unshare-user-namespace": lambda: run(["unshare", "-r", "id"]),
     "mount-syscall": mount_syscall,
     "privileges": privileges,
+    "bind-instance-ports": bind_instance_ports,
+    "listen-on-another-port": listen_other,
+    "udp-to-local-port": udp_local,
+    "connect-victim-abstract-socket": abstract,
+    "leave-the-cgroup": cgroup,
+    "unbounded-tmp": tmp_size,
 }
 
 def works():
@@ -188,6 +246,13 @@ if sys.argv[1] != "web":
     print("REPORT-%s %s" % (sys.argv[1], json.dumps(report())), flush=True)
     sys.exit(0)
 
+# A daemon that leaves the process group and the session: it must still go with the app.
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        os.execvp("sleep", ["sleep", "100000"])
+    os._exit(0)
+
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class H(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -200,8 +265,12 @@ class H(BaseHTTPRequestHandler):
 ThreadingHTTPServer(("127.0.0.1", int(D["PORT"])), H).serve_forever()
 "#;
 
-const VICTIM_PY: &str = r#"import os
+const VICTIM_PY: &str = r#"import os, socket, threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+abstract = socket.socket(socket.AF_UNIX)
+abstract.bind("\0berth-victim-abstract-" + os.environ["BERTH_RELEASE"])
+abstract.listen()
+threading.Thread(target=lambda: [abstract.accept()[0].close() for _ in iter(int, 1)], daemon=True).start()
 with open(os.environ["BERTH_STORAGE"] + "/secret.txt", "w") as f:
     f.write("victim-secret-file")
 class H(BaseHTTPRequestHandler):
@@ -368,6 +437,26 @@ fn a_hostile_app_cannot_leave_its_jail_from_web_release_or_postdeploy() {
     // Nothing was written where the attacker aimed.
     assert!(!data.join("pwned").exists());
     assert!(!std::path::Path::new("/etc/berth-jail-test-pwned").exists());
+
+    // Destroying the attacker kills everything it started, the daemon that left its session
+    // included, and its user goes.
+    let attacker_uid = report["uid"].as_u64().unwrap();
+    let runs_as = |uid: u64| {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            std::fs::read_to_string(e.path().join("status")).is_ok_and(|st| {
+                st.lines()
+                    .find(|l| l.starts_with("Uid:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    == Some(uid.to_string().as_str())
+            })
+        })
+    };
+    assert!(runs_as(attacker_uid), "the attacker runs");
+    let out = cli(&b, &["apps:destroy", "attacker", "--confirm", "attacker"]);
+    assert!(out.status.success(), "{}", text(&out));
+    eventually(T, "every process of the attacker to be gone", || {
+        (!runs_as(attacker_uid)).then_some(())
+    });
 
     // Destroying the app removes its user.
     let user_line = |uid: u64| {

@@ -12,7 +12,8 @@
 //! set own     { type uid . inet_service }   an app's own services' published ports
 //! chain output (hook output): a connection (SYN) from @apps to a local address, to @guarded, not
 //!                             (uid . port) in @own → reject (TCP reset); from @apps out of a
-//!                             Docker bridge → reject
+//!                             Docker bridge → reject; UDP from @apps to a local address
+//!                             other than DNS (53) → reject
 //! chain input  (hook input):  a connection from a Docker bridge to @guarded → reject (containers
 //!                             are apps too)
 //! ```
@@ -71,6 +72,7 @@ impl Firewall {
                  type filter hook output priority 0; policy accept;\n\
                  meta skuid @apps fib daddr type local tcp flags & (syn | ack) == syn tcp dport @guarded meta skuid . tcp dport != @own reject with tcp reset\n\
                  meta skuid @apps oifname {{ \"docker*\", \"br-*\" }} reject\n\
+                 meta skuid @apps fib daddr type local meta l4proto udp udp dport != 53 reject\n\
                }}\n\
                chain input {{\n\
                  type filter hook input priority 0; policy accept;\n\

@@ -41,10 +41,13 @@ pub(crate) struct Jails {
     tag: String,
     /// The data dir, absolute.
     data: PathBuf,
-    /// What every jail hides on top of `berth_jail::ALWAYS_HIDDEN`.
+    /// What every jail hides on top of `berth_jail::ALWAYS_HIDDEN`: the data dir, the build
+    /// dirs, the config file and the TLS keys it names.
     hide: Vec<PathBuf>,
     /// App users known to exist: (uid, gid) by app.
     users: Mutex<HashMap<String, (u32, u32)>>,
+    /// The ports the firewall guards (`guarded_ports`), sorted and merged.
+    guarded: Vec<(u16, u16)>,
 }
 
 /// What a start of app code needs from its jail.
@@ -108,22 +111,34 @@ fn guarded_ports(admin: Option<u16>) -> Vec<(u16, u16)> {
 impl Jails {
     /// Decides the mode (blocking: it runs `nft` and one trial jail). `helper` is the jail
     /// helper (`None`: `[server] jail = false`).
-    pub(crate) fn new(data: &Path, helper: Option<&Path>, admin: Option<u16>) -> Jails {
+    pub(crate) fn new(
+        data: &Path,
+        helper: Option<&Path>,
+        admin: Option<u16>,
+        extra_hidden: Vec<PathBuf>,
+    ) -> Jails {
         let data = data.canonicalize().unwrap_or_else(|_| data.to_path_buf());
         let tag = crate::users::data_tag(&data);
         let mut scratch = data.as_os_str().to_owned();
         scratch.push(".builds");
-        let hide = vec![
+        let mut hide = vec![
             data.clone(),
             PathBuf::from(scratch),
             PathBuf::from("/var/tmp/berth-builds"),
         ];
+        hide.extend(
+            extra_hidden
+                .into_iter()
+                .map(|p| p.canonicalize().unwrap_or(p))
+                .filter(|p| p.is_absolute()),
+        );
         let mut jails = Jails {
             mode: Mode::Off,
             tag,
             data,
             hide,
             users: Mutex::new(HashMap::new()),
+            guarded: guarded_ports(admin),
         };
         let Some(helper) = helper else {
             tracing::warn!(
@@ -132,7 +147,7 @@ impl Jails {
             );
             return jails;
         };
-        jails.mode = match jails.start(helper, admin) {
+        jails.mode = match jails.start(helper) {
             Ok(firewall) => {
                 tracing::info!("app jail on: each app runs as its own user, in its own mount namespace, with a seccomp filter and a firewall rule");
                 Mode::On { firewall }
@@ -147,7 +162,7 @@ impl Jails {
         jails
     }
 
-    fn start(&self, helper: &Path, admin: Option<u16>) -> Result<Arc<Firewall>, String> {
+    fn start(&self, helper: &Path) -> Result<Arc<Firewall>, String> {
         if !rustix::process::geteuid().is_root() {
             return Err(
                 "the app jail needs berth to run as root (each app runs as its own user); run \
@@ -159,6 +174,7 @@ impl Jails {
         let out = std::process::Command::new(helper)
             .args([
                 "jail",
+                "--report",
                 "--uid",
                 "65534",
                 "--gid",
@@ -172,6 +188,15 @@ impl Jails {
         if !out.status.success() {
             return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
         }
+        let report = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if report.contains("scopes=off") {
+            tracing::warn!(
+                %report,
+                "this kernel has no Landlock scopes (Linux 6.12): apps can reach each other's abstract unix sockets"
+            );
+        } else {
+            tracing::info!(%report, "the jail's Landlock rules");
+        }
         let known: Vec<u32> = crate::users::all()
             .into_iter()
             .filter(|(_, e)| {
@@ -179,9 +204,28 @@ impl Jails {
             })
             .map(|(_, e)| e.uid)
             .collect();
-        let firewall = Firewall::start(&self.tag, &guarded_ports(admin), &known)
+        let firewall = Firewall::start(&self.tag, &self.guarded, &known)
             .map_err(|e| format!("{e}; or set `[server] jail = false`"))?;
         Ok(Arc::new(firewall))
+    }
+
+    /// The jail of a build run as `user` in the scratch dir `dir` (`sandbox.rs`): it sees what
+    /// an app's jail sees, with its own scratch dir writable instead of a release, and may
+    /// listen on any port outside the guarded ones (test suites start servers). `None`: the
+    /// jail is off or berth is not root (no build user).
+    pub(crate) fn for_build(
+        &self,
+        user: crate::sandbox::BuildUser,
+        dir: &Path,
+    ) -> Option<::jail::Jail> {
+        let ((uid, gid), Mode::On { .. }) = (user?, &self.mode) else {
+            return None;
+        };
+        let mut jail = ::jail::Jail::new(uid, gid);
+        jail.hide = self.hide.clone();
+        jail.writable = vec![dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf())];
+        jail.bind = unguarded(&self.guarded);
+        Some(jail)
     }
 
     /// The firewall, for the build users (`sandbox.rs`).
@@ -296,33 +340,67 @@ impl Jails {
         }))
     }
 
-    /// `app` is destroyed (its processes are stopped): its user and firewall entry go.
+    /// `app` is destroyed (its instances are stopped): whatever still runs as its user (a
+    /// daemon that left its process group) is killed, then the user goes, then its firewall
+    /// entry. Anything that cannot be done leaves the rest in place (a user whose processes
+    /// survive keeps its firewall rule) and is logged.
     pub(crate) async fn remove_app(&self, app: &str) {
-        let ids = crate::lock(&self.users).remove(app);
+        let cached = crate::lock(&self.users).remove(app);
         let name = self.user_name(app);
         let comment = self.comment(app);
-        let uid = ids.map(|(u, _)| u).or_else(|| {
-            crate::users::entry(&name)
-                .filter(|e| e.comment == comment)
-                .map(|e| e.uid)
-        });
-        let Some(uid) = uid else { return };
+        let found = {
+            let (name, comment) = (name.clone(), comment.clone());
+            tokio::task::spawn_blocking(move || {
+                crate::users::entry(&name)
+                    .filter(|e| e.comment == comment)
+                    .map(|e| (e.uid, e.gid))
+            })
+            .await
+            .ok()
+            .flatten()
+        };
+        let Some((uid, gid)) = found.or(cached) else {
+            return;
+        };
+        let removed = tokio::task::spawn_blocking(move || -> Result<(), String> {
+            crate::users::kill_all(uid, gid)?;
+            // Only berth's user for this app, never one that merely has the name.
+            if crate::users::entry(&name).is_some_and(|e| e.comment == comment)
+                && !crate::users::remove(&name)
+            {
+                return Err(format!("userdel {name} failed"));
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        if let Err(e) = removed {
+            tracing::error!(app, uid, "cannot remove the app's system user: {e}");
+            return;
+        }
         if let Some(fw) = self.firewall() {
             if let Err(e) = fw.forget(uid).await {
                 tracing::warn!(app, "cannot remove the app's firewall entry: {e}");
             }
         }
-        let removed = tokio::task::spawn_blocking(move || {
-            // Only berth's user for this app, never one that merely has the name.
-            crate::users::entry(&name).is_some_and(|e| e.comment == comment)
-                && crate::users::remove(&name)
-        })
-        .await
-        .unwrap_or(false);
-        if !removed {
-            tracing::warn!(app, "could not remove the app's system user");
-        }
     }
+}
+
+/// The ports (inclusive ranges, from 1) that are not in `guarded` (sorted, merged).
+fn unguarded(guarded: &[(u16, u16)]) -> Vec<(u16, u16)> {
+    let mut out = Vec::new();
+    let mut next: u32 = 1;
+    for (a, b) in guarded {
+        if u32::from(*a) > next {
+            out.push((next as u16, a - 1));
+        }
+        next = next.max(u32::from(*b) + 1);
+    }
+    if next <= 65535 {
+        out.push((next as u16, 65535));
+    }
+    out
 }
 
 /// Gives the tree at `root` to `(uid, gid)`, links themselves and not what they point to;
@@ -373,5 +451,18 @@ impl crate::Engine {
             own.extend(services.iter().filter_map(|s| s.host_port));
         }
         self.jails.prepare(app, dir, own).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn unguarded_is_the_complement() {
+        assert_eq!(
+            super::unguarded(&[(8081, 8081), (10000, 29999), (32768, 60999)]),
+            vec![(1, 8080), (8082, 9999), (30000, 32767), (61000, 65535)]
+        );
+        assert_eq!(super::unguarded(&[(1, 65535)]), vec![]);
+        assert_eq!(super::unguarded(&[]), vec![(1, 65535)]);
     }
 }

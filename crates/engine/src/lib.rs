@@ -70,6 +70,9 @@ pub struct EngineConfig {
     /// The jail helper (berth's own binary, `berth jail`) that shuts every app process in
     /// its jail (`jail.rs`); `None`: `[server] jail = false`, apps run unjailed.
     pub jail_helper: Option<PathBuf>,
+    /// Files every jail hides besides berth's data and build dirs: the config file and the
+    /// TLS keys it names (an app sees the host's other files read-only).
+    pub jail_hide: Vec<PathBuf>,
 }
 
 /// Errors the API turns into 4xx/5xx answers.
@@ -162,10 +165,12 @@ impl Engine {
     ) -> Result<Arc<Engine>, EngineError> {
         let jails = {
             let (data, helper) = (cfg.data_dir.clone(), cfg.jail_helper.clone());
-            let admin = cfg.admin.map(|a| a.port());
-            tokio::task::spawn_blocking(move || jails::Jails::new(&data, helper.as_deref(), admin))
-                .await
-                .map_err(|e| EngineError::Internal(e.to_string()))?
+            let (admin, hide) = (cfg.admin.map(|a| a.port()), cfg.jail_hide.clone());
+            tokio::task::spawn_blocking(move || {
+                jails::Jails::new(&data, helper.as_deref(), admin, hide)
+            })
+            .await
+            .map_err(|e| EngineError::Internal(e.to_string()))?
         };
         let slots = sandbox::Slots::new(cfg.build_concurrency, &cfg.data_dir, jails.firewall());
         let engine = Arc::new(Engine {

@@ -291,7 +291,7 @@ impl Engine {
                             &spec,
                             log,
                             user,
-                            None,
+                            self.jails.for_build(user, &scratch.dir),
                             &token,
                         )
                         .await
@@ -505,7 +505,7 @@ impl Engine {
                 &spec,
                 log,
                 None,
-                jail.as_ref(),
+                jail.as_ref().and_then(|j| j.jail.clone()),
                 &token,
             )
             .await?;
@@ -559,7 +559,7 @@ impl Engine {
                     &spec,
                     log,
                     None,
-                    jail.as_ref(),
+                    jail.as_ref().and_then(|j| j.jail.clone()),
                     &Default::default(),
                 )
                 .await;
@@ -672,9 +672,10 @@ impl Engine {
         spec: &AppSpec,
         log: &DeployLog,
         user: crate::sandbox::BuildUser,
-        jail: Option<&crate::jails::Prepared>,
+        jail: Option<::jail::Jail>,
         cancel: &tokio_util::sync::CancellationToken,
     ) -> Result<(), Failure> {
+        let jailed = jail.is_some();
         let run = self.runtime.run_task(TaskSpec {
             id: format!("{}.{deploy_id}", task.what.replace(' ', "-")),
             command: task.command.to_string(),
@@ -688,14 +689,14 @@ impl Engine {
                 limits(spec)
             },
             user,
-            jail: jail.and_then(|j| j.jail.clone()),
+            jail,
         });
         let outcome = tokio::select! {
             r = run => r.map_err(|e| Failure(format!("{} could not start: {e}", task.what)))?,
             () = cancel.cancelled() => return Err(Failure(self.cancel_reason(deploy_id))),
         };
         let checked = check_task(task.what, outcome, task.timeout);
-        if let (Err(Failure(why)), Some(_)) = (&checked, jail.and_then(|j| j.jail.as_ref())) {
+        if let (Err(Failure(why)), true) = (&checked, jailed) {
             let tail = crate::logs::tail_file(&log.path, TAIL_LINES);
             if let Some(hint) = crate::jails::read_only_hint(&tail) {
                 return Err(Failure(format!("{why} ({hint})")));
@@ -850,10 +851,15 @@ impl Engine {
             env,
             limits: limits(run.spec),
             restart: true,
+            // An instance may listen on its own PORT only (the jail's Landlock bind rule).
             jail: run
                 .jail
                 .filter(|_| run.spec.image.is_none())
-                .and_then(|j| j.jail.clone()),
+                .and_then(|j| j.jail.clone())
+                .map(|mut jail| {
+                    jail.bind = port.map(|p| vec![(p, p)]).unwrap_or_default();
+                    jail
+                }),
             swarm: crate::swarm::on_swarm(run.spec).then(|| {
                 crate::swarm::options(
                     run.spec,

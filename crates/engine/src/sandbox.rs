@@ -343,59 +343,13 @@ fn owned_dir(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// SIGKILL every process of the build user `user` (none: nothing to do): `kill -KILL -1` run
-/// *as that user*, which the kernel delivers to all of its processes in one pass (a process
-/// forking in a loop cannot slip through), repeated until /proc shows none.
+/// SIGKILL every process of the build user `user` (none: nothing to do; see
+/// `users::kill_all`).
 fn kill_user(user: BuildUser) -> Result<(), String> {
-    use std::os::unix::process::CommandExt;
-    let Some((uid, gid)) = user else {
-        return Ok(());
-    };
-    for _ in 0..100 {
-        if !runs_as(uid) {
-            return Ok(());
-        }
-        let _ = std::process::Command::new("/bin/kill")
-            .args(["-s", "KILL", "--", "-1"])
-            .uid(uid)
-            .gid(gid)
-            .env_clear()
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
-        std::thread::sleep(std::time::Duration::from_millis(5));
+    match user {
+        Some((uid, gid)) => crate::users::kill_all(uid, gid),
+        None => Ok(()),
     }
-    Err(format!("processes of build user {uid} survive SIGKILL"))
-}
-
-/// Does any live process (zombies are dead: only their exit status is left) run as `uid`
-/// (real, effective, saved or filesystem uid)?
-fn runs_as(uid: u32) -> bool {
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    procs.flatten().any(|entry| {
-        let numeric = entry
-            .file_name()
-            .to_str()
-            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()));
-        numeric
-            && std::fs::read_to_string(entry.path().join("status")).is_ok_and(|status| {
-                let dead = status
-                    .lines()
-                    .find_map(|l| l.strip_prefix("State:"))
-                    .is_some_and(|st| matches!(st.trim_start().chars().next(), Some('Z' | 'X')));
-                !dead
-                    && status
-                        .lines()
-                        .find_map(|l| l.strip_prefix("Uid:"))
-                        .is_some_and(|ids| {
-                            ids.split_whitespace()
-                                .any(|id| id.parse::<u32>().ok() == Some(uid))
-                        })
-            })
-    })
 }
 
 /// What a build user left in the machine's shared temp dirs (top level: its own files and

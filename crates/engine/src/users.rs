@@ -114,3 +114,55 @@ pub(crate) fn data_tag(path: &std::path::Path) -> String {
     let hash = sha2::Sha256::digest(path.to_string_lossy().as_bytes());
     hash.iter().take(4).map(|b| format!("{b:02x}")).collect()
 }
+
+/// SIGKILL every process of `uid`: `kill -KILL -1` run *as that user*, which the kernel
+/// delivers to all of its processes in one pass (a process forking in a loop cannot slip
+/// through), repeated until /proc shows none. Blocking.
+pub(crate) fn kill_all(uid: u32, gid: u32) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    for _ in 0..100 {
+        if !runs_as(uid) {
+            return Ok(());
+        }
+        let _ = std::process::Command::new("/bin/kill")
+            .args(["-s", "KILL", "--", "-1"])
+            .uid(uid)
+            .gid(gid)
+            .env_clear()
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    Err(format!("processes of user {uid} survive SIGKILL"))
+}
+
+/// Does any live process (zombies are dead: only their exit status is left) run as `uid`
+/// (real, effective, saved or filesystem uid)?
+pub(crate) fn runs_as(uid: u32) -> bool {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    procs.flatten().any(|entry| {
+        let numeric = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()));
+        numeric
+            && std::fs::read_to_string(entry.path().join("status")).is_ok_and(|status| {
+                let dead = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("State:"))
+                    .is_some_and(|st| matches!(st.trim_start().chars().next(), Some('Z' | 'X')));
+                !dead
+                    && status
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Uid:"))
+                        .is_some_and(|ids| {
+                            ids.split_whitespace()
+                                .any(|id| id.parse::<u32>().ok() == Some(uid))
+                        })
+            })
+    })
+}

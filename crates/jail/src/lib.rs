@@ -7,7 +7,8 @@
 //! 1. starts a session of its own (no controlling terminal to type into);
 //! 2. takes a mount namespace and an IPC namespace of its own (`unshare`);
 //! 3. remounts every mount it sees read-only and `nosuid` (the host file system read-only);
-//! 4. mounts private, empty, writable tmpfs on `/tmp`, `/var/tmp` and `/dev/shm`;
+//! 4. mounts private, empty, writable tmpfs on `/tmp`, `/var/tmp` (512 MiB each) and `/dev/shm`
+//!    (64 MiB);
 //! 5. hides what the app must not see (berth's data dir, other apps' files, `/root`, `/home`,
 //!    the Docker socket, …): a directory becomes an empty read-only tmpfs, a file `/dev/null`;
 //!    "invisible", not merely unreadable;
@@ -17,7 +18,10 @@
 //!    processes, so neither other apps' nor berth's, nor their `environ`;
 //! 8. drops to the app's own user: no supplementary groups, an empty capability bounding
 //!    set, `no_new_privs` (no setuid binary or file capability gives anything back);
-//! 9. installs a seccomp filter in the spirit of Docker's default profile ([`DENIED`]).
+//! 9. restricts itself with Landlock: TCP `bind` only to its given ports (an instance: its own
+//!    `PORT`), and, where the kernel can, no abstract unix sockets or signals out of the jail
+//!    (`restrict.rs`);
+//! 10. installs a seccomp filter in the spirit of Docker's default profile ([`DENIED`]).
 //!
 //! Any step that fails ends the helper with exit code 125 and one line on stderr naming the
 //! step: a process never runs with less of the jail than it was given. The network rule (an
@@ -39,6 +43,7 @@ use nix::sched::CloneFlags;
 use nix::sys::stat::Mode;
 use nix::unistd::{Gid, Uid};
 
+mod restrict;
 mod seccomp;
 pub use seccomp::DENIED;
 
@@ -57,8 +62,13 @@ pub const ALWAYS_HIDDEN: [&str; 6] = [
     "/etc/berth",
 ];
 
-/// Directories that get a private, empty, writable tmpfs.
-const PRIVATE_TMP: [&str; 3] = ["/tmp", "/var/tmp", "/dev/shm"];
+/// Directories that get a private, empty, writable tmpfs, and its size: tmpfs is memory, so
+/// each is bounded (`/dev/shm` as Docker's default).
+const PRIVATE_TMP: [(&str, &str); 3] = [
+    ("/tmp", "mode=1777,size=512m"),
+    ("/var/tmp", "mode=1777,size=512m"),
+    ("/dev/shm", "mode=1777,size=64m"),
+];
 
 /// One jail: as whom the command runs and what it sees.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,6 +82,17 @@ pub struct Jail {
     pub read_only: Vec<PathBuf>,
     /// Directories visible again at their own paths, writable.
     pub writable: Vec<PathBuf>,
+    /// TCP ports it may `bind` (inclusive ranges; port 0 always).
+    pub bind: Vec<(u16, u16)>,
+}
+
+/// What the kernel enforced beyond the hard requirements (`berth jail --report` prints it).
+#[derive(Clone, Copy, Debug)]
+pub struct Report {
+    /// The kernel's Landlock ABI.
+    pub landlock_abi: i32,
+    /// Abstract unix sockets and signals are scoped to the jail (Landlock ABI 6).
+    pub scopes: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +117,7 @@ impl Jail {
             hide: Vec::new(),
             read_only: Vec::new(),
             writable: Vec::new(),
+            bind: Vec::new(),
         }
     }
 
@@ -116,6 +138,17 @@ impl Jail {
                 args.push(flag.into());
                 args.push(p.clone().into_os_string());
             }
+        }
+        for (a, b) in &self.bind {
+            args.push("--bind".into());
+            args.push(
+                if a == b {
+                    a.to_string()
+                } else {
+                    format!("{a}-{b}")
+                }
+                .into(),
+            );
         }
         args.push("--".into());
         args
@@ -150,6 +183,14 @@ impl Jail {
                 Some("--hide") => jail.hide.push(absolute(value)?),
                 Some("--ro") => jail.read_only.push(absolute(value)?),
                 Some("--rw") => jail.writable.push(absolute(value)?),
+                Some("--bind") => {
+                    let v = value.to_str().unwrap_or_default();
+                    let (a, b) = v.split_once('-').unwrap_or((v, v));
+                    match (a.parse::<u16>(), b.parse::<u16>()) {
+                        (Ok(a), Ok(b)) if a <= b => jail.bind.push((a, b)),
+                        _ => return Err(bad(format!("not a port or range: {v}"))),
+                    }
+                }
                 _ => return Err(bad(format!("unknown flag {}", flag.to_string_lossy()))),
             }
         }
@@ -168,7 +209,7 @@ impl Jail {
     /// Builds the jail around the calling process (steps 1–9 of the module docs). The caller
     /// must be root and single-threaded; on success it is the app's user, in the jail, and
     /// should `exec` at once.
-    pub fn enter(&self) -> Result<(), JailError> {
+    pub fn enter(&self) -> Result<Report, JailError> {
         if !Uid::effective().is_root() {
             return Err(JailError::Other(
                 "the jail needs root (it switches to the app's own user)".into(),
@@ -176,6 +217,10 @@ impl Jail {
         }
         // Already a group leader (started with a process group of its own) is fine.
         let _ = nix::unistd::setsid();
+        // The working directory is entered again by its path once the mounts are done: the
+        // old handle points into the mounts as they were (read-only, or hidden).
+        let cwd = std::env::current_dir()
+            .map_err(|e| JailError::Other(format!("the working directory: {e}")))?;
         nix::sched::unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC)
             .map_err(sys("unshare (mount and IPC namespaces)"))?;
         mount_flags(
@@ -205,14 +250,14 @@ impl Jail {
             })
             .collect::<Result<_, JailError>>()?;
 
-        for dir in PRIVATE_TMP {
+        for (dir, options) in PRIVATE_TMP {
             if Path::new(dir).is_dir() {
                 mount_flags(
                     Some("tmpfs"),
                     Path::new(dir),
                     Some("tmpfs"),
                     MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-                    Some("mode=1777"),
+                    Some(options),
                 )
                 .map_err(sys(format!("private tmpfs on {dir}")))?;
             }
@@ -234,8 +279,14 @@ impl Jail {
         )
         .map_err(sys("mount /proc with hidepid=invisible"))?;
         drop(keep);
+        nix::unistd::chdir(&cwd).map_err(sys(format!("enter {}", cwd.display())))?;
         self.drop_privileges()?;
-        seccomp::install()
+        let enforced = restrict::install(&self.bind)?;
+        seccomp::install()?;
+        Ok(Report {
+            landlock_abi: enforced.abi,
+            scopes: enforced.scopes,
+        })
     }
 
     /// Step 5: hides every existing path of `hide` and [`ALWAYS_HIDDEN`], outermost first;
@@ -451,12 +502,23 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> i32 {
         );
         EXIT_CANNOT_JAIL
     };
+    let mut args: Vec<OsString> = args.into_iter().collect();
+    let report = args.first().is_some_and(|a| a == "--report");
+    if report {
+        args.remove(0);
+    }
     let (jail, cmd) = match Jail::parse(args) {
         Ok(parsed) => parsed,
         Err(e) => return fail(&e),
     };
-    if let Err(e) = jail.enter() {
-        return fail(&e);
+    match jail.enter() {
+        Ok(r) if report => println!(
+            "landlock-abi={} scopes={}",
+            r.landlock_abi,
+            if r.scopes { "on" } else { "off" }
+        ),
+        Ok(_) => {}
+        Err(e) => return fail(&e),
     }
     let mut command = std::process::Command::new(&cmd[0]);
     command.args(&cmd[1..]);
@@ -478,6 +540,7 @@ mod tests {
             hide: vec!["/data".into(), "/data.builds".into()],
             read_only: vec!["/data/apps/a/releases/v1".into()],
             writable: vec!["/data/apps/a/storage".into()],
+            bind: vec![(12345, 12345), (1, 9999)],
         };
         let mut args = jail.to_args();
         args.extend(["/bin/sh".into(), "-c".into(), "echo hi".into()]);
@@ -503,6 +566,14 @@ mod tests {
             (vec!["--uid", "5", "--gid", "5", "x"], "needs a value"),
             (vec!["--uid", "x", "--gid", "5", "--", "x"], "not an id"),
             (vec!["--bogus", "1", "--", "x"], "unknown flag"),
+            (
+                vec!["--uid", "5", "--gid", "5", "--bind", "9-1", "--", "x"],
+                "not a port",
+            ),
+            (
+                vec!["--uid", "5", "--gid", "5", "--bind", "x", "--", "x"],
+                "not a port",
+            ),
         ] {
             let err = Jail::parse(args.into_iter().map(OsString::from))
                 .unwrap_err()

@@ -32,6 +32,8 @@ use crate::{
     TaskOutcome, TaskSpec,
 };
 
+/// Processes (and threads) a jailed instance or task may have when its app sets no `pids`.
+pub const JAILED_DEFAULT_PIDS: u64 = 4096;
 /// How long a timed-out task gets between SIGTERM and SIGKILL.
 const TASK_KILL_GRACE: Duration = Duration::from_secs(2);
 /// Poll interval for noticing that an adopted process exited.
@@ -257,10 +259,12 @@ impl Runtime for ProcessRuntime {
     async fn start(&self, spec: InstanceSpec) -> Result<InstanceInfo, RuntimeError> {
         check_id(&spec.id)?;
         self.ensure_free(&spec.id)?;
-        let confinement = self
-            .shared
-            .limiter
-            .prepare(&self.cgroup(&spec.id), &spec.limits)?;
+        let confinement = self.shared.contain(
+            &spec.id,
+            &self.cgroup(&spec.id),
+            &spec.limits,
+            spec.jail.is_some(),
+        )?;
         let (proc, pid_start) = match spawn_instance(&spec, &confinement, &self.shared) {
             Ok(spawned) => spawned,
             Err(e) => {
@@ -391,7 +395,9 @@ impl Runtime for ProcessRuntime {
         // Tasks get their own cgroup name so that a task whose id equals an
         // instance's cannot rewrite (or, on cleanup, kill) that instance.
         let cgroup = self.cgroup(&format!("task.{}", task.id));
-        let confinement = self.shared.limiter.prepare(&cgroup, &task.limits)?;
+        let confinement =
+            self.shared
+                .contain(&task.id, &cgroup, &task.limits, task.jail.is_some())?;
         let how = match (&task.jail, task.user) {
             (Some(jail), _) => self.shared.jailed(&task.id, jail),
             (None, Some((uid, gid))) => Ok(RunAs::User(uid, gid)),
@@ -761,6 +767,31 @@ enum RunAs<'a> {
 }
 
 impl Shared {
+    /// The cgroups of `id` (named `cgroup`) with `limits`. A jailed process always gets one,
+    /// with [`JAILED_DEFAULT_PIDS`] when its app sets no `pids`: no process can leave a cgroup
+    /// (a `setsid` daemon leaves only the process group), so stopping the instance or
+    /// destroying the app kills everything it started.
+    fn contain(
+        &self,
+        id: &str,
+        cgroup: &str,
+        limits: &crate::Limits,
+        jailed: bool,
+    ) -> Result<Confinement, RuntimeError> {
+        let mut limits = limits.clone();
+        if jailed && limits.pids.is_none() {
+            limits.pids = Some(JAILED_DEFAULT_PIDS);
+        }
+        let confinement = self.limiter.prepare(cgroup, &limits)?;
+        if jailed && confinement.dirs.is_empty() {
+            return Err(RuntimeError::Jail {
+                id: id.to_string(),
+                why: "no writable pids cgroup to hold its processes (is /sys/fs/cgroup mounted read-write?)".into(),
+            });
+        }
+        Ok(confinement)
+    }
+
     /// With a jail helper (the jail is on), app code never runs without a jail: a spec
     /// without one is a bug or a jail that could not be prepared, never a reason to run it
     /// as berth.
