@@ -13,7 +13,7 @@
 //! Environment, set by berth for `git http-backend`: `BERTH_HOOK_API` (the admin listener's
 //! URL), `BERTH_HOOK_TOKEN` (the pusher's token: the deploy is theirs), `BERTH_HOOK_APP`.
 
-use crate::cli::follow_deploy_log;
+use crate::cli::deploy::follow_deploy_log;
 use crate::client::{seg, Client, Error, Source, Target, EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 use serde_json::Value;
 use std::io::{self, BufRead, Write};

@@ -1,10 +1,11 @@
 //! `berth builds`, `builds:info`, `builds:logs`, `builds:cancel` (the build queue across apps)
 //! and `apps:settings` (deploy branch, previews, cancel-running).
 
-use super::{
-    app, cell, connect, follow_deploy_log, list, named_app, parse_env_args, print_json, print_list,
-    report_deploy, when, AppFrom, AppRef, Global,
-};
+use super::app_ref::{app, named_app, AppFrom, AppRef};
+use super::deploy::{follow_deploy_log, report_deploy};
+use super::env::parse_env_args;
+use super::output::{cell, list, print_json, print_list, print_table, when};
+use super::{connect, Global};
 use crate::client::{seg, Error, EXIT_OK};
 use serde_json::{json, Map, Value};
 
@@ -142,7 +143,7 @@ pub fn info(g: &Global, id: u64) -> Result<i32, Error> {
         .collect();
     if !rows.is_empty() {
         println!();
-        super::print_table(&["STEP", "STATUS", "STARTED", "FINISHED"], &rows);
+        print_table(&["STEP", "STATUS", "STARTED", "FINISHED"], &rows);
     }
     Ok(EXIT_OK)
 }
