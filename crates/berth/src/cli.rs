@@ -36,7 +36,7 @@ mod env;
 mod info;
 mod login;
 mod notify;
-mod output;
+pub(crate) mod output;
 mod ps;
 mod tokens;
 

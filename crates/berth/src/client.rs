@@ -11,6 +11,7 @@
 //!
 //! A piece missing from one source (say a `--token` without `--url`) is taken from the next.
 
+use crate::cli::output::for_terminal;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::ffi::OsStr;
@@ -77,12 +78,13 @@ impl Error {
     pub fn is_not_found(&self) -> bool {
         self.status == Some(404) && self.message.to_ascii_lowercase().contains("not found")
     }
-    /// Prints the error to stderr and returns its exit code.
+    /// Prints the error to stderr and returns its exit code. The message and hint go through
+    /// [`for_terminal`]: they may quote the server, an app's output or a file name.
     pub fn report(&self) -> i32 {
         let mut err = io::stderr().lock();
-        let _ = writeln!(err, "berth: {}", self.message);
+        let _ = writeln!(err, "berth: {}", for_terminal(&self.message));
         if let Some(h) = &self.hint {
-            let _ = writeln!(err, "hint: {h}");
+            let _ = writeln!(err, "hint: {}", for_terminal(h));
         }
         self.code
     }
@@ -717,7 +719,7 @@ impl Client {
 
 /// Reads Server-Sent Events and calls `on_event(event, data)` for each one: `event` defaults to
 /// `message`, `data` joins multi-line data with `\n`; comment lines (`:`) and `id`/`retry` are
-/// skipped; LF and CRLF line ends both work. `on_event` returns false to stop reading. An event
+/// skipped; LF, CRLF and a lone CR all end a line (the SSE spec's three). `on_event` returns false to stop reading. An event
 /// left without its closing blank line at the end of the stream is still delivered. `Ok(())`
 /// at the end of the stream or when told to stop; an I/O error as it came.
 pub fn read_sse(
@@ -743,39 +745,42 @@ pub fn read_sse(
         if buf.last() == Some(&b'\r') {
             buf.pop();
         }
-        let line = String::from_utf8_lossy(&buf);
-        if line.is_empty() {
-            if has_data {
-                let go_on = on_event(if event.is_empty() { "message" } else { &event }, &data);
-                if !go_on {
-                    return Ok(());
-                }
-            }
-            event.clear();
-            data.clear();
-            has_data = false;
-            continue;
-        }
-        if line.starts_with(':') {
-            continue;
-        }
-        let (field, value) = match line.split_once(':') {
-            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-            None => (line.as_ref(), ""),
-        };
-        match field {
-            "event" => {
-                event.clear();
-                event.push_str(value);
-            }
-            "data" => {
+        // A lone CR ends a line too.
+        for raw in buf.split(|b| *b == b'\r') {
+            let line = String::from_utf8_lossy(raw);
+            if line.is_empty() {
                 if has_data {
-                    data.push('\n');
+                    let go_on = on_event(if event.is_empty() { "message" } else { &event }, &data);
+                    if !go_on {
+                        return Ok(());
+                    }
                 }
-                data.push_str(value);
-                has_data = true;
+                event.clear();
+                data.clear();
+                has_data = false;
+                continue;
             }
-            _ => {}
+            if line.starts_with(':') {
+                continue;
+            }
+            let (field, value) = match line.split_once(':') {
+                Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+                None => (line.as_ref(), ""),
+            };
+            match field {
+                "event" => {
+                    event.clear();
+                    event.push_str(value);
+                }
+                "data" => {
+                    if has_data {
+                        data.push('\n');
+                    }
+                    data.push_str(value);
+                    has_data = true;
+                }
+                _ => {}
+            }
         }
     }
 }
@@ -821,6 +826,18 @@ mod tests {
             vec![
                 ("message".into(), "x".into()),
                 ("log".into(), " two spaces\n".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn sse_lone_cr_ends_a_line() {
+        let got = events("event: log\rdata: over\rdata: write\r\rdata: x\r\n\r\n");
+        assert_eq!(
+            got,
+            vec![
+                ("log".into(), "over\nwrite".into()),
+                ("message".into(), "x".into())
             ]
         );
     }

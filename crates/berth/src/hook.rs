@@ -14,6 +14,7 @@
 //! URL), `BERTH_HOOK_TOKEN` (the pusher's token: the deploy is theirs), `BERTH_HOOK_APP`.
 
 use crate::cli::deploy::follow_deploy_log;
+use crate::cli::output::for_terminal;
 use crate::client::{seg, Client, Error, Source, Target, EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 use serde_json::Value;
 use std::io::{self, BufRead, Write};
@@ -39,10 +40,11 @@ pub fn run(name: &str) -> i32 {
     }
 }
 
-/// A line for the pusher's terminal. A pusher that went away is not an error of the deploy.
+/// A line for the pusher's terminal (through [`for_terminal`]: git shows it as is). A pusher
+/// that went away is not an error of the deploy.
 fn say(line: &str) {
     let mut out = io::stdout().lock();
-    let _ = writeln!(out, "{line}");
+    let _ = writeln!(out, "{}", for_terminal(line));
     let _ = out.flush();
 }
 

@@ -1,14 +1,15 @@
 //! Issue 2, item 2: `berth check` (valid and invalid configs, file:line:reason, unknown keys),
 //! `berth serve` falling back to defaults for keys a config leaves out, and the local CA (root
 //! written to the data dir so `curl --cacert` verifies; a leaf issued per SNI host; reused on
-//! restart).
+//! restart); the CLI printing app output without terminal control sequences.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use common::*;
 use std::path::Path;
-use test_support::{run, Berth, Reply, Upstream};
+use std::time::Duration;
+use test_support::{eventually, run, Berth, Reply, Upstream};
 
 /// Run `berth check --config <path>`: (exit ok, stdout, stderr).
 fn check(path: &Path) -> (bool, String, String) {
@@ -416,4 +417,110 @@ fn local_ca_is_generated_once_and_reused_on_restart() {
     let (ok, out, err) = curl_https_ca(&second, &saved, "app.localhost", "/", &[]);
     assert!(ok, "the old root no longer verifies: {err}");
     assert_eq!(out, "again");
+}
+
+/// The first terminal control in `out` other than plain SGR colour (`ESC [` digits/`;` `m`),
+/// with what follows it, or None: ESC sequences, BEL, CR, other C0, DEL, C1 (UTF-8 `C2 80..9F`).
+fn terminal_control(out: &[u8]) -> Option<String> {
+    let around = |i: usize| String::from_utf8_lossy(&out[i..out.len().min(i + 24)]).into_owned();
+    let mut i = 0;
+    while i < out.len() {
+        match out[i] {
+            0x1b => {
+                let params = out[i + 1..]
+                    .iter()
+                    .skip(1)
+                    .take_while(|b| b.is_ascii_digit() || **b == b';')
+                    .count();
+                let sgr = out.get(i + 1) == Some(&b'[') && out.get(i + 2 + params) == Some(&b'm');
+                if !sgr {
+                    return Some(format!("ESC at {i}: {:?}", around(i)));
+                }
+                i += 3 + params;
+                continue;
+            }
+            b'\n' | b'\t' => {}
+            b if b < 0x20 || b == 0x7f => return Some(format!("{b:#04x} at {i}: {:?}", around(i))),
+            0xc2 if out.get(i + 1).is_some_and(|b| (0x80..=0x9f).contains(b)) => {
+                return Some(format!("C1 {:#04x} at {i}: {:?}", out[i + 1], around(i)))
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// An app whose release command and web process print a window title (OSC 0), a clear screen
+/// and cursor home (CSI), a clipboard write (OSC 52), a bare CR and a C1 CSI: `berth deploy`,
+/// `berth logs` and `berth builds:logs` print their text without any of it, colour kept.
+#[test]
+fn app_output_reaches_the_terminal_without_control_sequences() {
+    use common::apps::{api, cli, deploy, python_app, text, tmpdir, wait_body};
+    let b = Berth::start(BIN, "");
+    let src = tmpdir(&b, "src");
+    python_app(&src, "esc", 200);
+    let evil = |tag: &str, colour: &str| {
+        format!(
+            r"printf '{tag}-start \033]0;{tag}-title\007 \033[2J\033[H over\rwrite \302\2332J \033]52;c;ZXZpbA==\033\\ \033[{colour}m{tag}-colour\033[0m {tag}-end\n'"
+        )
+    };
+    std::fs::write(
+        src.join("Procfile"),
+        format!(
+            "web: {}; exec python3 app.py\nrelease: {}\n",
+            evil("web", "32"),
+            evil("rel", "31")
+        ),
+    )
+    .unwrap();
+
+    let out = deploy(&b, "esc", &src);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_body(&b, "esc", "esc v1");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains("rel-start") && printed.contains("rel-end"),
+        "the release command's line is not in the deploy's output: {}",
+        text(&out)
+    );
+    assert!(
+        printed.contains("\x1b[31mrel-colour\x1b[0m"),
+        "SGR colour was dropped: {printed:?}"
+    );
+    if let Some(bad) = terminal_control(&out.stdout) {
+        panic!("berth deploy printed {bad}; stdout: {printed:?}");
+    }
+
+    let (st, builds) = api(&b, "GET", "/api/v1/builds?app=esc", "");
+    assert_eq!(st, 200, "{builds}");
+    let id = builds[0]["id"].to_string();
+    for args in [
+        vec!["logs", "-a", "esc"],
+        vec!["builds:logs", id.as_str()],
+        vec!["builds:logs", id.as_str(), "-f"],
+    ] {
+        let want = if args[0] == "logs" {
+            "web-end"
+        } else {
+            "rel-end"
+        };
+        let out = eventually(
+            Duration::from_secs(30),
+            &format!("{want} in {args:?}"),
+            || {
+                let out = cli(&b, &args);
+                String::from_utf8_lossy(&out.stdout)
+                    .contains(want)
+                    .then_some(out)
+            },
+        );
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        if let Some(bad) = terminal_control(&out.stdout) {
+            panic!(
+                "berth {args:?} printed {bad}; stdout: {:?}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+    }
 }

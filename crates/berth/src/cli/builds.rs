@@ -4,7 +4,7 @@
 use super::app_ref::{app, named_app, AppFrom, AppRef};
 use super::deploy::{follow_deploy_log, report_deploy};
 use super::env::parse_env_args;
-use super::output::{cell, list, print_json, print_list, print_table, when};
+use super::output::{cell, for_terminal, list, print_json, print_list, print_table, when};
 use super::{connect, Global};
 use crate::client::{seg, Error, EXIT_OK};
 use serde_json::{json, Map, Value};
@@ -152,7 +152,8 @@ pub fn info(g: &Global, id: u64) -> Result<i32, Error> {
 pub fn logs(g: &Global, id: u64, follow: bool) -> Result<i32, Error> {
     let c = connect(g)?;
     if !follow {
-        print!("{}", c.get_text(&format!("{}/log", build_path(id)))?);
+        let text = c.get_text(&format!("{}/log", build_path(id)))?;
+        print!("{}", for_terminal(&text));
         return Ok(EXIT_OK);
     }
     let d = c.get(&build_path(id))?;

@@ -2,7 +2,7 @@
 //! (also for `env:set`, `scale`, `builds:logs -f` and the git push hook).
 
 use super::app_ref::{app, app_for, AppRef};
-use super::output::{cell, human_bytes, print_json, print_list, version, when};
+use super::output::{cell, for_terminal, human_bytes, print_json, print_list, version, when};
 use super::{connect, Global};
 use crate::client::{self, seg, Client, Error, EXIT_FAILED, EXIT_OK};
 use serde_json::{json, Value};
@@ -165,6 +165,7 @@ fn follow_deploy(c: &Client, app: &AppRef, d: &Value, json: bool) -> Result<Valu
 /// `/api/v1/apps/<app>`) as it is written and returns the finished `Deploy`: follows the SSE
 /// log; when the stream breaks before its `end`, polls the deploy every 500 ms and prints the
 /// rest of the log once it is done. `berth deploy` and the git push hook (`hook.rs`) use it.
+/// Each line has been through [`for_terminal`]: it is app and build output.
 pub(crate) fn follow_deploy_log(
     c: &Client,
     app_path: &str,
@@ -188,7 +189,7 @@ pub(crate) fn follow_deploy_log(
             let _ = client::read_sse(reader, |event, data| match event {
                 "log" => {
                     for line in data.split('\n') {
-                        print_line(line);
+                        print_line(&for_terminal(line));
                         printed += 1;
                     }
                     true
@@ -225,7 +226,7 @@ pub(crate) fn follow_deploy_log(
     };
     if let Ok(text) = c.get_text(&format!("{deploy_path}/log")) {
         for line in text.lines().skip(printed) {
-            print_line(line);
+            print_line(&for_terminal(line));
         }
     }
     Ok(fin)
@@ -255,19 +256,19 @@ pub(super) fn report_deploy(app: &AppRef, d: &Value, json: bool) -> i32 {
                     msg.push_str(" → ");
                     msg.push_str(url);
                 }
-                println!("{msg}");
+                println!("{}", for_terminal(&msg));
             }
             EXIT_OK
         }
         Some("failed") => {
             let reason = d["reason"].as_str().unwrap_or("no reason given");
-            eprintln!("berth: deploy failed: {reason}");
+            eprintln!("berth: deploy failed: {}", for_terminal(reason));
             EXIT_FAILED
         }
         other => {
             eprintln!(
                 "berth: the deploy ended as {}",
-                other.unwrap_or("(no status)")
+                for_terminal(other.unwrap_or("(no status)"))
             );
             EXIT_FAILED
         }

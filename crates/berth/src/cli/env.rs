@@ -2,7 +2,7 @@
 
 use super::app_ref::app;
 use super::deploy::follow_change;
-use super::output::print_json;
+use super::output::{for_terminal, print_json};
 use super::{connect, Global};
 use crate::client::{Error, EXIT_OK};
 use serde_json::{json, Map, Value};
@@ -65,7 +65,7 @@ fn print_env(v: &Value) {
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
             };
-            println!("{k}={val}");
+            println!("{k}={}", for_terminal(&val));
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use super::app_ref::app;
 use super::deploy::follow_change;
-use super::output::{cell, print_json, print_list, version};
+use super::output::{cell, for_terminal, print_json, print_list, version};
 use super::{connect, Global};
 use crate::client::{self, Error, EXIT_OK};
 use serde_json::json;
@@ -93,6 +93,7 @@ pub(super) fn logs(g: &Global, follow: bool, lines: u32) -> Result<i32, Error> {
         let text = c
             .get_text(&format!("{}/logs?lines={lines}", app.path()))
             .map_err(|e| app.explain(e))?;
+        let text = for_terminal(&text);
         let mut out = io::stdout().lock();
         let _ = out.write_all(text.as_bytes());
         if !text.is_empty() && !text.ends_with('\n') {
@@ -107,7 +108,10 @@ pub(super) fn logs(g: &Global, follow: bool, lines: u32) -> Result<i32, Error> {
     let result = client::read_sse(reader, |event, data| {
         if event == "log" || event == "message" {
             let mut out = io::stdout().lock();
-            if writeln!(out, "{data}").and_then(|_| out.flush()).is_err() {
+            if writeln!(out, "{}", for_terminal(data))
+                .and_then(|_| out.flush())
+                .is_err()
+            {
                 // `berth logs -f | head`: stop quietly.
                 stdout_gone = true;
                 return false;
