@@ -58,7 +58,8 @@ pub struct Global {
         value_name = "TOKEN"
     )]
     pub token: Option<String>,
-    /// The data directory of a berth server on this machine (for listen.json and admin-token)
+    /// The data directory of a berth server on this machine (for listen.json and admin-token;
+    /// used only when it and they are yours and writable by no one else)
     #[arg(
         long,
         global = true,

@@ -10,6 +10,13 @@
 //!    `<data>/admin-token` (`--data-dir`, `BERTH_DATA`, default `./berth-data`).
 //!
 //! A piece missing from one source (say a `--token` without `--url`) is taken from the next.
+//!
+//! Invariant: a data dir is used only when it is the user's own — the directory, its
+//! `listen.json` and its `admin-token` owned by the CLI's effective uid and writable by no
+//! group or other user ([`read_data_dir`]). Anyone who can write a directory someone runs
+//! `berth` in could otherwise plant a `berth-data/listen.json` naming their own server, and get
+//! the user's `BERTH_TOKEN` (or their source, on `berth deploy`). Such a data dir is an error,
+//! never a fallback (`tests/cli.rs` `a_listen_json_another_user_could_write_gets_no_token`).
 
 use crate::cli::output::for_terminal;
 use serde::{Deserialize, Serialize};
@@ -266,20 +273,75 @@ struct ListenFile {
     admin: Option<String>,
 }
 
-/// Reads `<data>/listen.json` and `<data>/admin-token`. `Ok(None)`: no listen.json there.
-pub fn read_data_dir(data: &Path) -> Result<Option<Local>, Error> {
-    let listen = data.join("listen.json");
-    let text = match std::fs::read_to_string(&listen) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(
-                Error::unreachable(format!("cannot read {}: {e}", listen.display())).with_hint(
-                    "run as the user that runs `berth serve`, or pass --url and --token",
-                ),
-            )
-        }
+/// Why `meta` (a data dir, or a file in one) may not be trusted by the user `uid`: owned by
+/// another user, or writable by a group or by others. `None`: it is the user's own.
+fn not_own(meta: &std::fs::Metadata, uid: u32) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    if meta.uid() != uid {
+        return Some(format!(
+            "is owned by uid {}, not by you (uid {uid})",
+            meta.uid()
+        ));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Some(format!("is writable by other users (mode {mode:o})"));
+    }
+    None
+}
+
+/// The error for a data dir that is not the user's own (see the module's invariant).
+fn not_own_error(path: &Path, listen: &Path, why: &str) -> Error {
+    Error::unreachable(format!(
+        "not using {}: {} {why}, so the server it names could be anyone's",
+        listen.display(),
+        path.display()
+    ))
+    .with_hint(
+        "run `berth login URL --token T` (or pass --url), or --data-dir DIR of a berth you run; a data dir must be yours and writable only by you",
+    )
+}
+
+/// `path`'s contents, opened once and checked on the opened file (a swapped path cannot slip
+/// in between): `Ok(None)` when it does not exist.
+fn read_own_file(path: &Path, listen: &Path, uid: u32) -> Result<Option<String>, Error> {
+    let cannot = |e: io::Error| {
+        Error::unreachable(format!("cannot read {}: {e}", path.display()))
+            .with_hint("run as the user that runs `berth serve`, or pass --url and --token")
     };
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(cannot(e)),
+    };
+    let meta = file.metadata().map_err(cannot)?;
+    if let Some(why) = not_own(&meta, uid) {
+        return Err(not_own_error(path, listen, &why));
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(cannot)?;
+    Ok(Some(text))
+}
+
+/// Reads `<data>/listen.json` and `<data>/admin-token`. `Ok(None)`: no listen.json there. An
+/// error when the directory or either file is not the user's own ([`not_own`]).
+pub fn read_data_dir(data: &Path) -> Result<Option<Local>, Error> {
+    read_data_dir_as(data, rustix::process::geteuid().as_raw())
+}
+
+/// [`read_data_dir`] for the user `uid`.
+fn read_data_dir_as(data: &Path, uid: u32) -> Result<Option<Local>, Error> {
+    let listen = data.join("listen.json");
+    let Some(text) = read_own_file(&listen, &listen, uid)? else {
+        return Ok(None);
+    };
+    let dir = std::fs::metadata(data).map_err(|e| {
+        Error::unreachable(format!("cannot read {}: {e}", data.display()))
+            .with_hint("run as the user that runs `berth serve`, or pass --url and --token")
+    })?;
+    if let Some(why) = not_own(&dir, uid) {
+        return Err(not_own_error(data, &listen, &why));
+    }
     let parsed: ListenFile = serde_json::from_str(&text).map_err(|e| {
         Error::unreachable(format!("{} is not valid: {e}", listen.display()))
             .with_hint("is `berth serve` running? it rewrites this file when it starts")
@@ -294,17 +356,9 @@ pub fn read_data_dir(data: &Path) -> Result<Option<Local>, Error> {
         ));
     };
     let url = format!("http://{}", connectable(admin.trim()));
-    let token_path = data.join("admin-token");
-    let token = match std::fs::read_to_string(&token_path) {
-        Ok(t) => Some(t.trim().to_string()).filter(|t| !t.is_empty()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => {
-            return Err(
-                Error::unreachable(format!("cannot read {}: {e}", token_path.display()))
-                    .with_hint("run as the user that runs `berth serve`, or pass --token"),
-            )
-        }
-    };
+    let token = read_own_file(&data.join("admin-token"), &listen, uid)?
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty());
     Ok(Some(Local { url, token }))
 }
 
@@ -923,7 +977,77 @@ mod tests {
         if let Some(t) = token {
             std::fs::write(d.path().join("admin-token"), format!("{t}\n")).unwrap();
         }
+        // As `berth serve` leaves them, whatever the umask.
+        use std::os::unix::fs::PermissionsExt;
+        for (p, mode) in [
+            (d.path().to_path_buf(), 0o700),
+            (d.path().join("listen.json"), 0o644),
+            (d.path().join("admin-token"), 0o600),
+        ] {
+            if p.exists() {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            }
+        }
         d
+    }
+
+    #[test]
+    fn data_dir_must_be_the_users_own() {
+        use std::os::unix::fs::PermissionsExt;
+        let uid = rustix::process::geteuid().as_raw();
+        let d = data_dir("127.0.0.1:9", Some("admintok"));
+        let local = read_data_dir_as(d.path(), uid).unwrap().unwrap();
+        assert_eq!(local.token.as_deref(), Some("admintok"));
+
+        // Another user's files.
+        let e = read_data_dir_as(d.path(), uid.wrapping_add(1)).unwrap_err();
+        assert_eq!(e.code, EXIT_UNREACHABLE);
+        assert!(
+            e.message.contains("not using") && e.message.contains("owned by uid"),
+            "{}",
+            e.message
+        );
+        assert!(e.hint.unwrap().contains("berth login"));
+
+        // The directory, listen.json or admin-token writable by a group or by others.
+        let set = |p: &Path, mode: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        for (path, loose, tight) in [
+            (d.path().to_path_buf(), 0o777, 0o700),
+            (d.path().to_path_buf(), 0o770, 0o700),
+            (d.path().join("listen.json"), 0o666, 0o644),
+            (d.path().join("admin-token"), 0o620, 0o600),
+        ] {
+            set(&path, loose);
+            let e = read_data_dir_as(d.path(), uid).unwrap_err();
+            assert!(
+                e.message.contains("writable by other users"),
+                "{}: {}",
+                path.display(),
+                e.message
+            );
+            set(&path, tight);
+        }
+
+        // Discovery: with a token of the user's own, an error rather than the named server;
+        // with --url of the listener named there, its admin-token is not taken.
+        set(d.path(), 0o777);
+        let e = discover(&Discovery {
+            token: Some("mine"),
+            data_dir: Some(d.path()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(e.code, EXIT_UNREACHABLE);
+        let t = discover(&Discovery {
+            url: Some("http://127.0.0.1:9"),
+            data_dir: Some(d.path()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(t.token, None);
+        set(d.path(), 0o700);
     }
 
     #[test]

@@ -469,7 +469,8 @@ fn reload(proxy: &Proxy, engine: &engine::Engine, path: Option<&Path>) {
 }
 
 /// `<data>/listen.json`: the addresses actually bound (ports may be ephemeral), written
-/// atomically so a reader never sees half a file.
+/// atomically so a reader never sees half a file, mode 0644 whatever the umask (the CLI uses
+/// only a listen.json that no group or other user may write).
 fn write_listen_file(
     dir: &Path,
     bound: proxy::Bound,
@@ -487,7 +488,17 @@ fn write_listen_file(
         std::process::id()
     );
     let tmp = dir.join("listen.json.tmp");
-    std::fs::write(&tmp, json)?;
+    let _ = std::fs::remove_file(&tmp); // a leftover may have other permissions
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&tmp)?;
+        f.write_all(json.as_bytes())?;
+    }
     std::fs::rename(&tmp, dir.join("listen.json"))?;
     Ok(())
 }

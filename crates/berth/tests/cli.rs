@@ -1,7 +1,8 @@
 //! Issue 2, item 2: `berth check` (valid and invalid configs, file:line:reason, unknown keys),
 //! `berth serve` falling back to defaults for keys a config leaves out, and the local CA (root
 //! written to the data dir so `curl --cacert` verifies; a leaf issued per SNI host; reused on
-//! restart); the CLI printing app output without terminal control sequences.
+//! restart); the CLI printing app output without terminal control sequences, and refusing a
+//! data dir another user could have written.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -522,5 +523,87 @@ fn app_output_reaches_the_terminal_without_control_sequences() {
                 String::from_utf8_lossy(&out.stdout)
             );
         }
+    }
+}
+
+/// A `berth-data/listen.json` another user could have written — its directory owned by someone
+/// else, or either writable by everyone — names a server the CLI must not trust: `berth apps`
+/// run there with `BERTH_TOKEN` set fails with a clear error, and the server it names never hears
+/// from the CLI (no token, no request). The same files owned by the user, not writable by
+/// others, are used (the check is not merely refusing every data dir).
+#[test]
+fn a_listen_json_another_user_could_write_gets_no_token() {
+    use std::os::unix::fs::PermissionsExt;
+    const TOKEN: &str = "berth_secret_token_4711";
+    const NOBODY: u32 = 65534;
+    let fake = Upstream::start(Reply::Ok("[]"));
+    // (case, data dir mode, listen.json mode, owner of both)
+    let cases: &[(&str, u32, u32, Option<u32>)] = &[
+        ("owned by nobody", 0o700, 0o600, Some(NOBODY)),
+        ("data dir mode 0777", 0o777, 0o644, None),
+        ("listen.json mode 0666", 0o755, 0o666, None),
+        ("data dir group-writable", 0o770, 0o600, None),
+        ("the user's own", 0o700, 0o600, None),
+    ];
+    for (case, dir_mode, file_mode, owner) in cases {
+        let cwd = tempfile::tempdir().unwrap();
+        let data = cwd.path().join("berth-data");
+        std::fs::create_dir(&data).unwrap();
+        let listen = data.join("listen.json");
+        std::fs::write(
+            &listen,
+            format!(
+                r#"{{"http":null,"https":null,"admin":"{}","pid":1}}"#,
+                fake.addr
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(*dir_mode)).unwrap();
+        std::fs::set_permissions(&listen, std::fs::Permissions::from_mode(*file_mode)).unwrap();
+        if let Some(uid) = owner {
+            std::os::unix::fs::chown(&listen, Some(*uid), Some(*uid)).unwrap();
+            std::os::unix::fs::chown(&data, Some(*uid), Some(*uid)).unwrap();
+        }
+        let before = fake.count();
+        let out = std::process::Command::new(BIN)
+            .arg("apps")
+            .current_dir(cwd.path())
+            .env_remove("BERTH_URL")
+            .env_remove("BERTH_DATA")
+            .env_remove("BERTH_APP")
+            .env("BERTH_TOKEN", TOKEN)
+            .env("XDG_CONFIG_HOME", cwd.path().join("no-config"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let requests: Vec<String> = fake.requests.lock().unwrap()[before..]
+            .iter()
+            .map(|r| String::from_utf8_lossy(r).to_ascii_lowercase())
+            .collect();
+        if *case == "the user's own" {
+            assert!(out.status.success(), "{case}: {stderr}");
+            assert!(
+                requests
+                    .iter()
+                    .any(|r| r.contains(&format!("authorization: bearer {TOKEN}"))),
+                "{case}: the server was not asked with the token: {requests:?}"
+            );
+            continue;
+        }
+        assert!(
+            requests.iter().all(|r| !r.contains("authorization")),
+            "{case}: the token went to a server named by a listen.json another user could write: {requests:?}"
+        );
+        assert!(requests.is_empty(), "{case}: {requests:?}");
+        assert_eq!(out.status.code(), Some(3), "{case}: {stderr}");
+        let first = stderr.lines().next().unwrap_or("");
+        assert!(
+            first.starts_with("berth: ") && first.contains("listen.json"),
+            "{case}: no clear error naming listen.json: {stderr}"
+        );
+        assert!(
+            stderr.contains("hint: ") && stderr.contains("berth login"),
+            "{case}: no hint: {stderr}"
+        );
     }
 }
