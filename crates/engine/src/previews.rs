@@ -25,8 +25,13 @@ pub struct SettingsChange {
 pub const MAX_PREVIEWS: u32 = 50;
 
 /// The preview app of `branch`: the branch lower-cased, runs of anything but letters and
-/// digits made one `-`, cut so that `<label>--<app>` fits a 63-character DNS label.
+/// digits made one `-`, as `<label>--<app>`, prefixed with `b` when it would not start with a
+/// letter. When that does not fit one 63-character DNS label (a long branch, or a long app
+/// name), the label is cut and followed by 8 hex digits of a hash of the branch, and the app's
+/// name is cut too if it must be, so two long branches never share a preview and every app
+/// name length gets a valid one.
 pub fn preview_name(app: &str, branch: &str) -> String {
+    const MAX: usize = 63;
     let mut label = String::new();
     for c in branch.chars() {
         if c.is_ascii_alphanumeric() {
@@ -35,18 +40,30 @@ pub fn preview_name(app: &str, branch: &str) -> String {
             label.push('-');
         }
     }
-    let room = 63usize.saturating_sub(app.len() + 2);
-    label.truncate(room);
-    let label = label.trim_end_matches('-');
-    // An app name starts with a letter.
-    let label = if label.starts_with(|c: char| c.is_ascii_lowercase()) {
-        label.to_string()
+    let mut label = label.trim_end_matches('-').to_string();
+    if !label.starts_with(|c: char| c.is_ascii_lowercase()) {
+        label.insert(0, 'b');
+    }
+    if label.len() + 2 + app.len() <= MAX {
+        return format!("{label}--{app}");
+    }
+    use sha2::Digest;
+    let hash: String = sha2::Sha256::digest(branch.as_bytes())
+        .iter()
+        .take(4)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    // "<label>-<hash>--<app>": at least "b<hash>--" before the app, whose name is cut to fit.
+    let app_room = MAX - (1 + hash.len() + 2);
+    let app_part = app[..app.len().min(app_room)].trim_end_matches('-');
+    let label_room = MAX - app_part.len() - 2 - hash.len() - 1;
+    let cut = label[..label.len().min(label_room)].trim_end_matches('-');
+    let head = if cut.is_empty() {
+        format!("b{hash}")
     } else {
-        let mut l = format!("b{label}");
-        l.truncate(room);
-        l.trim_end_matches('-').to_string()
+        format!("{cut}-{hash}")
     };
-    format!("{label}--{app}")
+    format!("{head}--{app_part}")
 }
 
 impl Engine {
@@ -227,5 +244,19 @@ mod tests {
         let long = preview_name("shop", &"x".repeat(100));
         assert!(long.len() <= 63, "{long}");
         store::valid_app_name(&long).unwrap();
+    }
+
+    #[test]
+    fn every_app_name_length_gets_a_valid_and_distinct_preview_name() {
+        for n in 1..=63 {
+            let app = format!("a{}", "b".repeat(n - 1));
+            let mut seen = std::collections::HashSet::new();
+            for branch in ["main2", "feature/login", &"y".repeat(70), &"y".repeat(71), "9x"] {
+                let name = preview_name(&app, branch);
+                store::valid_app_name(&name).unwrap_or_else(|e| panic!("{app} {branch}: {e}"));
+                assert!(name.contains("--"), "{name}");
+                assert!(seen.insert(name.clone()), "{app}: {branch} shares {name}");
+            }
+        }
     }
 }
