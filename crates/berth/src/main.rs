@@ -5,6 +5,7 @@
 mod cli;
 mod client;
 mod hook;
+mod perms;
 mod serve;
 
 use anyhow::{Context, Result};

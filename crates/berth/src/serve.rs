@@ -34,6 +34,7 @@ pub fn serve(config: Option<PathBuf>, deploy: Vec<String>, no_jail: bool) -> Res
     cfg.server.data_dir = std::fs::canonicalize(&cfg.server.data_dir)
         .with_context(|| format!("cannot resolve data dir {}", cfg.server.data_dir.display()))?;
     sweep_spool(&cfg.server.data_dir.join("tmp"));
+    crate::perms::tighten(&cfg.server.data_dir);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("berth-control")

@@ -251,7 +251,13 @@ mod tests {
         for n in 1..=63 {
             let app = format!("a{}", "b".repeat(n - 1));
             let mut seen = std::collections::HashSet::new();
-            for branch in ["main2", "feature/login", &"y".repeat(70), &"y".repeat(71), "9x"] {
+            for branch in [
+                "main2",
+                "feature/login",
+                &"y".repeat(70),
+                &"y".repeat(71),
+                "9x",
+            ] {
                 let name = preview_name(&app, branch);
                 store::valid_app_name(&name).unwrap_or_else(|e| panic!("{app} {branch}: {e}"));
                 assert!(name.contains("--"), "{name}");
