@@ -106,6 +106,7 @@ impl Proxy {
             let ca = if cfg.tls.local_ca {
                 Some(tls::LocalCa::load_or_create(
                     &cfg.server.data_dir.join("ca"),
+                    &cfg.server.domain,
                 )?)
             } else {
                 None
@@ -117,7 +118,7 @@ impl Proxy {
                         || host
                             .strip_suffix(domain.as_str())
                             .is_some_and(|p| p.ends_with('.'))
-                        || table.load().knows_host(host)
+                        || table.load().names_host(host)
                 }) as tls::AllowFn
             };
             let r = Arc::new(tls::Resolver::with_challenges(

@@ -154,6 +154,15 @@ impl RouteTable {
     }
 
     /// Is there any route for this host? (Used to decide whether the local CA may issue a cert.)
+    /// Does an exact or wildcard route name `host`? (Not the catch-all: that one takes any
+    /// name, which the local CA must not sign for.)
+    pub fn names_host(&self, host: &str) -> bool {
+        self.exact.contains_key(host)
+            || host
+                .split_once('.')
+                .is_some_and(|(_, p)| self.wildcard.contains_key(p))
+    }
+
     pub fn knows_host(&self, host: &str) -> bool {
         self.exact.contains_key(host)
             || host

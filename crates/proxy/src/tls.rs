@@ -16,8 +16,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
+    BasicConstraints, CertificateParams, CidrSubnet, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, GeneralSubtree, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    NameConstraints, PublicKeyData,
 };
 use rustls::crypto::aws_lc_rs::{self, cipher_suite as cs, kx_group as kx};
 use rustls::crypto::CryptoProvider;
@@ -33,6 +34,18 @@ pub const ROOT_CERT_FILE: &str = "root.pem";
 pub const ROOT_KEY_FILE: &str = "root.key";
 
 const CA_NAME: &str = "berth local CA";
+/// Names the local CA may sign besides the platform's base domain (its root carries them as
+/// name constraints): names that can never be someone else's on the Internet (RFC 6761's
+/// `localhost`, `test`, `example`, `invalid`; RFC 8375's `home.arpa`; ICANN's `internal`). A
+/// client that trusts the root therefore trusts it for nothing public but the base domain.
+const LOCAL_NAMES: [&str; 6] = [
+    "localhost",
+    "test",
+    "example",
+    "invalid",
+    "internal",
+    "home.arpa",
+];
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
 const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
 const LEAF_LIFETIME: Duration = Duration::from_secs(365 * 24 * 60 * 60);
@@ -57,6 +70,8 @@ pub enum TlsError {
     Invalid { path: PathBuf, reason: String },
     #[error("issuing a certificate for {host:?}: {source}")]
     Issue { host: String, source: rcgen::Error },
+    #[error("the local CA does not sign {0:?}: outside its name constraints (the base domain and non-public names)")]
+    NotPermitted(String),
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
 }
@@ -131,6 +146,8 @@ pub struct LocalCa {
     issuer: Issuer<'static, KeyPair>,
     root_der: CertificateDer<'static>,
     root_pem: String,
+    /// The DNS subtrees of its name constraints.
+    permitted: Vec<String>,
 }
 
 impl fmt::Debug for LocalCa {
@@ -141,8 +158,22 @@ impl fmt::Debug for LocalCa {
 
 /// The CA's parameters. Only the name, key-id method and key usages matter when the CA is
 /// reloaded, so they must stay stable across versions.
-fn ca_params() -> Result<CertificateParams, rcgen::Error> {
+fn ca_params(domain: &str) -> Result<CertificateParams, rcgen::Error> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.name_constraints = Some(NameConstraints {
+        permitted_subtrees: permitted_names(domain)
+            .into_iter()
+            .map(GeneralSubtree::DnsName)
+            .chain([
+                GeneralSubtree::IpAddress(CidrSubnet::V4([127, 0, 0, 0], [255, 0, 0, 0])),
+                GeneralSubtree::IpAddress(CidrSubnet::V6(
+                    std::net::Ipv6Addr::LOCALHOST.octets(),
+                    [0xff; 16],
+                )),
+            ])
+            .collect(),
+        excluded_subtrees: Vec::new(),
+    });
     params.distinguished_name = DistinguishedName::new();
     params.distinguished_name.push(DnType::CommonName, CA_NAME);
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -153,6 +184,20 @@ fn ca_params() -> Result<CertificateParams, rcgen::Error> {
     ];
     set_validity(&mut params, CA_LIFETIME);
     Ok(params)
+}
+
+/// The DNS subtrees of the local CA's name constraints for base domain `domain`.
+fn permitted_names(domain: &str) -> Vec<String> {
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    let mut names: Vec<String> = LOCAL_NAMES.iter().map(|n| n.to_string()).collect();
+    if !domain.is_empty()
+        && !names
+            .iter()
+            .any(|n| domain == *n || domain.ends_with(&format!(".{n}")))
+    {
+        names.insert(0, domain);
+    }
+    names
 }
 
 /// Valid from a day ago (clock skew) until `lifetime` from now.
@@ -170,18 +215,37 @@ impl LocalCa {
     ///
     /// `root.pem` is the commit point: the key is written (atomically) first, the certificate
     /// last, so a crash at any moment leaves either a whole CA or none.
-    pub fn load_or_create(dir: &Path) -> Result<LocalCa, TlsError> {
+    pub fn load_or_create(dir: &Path, domain: &str) -> Result<LocalCa, TlsError> {
         let cert_path = dir.join(ROOT_CERT_FILE);
         let key_path = dir.join(ROOT_KEY_FILE);
         if cert_path.exists() {
-            return Self::load(&cert_path, &key_path);
+            let ca = Self::load(&cert_path, &key_path, domain)?;
+            if ca.constrained_to(domain) {
+                return Ok(ca);
+            }
+            // A root from before name constraints (or for another base domain) would let
+            // anyone who trusts it trust berth for any name: it is set aside, never deleted.
+            let mut aside = dir.as_os_str().to_owned();
+            aside.push(format!(
+                ".unconstrained-{}",
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs()
+            ));
+            fs::rename(dir, &aside).map_err(io_err(dir))?;
+            tracing::warn!(
+                old = %PathBuf::from(&aside).display(),
+                new = %cert_path.display(),
+                "the local CA's root had no name constraints for {domain}: made a new one (trust the new root.pem instead of the old)"
+            );
         }
         let gen_err = |source| TlsError::Issue {
             host: CA_NAME.to_owned(),
             source,
         };
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(gen_err)?;
-        let params = ca_params().map_err(gen_err)?;
+        let params = ca_params(domain).map_err(gen_err)?;
         let cert = params.self_signed(&key).map_err(gen_err)?;
         let root_pem = cert.pem();
 
@@ -197,10 +261,11 @@ impl LocalCa {
             issuer: Issuer::new(params, key),
             root_der: cert.der().clone(),
             root_pem,
+            permitted: permitted_names(domain),
         })
     }
 
-    fn load(cert_path: &Path, key_path: &Path) -> Result<LocalCa, TlsError> {
+    fn load(cert_path: &Path, key_path: &Path, domain: &str) -> Result<LocalCa, TlsError> {
         let root_pem = fs::read_to_string(cert_path).map_err(io_err(cert_path))?;
         let root_der = CertificateDer::from_pem_slice(root_pem.as_bytes())
             .map_err(|e| invalid(cert_path, format_args!("invalid PEM: {e}")))?;
@@ -216,12 +281,53 @@ impl LocalCa {
                 key: key_path.to_owned(),
             });
         }
-        let params = ca_params().map_err(|e| invalid(cert_path, e))?;
+        let params = ca_params(domain).map_err(|e| invalid(cert_path, e))?;
         Ok(LocalCa {
             issuer: Issuer::new(params, key),
             root_der,
             root_pem,
+            permitted: permitted_names(domain),
         })
+    }
+
+    /// Does the root carry exactly the DNS name constraints berth gives a root for `domain`?
+    fn constrained_to(&self, domain: &str) -> bool {
+        let Ok((_, parsed)) = x509_parser::parse_x509_certificate(&self.root_der) else {
+            return false;
+        };
+        let Ok(Some(nc)) = parsed.name_constraints() else {
+            return false;
+        };
+        let mut got: Vec<String> = nc
+            .value
+            .permitted_subtrees
+            .iter()
+            .flatten()
+            .filter_map(|s| match s.base {
+                x509_parser::extensions::GeneralName::DNSName(n) => Some(n.to_string()),
+                _ => None,
+            })
+            .collect();
+        let mut want = permitted_names(domain);
+        got.sort();
+        want.sort();
+        got == want
+    }
+
+    /// May the local CA sign `host`? Only names under its name constraints: the base domain
+    /// and names that cannot be public (see `LOCAL_NAMES`), and loopback addresses.
+    pub fn permits(&self, host: &str) -> bool {
+        if let Ok(ip) = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+        {
+            return ip.is_loopback();
+        }
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        self.permitted
+            .iter()
+            .any(|n| host == *n || host.ends_with(&format!(".{n}")))
     }
 
     /// The CA certificate, PEM-encoded (the contents of `root.pem`).
@@ -237,6 +343,9 @@ impl LocalCa {
             host: host.to_owned(),
             source,
         };
+        if !self.permits(host) {
+            return Err(TlsError::NotPermitted(host.to_owned()));
+        }
         let mut names = vec![host.to_owned()];
         if host == "localhost" {
             names.extend(["127.0.0.1".to_owned(), "::1".to_owned()]);
@@ -832,8 +941,8 @@ mod tests {
     fn ca_is_created_once_then_reloaded() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("data/ca");
-        let first = LocalCa::load_or_create(&dir).unwrap();
-        let second = LocalCa::load_or_create(&dir).unwrap();
+        let first = LocalCa::load_or_create(&dir, "localhost").unwrap();
+        let second = LocalCa::load_or_create(&dir, "localhost").unwrap();
         assert_eq!(first.root_pem(), second.root_pem());
         assert_eq!(
             fs::read_to_string(dir.join(ROOT_CERT_FILE)).unwrap(),
@@ -870,16 +979,16 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         // A crash after writing only the key: not a CA yet, so it is created afresh.
         fs::write(tmp.path().join(ROOT_KEY_FILE), "garbage").unwrap();
-        let ca = LocalCa::load_or_create(tmp.path()).unwrap();
+        let ca = LocalCa::load_or_create(tmp.path(), "localhost").unwrap();
         // A root.pem whose key is someone else's is an error naming the key file.
         let other = tempfile::tempdir().unwrap();
-        LocalCa::load_or_create(other.path()).unwrap();
+        LocalCa::load_or_create(other.path(), "localhost").unwrap();
         fs::copy(
             other.path().join(ROOT_KEY_FILE),
             tmp.path().join(ROOT_KEY_FILE),
         )
         .unwrap();
-        let err = LocalCa::load_or_create(tmp.path()).unwrap_err();
+        let err = LocalCa::load_or_create(tmp.path(), "localhost").unwrap_err();
         assert!(matches!(err, TlsError::KeyMismatch { .. }), "{err}");
         assert!(err.to_string().contains("root.key"), "{err}");
         drop(ca);
@@ -888,21 +997,83 @@ mod tests {
     #[test]
     fn issued_leaf_has_ip_san_for_ip_hosts() {
         let tmp = tempfile::tempdir().unwrap();
-        let ca = LocalCa::load_or_create(tmp.path()).unwrap();
-        let leaf = ca.issue("10.1.2.3").unwrap();
+        let ca = LocalCa::load_or_create(tmp.path(), "localhost").unwrap();
+        let leaf = ca.issue("127.0.0.2").unwrap();
         let (_, cert) = x509_parser::parse_x509_certificate(&leaf.cert[0]).unwrap();
         let san = cert.subject_alternative_name().unwrap().unwrap();
-        let ip = x509_parser::extensions::GeneralName::IPAddress(&[10, 1, 2, 3]);
+        let ip = x509_parser::extensions::GeneralName::IPAddress(&[127, 0, 0, 2]);
         assert_eq!(san.value.general_names, vec![ip]);
         let days = (cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp())
             / 86_400;
         assert_eq!(days, 366);
     }
 
+    #[test]
+    fn the_local_ca_signs_only_its_domain_and_non_public_names() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ca = LocalCa::load_or_create(&tmp.path().join("ca"), "apps.example.com").unwrap();
+        for host in [
+            "apps.example.com",
+            "x.apps.example.com",
+            "a.localhost",
+            "files.test",
+            "127.0.0.1",
+        ] {
+            assert!(ca.issue(host).is_ok(), "{host}");
+        }
+        for host in [
+            "google.com",
+            "example.com",
+            "evil.apps.example.com.attacker.net",
+            "10.1.2.3",
+        ] {
+            assert!(
+                matches!(ca.issue(host), Err(TlsError::NotPermitted(_))),
+                "{host}"
+            );
+        }
+        // The root says so too, for clients that check name constraints.
+        let (_, root) = x509_parser::parse_x509_certificate(&ca.root_der).unwrap();
+        let nc = root.name_constraints().unwrap().unwrap();
+        let names: Vec<String> = nc
+            .value
+            .permitted_subtrees
+            .iter()
+            .flatten()
+            .map(|s| format!("{}", s.base))
+            .collect();
+        assert!(
+            names.iter().any(|n| n.contains("apps.example.com")),
+            "{names:?}"
+        );
+        // A root without them (an older berth's) is set aside and replaced, not deleted.
+        let old = tmp.path().join("old");
+        std::fs::create_dir(&old).unwrap();
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(old.join(ROOT_CERT_FILE), cert.pem()).unwrap();
+        std::fs::write(old.join(ROOT_KEY_FILE), key.serialize_pem()).unwrap();
+        let renewed = LocalCa::load_or_create(&old, "localhost").unwrap();
+        assert_ne!(renewed.root_pem(), cert.pem());
+        assert!(renewed.issue("google.com").is_err());
+        let aside: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("old.unconstrained-")
+            })
+            .collect();
+        assert_eq!(aside.len(), 1);
+    }
+
     #[tokio::test]
     async fn local_ca_leaf_verifies_and_negotiates_h2() {
         let tmp = tempfile::tempdir().unwrap();
-        let ca = LocalCa::load_or_create(tmp.path()).unwrap();
+        let ca = LocalCa::load_or_create(tmp.path(), "localhost").unwrap();
         let root = ca.root_pem().to_owned();
         let resolver = Arc::new(Resolver::new(CertIndex::default(), Some(ca), allow_all()));
 
@@ -931,7 +1102,7 @@ mod tests {
     #[tokio::test]
     async fn allow_false_means_no_certificate() {
         let tmp = tempfile::tempdir().unwrap();
-        let ca = LocalCa::load_or_create(tmp.path()).unwrap();
+        let ca = LocalCa::load_or_create(tmp.path(), "localhost").unwrap();
         let root = ca.root_pem().to_owned();
         let allow: AllowFn =
             Arc::new(|host| host.ends_with(".localhost") && host != "denied.localhost");
@@ -951,7 +1122,7 @@ mod tests {
     #[tokio::test]
     async fn file_cert_wins_over_local_ca_and_set_files_swaps_it() {
         let tmp = tempfile::tempdir().unwrap();
-        let ca = LocalCa::load_or_create(&tmp.path().join("ca")).unwrap();
+        let ca = LocalCa::load_or_create(&tmp.path().join("ca"), "localhost").unwrap();
         let ca_root = ca.root_pem().to_owned();
         let (file, file_pem) = self_signed(tmp.path(), "origin", &["app.localhost"]);
         let index = load_cert_files(std::slice::from_ref(&file)).unwrap();
