@@ -1,4 +1,4 @@
-//! The HTTP/1.1 part of the reliability battery (BRIEF.md: S1–S16, P1–P2), run against the real
+//! The HTTP/1.1 part of the reliability battery (BRIEF.md: S1–S16, P1–P3), run against the real
 //! `berth` binary with raw bytes on plain sockets — no client library that could normalise or
 //! refuse what we send.
 //!
@@ -16,7 +16,7 @@
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
-use test_support::{Berth, Reply, Upstream};
+use test_support::{paths, Berth, Reply, Upstream};
 
 const BIN: &str = env!("CARGO_BIN_EXE_berth");
 
@@ -2092,4 +2092,62 @@ fn p2_routing_on_encoded_paths() {
         }
     }
     report("P2 (redirects)", &failures);
+}
+
+// ---------------------------------------------------------------------------------------------
+// P3: what the upstream sees. Routing matches the normalised path; the upstream must never get a
+// path that leaves the route it was routed by, or a dot segment its own decoding would resolve.
+
+#[test]
+fn p3_upstreams_never_see_a_path_outside_their_route() {
+    let public = Upstream::start(Reply::Echo);
+    let rest = Upstream::start(Reply::Echo);
+    let b = Berth::start(
+        BIN,
+        &format!(
+            "[[route]]\nhost = \"a.test\"\npath = \"/public\"\nupstreams = [\"{}\"]\n\
+             [[route]]\nhost = \"a.test\"\npath = \"/\"\nupstreams = [\"{}\"]\n",
+            public.addr, rest.addr
+        ),
+    );
+    let mut failures = Vec::new();
+    for target in paths::TARGETS {
+        let (p0, r0) = (public.count(), rest.count());
+        let req = format!("GET {target} HTTP/1.1\r\nHost: a.test\r\n\r\n");
+        let mut x = exchange(b.http, req.as_bytes(), 1);
+        let st = x.status();
+        if st == 400 {
+            x.read(0);
+        }
+        let (dp, dr) = (public.count() - p0, rest.count() - r0);
+        let mut fail = |m: String| failures.push(format!("{target}: {m}; berth sent {}", x.show()));
+        match (st, dp, dr) {
+            (400, 0, 0) => {
+                if !x.closed {
+                    fail("400 without closing the connection".into());
+                }
+            }
+            (200, 1, 0) | (200, 0, 1) => {
+                let (up, prefix) = if dp == 1 {
+                    (&public, "/public")
+                } else {
+                    (&rest, "/")
+                };
+                let seen = up.last();
+                let line = seen.lines().next().unwrap_or("");
+                let got = line.split(' ').nth(1).unwrap_or("");
+                if let Some(why) = paths::escapes(prefix, got) {
+                    fail(format!("the upstream of {prefix:?} got {got:?}: {why}"));
+                }
+                // Controls reach their upstream exactly as sent.
+                if paths::CONTROLS.contains(target) && got != *target {
+                    fail(format!("control forwarded as {got:?}"));
+                }
+            }
+            _ => fail(format!(
+                "status {st}, /public's upstream +{dp}, the catch-all's +{dr}; want 400 or 200 from one upstream"
+            )),
+        }
+    }
+    report("P3", &failures);
 }

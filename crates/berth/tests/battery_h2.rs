@@ -790,3 +790,109 @@ fn h2_client_that_grants_no_window_is_closed() {
         "a stalled h2 stream kept its connection open for {secs:.1}s"
     );
 }
+
+/// P3 over h2: the same raw `:path` values as the HTTP/1.1 battery; each is refused (reset or
+/// 400) or reaches one upstream with a path inside that upstream's route and no dot segment.
+#[test]
+fn p3_h2_upstreams_never_see_a_path_outside_their_route() {
+    use test_support::paths;
+    let _s = serial();
+    let public = Upstream::start(Reply::Echo);
+    let rest = Upstream::start(Reply::Echo);
+    let b = Berth::start(
+        BIN,
+        &format!(
+            "[[route]]\nhost = \"p3.localhost\"\npath = \"/public\"\nupstreams = [\"{}\"]\n\
+             [[route]]\nhost = \"p3.localhost\"\npath = \"/\"\nupstreams = [\"{}\"]\n",
+            public.addr, rest.addr
+        ),
+    );
+    let input: Vec<Value> = paths::TARGETS
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let name = format!("p3-{i}");
+            let headers: Vec<Value> = req("p3.localhost", &[(":path", *t)], &[], &[])
+                .iter()
+                .map(|(n, v)| json!([n, v]))
+                .chain([json!(["x-case", name])])
+                .collect();
+            json!({"name": name, "headers": headers, "data": []})
+        })
+        .collect();
+    let results = h2raw(
+        &b,
+        "p3.localhost",
+        "requests",
+        &[],
+        &serde_json::to_string(&input).unwrap(),
+    );
+    assert_eq!(results.len(), paths::TARGETS.len());
+    // What each upstream received, by case.
+    let seen = |up: &Upstream| -> Vec<(String, String)> {
+        up.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|q| {
+                let q = String::from_utf8_lossy(q).into_owned();
+                let target = q
+                    .lines()
+                    .next()
+                    .and_then(|l| l.split(' ').nth(1))
+                    .unwrap_or("")
+                    .to_string();
+                let case = q
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("x-case:")
+                            .map(|v| v.trim().to_string())
+                    })
+                    .unwrap_or_default();
+                (case, target)
+            })
+            .collect()
+    };
+    let (at_public, at_rest) = (seen(&public), seen(&rest));
+    let mut failures = Vec::new();
+    for (i, (target, r)) in paths::TARGETS.iter().zip(&results).enumerate() {
+        let name = format!("p3-{i}");
+        let status = r["status"].as_u64();
+        let refused = !r["rst"].is_null() || !r["goaway"].is_null() || r["closed"] == true;
+        let got: Vec<(&str, &String)> = at_public
+            .iter()
+            .filter(|(c, _)| *c == name)
+            .map(|(_, t)| ("/public", t))
+            .chain(
+                at_rest
+                    .iter()
+                    .filter(|(c, _)| *c == name)
+                    .map(|(_, t)| ("/", t)),
+            )
+            .collect();
+        match (status, got.as_slice()) {
+            (None, []) if refused => {}
+            (Some(400), []) => {}
+            (Some(200), [(prefix, up_target)]) => {
+                if let Some(why) = paths::escapes(prefix, up_target) {
+                    failures.push(format!(
+                        "{target}: the upstream of {prefix:?} got {up_target:?}: {why}"
+                    ));
+                }
+                if paths::CONTROLS.contains(target) && up_target != target {
+                    failures.push(format!("{target}: control forwarded as {up_target:?}"));
+                }
+            }
+            _ => failures.push(format!(
+                "{target}: status {status:?}, refused {refused}, upstreams got {got:?}; want a reset or 400, or 200 from one upstream"
+            )),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "P3 (h2): {} failing case(s):\n  {}",
+        failures.len(),
+        failures.join("\n  ")
+    );
+}

@@ -38,53 +38,90 @@ fn is_port(p: &str) -> bool {
 }
 
 /// The path of a request target, decoded once, dot segments resolved, empty segments merged and
-/// `;parameters` dropped: what routing matches on, so that `/public/..%2Fadmin` routes like
-/// `/admin` and `/admin;/` like `/admin/` (battery case P2). `Err` → 400: NUL, backslash,
-/// invalid UTF-8, or `..` above the root.
+/// `;parameters` dropped: what routing matches on, so that `/public/../admin` routes like
+/// `/admin` and `/admin;/` like `/admin/` (battery case P2). `Err` → 400: NUL, control
+/// characters, backslash, invalid UTF-8, `..` above the root, and every spelling whose meaning
+/// depends on who decodes it (battery P3): an encoded slash (`%2F`), a dot segment written with
+/// percent-encoding or parameters (`%2e%2e`, `.%2e`, `..;`, `..%3b`), a segment that is empty
+/// but for parameters (`/;x/`). What is left has one reading, and [`upstream_target`] forwards
+/// exactly the path routed on.
 pub fn normalize_path(raw_path: &[u8]) -> Result<std::borrow::Cow<'_, str>, &'static str> {
-    // The common path is already normal: printable ASCII without '%', '\\', ';', dot segments
-    // or empty segments. Take it as it is, without allocating.
-    let plain = raw_path.first() == Some(&b'/')
-        && raw_path
-            .iter()
-            .all(|&b| b > 0x20 && b < 0x7f && !matches!(b, b'%' | b'\\' | b';'))
-        && !raw_path.windows(2).any(|w| w == b"//" || w == b"/.");
-    if plain {
+    // The common path is already normal: take it as it is, without allocating.
+    if is_plain(raw_path) {
         if let Ok(s) = std::str::from_utf8(raw_path) {
             return Ok(std::borrow::Cow::Borrowed(s));
         }
     }
-    let decoded = percent_decode(raw_path).collect::<Vec<u8>>();
-    let decoded = String::from_utf8(decoded).map_err(|_| "path is not UTF-8")?;
-    if decoded
-        .bytes()
-        .any(|b| b == 0 || b == b'\\' || b < 0x20 || b == 0x7f)
-    {
-        return Err("control character or backslash in path");
-    }
-    let mut out: Vec<&str> = Vec::new();
-    for seg in decoded.split('/') {
-        let seg = seg.split(';').next().unwrap_or("");
-        match seg {
-            "" | "." => {}
-            ".." => {
-                if out.pop().is_none() {
-                    return Err("path climbs above the root");
-                }
-            }
-            s => out.push(s),
-        }
-    }
-    let trailing = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
-    let mut path = String::with_capacity(decoded.len() + 1);
-    for s in &out {
+    let resolved = resolve(raw_path)?;
+    let mut path = String::with_capacity(raw_path.len() + 1);
+    for (_, name) in &resolved.segments {
         path.push('/');
-        path.push_str(s);
+        path.push_str(name);
     }
-    if path.is_empty() || (trailing && !path.ends_with('/')) {
+    if path.is_empty() || (resolved.trailing_slash && !path.ends_with('/')) {
         path.push('/');
     }
     Ok(std::borrow::Cow::Owned(path))
+}
+
+/// Printable ASCII without '%', '\\', ';', dot segments or empty segments: normal as it is.
+fn is_plain(raw_path: &[u8]) -> bool {
+    raw_path.first() == Some(&b'/')
+        && raw_path
+            .iter()
+            .all(|&b| b > 0x20 && b < 0x7f && !matches!(b, b'%' | b'\\' | b';'))
+        && !raw_path.windows(2).any(|w| w == b"//" || w == b"/.")
+}
+
+/// A raw path with its literal `.`, `..` and empty segments resolved.
+struct Resolved<'a> {
+    /// Each remaining segment as the client spelled it (parameters included) and its decoded
+    /// name (parameters dropped).
+    segments: Vec<(&'a [u8], String)>,
+    /// The path names a directory: it ends in `/`, `/.` or `/..`.
+    trailing_slash: bool,
+}
+
+/// Split the raw path at its literal slashes, then decode each segment once on its own, so
+/// decoding can never change the segment structure, and refuse every ambiguous segment (see
+/// [`normalize_path`]).
+fn resolve(raw: &[u8]) -> Result<Resolved<'_>, &'static str> {
+    let Some(rest) = raw.strip_prefix(b"/") else {
+        return Err("path does not start with /");
+    };
+    let mut segments: Vec<(&[u8], String)> = Vec::new();
+    let mut last: &[u8] = b"";
+    for seg in rest.split(|&b| b == b'/') {
+        last = seg;
+        match seg {
+            b"" | b"." => continue,
+            b".." => {
+                if segments.pop().is_none() {
+                    return Err("path climbs above the root");
+                }
+                continue;
+            }
+            _ => {}
+        }
+        let decoded = String::from_utf8(percent_decode(seg).collect::<Vec<u8>>())
+            .map_err(|_| "path is not UTF-8")?;
+        if decoded
+            .bytes()
+            .any(|b| b < 0x20 || b == 0x7f || b == b'\\' || b == b'/')
+        {
+            return Err("control character, backslash or encoded slash in path");
+        }
+        let name = decoded.split(';').next().unwrap_or("");
+        if matches!(name, "" | "." | "..") {
+            return Err("dot or empty segment spelled with percent-encoding or parameters");
+        }
+        let name = name.to_owned();
+        segments.push((seg, name));
+    }
+    Ok(Resolved {
+        segments,
+        trailing_slash: matches!(last, b"" | b"." | b".."),
+    })
 }
 
 /// Characters escaped when a normalised path is put back on the wire.
@@ -136,11 +173,27 @@ pub fn split_absolute(target: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((auth, if path.is_empty() { b"/" } else { path }))
 }
 
-/// The target to send upstream: unchanged, or with the route's prefix removed.
+/// The target to send upstream: the path routing matched — the client's own spelling with its
+/// literal dot and empty segments resolved (unchanged when already normal), or, with
+/// `strip_prefix`, the normalised path minus the route's prefix — and the query as sent.
+/// `raw_path` must have passed [`normalize_path`].
 pub fn upstream_target(raw_path: &[u8], query: &[u8], norm: &str, strip: Option<&str>) -> Vec<u8> {
     let mut t = Vec::with_capacity(raw_path.len() + query.len());
     match strip {
-        None => t.extend_from_slice(raw_path),
+        None if is_plain(raw_path) => t.extend_from_slice(raw_path),
+        None => match resolve(raw_path) {
+            Ok(r) => {
+                for (seg, _) in &r.segments {
+                    t.push(b'/');
+                    t.extend_from_slice(seg);
+                }
+                if t.is_empty() || (r.trailing_slash && !t.ends_with(b"/")) {
+                    t.push(b'/');
+                }
+            }
+            // Not reached: the path was checked by `normalize_path`.
+            Err(_) => t.extend_from_slice(encode_path(norm).as_bytes()),
+        },
         Some(prefix) => {
             let rest = norm
                 .strip_prefix(prefix.trim_end_matches('/'))
@@ -366,9 +419,9 @@ mod tests {
             ("/", "/"),
             ("/a/b", "/a/b"),
             ("/a/b/", "/a/b/"),
-            ("/public/..%2Fadmin", "/admin"),
-            ("/public/%2e%2e/admin", "/admin"),
+            ("/public/../admin", "/admin"),
             ("/admin;/", "/admin/"),
+            ("/a;x=1/b;y", "/a/b"),
             ("/admin;jsessionid=1/x", "/admin/x"),
             ("//a///b", "/a/b"),
             ("/a/./b/../c", "/a/c"),
@@ -388,6 +441,19 @@ mod tests {
             "/a%5cb",
             "/a\\b",
             "/%ff",
+            // Ambiguous: refused rather than guessed (P3).
+            "/public/..%2Fadmin",
+            "/public/%2e%2e/admin",
+            "/a/.%2e/b",
+            "/a/%2E/b",
+            "/a%2fb",
+            "/a/..;/b",
+            "/a/..;x=1/b",
+            "/a/.;/b",
+            "/a/..%3b/b",
+            "/a/;/b",
+            "/a/;x/../b",
+            "/a;x%2f..%2f../b",
         ] {
             assert!(normalize_path(raw.as_bytes()).is_err(), "{raw}");
         }
@@ -416,7 +482,23 @@ mod tests {
             b"/users?x=1"
         );
         assert_eq!(upstream_target(b"/api", b"", "/api", Some("/api/")), b"/");
-        assert_eq!(upstream_target(b"/a%2Fb", b"", "/a/b", None), b"/a%2Fb");
+        assert_eq!(upstream_target(b"/a%2Bb", b"", "/a+b", None), b"/a%2Bb");
+        // What the upstream gets is what routing matched, in the client's own spelling.
+        for (raw, want) in [
+            (&b"/public/x/../y"[..], &b"/public/y?q"[..]),
+            (b"//public//x;v=1/./", b"/public/x;v=1/?q"),
+            (b"/public/%41/..", b"/public/?q"),
+            (b"/a/..", b"/?q"),
+            (b"/p%75blic/a%2Bb", b"/p%75blic/a%2Bb?q"),
+        ] {
+            let norm = normalize_path(raw).unwrap();
+            assert_eq!(
+                upstream_target(raw, b"?q", &norm, None),
+                want,
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
         assert_eq!(
             split_absolute(b"http://h.test:8/p?q"),
             Some((&b"h.test:8"[..], &b"/p?q"[..]))

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod paths;
 pub mod pebble;
 
 use std::io::{BufRead, BufReader, Read, Write};
