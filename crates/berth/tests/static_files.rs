@@ -412,3 +412,96 @@ fn static_files_over_http2() {
     let r = curl_https_resp(&b, "site.localhost", "/noindex/", &["--http2"]);
     assert_eq!(r.status, 404);
 }
+
+/// Dotfiles are never served: any segment starting with `.` (`.env`, `.git/`, `.htpasswd`, a
+/// hidden file deeper down) answers 404 — not 403, which would confirm it exists — however the
+/// path is spelled, at the root and under a `strip_prefix` mount, over HTTP/1.1 and h2. Only
+/// `/.well-known/` is served (but not a dotfile inside it).
+#[test]
+fn dotfiles_are_404_except_well_known() {
+    const SECRET: &str = "DOTFILE-SECRET-3f9a";
+    let files: Vec<(&str, &[u8])> = vec![
+        ("www/index.html", INDEX),
+        ("www/.env", b"DOTFILE-SECRET-3f9a env"),
+        ("www/.env.gz", b"DOTFILE-SECRET-3f9a env.gz"),
+        ("www/.htpasswd", b"DOTFILE-SECRET-3f9a htpasswd"),
+        ("www/.git/config", b"DOTFILE-SECRET-3f9a git config"),
+        ("www/.git/index.html", b"DOTFILE-SECRET-3f9a git index"),
+        ("www/sub/.secret", b"DOTFILE-SECRET-3f9a sub"),
+        (
+            "www/sub/.hidden/page.html",
+            b"DOTFILE-SECRET-3f9a hidden dir",
+        ),
+        ("www/sub/visible.txt", b"visible"),
+        ("www/.well-known/security.txt", b"Contact: ops@example.test"),
+        (
+            "www/.well-known/.private",
+            b"DOTFILE-SECRET-3f9a well-known",
+        ),
+    ];
+    let b = Berth::start_with(
+        BIN,
+        "",
+        &files,
+        "[[route]]\nhost = \"dot.localhost\"\nstatic = \"{dir}/www\"\n\
+         [[route]]\nhost = \"dot.localhost\"\npath = \"/docs/\"\nstrip_prefix = true\nstatic = \"{dir}/www\"\n",
+    );
+    let hidden = [
+        "/.env",
+        "/.env?x=1",
+        "/.htpasswd",
+        "/.git/config",
+        "/.git/",
+        "/.git",
+        "/sub/.secret",
+        "/sub/.hidden/page.html",
+        "/sub/.hidden/",
+        "/%2eenv",
+        "/%2Egit/config",
+        "/sub/%2esecret",
+        "/sub/../.env",
+        "/.well-known/.private",
+        "/docs/.env",
+        "/docs/.git/config",
+        "/docs/sub/.secret",
+    ];
+    let mut failures = Vec::new();
+    for path in hidden {
+        for (method, headers) in [
+            ("GET", &[][..]),
+            ("HEAD", &[][..]),
+            ("GET", &[("Accept-Encoding", "gzip, br")][..]),
+            ("GET", &[("Range", "bytes=0-3")][..]),
+        ] {
+            let r = request(b.http, method, "dot.localhost", path, headers, b"");
+            if r.status != 404 || r.text().contains(SECRET) || r.header("location").is_some() {
+                failures.push(format!("{method} {path} {headers:?}: {r:?}"));
+            }
+        }
+    }
+    let r = curl_https_resp(&b, "dot.localhost", "/.git/config", &["--http2"]);
+    if (r.version.as_str(), r.status) != ("HTTP/2", 404) || r.text().contains(SECRET) {
+        failures.push(format!("h2 /.git/config: {r:?}"));
+    }
+    // Served: /.well-known/ (at the root of the site) and ordinary files next to dotfiles.
+    for (path, want) in [
+        ("/.well-known/security.txt", "Contact: ops@example.test"),
+        (
+            "/docs/.well-known/security.txt",
+            "Contact: ops@example.test",
+        ),
+        ("/sub/visible.txt", "visible"),
+        ("/docs/sub/visible.txt", "visible"),
+    ] {
+        let r = get(b.http, "dot.localhost", path);
+        if r.status != 200 || r.text() != want {
+            failures.push(format!("control {path}: {r:?}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failing case(s):\n  {}",
+        failures.len(),
+        failures.join("\n  ")
+    );
+}

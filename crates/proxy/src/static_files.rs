@@ -13,7 +13,9 @@
 //! UTF-8 are rejected (400); dot segments are resolved lexically and climbing above the
 //! root is rejected (400); finally every file is opened with `openat2(RESOLVE_BENEATH)`
 //! relative to the root's directory handle, so the kernel refuses any resolution — `..`
-//! or a symlink, at any depth — that would leave the root (404). One open and one fstat
+//! or a symlink, at any depth — that would leave the root (404). Dotfiles and dot directories
+//! (any segment starting with `.`, but the top-level `.well-known`) answer 404 as if absent,
+//! however the path was spelled (`%2eenv` decodes to `.env` first). One open and one fstat
 //! per file: no canonicalize, no per-component readlink. Responses never mention
 //! filesystem paths.
 
@@ -192,6 +194,10 @@ fn serve_file(
         None => (raw, None),
     };
     let (segments, dir_request) = normalize(raw_path)?;
+    if is_hidden(&segments) {
+        // As if absent: a 403 would confirm the file exists.
+        return Err(StatusCode::NOT_FOUND);
+    }
 
     let mut rel = if segments.is_empty() {
         String::from(".")
@@ -306,6 +312,16 @@ fn normalize(raw: &[u8]) -> Result<(Vec<String>, bool), StatusCode> {
     }
     let last = decoded.rsplit('/').next().unwrap_or("");
     Ok((segments, matches!(last, "" | "." | "..")))
+}
+
+/// A dotfile or anything in a dot directory (`.env`, `.git/config`, `.htpasswd`,
+/// `sub/.secret`): never served. The one exception is the site's top-level `.well-known`
+/// directory (RFC 8615), though not a dotfile inside it.
+fn is_hidden(segments: &[String]) -> bool {
+    segments
+        .iter()
+        .enumerate()
+        .any(|(i, s)| s.starts_with('.') && !(i == 0 && s == ".well-known"))
 }
 
 fn io_status(e: io::Error) -> StatusCode {
@@ -791,6 +807,42 @@ mod tests {
     }
 
     #[test]
+    fn dotfiles_are_not_found_except_well_known() {
+        let s = site();
+        let www = s.root();
+        fs::create_dir_all(www.join(".git")).unwrap();
+        fs::write(www.join(".git/config"), SECRET).unwrap();
+        fs::create_dir_all(www.join("dir/.private")).unwrap();
+        fs::write(www.join("dir/.private/index.html"), SECRET).unwrap();
+        fs::create_dir_all(www.join(".well-known")).unwrap();
+        fs::write(www.join(".well-known/security.txt"), "contact").unwrap();
+        fs::write(www.join(".well-known/.x"), SECRET).unwrap();
+        for path in [
+            "/.hidden",
+            "/%2ehidden",
+            "/.git/config",
+            "/.git/",
+            "/.git",
+            "/dir/.private/",
+            "/dir/.private",
+            "/dir/../.hidden",
+            "/.well-known/.x",
+        ] {
+            let r = get(&www, path);
+            assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}");
+            assert!(r.headers.get(header::LOCATION).is_none(), "{path}");
+            assert!(
+                !String::from_utf8_lossy(&body(r)).contains(SECRET),
+                "{path}"
+            );
+        }
+        assert_eq!(
+            checked_body(get(&www, "/.well-known/security.txt")),
+            b"contact"
+        );
+    }
+
+    #[test]
     fn directory_without_slash_redirects() {
         let s = site();
         for (path, location) in [
@@ -1255,7 +1307,7 @@ mod tests {
             (b"/dir//index.html", ok),
             (b"/a.txt/..", ok), // the root directory
             (b"/dir/.", ok),
-            (b"/.hidden", ok),
+            (b"/.hidden", missing), // dotfiles are never served
             (b"/%61.txt", ok),
             (b"/a.txt%", missing),
             (b"/a.txt%zz", missing),
