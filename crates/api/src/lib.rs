@@ -11,6 +11,7 @@ mod apps;
 mod auth;
 mod builds;
 mod git;
+mod listener;
 mod notify;
 mod openapi;
 mod render;
@@ -30,6 +31,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use auth::Caller;
+pub use listener::{serve, ListenerLimits};
 
 /// The one error type of the API: a status, a message and maybe a hint, rendered as
 /// `{"error": "...", "hint": "..."}`.

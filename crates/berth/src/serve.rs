@@ -185,14 +185,14 @@ async fn run(
             acme: acme.clone(),
             tmp_dir: data.join("tmp"),
         });
-        let mut rx = stop_admin.subscribe();
-        tokio::spawn(async move {
-            let _ = axum::serve(l, app)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.wait_for(|v| *v).await;
-                })
-                .await;
-        });
+        // The proxy's guards, on the API's listener too: slow or idle clients there must not
+        // hold berth's file descriptors.
+        let limits = api::ListenerLimits {
+            header_timeout: cfg.limits.header_timeout.0,
+            body_timeout: cfg.limits.body_timeout.0,
+            max_connections: cfg.limits.admin_max_connections,
+        };
+        tokio::spawn(api::serve(l, app, limits, stop_admin.subscribe()));
     }
     write_listen_file(&data, proxy.bound, admin_addr)?;
     let show = |a: Option<std::net::SocketAddr>, s: &str| {

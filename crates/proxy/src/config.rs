@@ -234,6 +234,8 @@ pub struct Limits {
     pub upstream_idle_per_host: usize,
     /// On SIGTERM, how long in-flight requests may take before berth exits anyway.
     pub shutdown_grace: Dur,
+    /// Open connections on the admin listener (the API); more are closed at once.
+    pub admin_max_connections: usize,
 }
 
 impl Default for Limits {
@@ -250,6 +252,7 @@ impl Default for Limits {
             upstream_timeout: Dur(Duration::from_secs(60)),
             upstream_idle_per_host: 256,
             shutdown_grace: Dur(Duration::from_secs(10)),
+            admin_max_connections: 256,
         }
     }
 }
@@ -640,6 +643,12 @@ impl FileConfig {
         }
         if cfg.server.workers == Some(0) {
             return Err(at(None, "server.workers must be at least 1".into()));
+        }
+        if cfg.limits.admin_max_connections == 0 {
+            return Err(at(
+                None,
+                "limits.admin_max_connections must be at least 1 (hint: [server] admin = \"off\" turns the admin listener off)".into(),
+            ));
         }
         let base = file.parent().unwrap_or(Path::new("."));
         cfg.resolve_paths(base);
