@@ -89,6 +89,12 @@ async fn run(
         Listen::Off => None,
     };
     let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
+    if let Some(a) = admin_addr.filter(|a| !a.ip().is_loopback()) {
+        tracing::warn!(
+            admin = %a,
+            "the admin listener is bound to {a}, not to loopback: the API (tokens, env values) and /metrics are served there in clear text to anyone who can reach it (hint: admin = \"127.0.0.1:8081\", and reach the API through the proxy over HTTPS)"
+        );
+    }
 
     let store = Arc::new(
         engine::store::Store::open(&data.join("berth.db"))

@@ -193,3 +193,74 @@ fn a_stalled_request_body_is_cut_off_at_the_body_timeout() {
     assert!(r.text().contains("app.localhost"), "{}", r.text());
 }
 
+// ---------------------------------------------------------------------------------------------
+// The API in clear text: with HTTPS off, only the admin listener serves it.
+
+#[test]
+fn with_https_off_the_api_is_not_routed_on_the_plain_listener() {
+    let b = Berth::start_with(BIN, "https = \"off\"", &[], "");
+    for (path, auth) in [
+        ("/api/v1/health", None),
+        ("/api/v1/apps", Some(b.auth())),
+        ("/metrics", Some(b.auth())),
+        ("/git/x.git/info/refs?service=git-upload-pack", None),
+    ] {
+        let headers: Vec<(&str, &str)> = auth
+            .as_deref()
+            .and_then(|a| a.split_once(": "))
+            .into_iter()
+            .collect();
+        let r = get_with(b.http, "berth.localhost", path, &headers);
+        assert!(
+            matches!(r.status, 404 | 421),
+            "{path} on the plain listener: {} {}",
+            r.status,
+            r.text()
+        );
+        assert!(!r.text().contains("\"ok\""), "{}", r.text());
+    }
+    // The admin listener still serves it.
+    let r = admin_get(&b, "/api/v1/apps");
+    assert_eq!(r.status, 200, "{}", r.text());
+    // On loopback (the default), no warning.
+    assert!(
+        !b.stderr().contains("admin listener is bound to"),
+        "{}",
+        b.stderr()
+    );
+}
+
+#[test]
+fn with_https_on_plain_http_to_the_api_host_is_still_redirected() {
+    let b = Berth::start(BIN, "");
+    let r = get_with(
+        b.http,
+        "berth.localhost",
+        "/api/v1/apps",
+        &[("Authorization", &format!("Bearer {}", b.token))],
+    );
+    assert_eq!(r.status, 308, "{}", r.text());
+    assert_eq!(
+        r.header("location"),
+        Some(format!("https://berth.localhost:{}/api/v1/apps", b.https.port()).as_str())
+    );
+}
+
+#[test]
+fn an_admin_listener_off_loopback_is_warned_about_at_start() {
+    let b = Berth::start_with(BIN, "admin = \"0.0.0.0:0\"", &[], "");
+    let err = b.stderr();
+    let line = err
+        .lines()
+        .find(|l| l.contains("admin listener is bound to"))
+        .unwrap_or_else(|| panic!("no warning about the admin listener in:\n{err}"));
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains("0.0.0.0"), "{line}");
+    // It still serves.
+    let r = get(
+        SocketAddr::from(([127, 0, 0, 1], b.admin.port())),
+        "x",
+        "/api/v1/health",
+    );
+    assert_eq!(r.status, 200);
+}

@@ -1,5 +1,5 @@
 //! The route table berth installs: the config file's routes, the control-plane API at
-//! `berth.<domain>` or `[server] api_host` (HTTPS only, when berth has an HTTPS listener), and
+//! `berth.<domain>` or `[server] api_host` (HTTPS only; not routed without an HTTPS listener), and
 //! each live app at `<app>.<domain>` plus its custom domains. Always computed whole from the
 //! engine's state and swapped in at once.
 
@@ -35,13 +35,15 @@ impl Engine {
             .collect();
         if let Some(admin) = self.cfg.admin {
             let host = self.api_host();
-            if taken.insert(host.clone()) {
+            // Tokens never cross the network in clear: plain HTTP to the API host gets a 308
+            // to HTTPS before anything is forwarded, and without an HTTPS listener the API
+            // is not behind the proxy at all (only the admin listener serves it). The name
+            // stays reserved either way: no app gets it.
+            if taken.insert(host.clone()) && self.cfg.https_port.is_some() {
                 if let Ok(h) = HostPattern::parse(&host) {
-                    // Tokens never cross the network in clear: with an HTTPS listener, plain
-                    // HTTP to the API host gets a 308 to HTTPS before anything is forwarded.
                     specs.push(RouteSpec {
                         upstreams: vec![Upstream(admin)],
-                        https_redirect: self.cfg.https_port.is_some(),
+                        https_redirect: true,
                         ..route(h)
                     });
                 }

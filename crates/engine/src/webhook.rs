@@ -78,17 +78,14 @@ impl Engine {
 
     /// Where the webhooks of `provider` (`github`, `gitea`, `gitlab`) reach this berth: the
     /// API host behind the proxy (HTTPS), with `?app=` so only that app's secret is tried.
+    /// Without an HTTPS listener the API is served on the admin listener only.
     pub fn webhook_url(&self, provider: &str, app: &str) -> String {
         let host = self.api_host();
-        let base = match (self.cfg.https_port, self.cfg.http_port) {
+        let base = match (self.cfg.https_port, self.cfg.admin) {
             (Some(443), _) => format!("https://{host}"),
             (Some(p), _) => format!("https://{host}:{p}"),
-            (None, Some(80)) => format!("http://{host}"),
-            (None, Some(p)) => format!("http://{host}:{p}"),
-            (None, None) => match self.cfg.admin {
-                Some(a) => format!("http://{a}"),
-                None => format!("https://{host}"),
-            },
+            (None, Some(a)) => format!("http://{a}"),
+            (None, None) => format!("https://{host}"),
         };
         format!("{base}/hooks/{provider}?app={app}")
     }
