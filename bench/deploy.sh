@@ -12,7 +12,8 @@
 # Usage: bash bench/deploy.sh [> report.md]   (report on stdout, progress on stderr)
 # Variables: DUR (10s: each wrk run of (c)), BERTH_BIN (use this binary instead of building),
 # REDEPLOYS (11), LOAD_DEPLOYS (50), APPS (100), IDLE_APPS (20), PAR (8: concurrent deploys in
-# (c) and (d)), IDLE_WAIT (5: seconds idle before the (d) reading), BERTH_REV (the commit to
+# (c) and (d)), IDLE_WAIT (5: seconds idle before the (d) reading), JAIL (1; 0 runs the apps
+# unjailed, `[server] jail = false`, to measure what the jail costs), BERTH_REV (the commit to
 # report for BERTH_BIN; default: the checkout's HEAD), APP_PY_DIR (the directory put
 # first on berth's PATH so that the apps' `python3` is the real interpreter; default: the
 # directory of `sys.executable`, which skips a pyenv shim), KEEP (0; 1 keeps the work directory).
@@ -30,8 +31,9 @@ IDLE_APPS=${IDLE_APPS:-20}
 PAR=${PAR:-8}
 IDLE_WAIT=${IDLE_WAIT:-5}
 KEEP=${KEEP:-0}
+JAIL=${JAIL:-1}
 HELLO=$ROOT/examples/hello
-CMDLINE="DUR=$DUR bash bench/deploy.sh"
+CMDLINE="DUR=$DUR JAIL=$JAIL bash bench/deploy.sh"
 
 log() { echo "[deploy-bench] $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -65,6 +67,17 @@ cleanup() {
     for ((i = 0; i < 300; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
     kill -0 "$p" 2>/dev/null && { log "berth $p did not stop in 30 s; SIGKILL"; kill -KILL "$p" 2>/dev/null || true; }
   done
+  # The app jail leaves a system user per app and an nftables table per berth (they outlive a
+  # stop, as instances do): remove this run's.
+  local data tag u
+  for data in "$T"/*/data; do
+    [ -d "$data" ] || continue
+    tag=$(printf '%s' "$(realpath "$data")" | sha256sum | cut -c1-8)
+    for u in $(awk -F: -v t="($tag)" 'index($5, "berth app ") == 1 && substr($5, length($5) - length(t) + 1) == t { print $1 }' /etc/passwd); do
+      userdel "$u" 2>/dev/null || true
+    done
+    nft delete table inet "berth_$tag" 2>/dev/null || true
+  done
   if [ "$KEEP" = 1 ]; then log "work directory kept: $T"; else rm -rf "$T"; fi
 }
 trap cleanup EXIT
@@ -83,6 +96,7 @@ start_berth() {
   local d=$T/$1 i
   mkdir -p "$d"
   printf '[server]\nhttp = "127.0.0.1:0"\nhttps = "127.0.0.1:0"\nadmin = "127.0.0.1:0"\nworkers = 1\naccess_log = "off"\ndata_dir = "%s/data"\n' "$d" >"$d/berth.toml"
+  [ "$JAIL" = 1 ] || echo 'jail = false' >>"$d/berth.toml"
   PATH=$APP_PATH "$BERTH" serve --config "$d/berth.toml" >"$d/berth.log" 2>&1 &
   local launched=$!
   BERTH_PIDS+=("$launched")

@@ -21,14 +21,7 @@ fn a_deploy_token_claims_only_hosts_that_are_free_and_its_own() {
     let b = Berth::start_with(BIN, "domain = \"apps.test\"", &[], &routes);
     create_app(&b, "a");
     create_app(&b, "other");
-    let (st, tok) = api(
-        &b,
-        "POST",
-        "/api/v1/tokens",
-        r#"{"name":"ci","scope":"deploy","apps":["a"]}"#,
-    );
-    assert_eq!(st, 201, "{tok}");
-    let token = tok["token"].as_str().unwrap().to_string();
+    let token = deploy_token(&b, "a");
     let claim = |host: &str| -> (u16, String) {
         let body = serde_json::json!({ "host": host }).to_string();
         let (st, v) = api_as(

@@ -120,25 +120,8 @@ fn destroy(b: &Berth, app: &str) {
 
 /// Ids of the running containers of berth's app `app` (by the instance label).
 fn containers(app: &str) -> Vec<String> {
-    let out = std::process::Command::new("curl")
-        .args([
-            "-s",
-            "--unix-socket",
-            "/var/run/docker.sock",
-            "http://d/containers/json",
-        ])
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let mut ids: Vec<String> = v
-        .as_array()
-        .unwrap()
+    let mut ids: Vec<String> = common::docker::app_containers(app)
         .iter()
-        .filter(|c| {
-            c["Labels"]["berth.instance"]
-                .as_str()
-                .is_some_and(|i| i.starts_with(&format!("{app}.")))
-        })
         .map(|c| c["Id"].as_str().unwrap().to_string())
         .collect();
     ids.sort();

@@ -359,14 +359,7 @@ fn a_hostile_app_cannot_leave_its_jail_from_web_release_or_postdeploy() {
 
     // The attacker: its own app, a deploy-only token, and everything it needs to aim.
     create_app(&b, "attacker");
-    let (st, tok) = api(
-        &b,
-        "POST",
-        "/api/v1/tokens",
-        r#"{"name":"ci","scope":"deploy","apps":["attacker"]}"#,
-    );
-    assert_eq!(st, 201, "{tok}");
-    let token = tok["token"].as_str().unwrap().to_string();
+    let token = deploy_token(&b, "attacker");
     let data = b.path("data").canonicalize().unwrap();
     let vars = serde_json::json!({"set": {
         "VICTIM_DATA": data.display().to_string(),
@@ -511,27 +504,10 @@ exec httpd -f -p "$PORT" -h /www
 
 /// (IP address on its network, port inside) of the running container of `app`.
 fn container_address(app: &str) -> (String, String) {
-    let out = std::process::Command::new("curl")
-        .args([
-            "-s",
-            "--unix-socket",
-            "/var/run/docker.sock",
-            "http://d/containers/json",
-        ])
-        .output()
-        .unwrap();
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let c = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| {
-            c["Labels"]["berth.instance"]
-                .as_str()
-                .is_some_and(|i| i.starts_with(&format!("{app}.")))
-        })
-        .unwrap_or_else(|| panic!("no container of {app}: {v}"))
-        .clone();
+    let all = common::docker::app_containers(app);
+    let c = all
+        .first()
+        .unwrap_or_else(|| panic!("no container of {app}"));
     let ip = c["NetworkSettings"]["Networks"]
         .as_object()
         .and_then(|n| n.values().next())

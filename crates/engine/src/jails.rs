@@ -60,7 +60,7 @@ pub(crate) struct Prepared {
 
 impl Prepared {
     /// `env` with the jail's variables added where the app did not set them.
-    pub fn apply_env(&self, env: &mut Vec<(String, String)>) {
+    fn apply_env(&self, env: &mut Vec<(String, String)>) {
         for (k, v) in &self.env {
             if !env.iter().any(|(key, _)| key == k) {
                 env.push((k.clone(), v.clone()));
@@ -426,14 +426,15 @@ fn chown_tree(root: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
 }
 
 impl crate::Engine {
-    /// The jail for `app`'s code from the release in `dir`: `None` when the release runs no
-    /// process on this host (containers have Docker's confinement; a static site without
-    /// `release:` or postdeploy runs nothing).
+    /// The jail for `app`'s code from the release in `dir`, its variables added to `env`:
+    /// `None` when the release runs no process on this host (containers have Docker's
+    /// confinement; a static site without `release:` or postdeploy runs nothing).
     pub(crate) async fn jail_for(
         &self,
         app: &str,
         dir: &Path,
         spec: &build::manifest::AppSpec,
+        env: &mut Vec<(String, String)>,
     ) -> Result<Option<Prepared>, String> {
         let runs_code = spec.kind == build::manifest::AppKind::Process
             || spec.release_command.is_some()
@@ -450,7 +451,11 @@ impl crate::Engine {
                 .map_err(|e| format!("cannot read the app's services: {e}"))?;
             own.extend(services.iter().filter_map(|s| s.host_port));
         }
-        self.jails.prepare(app, dir, own).await
+        let prepared = self.jails.prepare(app, dir, own).await?;
+        if let Some(p) = &prepared {
+            p.apply_env(env);
+        }
+        Ok(prepared)
     }
 }
 

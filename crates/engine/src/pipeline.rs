@@ -419,12 +419,9 @@ impl Engine {
         }
 
         let jail = self
-            .jail_for(app, &release.dir, &spec)
+            .jail_for(app, &release.dir, &spec, &mut env)
             .await
             .map_err(Failure)?;
-        if let Some(j) = &jail {
-            j.apply_env(&mut env);
-        }
         let run = ReleaseRun {
             app,
             version,

@@ -178,13 +178,10 @@ impl Engine {
         let mut env = self.live_env(app, &spec, &config.env).await;
         // Without its jail no instance of the app starts (the runtime refuses app code without
         // one); instances that survived the restart are adopted all the same.
-        let (jail, jail_error) = match self.jail_for(app, &release.dir, &spec).await {
+        let (jail, jail_error) = match self.jail_for(app, &release.dir, &spec, &mut env).await {
             Ok(j) => (j, None),
             Err(e) => (None, Some(e)),
         };
-        if let Some(j) = &jail {
-            j.apply_env(&mut env);
-        }
         let run = ReleaseRun {
             app,
             version,

@@ -39,12 +39,9 @@ impl Engine {
         };
         let mut env = self.live_env(app, &spec, &config.env).await;
         let jail = self
-            .jail_for(app, &release.dir, &spec)
+            .jail_for(app, &release.dir, &spec, &mut env)
             .await
             .map_err(Failure)?;
-        if let Some(j) = &jail {
-            j.apply_env(&mut env);
-        }
         let current: Vec<store::Instance> = self
             .store
             .instances(app)

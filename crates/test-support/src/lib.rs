@@ -253,7 +253,15 @@ impl Berth {
         for line in passwd.lines() {
             let f: Vec<&str> = line.split(':').collect();
             if f.len() > 4 && f[4].starts_with("berth app ") && f[4].ends_with(&suffix) {
-                let _ = Command::new("userdel").arg(f[0]).output();
+                // Anything still running as the app's user (berth did not stop in time) first.
+                let _ = Command::new("pkill").args(["-KILL", "-u", f[0]]).output();
+                for _ in 0..50 {
+                    let out = Command::new("userdel").arg(f[0]).output();
+                    if out.is_ok_and(|o| o.status.success()) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
             }
         }
         let _ = Command::new("nft")

@@ -101,6 +101,14 @@ pub fn create_app(b: &Berth, name: &str) {
     assert_eq!(st, 201, "{v}");
 }
 
+/// A new deploy-only token for `app`: its secret.
+pub fn deploy_token(b: &Berth, app: &str) -> String {
+    let body = serde_json::json!({"name": "ci", "scope": "deploy", "apps": [app]}).to_string();
+    let (st, tok) = api(b, "POST", "/api/v1/tokens", &body);
+    assert_eq!(st, 201, "{tok}");
+    tok["token"].as_str().unwrap().to_string()
+}
+
 /// POST a `.tar.gz` bundle to `app` with the admin token (the deploy is not waited for).
 pub fn upload_file(b: &Berth, app: &str, bytes: &[u8]) -> (u16, Value) {
     api_as(

@@ -65,3 +65,28 @@ pub fn deploy_ok(b: &Berth, app: &str, dir: &Path) -> serde_json::Value {
     );
     d
 }
+
+/// The daemon's view (`/containers/json`) of the running containers of berth's app `app`
+/// (by the instance label).
+pub fn app_containers(app: &str) -> Vec<serde_json::Value> {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "--unix-socket",
+            "/var/run/docker.sock",
+            "http://d/containers/json",
+        ])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| {
+            c["Labels"]["berth.instance"]
+                .as_str()
+                .is_some_and(|i| i.starts_with(&format!("{app}.")))
+        })
+        .cloned()
+        .collect()
+}
