@@ -18,6 +18,10 @@ pub(crate) async fn wait(
     deadline: Instant,
     mut alive: impl FnMut() -> Result<bool, String>,
 ) -> Result<(), String> {
+    // Every 10 ms for the first half second (a loopback probe costs the app one request; most
+    // apps come up in that time, and a doubling pause would add up to its own length to a
+    // deploy), then doubling up to 200 ms.
+    let started = Instant::now();
     let mut pause = Duration::from_millis(10);
     let mut last = String::from("no answer yet");
     loop {
@@ -39,7 +43,9 @@ pub(crate) async fn wait(
             Err(_) => last = "the probe timed out".into(),
         }
         tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
-        pause = (pause * 2).min(Duration::from_millis(200));
+        if started.elapsed() >= Duration::from_millis(500) {
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
     }
 }
 
