@@ -11,6 +11,12 @@
 //! Repositories live at `<data>/git/<app>.git` (bare, created on first access). Pushes to one
 //! app are serialised: a per-app lock is held for the whole receive-pack request, so two pushes
 //! cannot both deploy and then race their ref updates.
+//!
+//! A request body is received whole before git runs: decoded here (`Content-Encoding: gzip`
+//! is inflated by berth, never by git) and spooled to an unlinked file in `<data>/tmp`, at
+//! most `[server] max_upload` *decoded* bytes, else 413 and git never starts. receive-pack
+//! also gets `receive.maxInputSize` = `max_upload`, so no push adds a pack larger than the
+//! limit to the repository.
 
 use crate::auth::{caller_for, Caller};
 use crate::{ApiError, Ctx};
@@ -23,10 +29,10 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path as FsPath, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::process::{Child, ChildStdout};
 use tokio::sync::OwnedMutexGuard;
 
@@ -86,11 +92,6 @@ async fn serve(ctx: &Ctx, repo: &str, rest: &str, req: Request) -> Res {
 
     let data = ctx.engine.cfg.data_dir.clone();
     let root = data.join("git");
-    let (root2, app2) = (root.clone(), app.to_string());
-    let dir = tokio::task::spawn_blocking(move || ensure_repo(&root2, &app2, &deploy_branch))
-        .await
-        .map_err(|e| internal(e.to_string()))?
-        .map_err(internal)?;
     let tmp = data.join("tmp");
     tokio::fs::create_dir_all(&tmp)
         .await
@@ -104,14 +105,33 @@ async fn serve(ctx: &Ctx, repo: &str, rest: &str, req: Request) -> Res {
         .hint("set [server] admin in the config")
         .into_response());
     };
+    // The body, decoded and bounded, before git or the repository is touched.
+    let post = req.method() == axum::http::Method::POST;
+    let encoding = req
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("?").to_string())
+        .unwrap_or_default();
+    let (head, body) = req.into_parts();
+    let input = if post {
+        Some(spool_body(body, &encoding, &tmp, max).await?)
+    } else {
+        None
+    };
+
+    let (root2, app2) = (root.clone(), app.to_string());
+    let dir = tokio::task::spawn_blocking(move || ensure_repo(&root2, &app2, &deploy_branch))
+        .await
+        .map_err(|e| internal(e.to_string()))?
+        .map_err(internal)?;
     // A receive-pack POST holds the app's push lock until its response has been sent.
-    let lock = if push && req.method() == axum::http::Method::POST {
+    let lock = if push && post {
         Some(push_lock(&dir).lock_owned().await)
     } else {
         None
     };
 
-    let h = req.headers();
+    let h = &head.headers;
     let text = |name: &str| {
         h.get(name)
             .and_then(|v| v.to_str().ok())
@@ -132,10 +152,13 @@ async fn serve(ctx: &Ctx, repo: &str, rest: &str, req: Request) -> Res {
         .env("GIT_PROJECT_ROOT", &root)
         .env("GIT_HTTP_EXPORT_ALL", "1")
         .env("PATH_INFO", format!("/{app}.git/{rest}"))
-        .env("REQUEST_METHOD", req.method().as_str())
+        // No push may add a pack larger than the upload limit.
+        .env("GIT_CONFIG_COUNT", "1")
+        .env("GIT_CONFIG_KEY_0", "receive.maxInputSize")
+        .env("GIT_CONFIG_VALUE_0", max.to_string())
+        .env("REQUEST_METHOD", head.method.as_str())
         .env("QUERY_STRING", &query)
         .env("CONTENT_TYPE", text("content-type"))
-        .env("HTTP_CONTENT_ENCODING", text("content-encoding"))
         .env("GIT_PROTOCOL", text("git-protocol"))
         .env("REMOTE_USER", caller.actor())
         .env("REMOTE_ADDR", remote_addr(h))
@@ -143,37 +166,30 @@ async fn serve(ctx: &Ctx, repo: &str, rest: &str, req: Request) -> Res {
         .env("BERTH_HOOK_TOKEN", secret_of(h).unwrap_or_default())
         .env("BERTH_HOOK_APP", app)
         .current_dir(&root)
-        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // Its own process group, so that a client going away ends the hook and the
         // receive-pack under it too, not only http-backend.
         .process_group(0)
         .kill_on_drop(true);
-    if let Some(n) = declared {
-        cmd.env("CONTENT_LENGTH", n.to_string());
+    match input {
+        Some((file, len)) => {
+            cmd.env("CONTENT_LENGTH", len.to_string()).stdin(file);
+        }
+        None => {
+            cmd.stdin(Stdio::null());
+        }
     }
     let mut child = cmd
         .spawn()
         .map_err(|e| internal(format!("cannot run git http-backend: {e}")))?;
     let group = Group(child.id());
-    let (Some(stdin), Some(mut stdout), Some(stderr)) =
-        (child.stdin.take(), child.stdout.take(), child.stderr.take())
-    else {
+    let (Some(mut stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
         return Err(internal("git http-backend has no pipes".into()));
     };
     tokio::spawn(log_stderr(stderr, app.to_string()));
-    let cut = Arc::new(AtomicBool::new(false));
-    tokio::spawn(feed(req.into_body(), stdin, max, cut.clone()));
 
-    let (status, headers, first) = match read_head(&mut stdout).await {
-        Ok(head) => head,
-        Err(e) if cut.load(Ordering::Relaxed) => {
-            tracing::debug!(app, "git request cut: {e}");
-            return Err(too_large(max));
-        }
-        Err(e) => return Err(internal(e)),
-    };
+    let (status, headers, first) = read_head(&mut stdout).await.map_err(internal)?;
     let out = Out {
         stdout,
         child,
@@ -181,7 +197,6 @@ async fn serve(ctx: &Ctx, repo: &str, rest: &str, req: Request) -> Res {
         _lock: lock,
         first: Some(Bytes::from(first)),
         buf: vec![0; CHUNK],
-        cut,
         done: false,
     };
     let mut resp = Response::new(Body::from_stream(futures_util::stream::unfold(
@@ -286,7 +301,7 @@ fn internal(m: String) -> Response {
 fn too_large(max: u64) -> Response {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
-        format!("the push is larger than the upload limit ({max} bytes)"),
+        format!("the push is larger than the upload limit ({max} bytes, after decoding)"),
     )
     .hint("[server] max_upload in the config")
     .into_response()
@@ -394,34 +409,142 @@ fn write_executable(path: &FsPath, content: &[u8]) -> std::io::Result<()> {
     result
 }
 
-/// Streams the request body into git's stdin, at most `max` bytes; more sets `cut` and closes
-/// stdin early (git then sees a cut request and updates nothing).
-async fn feed(
-    mut body: Body,
-    mut stdin: tokio::process::ChildStdin,
+/// A spooled body over the limit (the error inside the I/O error).
+#[derive(Debug)]
+struct TooLarge;
+
+impl std::fmt::Display for TooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("over the upload limit")
+    }
+}
+
+impl std::error::Error for TooLarge {}
+
+/// A file that takes at most `max` bytes: one more is a [`TooLarge`] error.
+struct Capped {
+    file: std::fs::File,
+    written: u64,
     max: u64,
-    cut: Arc<AtomicBool>,
-) {
-    let mut total: u64 = 0;
-    while let Some(frame) = body.frame().await {
-        // The client went away: stdin closes, git sees a cut request.
-        let Ok(frame) = frame else {
-            cut.store(true, Ordering::Relaxed);
-            return;
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.written + buf.len() as u64 > self.max {
+            return Err(std::io::Error::other(TooLarge));
+        }
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// The request body decoded (`gzip` inflated, identity as it is) into an unlinked file in
+/// `tmp`, rewound: the file and its length. More than `max` decoded bytes → 413 (a gzip bomb
+/// is stopped at the limit, not inflated whole); another encoding → 415; a broken gzip
+/// stream → 400.
+async fn spool_body(
+    mut body: Body,
+    encoding: &str,
+    tmp: &FsPath,
+    max: u64,
+) -> Result<(std::fs::File, u64), Response> {
+    let gzip = match encoding.trim().to_ascii_lowercase().as_str() {
+        "" | "identity" => false,
+        "gzip" | "x-gzip" => true,
+        other => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("Content-Encoding {other:?} is not supported"),
+            )
+            .hint("send the body as it is or gzip-compressed")
+            .into_response())
+        }
+    };
+    let path = tmp.join(format!(
+        "git-body-{}-{}",
+        std::process::id(),
+        SPOOL_N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| internal(format!("cannot create {}: {e}", path.display())))?
+    };
+    // Unlinked at once: the file goes with its last descriptor (git's stdin), crash or not.
+    let _ = std::fs::remove_file(&path);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(std::fs::File, u64)> {
+        use std::io::{Seek, Write};
+        let mut sink = Capped {
+            file,
+            written: 0,
+            max,
         };
-        if let Ok(data) = frame.into_data() {
-            total += data.len() as u64;
-            if total > max {
-                cut.store(true, Ordering::Relaxed);
-                return;
+        let mut sink = if gzip {
+            let mut dec = flate2::write::GzDecoder::new(sink);
+            while let Some(b) = rx.blocking_recv() {
+                dec.write_all(&b)?;
             }
-            if stdin.write_all(&data).await.is_err() {
-                return;
+            dec.finish()?
+        } else {
+            while let Some(b) = rx.blocking_recv() {
+                sink.write_all(&b)?;
+            }
+            sink
+        };
+        sink.flush()?;
+        sink.file.rewind()?;
+        Ok((sink.file, sink.written))
+    });
+    let mut broken = None;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Ok(data) = frame.into_data() {
+                    // The writer stopped (over the limit, a bad stream): its error says why.
+                    if tx.send(data).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            Err(e) => {
+                broken = Some(e.to_string());
+                break;
             }
         }
     }
-    let _ = stdin.shutdown().await;
+    drop(tx);
+    let written = writer.await.map_err(|e| internal(e.to_string()))?;
+    if let Some(e) = broken {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("the request body was cut: {e}"),
+        )
+        .into_response());
+    }
+    match written {
+        Ok(out) => Ok(out),
+        Err(e) if e.get_ref().is_some_and(|e| e.is::<TooLarge>()) => Err(too_large(max)),
+        Err(e) if gzip => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("the gzip request body does not decode: {e}"),
+        )
+        .into_response()),
+        Err(e) => Err(internal(format!("cannot spool the request body: {e}"))),
+    }
 }
+
+static SPOOL_N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// git http-backend's stderr, to berth's log.
 async fn log_stderr(stderr: tokio::process::ChildStderr, app: String) {
@@ -533,7 +656,6 @@ struct Out {
     _lock: Option<OwnedMutexGuard<()>>,
     first: Option<Bytes>,
     buf: Vec<u8>,
-    cut: Arc<AtomicBool>,
     done: bool,
 }
 
@@ -557,10 +679,6 @@ impl Out {
                         }
                     }
                     _ => self.group.kill(),
-                }
-                if self.cut.load(Ordering::Relaxed) {
-                    // A cut request must not look like a whole answer.
-                    return Some((Err(std::io::Error::other("request cut")), self));
                 }
                 None
             }

@@ -383,3 +383,140 @@ fn a_push_that_waited_for_another_is_refused_when_its_branch_moved() {
     let (_, body) = app_get(&b, "race", "/");
     assert!(body.starts_with("two v2"), "{body}");
 }
+
+/// Total size of the files under `dir`.
+fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let meta = e.metadata().unwrap();
+        total += if meta.is_dir() {
+            dir_size(&e.path())
+        } else {
+            meta.len()
+        };
+    }
+    total
+}
+
+/// A receive-pack request creating `refs/heads/<branch>` at the HEAD of `dir`: the command
+/// pkt-line, a flush, and a pack of HEAD's objects stored without compression.
+fn receive_pack_request(b: &Berth, dir: &Path, branch: &str) -> Vec<u8> {
+    use std::io::Write;
+    let sha = git_ok(b, dir, &["rev-parse", "HEAD"]).trim().to_string();
+    let mut child = Command::new("git")
+        .args([
+            "-c",
+            "pack.compression=0",
+            "pack-objects",
+            "--revs",
+            "--stdout",
+            "-q",
+        ])
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"HEAD\n").unwrap();
+    let pack = child.wait_with_output().unwrap();
+    assert!(pack.status.success());
+    let zero = "0".repeat(40);
+    let line = format!("{zero} {sha} refs/heads/{branch}\0report-status\n");
+    let mut req = format!("{:04x}{line}0000", line.len() + 4).into_bytes();
+    req.extend_from_slice(&pack.stdout);
+    req
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
+/// `Content-Encoding: gzip` pushes are capped on their decoded size: a small gzip body that
+/// inflates past `[server] max_upload` is a 413 and the repository does not grow; one that
+/// inflates within the limit is pushed as usual.
+#[test]
+fn a_gzip_push_is_capped_by_its_decoded_size() {
+    let b = Berth::start_with(BIN, "max_upload = \"256KiB\"", &[], "");
+    create_app(&b, "bomb");
+    let repo = b.path("data/git/bomb.git");
+    let admin = format!("git:{}", b.token);
+    let refs = format!(
+        "http://{}/git/bomb.git/info/refs?service=git-receive-pack",
+        b.admin
+    );
+    let (st, resp) = curl_status(&refs, &["-u", &admin]);
+    assert_eq!(st, 200, "{resp}");
+
+    // A 4 MiB file of zeros, packed without compression: gzip makes a few KiB of it.
+    let big = tmpdir(&b, "big");
+    write_file(&big.join("zeros"), &vec![0u8; 4 << 20]);
+    git_ok(&b, &big, &["init", "--quiet", "-b", "main"]);
+    commit(&b, &big, "zeros");
+    let small = tmpdir(&b, "small");
+    write_file(&small.join("hello.txt"), b"hello\n");
+    git_ok(&b, &small, &["init", "--quiet", "-b", "main"]);
+    let small_sha = commit(&b, &small, "hello");
+
+    struct Case {
+        name: &'static str,
+        body: Vec<u8>,
+        status: u16,
+        branch: &'static str,
+    }
+    let cases = [
+        Case {
+            name: "gzip bomb: inflates past max_upload",
+            body: gzip(&receive_pack_request(&b, &big, "bomb")),
+            status: 413,
+            branch: "bomb",
+        },
+        Case {
+            name: "gzip within the limit",
+            body: gzip(&receive_pack_request(&b, &small, "small")),
+            status: 200,
+            branch: "small",
+        },
+    ];
+    for c in &cases {
+        assert!(
+            c.body.len() < 64 << 10,
+            "{}: {} bytes",
+            c.name,
+            c.body.len()
+        );
+        let before = dir_size(&repo);
+        let mut req = format!(
+            "POST /git/bomb.git/git-receive-pack HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{}\r\nContent-Type: application/x-git-receive-pack-request\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\r\n",
+            b.auth(),
+            c.body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(&c.body);
+        let r = common::parse_response(&test_support::raw(b.admin, &req, T));
+        assert_eq!(r.status, c.status, "{}: {}", c.name, r.text());
+        let url = remote(&b, &b.token, "bomb");
+        if c.status == 413 {
+            assert!(r.text().contains("max_upload"), "{}: {}", c.name, r.text());
+            assert_eq!(dir_size(&repo), before, "{}: the repository grew", c.name);
+            assert_eq!(remote_sha(&b, &url, c.branch), None, "{}", c.name);
+        } else {
+            assert!(
+                r.text().contains("ok refs/heads/small"),
+                "{}: {}",
+                c.name,
+                r.text()
+            );
+            assert_eq!(
+                remote_sha(&b, &url, c.branch).as_deref(),
+                Some(small_sha.as_str()),
+                "{}",
+                c.name
+            );
+        }
+    }
+}
