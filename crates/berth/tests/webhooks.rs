@@ -508,8 +508,7 @@ fn a_push_from_each_provider_deploys_its_commit() {
     assert_eq!(fin["commit"]["sha"], v2.as_str(), "{fin}");
     wait_body(&b, "gt", "provider v2");
 
-    // GitLab builds the commit it names, even though the branch has moved on since.
-    let v3 = commit(&dir, "<h1>provider v3</h1>\n", "third version");
+    // GitLab builds the commit it names (still the tip of main).
     let body = gitlab_push(&url, "main", &v2, "second version");
     let bad = post_bytes(
         "/hooks/gitlab",
@@ -558,6 +557,7 @@ fn a_push_from_each_provider_deploys_its_commit() {
         "{v}"
     );
     assert_eq!(deploys(&b, "gl").len(), 1);
+    let v3 = commit(&dir, "<h1>provider v3</h1>\n", "third version");
 
     // A push to another branch builds nothing (previews are off).
     git(&dir, &["checkout", "--quiet", "-b", "feature"]);
@@ -710,6 +710,76 @@ fn a_push_from_each_provider_deploys_its_commit() {
         ),
     );
     assert_eq!(r.status, 401, "{v}");
+}
+
+/// A captured delivery sent again with a fresh delivery id (the signature covers the body
+/// only) must not roll the app back: berth builds a push only while its commit is still the
+/// tip of the branch when it fetches.
+#[test]
+fn a_replayed_delivery_never_rolls_the_app_back() {
+    let b = Berth::start(BIN, "");
+    let (dir, url) = work_repo(&b, "work", "<h1>replay v1</h1>\n");
+    let v1 = git(&dir, &["rev-parse", "HEAD"]);
+    create_app(&b, "site");
+    let secret = connect(&b, "site", json!({ "url": url }))["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deliver = |body: &[u8], delivery: &str| {
+        let sig = format!("sha256={}", hmac256(&secret, body));
+        send(
+            &b,
+            &post_bytes(
+                "/hooks/github",
+                &[
+                    ("X-Hub-Signature-256", &sig),
+                    ("X-GitHub-Event", "push"),
+                    ("X-GitHub-Delivery", delivery),
+                ],
+                body,
+            ),
+        )
+    };
+    let first = github_push(&url, "main", &v1, "first version");
+    let (r, v) = deliver(&first, "replay-1");
+    assert_eq!(r.status, 202, "{v}");
+    let fin = wait_deploy(&b, "site", v["deploys"][0]["id"].as_i64().unwrap());
+    assert_eq!(fin["status"], "succeeded", "{fin}");
+    wait_body(&b, "site", "replay v1");
+
+    let v2 = commit(&dir, "<h1>replay v2</h1>\n", "second version");
+    let (r, v) = deliver(
+        &github_push(&url, "main", &v2, "second version"),
+        "replay-2",
+    );
+    assert_eq!(r.status, 202, "{v}");
+    let fin = wait_deploy(&b, "site", v["deploys"][0]["id"].as_i64().unwrap());
+    assert_eq!(fin["status"], "succeeded", "{fin}");
+    wait_body(&b, "site", "replay v2");
+
+    // The first push's body again, under a new delivery id.
+    let (r, v) = deliver(&first, "replay-3");
+    assert!(r.status < 300, "{} {v}", r.status);
+    if let Some(id) = v["deploys"][0]["id"].as_i64() {
+        let fin = wait_deploy(&b, "site", id);
+        assert_ne!(fin["status"], "succeeded", "the replay was built: {fin}");
+        let reason = fin["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("tip"), "says why: {fin}");
+    }
+    let (st, body) = app_get(&b, "site", "/");
+    assert_eq!(st, 200);
+    assert!(body.contains("replay v2"), "rolled back: {body}");
+    let built_v1: Vec<Value> = deploys(&b, "site")
+        .into_iter()
+        .filter(|d| {
+            d["commit"]["sha"] == v1.as_str()
+                && d["status"] != "superseded"
+                && d["status"] != "failed"
+        })
+        .collect();
+    assert_eq!(built_v1.len(), 1, "v1 was built once only: {built_v1:?}");
+    let (_, releases) = api(&b, "GET", "/api/v1/apps/site/releases", "");
+    assert_eq!(releases.as_array().unwrap().len(), 2, "{releases}");
 }
 
 /// `berth apps:connect` prints the secret and the webhook URLs once; `apps:disconnect`.

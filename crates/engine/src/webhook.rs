@@ -6,7 +6,10 @@
 //! to the usual checks and queue (`check_and_record` with the recorded deploy).
 //!
 //! The repository is always fetched from the URL the app was connected to, never from a URL
-//! in the payload.
+//! in the payload. A push is built only if its commit (`after`) is still the tip of its branch
+//! when berth fetches: the signature covers the body alone, so a captured delivery sent again
+//! under a new delivery id must not roll an app back to an old commit. A push whose branch
+//! moved on ends `superseded` (the newer push's own delivery builds the tip).
 
 use crate::pipeline::DeployLog;
 use crate::{lock, Engine, EngineError, Pushed};
@@ -68,6 +71,19 @@ pub fn redact_url(url: &str) -> String {
         Some(at) => format!("{scheme}{}", &rest[at + 1..]),
         None => url.to_string(),
     }
+}
+
+/// Why a pushed commit was not exported.
+enum FetchError {
+    /// The fetch or the export failed: git's message (credentials redacted).
+    Failed(String),
+    /// The branch's fetched tip is another commit: the push is stale (or replayed).
+    NotTip(String),
+}
+
+/// The first 12 characters of a commit id.
+fn short(sha: &str) -> &str {
+    sha.get(..12).unwrap_or(sha)
 }
 
 impl Engine {
@@ -168,16 +184,18 @@ impl Engine {
         Ok(HookOutcome::Deploy(Box::new(deploy)))
     }
 
-    /// Fetch `meta.branch` of `url` and export commit `meta.sha` as a `.tar.gz` in
-    /// `<data>/tmp`; the bundle's path, or git's message.
+    /// Fetch `meta.branch` of `url` and export commit `meta.sha`, which must be the fetched
+    /// tip of the branch, as a `.tar.gz` in `<data>/tmp`; the bundle's path, or why not.
     async fn fetch_bundle(
         &self,
         app: &str,
         url: &str,
         meta: &DeployMeta,
-    ) -> Result<PathBuf, String> {
+    ) -> Result<PathBuf, FetchError> {
         let (Some(branch), Some(sha)) = (meta.branch.clone(), meta.sha.clone()) else {
-            return Err("the push names no branch or commit".into());
+            return Err(FetchError::Failed(
+                "the push names no branch or commit".into(),
+            ));
         };
         let git_dir = self.hook_git_dir(app);
         let tmp = self.cfg.data_dir.join("tmp");
@@ -185,18 +203,19 @@ impl Engine {
         let gate = fetch_lock(&git_dir);
         let _held = gate.lock().await;
         let (url, out) = (url.to_string(), bundle.clone());
-        tokio::task::spawn_blocking(move || -> Result<PathBuf, String> {
+        tokio::task::spawn_blocking(move || -> Result<PathBuf, FetchError> {
             let redact = |e: build::git::GitError| {
                 let m = e.to_string();
-                m.replace(&url, &redact_url(&url))
+                FetchError::Failed(m.replace(&url, &redact_url(&url)))
             };
-            std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
-            build::git::fetch(&git_dir, &url, &branch).map_err(redact)?;
-            if !build::git::has_commit(&git_dir, &sha) {
-                return Err(format!(
-                    "commit {sha} is not on branch {branch} of {} (pushed over since?)",
-                    redact_url(&url)
-                ));
+            std::fs::create_dir_all(&tmp).map_err(|e| FetchError::Failed(e.to_string()))?;
+            let tip = build::git::fetch(&git_dir, &url, &branch).map_err(redact)?;
+            if !tip.eq_ignore_ascii_case(&sha) {
+                return Err(FetchError::NotTip(format!(
+                    "not built: commit {} is no longer the tip of {branch} ({} is): a newer push, or a replayed delivery",
+                    short(&sha),
+                    short(&tip)
+                )));
             }
             if let Err(e) = build::git::archive(&git_dir, &sha, &out) {
                 let _ = std::fs::remove_file(&out);
@@ -205,7 +224,7 @@ impl Engine {
             Ok(out)
         })
         .await
-        .map_err(|e| format!("the fetch task failed: {e}"))?
+        .map_err(|e| FetchError::Failed(format!("the fetch task failed: {e}")))?
     }
 
     /// The background half of a build recorded by [`Engine::webhook_push`]: a failure ends the
@@ -229,15 +248,18 @@ impl Engine {
             sha.get(..12).unwrap_or(&sha),
             redact_url(url)
         ));
-        let fail = |reason: &str| {
+        let end = |status: DeployStatus, reason: &str| {
             log.line(&format!("-----> {reason}"));
-            let _ = self
-                .store
-                .finish_deploy(deploy_id, DeployStatus::Failed, Some(reason));
+            let _ = self.store.finish_deploy(deploy_id, status, Some(reason));
         };
+        let fail = |reason: &str| end(DeployStatus::Failed, reason);
         let bundle = match self.fetch_bundle(app, url, &meta).await {
             Ok(b) => b,
-            Err(reason) => return fail(&reason),
+            Err(FetchError::Failed(reason)) => return fail(&reason),
+            Err(FetchError::NotTip(reason)) => {
+                tracing::info!(app, deploy = deploy_id, reason, "webhook: push not built");
+                return end(DeployStatus::Superseded, &reason);
+            }
         };
         // Cancelled or superseded while it was fetched: nothing more to do.
         let active = self.deploy(deploy_id).is_ok_and(|d| d.status.is_active());
@@ -260,8 +282,12 @@ impl Engine {
     async fn fetch_and_push(self: &Arc<Self>, app: &str, url: &str, meta: DeployMeta, actor: &str) {
         let bundle = match self.fetch_bundle(app, url, &meta).await {
             Ok(b) => b,
-            Err(reason) => {
+            Err(FetchError::Failed(reason)) => {
                 tracing::warn!(app, reason, "webhook: cannot fetch the pushed branch");
+                return;
+            }
+            Err(FetchError::NotTip(reason)) => {
+                tracing::info!(app, reason, "webhook: push not built");
                 return;
             }
         };
