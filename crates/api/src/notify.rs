@@ -13,11 +13,12 @@ use engine::store::{NotifyTarget, Scope};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+/// A target as listed; credentials in its URL are never shown.
 fn target_json(t: &NotifyTarget) -> Value {
     json!({
         "id": t.id,
         "app": t.app,
-        "url": t.url,
+        "url": engine::webhook::redact_url(&t.url),
         "created_at": ts(t.created_at),
     })
 }

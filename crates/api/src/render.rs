@@ -22,7 +22,7 @@ pub fn app_json(engine: &Engine, app: &App) -> Value {
     })
 }
 
-/// An app's git settings, never its webhook secret.
+/// An app's git settings, never its webhook secret or the credentials in its repository URL.
 fn settings_json(app: &App) -> Value {
     let s = &app.settings;
     json!({
@@ -31,7 +31,11 @@ fn settings_json(app: &App) -> Value {
         "previews": s.previews,
         "preview_max": s.preview_max,
         "preview_env": s.preview_env.keys().collect::<Vec<_>>(),
-        "repo": s.repo.as_ref().map(|r| json!({ "url": r.url, "branch": r.branch })),
+        // Credentials in the URL (`https://user:token@host/…`) are for fetching only.
+        "repo": s.repo.as_ref().map(|r| json!({
+            "url": engine::webhook::redact_url(&r.url),
+            "branch": r.branch,
+        })),
         "preview_of": s.preview_of.as_ref().map(|p| json!({ "app": p.app, "branch": p.branch })),
     })
 }

@@ -574,11 +574,11 @@ fn check_url(url: &str) -> Result<(), ApiError> {
 }
 
 /// `branch`: the app's deploy branch, which the connected branch became (it may have been
-/// changed since with `PATCH …/settings`).
+/// changed since with `PATCH …/settings`). The URL without its credentials, for every scope.
 fn repo_json(ctx: &Ctx, app: &str, r: &RepoLink, branch: &str) -> Value {
     let e = &ctx.engine;
     json!({
-        "url": r.url,
+        "url": engine::webhook::redact_url(&r.url),
         "branch": branch,
         "webhook_urls": {
             "github": e.webhook_url("github", app),

@@ -782,6 +782,71 @@ fn a_replayed_delivery_never_rolls_the_app_back() {
     assert_eq!(releases.as_array().unwrap().len(), 2, "{releases}");
 }
 
+/// Credentials in a repository URL (`https://user:token@host/…`) are used for fetching and
+/// never shown again: not in the connect answer, the app, the repository or the settings, to a
+/// deploy token or to an admin, nor by the CLI.
+#[test]
+fn repository_credentials_are_never_shown() {
+    let b = Berth::start(BIN, "");
+    create_app(&b, "site");
+    let secret_url = "https://ada:s3cr3t-t0ken@93.184.216.34/ada/site.git";
+    let (st, v) = api(
+        &b,
+        "PUT",
+        "/api/v1/apps/site/repo",
+        &json!({ "url": secret_url }).to_string(),
+    );
+    assert_eq!(st, 200, "{v}");
+    let mut failures = Vec::new();
+    if v.to_string().contains("s3cr3t") {
+        failures.push(format!("PUT answer: {v}"));
+    }
+    if v["url"] != "https://93.184.216.34/ada/site.git" {
+        failures.push(format!("PUT answer's url: {v}"));
+    }
+    let (st, t) = api(
+        &b,
+        "POST",
+        "/api/v1/tokens",
+        &json!({ "name": "ci", "scope": "deploy", "apps": ["site"] }).to_string(),
+    );
+    assert_eq!(st, 201, "{t}");
+    let deploy_token = t["token"].as_str().unwrap().to_string();
+    for (who, token) in [
+        ("deploy token", deploy_token.as_str()),
+        ("admin", b.token.as_str()),
+    ] {
+        for path in [
+            "/api/v1/apps/site",
+            "/api/v1/apps/site/repo",
+            "/api/v1/apps",
+        ] {
+            let r = get_as(&b, token, path);
+            assert_eq!(r.status, 200, "{who} {path}: {}", r.text());
+            if r.text().contains("s3cr3t") || r.text().contains("ada:") {
+                failures.push(format!("{who} GET {path}: {}", r.text()));
+            }
+        }
+    }
+    let (st, v) = api(
+        &b,
+        "PATCH",
+        "/api/v1/apps/site/settings",
+        &json!({ "previews": true }).to_string(),
+    );
+    assert_eq!(st, 200, "{v}");
+    if v.to_string().contains("s3cr3t") {
+        failures.push(format!("PATCH settings: {v}"));
+    }
+    for args in [&["apps:info", "site"][..], &["apps:settings", "site"][..]] {
+        let out = cli(&b, args);
+        if text(&out).contains("s3cr3t") {
+            failures.push(format!("berth {args:?}: {}", text(&out)));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 /// `berth apps:connect` prints the secret and the webhook URLs once; `apps:disconnect`.
 #[test]
 fn cli_connect_and_disconnect() {

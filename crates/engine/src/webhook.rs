@@ -60,13 +60,14 @@ pub fn new_webhook_secret() -> Result<String, EngineError> {
     crate::new_secret()
 }
 
-/// `url` without credentials (`https://user:token@host/x` → `https://host/x`), for logs.
+/// `url` without credentials (`https://user:token@host/x` → `https://host/x`), for logs and
+/// every API answer. The authority ends at the first `/`, `?` or `#`.
 pub fn redact_url(url: &str) -> String {
     let (scheme, rest) = match url.find("://") {
         Some(i) => url.split_at(i + 3),
         None => return url.to_string(),
     };
-    let host_end = rest.find('/').unwrap_or(rest.len());
+    let host_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     match rest[..host_end].rfind('@') {
         Some(at) => format!("{scheme}{}", &rest[at + 1..]),
         None => url.to_string(),
@@ -317,6 +318,10 @@ mod tests {
             "https://github.com/a/b"
         );
         assert_eq!(redact_url("git@github.com:a/b"), "git@github.com:a/b");
+        assert_eq!(redact_url("https://u:t@h"), "https://h");
+        assert_eq!(redact_url("https://u:t@h?x=1"), "https://h?x=1");
+        assert_eq!(redact_url("https://h?q=a@b"), "https://h?q=a@b");
+        assert_eq!(redact_url("https://h/@scope/x"), "https://h/@scope/x");
         assert_eq!(redact_url("file:///srv/x@y"), "file:///srv/x@y");
     }
 
