@@ -72,7 +72,8 @@ pub async fn create(
     }
     let target = ctx
         .engine
-        .add_notify_target(req.app.as_deref(), &req.url, &caller.actor())?;
+        .add_notify_target(req.app.as_deref(), &req.url, &caller.actor())
+        .await?;
     let mut body = target_json(&target);
     body["secret"] = target.secret.clone().into();
     Ok((StatusCode::CREATED, Json(body)).into_response())

@@ -538,22 +538,6 @@ fn unprocessable(m: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, m)
 }
 
-/// Is `url` a path on this server rather than a remote repository? Anything git would not
-/// reach over the network is: `file:`, absolute and relative paths (git resolves `a/b.git`
-/// against berth's working directory). Remote is `http(s)://`, `ssh://`, `git://`, or
-/// scp-like `[user@]host:path`.
-fn is_local(url: &str) -> bool {
-    let u = url.to_ascii_lowercase();
-    let scheme = ["https://", "http://", "ssh://", "git://"]
-        .iter()
-        .any(|p| u.starts_with(p));
-    let scp_like = match u.split_once(':') {
-        Some((host, _)) => !host.is_empty() && !host.contains('/') && !host.starts_with('.'),
-        None => false,
-    };
-    !(scheme || (scp_like && !u.starts_with("file:")))
-}
-
 fn check_url(url: &str) -> Result<(), ApiError> {
     if url.is_empty() || url.len() > 2000 {
         return Err(unprocessable("the repository URL is empty or too long")
@@ -565,7 +549,7 @@ fn check_url(url: &str) -> Result<(), ApiError> {
         )));
     }
     // git's `<transport>::<address>` form runs helpers (ext::, fd::): never.
-    if url.contains("::") {
+    if engine::egress::is_transport_helper(url) {
         return Err(unprocessable(format!(
             "{url:?}: transport helpers (<transport>::<address>) are not accepted"
         )));
@@ -606,11 +590,17 @@ pub async fn connect(
     }
     let url = req.url.trim().to_string();
     check_url(&url)?;
-    if is_local(&url) && caller.admin().is_err() {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "only an admin token may connect a repository on this server's disk",
-        ));
+    if engine::egress::is_local_repo(&url) {
+        if caller.admin().is_err() {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "only an admin token may connect a repository on this server's disk",
+            ));
+        }
+    } else {
+        // https:// to a public host (or one [server] allow_private_hosts names), for every
+        // scope.
+        ctx.engine.check_repo_url(&url).await?;
     }
     let branch = req
         .branch
@@ -737,17 +727,7 @@ mod tests {
         assert!(check_url("ext::sh").is_err());
         assert!(check_url("https://x/a b").is_err());
         assert!(check_url("").is_err());
-        assert!(is_local("file:///srv/x") && is_local("/srv/x") && !is_local("https://x"));
-        for local in ["var/lib/berth/git/b.git", "./x", "~/x", "File:/x", "x"] {
-            assert!(is_local(local), "{local}");
-        }
-        for remote in [
-            "git@github.com:a/b.git",
-            "ssh://h/x",
-            "git://h/x",
-            "HTTP://h/x",
-        ] {
-            assert!(!is_local(remote), "{remote}");
-        }
+        // IPv6 literals are not transport helpers.
+        assert!(check_url("https://[::1]/x.git").is_ok());
     }
 }

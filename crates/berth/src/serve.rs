@@ -162,6 +162,7 @@ async fn run(
                 .cloned()
                 .chain(cfg.tls.certs.iter().map(|c| c.key.clone()))
                 .collect(),
+            allow_private_hosts: cfg.server.allow_private_hosts.clone(),
         },
         store,
         runtime,

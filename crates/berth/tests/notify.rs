@@ -164,8 +164,11 @@ fn start_berth(dir: &Path) -> Berth {
         format!("#!/bin/sh\nBERTH_NOTIFY_BACKOFF_MS=50 exec '{BIN}' \"$@\"\n").as_bytes(),
     );
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    Berth::start(wrapper.to_str().unwrap(), "")
+    Berth::start_with(wrapper.to_str().unwrap(), LOCAL_RECEIVERS, &[], "")
 }
+
+/// The receivers listen on loopback, which berth refuses unless allowed.
+const LOCAL_RECEIVERS: &str = "allow_private_hosts = [\"127.0.0.1\"]";
 
 /// A static site with a build command (so the deploy has a build step).
 fn site(b: &Berth, name: &str, build: &str) -> Vec<u8> {
@@ -350,7 +353,7 @@ fn deploy_events_are_signed_ordered_and_retried() {
 
 #[test]
 fn targets_are_managed_through_the_api_and_the_cli() {
-    let b = Berth::start(BIN, "");
+    let b = Berth::start_with(BIN, LOCAL_RECEIVERS, &[], "");
     create_app(&b, "site");
     create_app(&b, "other");
 

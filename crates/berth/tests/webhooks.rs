@@ -847,6 +847,206 @@ fn repository_credentials_are_never_shown() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// Repository and notification URLs: berth connects only to public addresses (checked on an IP
+/// literal or on every address a name resolves to), a repository only over https; an admin
+/// and a deploy token are refused alike (422 with a hint), unless `[server]
+/// allow_private_hosts` names the host.
+#[test]
+fn repository_and_notification_urls_must_be_public() {
+    let b = Berth::start(BIN, "");
+    create_app(&b, "site");
+    let (st, t) = api(
+        &b,
+        "POST",
+        "/api/v1/tokens",
+        &json!({ "name": "ci", "scope": "deploy", "apps": ["site"] }).to_string(),
+    );
+    assert_eq!(st, 201, "{t}");
+    let deploy_token = t["token"].as_str().unwrap().to_string();
+    let repo = |token: &str, url: &str| {
+        api_as(
+            &b,
+            token,
+            "PUT",
+            "/api/v1/apps/site/repo",
+            "application/json",
+            json!({ "url": url }).to_string().as_bytes(),
+        )
+    };
+    let notify = |token: &str, url: &str| {
+        api_as(
+            &b,
+            token,
+            "POST",
+            "/api/v1/notifications",
+            "application/json",
+            json!({ "url": url, "app": "site" }).to_string().as_bytes(),
+        )
+    };
+    // (url, refused as a repository, refused as a notification target, a word of the
+    // repository's hint or error)
+    let cases: &[(&str, bool, bool, &str)] = &[
+        ("http://127.0.0.1/x.git", true, true, "https"),
+        ("https://127.0.0.1/x.git", true, true, "allow_private_hosts"),
+        ("https://10.1.2.3/", true, true, "allow_private_hosts"),
+        (
+            "https://172.16.0.1/x.git",
+            true,
+            true,
+            "allow_private_hosts",
+        ),
+        (
+            "https://192.168.1.1/x.git",
+            true,
+            true,
+            "allow_private_hosts",
+        ),
+        (
+            "https://100.64.0.1/x.git",
+            true,
+            true,
+            "allow_private_hosts",
+        ),
+        ("https://[::1]/", true, true, "allow_private_hosts"),
+        ("https://[fd00::1]/x.git", true, true, "allow_private_hosts"),
+        ("https://[fe80::1]/x.git", true, true, "allow_private_hosts"),
+        (
+            "https://[::ffff:127.0.0.1]/x.git",
+            true,
+            true,
+            "allow_private_hosts",
+        ),
+        (
+            "https://169.254.169.254/",
+            true,
+            true,
+            "allow_private_hosts",
+        ),
+        ("https://localhost/", true, true, "allow_private_hosts"),
+        ("https://0.0.0.0/", true, true, "allow_private_hosts"),
+        ("https://224.0.0.1/x.git", true, true, "allow_private_hosts"),
+        (
+            "https://2130706433/x.git",
+            true,
+            true,
+            "allow_private_hosts",
+        ),
+        ("git://example.com/x.git", true, true, "https"),
+        ("ssh://git@example.com/x.git", true, true, "ssh"),
+        ("git@example.com:x.git", true, true, "ssh"),
+        ("http://93.184.216.34/x.git", true, false, "https"),
+        ("https://93.184.216.34/x.git", false, false, ""),
+        (
+            "https://[2606:2800:220:1:248:1893:25c8:1946]/x.git",
+            false,
+            false,
+            "",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (who, token) in [
+        ("admin", b.token.as_str()),
+        ("deploy token", deploy_token.as_str()),
+    ] {
+        for &(url, repo_refused, notify_refused, hint) in cases {
+            // A notification URL may be http://; its refusals have hints of their own.
+            for (what, refused, hint, (st, v)) in [
+                ("repository", repo_refused, hint, repo(token, url)),
+                ("notification", notify_refused, "", notify(token, url)),
+            ] {
+                let ok = if refused {
+                    st == 422
+                        && v["hint"].as_str().is_some_and(|h| {
+                            h.contains(hint) || v["error"].as_str().unwrap_or("").contains(hint)
+                        })
+                } else {
+                    st == 200 || st == 201
+                };
+                if !ok {
+                    failures.push(format!("{who}, {what} {url}: {st} {v}"));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // An admin may allow named hosts.
+    let b = Berth::start_with(
+        BIN,
+        "allow_private_hosts = [\"127.0.0.1\", \"git.internal.example\", \"::1\"]",
+        &[],
+        "",
+    );
+    create_app(&b, "site");
+    for url in [
+        "https://127.0.0.1:8443/x.git",
+        "https://[::1]/x.git",
+        "https://git.internal.example/x.git",
+    ] {
+        let (st, v) = api(
+            &b,
+            "PUT",
+            "/api/v1/apps/site/repo",
+            &json!({ "url": url }).to_string(),
+        );
+        assert_eq!(st, 200, "{url}: {v}");
+    }
+    let (st, v) = api(
+        &b,
+        "POST",
+        "/api/v1/notifications",
+        &json!({ "url": "http://127.0.0.1:9/h" }).to_string(),
+    );
+    assert_eq!(st, 201, "{v}");
+    let (st, v) = api(
+        &b,
+        "PUT",
+        "/api/v1/apps/site/repo",
+        &json!({ "url": "https://10.1.2.3/x.git" }).to_string(),
+    );
+    assert_eq!(st, 422, "only the named hosts: {v}");
+
+    // Checked again when fetching: connected while allowed, refused once it is not.
+    let mut b = b;
+    let url = "https://127.0.0.1:1/x.git";
+    let secret = connect(&b, "site", json!({ "url": url }))["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let config = std::fs::read_to_string(&b.config_path).unwrap();
+    let config: String = config
+        .lines()
+        .filter(|l| !l.starts_with("allow_private_hosts"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&b.config_path, config).unwrap();
+    b.crash_and_restart(BIN);
+    let body = github_push(url, "main", &"a".repeat(40), "x");
+    let sig = format!("sha256={}", hmac256(&secret, &body));
+    let (r, v) = send(
+        &b,
+        &post_bytes(
+            "/hooks/github",
+            &[
+                ("X-Hub-Signature-256", &sig),
+                ("X-GitHub-Event", "push"),
+                ("X-GitHub-Delivery", "private-1"),
+            ],
+            &body,
+        ),
+    );
+    assert_eq!(r.status, 202, "{v}");
+    let fin = wait_deploy(&b, "site", v["deploys"][0]["id"].as_i64().unwrap());
+    assert_eq!(fin["status"], "failed", "{fin}");
+    assert!(
+        fin["reason"]
+            .as_str()
+            .unwrap()
+            .contains("allow_private_hosts"),
+        "{fin}"
+    );
+}
+
 /// `berth apps:connect` prints the secret and the webhook URLs once; `apps:disconnect`.
 #[test]
 fn cli_connect_and_disconnect() {

@@ -66,17 +66,52 @@ pub fn valid_branch(b: &str) -> bool {
             .any(|c| c < 0x20 || c == 0x7f || b" ~^:?*[\\".contains(&c))
 }
 
-/// A `git` command with prompts disabled and no user or system config that could change what
-/// berth gets (hooks, `url.insteadOf`, credential helpers).
+/// A `git` command with prompts disabled and nothing of the user berth runs as (root, often)
+/// that could change what berth gets or hand out its credentials: no system or global config
+/// (hooks, `url.insteadOf`, credential helpers), no `~/.netrc`, `~/.ssh` or `~/.gitconfig`
+/// (`HOME` and `XDG_CONFIG_HOME` are `/dev/null`, under which nothing can exist). The
+/// repository variables a `pre-receive` hook gets from git (`GIT_DIR`, the quarantine's
+/// object directories) are kept; a fetch drops every inherited `GIT_*` and `SSH_*` variable.
 pub fn git() -> Command {
     let mut cmd = Command::new("git");
     cmd.env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("HOME", "/dev/null")
+        .env("XDG_CONFIG_HOME", "/dev/null")
         .env_remove("GIT_ASKPASS")
         .env_remove("SSH_ASKPASS")
         .stdin(Stdio::null());
     cmd
+}
+
+/// [`git`] without any inherited `GIT_*` or `SSH_*` variable (`GIT_SSH_COMMAND`,
+/// `GIT_PROXY_COMMAND`, `GIT_SSL_NO_VERIFY`, `GIT_CONFIG_PARAMETERS`, …).
+fn clean_git() -> Command {
+    let mut cmd = git();
+    for (name, _) in std::env::vars_os() {
+        let n = name.to_string_lossy();
+        let ours = [
+            "GIT_TERMINAL_PROMPT",
+            "GIT_CONFIG_NOSYSTEM",
+            "GIT_CONFIG_GLOBAL",
+        ];
+        if (n.starts_with("GIT_") || n.starts_with("SSH_")) && !ours.contains(&n.as_ref()) {
+            cmd.env_remove(&name);
+        }
+    }
+    cmd
+}
+
+/// How a fetch may reach its repository.
+#[derive(Debug, Clone, Default)]
+pub struct FetchOptions {
+    /// `GIT_ALLOW_PROTOCOL`: the only transports git may use (`https`, `file`), redirects and
+    /// submodules included.
+    pub allow_protocol: String,
+    /// `http.curloptResolve` (`host:port:addr[,addr]`): connect to these addresses only, the
+    /// ones berth checked.
+    pub resolve: Option<String>,
 }
 
 /// Run `cmd` to its end within `timeout`; stdout on success.
@@ -186,8 +221,21 @@ pub fn init_bare(git_dir: &Path) -> Result<(), GitError> {
 }
 
 /// Fetch `branch` of the repository at `url` into the bare repository `git_dir` (created if
-/// missing), as `refs/berth/fetched/<branch>`; returns the fetched tip's commit id.
-pub fn fetch(git_dir: &Path, url: &str, branch: &str) -> Result<String, GitError> {
+/// missing), as `refs/berth/fetched/<branch>`; returns the fetched tip's commit id. Only the
+/// transports of `opts` are allowed, redirects are not followed, no credential helper runs,
+/// no proxy from the environment is used, and with `opts.resolve` curl connects only to the
+/// given addresses.
+pub fn fetch(
+    git_dir: &Path,
+    url: &str,
+    branch: &str,
+    opts: &FetchOptions,
+) -> Result<String, GitError> {
+    if opts.allow_protocol.is_empty() {
+        return Err(GitError::Invalid(
+            "no transport allowed for the fetch".into(),
+        ));
+    }
     if !valid_branch(branch) {
         return Err(GitError::Invalid(format!("not a branch name: {branch:?}")));
     }
@@ -199,7 +247,28 @@ pub fn fetch(git_dir: &Path, url: &str, branch: &str) -> Result<String, GitError
         .canonicalize()
         .map_err(|e| GitError::Invalid(format!("{}: {e}", git_dir.display())))?;
     let local = format!("refs/berth/fetched/{branch}");
-    let mut cmd = git();
+    let mut cmd = clean_git();
+    cmd.env("GIT_ALLOW_PROTOCOL", &opts.allow_protocol).args([
+        "-c",
+        "http.followRedirects=false",
+        "-c",
+        "credential.helper=",
+    ]);
+    for proxy in [
+        "http_proxy",
+        "https_proxy",
+        "HTTPS_PROXY",
+        "all_proxy",
+        "ALL_PROXY",
+    ] {
+        cmd.env_remove(proxy);
+    }
+    if let Some(r) = &opts.resolve {
+        if r.contains(['\n', '\0']) {
+            return Err(GitError::Invalid(format!("not an address pin: {r:?}")));
+        }
+        cmd.arg("-c").arg(format!("http.curloptResolve={r}"));
+    }
     // A relative path resolves inside the repository, never against berth's own directory.
     cmd.current_dir(git_dir)
         .arg("--git-dir")
@@ -241,6 +310,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn git_never_reads_the_users_files() {
+        let cmd = git();
+        let envs: std::collections::HashMap<_, _> = cmd
+            .get_envs()
+            .map(|(k, v)| (k.to_string_lossy().into_owned(), v.map(|v| v.to_owned())))
+            .collect();
+        for (k, v) in [
+            ("HOME", "/dev/null"),
+            ("XDG_CONFIG_HOME", "/dev/null"),
+            ("GIT_CONFIG_GLOBAL", "/dev/null"),
+            ("GIT_CONFIG_NOSYSTEM", "1"),
+            ("GIT_TERMINAL_PROMPT", "0"),
+        ] {
+            assert_eq!(
+                envs.get(k).cloned().flatten().as_deref(),
+                Some(std::ffi::OsStr::new(v)),
+                "{k}"
+            );
+        }
+    }
+
+    #[test]
     fn branch_names() {
         for ok in ["main", "feature/x", "fix-1.2", "a_b"] {
             assert!(valid_branch(ok), "{ok}");
@@ -271,7 +362,11 @@ mod tests {
         sh(&["commit", "--quiet", "-m", "first\n\nbody"]);
         let bare = tmp.path().join("cache.git");
         let url = format!("file://{}", work.display());
-        let sha = fetch(&bare, &url, "main").unwrap();
+        let file = FetchOptions {
+            allow_protocol: "file".into(),
+            resolve: None,
+        };
+        let sha = fetch(&bare, &url, "main", &file).unwrap();
         assert_eq!(sha.len(), 40);
         assert!(has_commit(&bare, &sha));
         let info = commit_info(&bare, &sha).unwrap();
@@ -280,8 +375,15 @@ mod tests {
         let out = tmp.path().join("b.tar.gz");
         archive(&bare, &sha, &out).unwrap();
         assert!(std::fs::metadata(&out).unwrap().len() > 0);
-        let err = fetch(&bare, &url, "nope").unwrap_err();
+        let err = fetch(&bare, &url, "nope", &file).unwrap_err();
         assert!(matches!(err, GitError::Failed { .. }), "{err}");
+        // A transport the options do not allow is refused by git itself.
+        let https_only = FetchOptions {
+            allow_protocol: "https".into(),
+            resolve: None,
+        };
+        let err = fetch(&bare, &url, "main", &https_only).unwrap_err();
+        assert!(err.to_string().contains("not allowed"), "{err}");
         assert!(!has_commit(&bare, "deadbeef"));
     }
 }

@@ -12,6 +12,7 @@
 //!   instances that survived it, starts the missing ones, routes them.
 #![forbid(unsafe_code)]
 
+pub mod egress;
 mod firewall;
 mod health;
 mod jails;
@@ -73,6 +74,9 @@ pub struct EngineConfig {
     /// Files every jail hides besides berth's data and build dirs: the config file and the
     /// TLS keys it names (an app sees the host's other files read-only).
     pub jail_hide: Vec<PathBuf>,
+    /// `[server] allow_private_hosts`: hosts a repository or notification URL may name even
+    /// though they are (or resolve to) loopback, private or link-local addresses (`egress.rs`).
+    pub allow_private_hosts: Vec<String>,
 }
 
 /// Errors the API turns into 4xx/5xx answers.

@@ -14,7 +14,10 @@
 //!   10 s) is tried again after the backoff (`EngineConfig::notify_backoff`, doubling each
 //!   time), [`ATTEMPTS`] attempts in all. A target removed meanwhile gets no more attempts.
 //! - The HTTP client is ureq (blocking, so each attempt runs on the blocking pool) with rustls
-//!   and the public web PKI roots.
+//!   and the public web PKI roots. It connects directly (no proxy from the environment), and
+//!   only to public addresses: its resolver refuses loopback, private, link-local and the like
+//!   unless `[server] allow_private_hosts` names the host (`egress.rs`); a target's URL is
+//!   checked the same way when it is added.
 
 use crate::{lock, Engine, EngineError};
 use hmac::{Hmac, Mac};
@@ -229,7 +232,7 @@ impl Engine {
                     return;
                 }
             }
-            let agent = self.notifier.agent().clone();
+            let agent = self.notifier.agent(&self.cfg.allow_private_hosts).clone();
             let d2 = d.clone();
             let outcome = tokio::task::spawn_blocking(move || post(&agent, &d2))
                 .await
@@ -285,7 +288,7 @@ impl Engine {
 
     /// Add an outgoing webhook for `app`'s events (`None`: every app's). The target comes back
     /// with its signing secret, which is shown only this once.
-    pub fn add_notify_target(
+    pub async fn add_notify_target(
         &self,
         app: Option<&str>,
         url: &str,
@@ -299,6 +302,11 @@ impl Engine {
                 "invalid notification URL: {why} (hint: an http or https URL with a host, like https://example.com/hooks/berth)"
             ))
         })?;
+        let (policy, u) = (self.egress_policy(), url.to_string());
+        tokio::task::spawn_blocking(move || policy.check_notify_url(&u, true))
+            .await
+            .map_err(|e| EngineError::Internal(format!("the URL check failed: {e}")))?
+            .map_err(|why| EngineError::BadInput(format!("notification URL refused: {why}")))?;
         let secret = crate::new_secret()?;
         Ok(self.store.add_notify_target(app, url, &secret, actor)?)
     }
@@ -317,7 +325,8 @@ impl Engine {
 }
 
 impl Notifier {
-    fn agent(&self) -> &ureq::Agent {
+    /// The shared client; `allow`: `[server] allow_private_hosts` (the same for the whole run).
+    fn agent(&self, allow: &[String]) -> &ureq::Agent {
         self.agent.get_or_init(|| {
             let roots: Vec<ureq::tls::Certificate<'static>> =
                 webpki_root_certs::TLS_SERVER_ROOT_CERTS
@@ -331,14 +340,24 @@ impl Notifier {
                 ))
                 .root_certs(ureq::tls::RootCerts::new_with_certs(&roots))
                 .build();
-            ureq::Agent::config_builder()
+            let config = ureq::Agent::config_builder()
                 .http_status_as_error(false)
                 .tls_config(tls)
                 .timeout_global(Some(ATTEMPT_TIMEOUT))
                 .max_redirects(0)
+                // Through a proxy the target's address would be the proxy's to resolve,
+                // unchecked.
+                .proxy(None)
                 .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .new_agent()
+                .build();
+            ureq::Agent::with_parts(
+                config,
+                ureq::unversioned::transport::DefaultConnector::new(),
+                crate::egress::CheckingResolver {
+                    policy: crate::egress::Policy::new(allow),
+                    inner: Default::default(),
+                },
+            )
         })
     }
 }
@@ -511,8 +530,43 @@ mod tests {
             body: b"{}".to_vec(),
             signature: sign("s", b"{}").unwrap(),
         };
-        let err = post(Notifier::default().agent(), &d).unwrap_err();
+        let err = post(Notifier::default().agent(&["localhost".into()]), &d).unwrap_err();
         assert!(!err.is_empty());
+        assert!(!err.contains("allow_private_hosts"), "{err}");
+    }
+
+    /// The client itself refuses a private address (the URL was checked when added; DNS may
+    /// have changed since), unless the host is allowed.
+    #[test]
+    fn private_addresses_are_refused_when_connecting() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                use std::io::{Read, Write};
+                let mut buf = [0u8; 4096];
+                let _ = (&s).read(&mut buf);
+                let _ = (&s).write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+            }
+        });
+        let d = |host: &str| Delivery {
+            target: 1,
+            url: format!("http://{host}:{}/hook", addr.port()),
+            event: "deploy.started",
+            id: "x".into(),
+            body: b"{}".to_vec(),
+            signature: sign("s", b"{}").unwrap(),
+        };
+        let strict = Notifier::default();
+        let err = post(strict.agent(&[]), &d("localhost")).unwrap_err();
+        assert!(err.contains("allow_private_hosts"), "{err}");
+        let err = post(strict.agent(&[]), &d("127.0.0.1")).unwrap_err();
+        assert!(err.contains("allow_private_hosts"), "{err}");
+        let allowed = Notifier::default();
+        assert_eq!(
+            post(allowed.agent(&["127.0.0.1".into()]), &d("127.0.0.1")),
+            Ok(200)
+        );
     }
 
     #[test]

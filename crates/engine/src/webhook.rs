@@ -88,6 +88,23 @@ fn short(sha: &str) -> &str {
 }
 
 impl Engine {
+    /// Where berth may connect on a user's behalf (`egress.rs`).
+    pub fn egress_policy(&self) -> crate::egress::Policy {
+        crate::egress::Policy::new(&self.cfg.allow_private_hosts)
+    }
+
+    /// Check a remote repository URL before it is connected: `https://` to a public host (or
+    /// one `[server] allow_private_hosts` names). Local repositories are the caller's to
+    /// check (admin only).
+    pub async fn check_repo_url(&self, url: &str) -> Result<(), EngineError> {
+        let (policy, url) = (self.egress_policy(), url.to_string());
+        tokio::task::spawn_blocking(move || policy.check_repo_url(&url, true))
+            .await
+            .map_err(|e| EngineError::Internal(format!("the URL check failed: {e}")))?
+            .map(|_| ())
+            .map_err(EngineError::BadInput)
+    }
+
     /// The bare repository berth keeps for an app's git pushes and webhook fetches.
     fn hook_git_dir(&self, app: &str) -> PathBuf {
         self.cfg.data_dir.join("git").join(format!("{app}.git"))
@@ -204,13 +221,30 @@ impl Engine {
         let gate = fetch_lock(&git_dir);
         let _held = gate.lock().await;
         let (url, out) = (url.to_string(), bundle.clone());
+        let policy = self.egress_policy();
         tokio::task::spawn_blocking(move || -> Result<PathBuf, FetchError> {
             let redact = |e: build::git::GitError| {
                 let m = e.to_string();
                 FetchError::Failed(m.replace(&url, &redact_url(&url)))
             };
+            // Checked again now (the URL may predate the rules, DNS may have changed), and
+            // the fetch pinned to the checked addresses.
+            let opts = if crate::egress::is_local_repo(&url) {
+                build::git::FetchOptions {
+                    allow_protocol: "file".into(),
+                    resolve: None,
+                }
+            } else {
+                let checked = policy
+                    .check_repo_url(&url, false)
+                    .map_err(FetchError::Failed)?;
+                build::git::FetchOptions {
+                    allow_protocol: "https".into(),
+                    resolve: checked.curl_resolve(),
+                }
+            };
             std::fs::create_dir_all(&tmp).map_err(|e| FetchError::Failed(e.to_string()))?;
-            let tip = build::git::fetch(&git_dir, &url, &branch).map_err(redact)?;
+            let tip = build::git::fetch(&git_dir, &url, &branch, &opts).map_err(redact)?;
             if !tip.eq_ignore_ascii_case(&sha) {
                 return Err(FetchError::NotTip(format!(
                     "not built: commit {} is no longer the tip of {branch} ({} is): a newer push, or a replayed delivery",

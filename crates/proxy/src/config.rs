@@ -62,6 +62,34 @@ pub struct ServerConfig {
     /// rule). `false` runs apps unjailed as berth's own user: for machines that cannot build
     /// the jail, and said loudly at every start.
     pub jail: bool,
+    /// Hosts (names or IP literals) a repository or notification URL may name although they
+    /// are, or resolve to, loopback, private, link-local or other non-public addresses.
+    #[serde(deserialize_with = "allow_private_hosts")]
+    pub allow_private_hosts: Vec<String>,
+}
+
+/// `[server] allow_private_hosts`: host names or IP literals (IPv6 with or without brackets),
+/// stored lower-case.
+fn allow_private_hosts<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let hosts = Vec::<String>::deserialize(d)?;
+    hosts
+        .into_iter()
+        .map(|h| {
+            let bare = h.trim_start_matches('[').trim_end_matches(']');
+            let ok = !bare.is_empty()
+                && bare.len() <= 253
+                && bare
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b));
+            if ok {
+                Ok(h.to_ascii_lowercase())
+            } else {
+                Err(de::Error::custom(format!(
+                    "invalid host {h:?} in allow_private_hosts: expected a host name or an IP address, such as \"git.internal.example\" or \"10.0.0.5\" (no scheme, port or path)"
+                )))
+            }
+        })
+        .collect()
 }
 
 /// `[server] api_host`: validated like a route's host, but exact (no wildcard).
@@ -93,6 +121,7 @@ impl Default for ServerConfig {
             docker_socket: None,
             registry: None,
             jail: true,
+            allow_private_hosts: Vec::new(),
         }
     }
 }
