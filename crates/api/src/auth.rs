@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 /// The authenticated caller, put in the request's extensions by [`require_token`].
 #[derive(Clone, Debug)]
-pub struct Caller(pub Token);
+pub struct Caller(pub Token, pub Vec<String>);
 
 impl Caller {
     /// Name for the audit log.
@@ -36,14 +36,11 @@ impl Caller {
     pub fn app(&self, app: &str) -> Result<(), ApiError> {
         match self.0.scope {
             Scope::Admin => Ok(()),
-            // A token of an app also reaches its branch previews (`<branch>--<app>`; only
-            // previews have `--` in their names).
+            // A token of an app also reaches that app's branch previews: the apps whose
+            // `preview_of` names it (never a name that merely ends like one: a long app name is
+            // cut in its previews' names, so `x--<a>` may be another app's preview).
             Scope::Deploy
-                if self
-                    .0
-                    .apps
-                    .iter()
-                    .any(|a| a == app || app.ends_with(&format!("--{a}"))) =>
+                if self.0.apps.iter().any(|a| a == app) || self.1.iter().any(|p| p == app) =>
             {
                 Ok(())
             }
@@ -84,11 +81,36 @@ pub async fn require_token(State(ctx): State<Ctx>, mut req: Request, next: Next)
 /// The caller a token's secret belongs to (`None`: unknown or revoked). The bearer middleware
 /// and git's Basic auth (`git.rs`) both check tokens here.
 pub(crate) fn caller_for(ctx: &Ctx, secret: &str) -> Result<Option<Caller>, ApiError> {
-    ctx.engine
+    let internal = |e: engine::store::StoreError| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    };
+    let Some(token) = ctx
+        .engine
         .store()
         .token_by_secret(secret)
-        .map(|t| t.map(Caller))
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+        .map_err(internal)?
+    else {
+        return Ok(None);
+    };
+    // The previews of a deploy token's apps, by what they are a preview of.
+    let previews = match token.scope {
+        Scope::Admin => Vec::new(),
+        Scope::Deploy => ctx
+            .engine
+            .store()
+            .apps()
+            .map_err(internal)?
+            .into_iter()
+            .filter(|a| {
+                a.settings
+                    .preview_of
+                    .as_ref()
+                    .is_some_and(|p| token.apps.contains(&p.app))
+            })
+            .map(|a| a.name)
+            .collect(),
+    };
+    Ok(Some(Caller(token, previews)))
 }
 
 pub async fn list(

@@ -71,3 +71,55 @@ fn a_deploy_token_claims_only_hosts_that_are_free_and_its_own() {
     );
     assert_eq!(st, 409, "{v}");
 }
+
+/// A deploy token reaches its own app's previews, and no app whose name merely ends like one
+/// of them: a long app's previews have its name cut, so `<x>--<a>` can be another app's.
+#[test]
+fn a_deploy_token_reaches_its_own_previews_only() {
+    let b = Berth::start(BIN, "");
+    let long = format!("{}-x", "a".repeat(52));
+    let short = "a".repeat(52);
+    for app in [long.as_str(), short.as_str()] {
+        create_app(&b, app);
+    }
+    let (st, v) = api(
+        &b,
+        "PATCH",
+        &format!("/api/v1/apps/{long}/settings"),
+        r#"{"previews":true}"#,
+    );
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = api(
+        &b,
+        "PATCH",
+        &format!("/api/v1/apps/{long}/env"),
+        r#"{"set":{"DBPASS":"long-app-secret"}}"#,
+    );
+    assert!(st < 300, "{v}");
+    let src = tmpdir(&b, "site");
+    test_support::write_file(&src.join("index.html"), b"preview\n");
+    let (st, v) = api_as(
+        &b,
+        &b.token,
+        "POST",
+        &format!(
+            "/api/v1/apps/{long}/deploys?trigger=git&branch=feature-branch-number-one&sha=1111&message=m&author=Ann"
+        ),
+        "application/gzip",
+        &targz(&src),
+    );
+    assert_eq!(st, 202, "{v}");
+    let preview = v["app"].as_str().unwrap().to_string();
+    assert!(preview.ends_with(&format!("--{short}")), "{preview}");
+
+    // The short app's token: not the long app's preview.
+    let other = deploy_token(&b, &short);
+    let path = format!("/api/v1/apps/{preview}/env?reveal=true");
+    let (st, v) = api_as(&b, &other, "GET", &path, "application/json", b"");
+    assert_eq!(st, 403, "{v}");
+    assert!(!v.to_string().contains("long-app-secret"), "{v}");
+    // The long app's token: its own preview, yes.
+    let own = deploy_token(&b, &long);
+    let (st, v) = api_as(&b, &own, "GET", &path, "application/json", b"");
+    assert_eq!(st, 200, "{v}");
+}
