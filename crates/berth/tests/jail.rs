@@ -573,6 +573,38 @@ fn a_hostile_container_keeps_no_privileges_and_reaches_no_other_app() {
             .unwrap_or_else(|| panic!("{name} missing from the report:\n{report}"));
         assert!(line.ends_with(" blocked"), "{line}\n{report}");
     }
+    // A build may not start from the victim's image (the daemon's image store is shared), nor
+    // make the daemon fetch from the host (ADD <url> runs outside the network rule).
+    let victim_image = common::docker::app_containers("dvictim")[0]["Image"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(victim_image.starts_with("berth-"), "{victim_image}");
+    for (name, dockerfile, why) in [
+        (
+            "dthief",
+            format!("FROM {victim_image}\nRUN cat /www/index.html\n"),
+            "another app's image",
+        ),
+        (
+            "dfetch",
+            format!(
+                "FROM scratch\nADD http://127.0.0.1:{}/api/v1/apps /apps.json\n",
+                b.admin.port()
+            ),
+            "fetch it",
+        ),
+    ] {
+        create_app(&b, name);
+        let dir = tmpdir(&b, name);
+        write_file(&dir.join("Dockerfile"), dockerfile.as_bytes());
+        let (st, v) = upload(&b, name, &dir);
+        assert_eq!(st, 202, "{v}");
+        let d = wait_deploy(&b, name, v["id"].as_i64().unwrap());
+        assert_eq!(d["status"], "failed", "{d}");
+        assert!(d["reason"].as_str().unwrap_or("").contains(why), "{d}");
+    }
+
     // The victim still serves; both apps go with their containers.
     wait_body(&b, "dvictim", "victim inside");
     for app in ["dattacker", "dvictim"] {

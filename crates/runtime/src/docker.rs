@@ -37,6 +37,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 
+mod dockerfile;
 mod hardening;
 mod services;
 mod swarm;
@@ -557,6 +558,17 @@ impl DockerRuntime {
         log: &Path,
         timeout: Duration,
     ) -> Result<String, RuntimeError> {
+        // What the Dockerfile may not ask of the shared daemon (`dockerfile.rs`).
+        let name = if dockerfile.is_empty() {
+            "Dockerfile"
+        } else {
+            dockerfile
+        };
+        let text = tokio::fs::read_to_string(context.join(name))
+            .await
+            .map_err(|e| RuntimeError::Docker(format!("cannot read {name}: {e}")))?;
+        let own = tag.rsplit_once(':').map_or(tag, |(repo, _)| repo);
+        dockerfile::check(&text, &own.to_ascii_lowercase()).map_err(RuntimeError::Docker)?;
         let mut log_file = open_append(log).await?;
         let (tx, rx) = mpsc::channel::<Bytes>(8);
         let dir = context.to_path_buf();
