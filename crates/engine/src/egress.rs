@@ -21,6 +21,17 @@ const ALLOW_HINT: &str = "berth does not connect to loopback, link-local, privat
 
 /// What kind of address `ip` is, when berth must not connect to it.
 pub fn forbidden(ip: IpAddr) -> Option<&'static str> {
+    by_class(ip).or_else(|| {
+        // One of this machine's own addresses (a public IP on its interface): berth would
+        // connect to itself. An address can be bound only if it is local.
+        std::net::UdpSocket::bind((ip, 0))
+            .is_ok()
+            .then_some("one of this server's own addresses")
+    })
+}
+
+/// The address classes that are never an outside party (see [`forbidden`]).
+fn by_class(ip: IpAddr) -> Option<&'static str> {
     match ip {
         IpAddr::V4(v4) => forbidden_v4(v4),
         IpAddr::V6(v6) => {
@@ -364,6 +375,22 @@ impl ureq::unversioned::resolver::Resolver for CheckingResolver {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn this_servers_own_public_addresses_are_refused() {
+        // Whatever non-loopback address this machine has (none: nothing to check).
+        let out = std::process::Command::new("hostname").arg("-I").output();
+        let addrs = out
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for a in addrs
+            .split_whitespace()
+            .filter_map(|a| a.parse::<IpAddr>().ok())
+        {
+            assert!(super::forbidden(a).is_some(), "{a} is this server's");
+        }
+        assert_eq!(super::forbidden("93.184.216.34".parse().unwrap()), None);
+    }
 
     #[test]
     fn addresses() {
