@@ -183,6 +183,8 @@ impl Jails {
                 "/bin/true",
             ])
             .env_clear()
+            // berth's own working directory may be where the jail puts a private tmpfs (/tmp).
+            .current_dir("/")
             .output()
             .map_err(|e| format!("cannot run the jail helper {}: {e}", helper.display()))?;
         if !out.status.success() {
