@@ -156,6 +156,14 @@ async fn run(
                 .build_concurrency
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
             notify_backoff: notify_backoff(),
+            maxima: {
+                let d = engine::Maxima::default();
+                engine::Maxima {
+                    memory: cfg.server.app_max_memory.map_or(d.memory, |s| s.0),
+                    pids: cfg.server.app_max_pids.unwrap_or(d.pids),
+                    step_timeout: cfg.server.step_max_timeout.map_or(d.step_timeout, |t| t.0),
+                }
+            },
             jail_helper,
             jail_hide: config_path
                 .iter()

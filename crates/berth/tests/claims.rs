@@ -123,3 +123,53 @@ fn a_deploy_token_reaches_its_own_previews_only() {
     let (st, v) = api_as(&b, &own, "GET", &path, "application/json", b"");
     assert_eq!(st, 200, "{v}");
 }
+
+/// An app sets its own limits and step timeouts: it may not set them above the server's
+/// maxima (it would lift its own confinement, or hold a shared build slot for days).
+#[test]
+fn an_app_cannot_ask_more_than_the_servers_maxima() {
+    let b = Berth::start_with(
+        BIN,
+        "app_max_pids = 100\napp_max_memory = \"1GiB\"\nstep_max_timeout = \"10m\"",
+        &[],
+        "",
+    );
+    create_app(&b, "greedy");
+    let token = deploy_token(&b, "greedy");
+    let cases: &[(&str, u16, &str)] = &[
+        ("[limits]\npids = 4000000\n", 422, "app_max_pids"),
+        ("[limits]\nmemory = \"1000000GiB\"\n", 422, "app_max_memory"),
+        (
+            "[build]\ncommand = \"true\"\ntimeout = \"100h\"\n",
+            422,
+            "step_max_timeout",
+        ),
+        (
+            "[test]\ncommand = \"true\"\ntimeout = \"11m\"\n",
+            422,
+            "step_max_timeout",
+        ),
+        ("[limits]\npids = 100\nmemory = \"1GiB\"\n", 202, ""),
+    ];
+    let mut problems = Vec::new();
+    for (toml, want, names) in cases {
+        let dir = tmpdir(&b, "greedy-src");
+        test_support::write_file(&dir.join("index.html"), b"hi\n");
+        test_support::write_file(
+            &dir.join("berth.toml"),
+            format!("[static]\ndir = \".\"\n{toml}").as_bytes(),
+        );
+        let (st, v) = api_as(
+            &b,
+            &token,
+            "POST",
+            "/api/v1/apps/greedy/deploys",
+            "application/gzip",
+            &targz(&dir),
+        );
+        if st != *want || !v.to_string().contains(names) {
+            problems.push(format!("{toml:?}: {st} {v}, want {want} naming {names}"));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}

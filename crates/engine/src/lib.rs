@@ -16,6 +16,8 @@ pub mod egress;
 mod firewall;
 mod health;
 mod jails;
+mod maxima;
+pub use maxima::Maxima;
 pub mod logs;
 pub mod notify;
 mod pipeline;
@@ -71,6 +73,8 @@ pub struct EngineConfig {
     /// The jail helper (berth's own binary, `berth jail`) that shuts every app process in
     /// its jail (`jail.rs`); `None`: `[server] jail = false`, apps run unjailed.
     pub jail_helper: Option<PathBuf>,
+    /// What an app may ask in its `[limits]` and step timeouts (`maxima.rs`).
+    pub maxima: Maxima,
     /// Files every jail hides besides berth's data and build dirs: the config file and the
     /// TLS keys it names (an app sees the host's other files read-only).
     pub jail_hide: Vec<PathBuf>,
@@ -445,6 +449,7 @@ impl Engine {
         std::fs::create_dir_all(&releases).map_err(io_err)?;
         let tmp = releases.join(format!(".upload-{}", random_hex(8)));
         let (bundle_path, tmp2, max) = (bundle.to_path_buf(), tmp.clone(), self.cfg.max_unpacked);
+        let maxima = self.cfg.maxima.clone();
         let checked = tokio::task::spawn_blocking(move || -> Result<AppSpec, EngineError> {
             let file = std::fs::File::open(&bundle_path).map_err(io_err)?;
             build::bundle::unpack(std::io::BufReader::new(file), &tmp2, max).map_err(
@@ -455,8 +460,12 @@ impl Engine {
                     e => EngineError::BadInput(format!("source bundle: {e}")),
                 },
             )?;
-            build::manifest::load(&tmp2)
-                .map_err(|e| EngineError::BadInput(format!("nothing was deployed: {e}")))
+            let spec = build::manifest::load(&tmp2)
+                .map_err(|e| EngineError::BadInput(format!("nothing was deployed: {e}")))?;
+            maxima
+                .check(&spec)
+                .map_err(|e| EngineError::BadInput(format!("nothing was deployed: {e}")))?;
+            Ok(spec)
         })
         .await
         .map_err(|e| EngineError::Internal(e.to_string()))

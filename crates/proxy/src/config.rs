@@ -62,6 +62,14 @@ pub struct ServerConfig {
     /// rule). `false` runs apps unjailed as berth's own user: for machines that cannot build
     /// the jail, and said loudly at every start.
     pub jail: bool,
+    /// The most memory an app may ask for one instance or step in its `[limits]`; default:
+    /// the host's memory.
+    pub app_max_memory: Option<Size>,
+    /// The most processes an app may ask for one instance or step (default 4096).
+    pub app_max_pids: Option<u64>,
+    /// The longest `[test]`/`[build]` timeout an app may ask (default 1h): a step holds one of
+    /// the shared build slots while it runs.
+    pub step_max_timeout: Option<Dur>,
     /// Hosts (names or IP literals) a repository or notification URL may name although they
     /// are, or resolve to, loopback, private, link-local or other non-public addresses.
     #[serde(deserialize_with = "allow_private_hosts")]
@@ -121,6 +129,9 @@ impl Default for ServerConfig {
             docker_socket: None,
             registry: None,
             jail: true,
+            app_max_memory: None,
+            app_max_pids: None,
+            step_max_timeout: None,
             allow_private_hosts: Vec::new(),
         }
     }

@@ -1,0 +1,88 @@
+//! What an app may ask of the server, whoever deploys it. An app sets its own `[limits]` and
+//! step timeouts in its berth.toml, so without a ceiling a tenant could lift its own limits
+//! (`pids = 4000000`, a `[build] timeout` of days holding a shared build slot). Each is checked
+//! against the server's maximum when the source is unpacked, before anything is recorded or
+//! runs: over it, the deploy is refused naming the key, the value and the server's setting.
+
+use std::time::Duration;
+
+use build::manifest::AppSpec;
+
+/// The server's maxima (`[server] app_max_memory`, `app_max_pids`, `step_max_timeout`).
+#[derive(Debug, Clone)]
+pub struct Maxima {
+    /// Bytes of memory per instance or step; default: the host's memory.
+    pub memory: u64,
+    /// Processes per instance or step; default 4096 (an app that sets none gets that many).
+    pub pids: u64,
+    /// The longest `[test]`/`[build]` timeout; default one hour.
+    pub step_timeout: Duration,
+}
+
+impl Default for Maxima {
+    fn default() -> Self {
+        Maxima {
+            memory: host_memory().unwrap_or(u64::MAX),
+            pids: 4096,
+            step_timeout: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// MemTotal from /proc/meminfo, in bytes.
+fn host_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+impl Maxima {
+    /// `Err`: what `spec` asks over the maxima, and how to change either side.
+    pub fn check(&self, spec: &AppSpec) -> Result<(), String> {
+        let over = |key: &str, asked: String, max: String, setting: &str| {
+            Err(format!(
+                "{key} = {asked} is over this server's maximum of {max} (hint: ask for less in berth.toml, or raise [server] {setting})"
+            ))
+        };
+        if let Some(m) = spec.limits.memory.filter(|m| *m > self.memory) {
+            return over(
+                "[limits] memory",
+                format!("{m} bytes"),
+                format!("{} bytes", self.memory),
+                "app_max_memory",
+            );
+        }
+        if let Some(p) = spec.limits.pids.filter(|p| *p > self.pids) {
+            return over(
+                "[limits] pids",
+                p.to_string(),
+                self.pids.to_string(),
+                "app_max_pids",
+            );
+        }
+        for (key, step) in [
+            ("[test] timeout", &spec.test),
+            ("[build] timeout", &spec.build),
+        ] {
+            if let Some(t) = step
+                .as_ref()
+                .map(|s| s.timeout)
+                .filter(|t| *t > self.step_timeout)
+            {
+                return over(
+                    key,
+                    format!("{t:?}"),
+                    format!("{:?}", self.step_timeout),
+                    "step_max_timeout",
+                );
+            }
+        }
+        Ok(())
+    }
+}
