@@ -213,21 +213,25 @@ impl Jails {
 
     /// The jail of a build run as `user` in the scratch dir `dir` (`sandbox.rs`): it sees what
     /// an app's jail sees, with its own scratch dir writable instead of a release, and may
-    /// listen on any port outside the guarded ones (test suites start servers). `None`: the
-    /// jail is off or berth is not root (no build user).
+    /// listen on any port outside the guarded ones (test suites start servers). `Ok(None)`:
+    /// the jail is off; `Err`: it cannot be built, and why.
     pub(crate) fn for_build(
         &self,
         user: crate::sandbox::BuildUser,
         dir: &Path,
-    ) -> Option<::jail::Jail> {
-        let ((uid, gid), Mode::On { .. }) = (user?, &self.mode) else {
-            return None;
-        };
-        let mut jail = ::jail::Jail::new(uid, gid);
-        jail.hide = self.hide.clone();
-        jail.writable = vec![dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf())];
-        jail.bind = unguarded(&self.guarded);
-        Some(jail)
+    ) -> Result<Option<::jail::Jail>, String> {
+        match (&self.mode, user) {
+            (Mode::Off, _) => Ok(None),
+            (Mode::Unavailable(why), _) => Err(format!("the app jail cannot be built: {why}")),
+            (Mode::On { .. }, None) => Err("the app jail has no build user to run as".into()),
+            (Mode::On { .. }, Some((uid, gid))) => {
+                let mut jail = ::jail::Jail::new(uid, gid);
+                jail.hide = self.hide.clone();
+                jail.writable = vec![dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf())];
+                jail.bind = unguarded(&self.guarded);
+                Ok(Some(jail))
+            }
+        }
     }
 
     /// The firewall, for the build users (`sandbox.rs`).

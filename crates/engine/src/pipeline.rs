@@ -266,6 +266,7 @@ impl Engine {
             let mut build_env = env.clone();
             build_env.push(("HOME".into(), scratch.home.display().to_string()));
             build_env.push(("TMPDIR".into(), scratch.tmp.display().to_string()));
+            let build_jail = self.jails.for_build(user, &scratch.dir);
             let mut outcome = Ok(());
             for (name, what, cmd) in [
                 ("test", "tests", &spec.test),
@@ -276,8 +277,9 @@ impl Engine {
                     "test" => format!("Running tests: {}", cmd.command),
                     _ => format!("Building: {}", cmd.command),
                 };
-                outcome = match step(name, &text) {
-                    Ok(()) => {
+                let ready = step(name, &text).and_then(|()| build_jail.clone().map_err(Failure));
+                outcome = match ready {
+                    Ok(jail) => {
                         let task = Task {
                             what,
                             command: &cmd.command,
@@ -291,7 +293,7 @@ impl Engine {
                             &spec,
                             log,
                             user,
-                            self.jails.for_build(user, &scratch.dir),
+                            jail,
                             &token,
                         )
                         .await
