@@ -81,7 +81,7 @@ impl Firewall {
              }}\n",
             guarded = ranges.join(", "),
         );
-        nft_blocking(&script)?;
+        nft(&script)?;
         Ok(Firewall {
             table,
             state: tokio::sync::Mutex::new(uids.iter().map(|u| (*u, BTreeSet::new())).collect()),
@@ -118,7 +118,7 @@ impl Firewall {
                 new.join(", ")
             ));
         }
-        nft(&script).await?;
+        nft_async(script).await?;
         state.insert(uid, own.clone());
         Ok(())
     }
@@ -138,22 +138,28 @@ impl Firewall {
                 list.join(", ")
             ));
         }
-        nft(&script).await
+        nft_async(script).await
     }
 }
 
-fn nft_command() -> std::process::Command {
-    let mut cmd = std::process::Command::new("nft");
-    cmd.args(["-f", "-"])
+/// Runs `script` as one `nft -f -` transaction. Blocking (a few ms).
+fn nft(script: &str) -> Result<(), String> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let out = Command::new("nft")
+        .args(["-f", "-"])
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    cmd
-}
-
-fn nft_error(out: std::io::Result<std::process::Output>) -> Result<(), String> {
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            if let Some(mut stdin) = child.stdin.take() {
+                stdin.write_all(script.as_bytes())?;
+            }
+            child.wait_with_output()
+        });
     match out {
         Ok(o) if o.status.success() => Ok(()),
         Ok(o) => Err(format!(
@@ -167,28 +173,9 @@ fn nft_error(out: std::io::Result<std::process::Output>) -> Result<(), String> {
     }
 }
 
-fn nft_blocking(script: &str) -> Result<(), String> {
-    use std::io::Write;
-    let out = nft_command().spawn().and_then(|mut child| {
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(script.as_bytes())?;
-        }
-        child.wait_with_output()
-    });
-    nft_error(out)
-}
-
-async fn nft(script: &str) -> Result<(), String> {
-    use tokio::io::AsyncWriteExt;
-    let mut cmd = tokio::process::Command::from(nft_command());
-    let out = match cmd.spawn() {
-        Ok(mut child) => {
-            if let Some(mut stdin) = child.stdin.take() {
-                let _ = stdin.write_all(script.as_bytes()).await;
-            }
-            child.wait_with_output().await
-        }
-        Err(e) => Err(e),
-    };
-    nft_error(out)
+/// [`nft`] off the async threads.
+async fn nft_async(script: String) -> Result<(), String> {
+    tokio::task::spawn_blocking(move || nft(&script))
+        .await
+        .map_err(|e| format!("cannot run nft: {e}"))?
 }
