@@ -114,6 +114,23 @@ fn deploys(b: &Berth, app: &str) -> Vec<Value> {
 }
 
 /// A GitHub (and Gitea: same shape) push payload.
+/// A GitHub push delivery of `body`, signed with `secret`, with delivery id `delivery`.
+fn deliver_github(b: &Berth, secret: &str, body: &[u8], delivery: &str) -> (Resp, Value) {
+    let sig = format!("sha256={}", hmac256(secret, body));
+    send(
+        b,
+        &post_bytes(
+            "/hooks/github",
+            &[
+                ("X-Hub-Signature-256", &sig),
+                ("X-GitHub-Event", "push"),
+                ("X-GitHub-Delivery", delivery),
+            ],
+            body,
+        ),
+    )
+}
+
 fn github_push(url: &str, branch: &str, sha: &str, message: &str) -> Vec<u8> {
     json!({
         "ref": format!("refs/heads/{branch}"),
@@ -673,19 +690,7 @@ fn a_push_from_each_provider_deploys_its_commit() {
         .unwrap()
         .to_string();
     let body = github_push(&missing, "main", &v1, "x");
-    let sig = format!("sha256={}", hmac256(&s, &body));
-    let (r, v) = send(
-        &b,
-        &post_bytes(
-            "/hooks/github",
-            &[
-                ("X-Hub-Signature-256", &sig),
-                ("X-GitHub-Event", "push"),
-                ("X-GitHub-Delivery", "gone-1"),
-            ],
-            &body,
-        ),
-    );
+    let (r, v) = deliver_github(&b, &s, &body, "gone-1");
     assert_eq!(r.status, 202, "{v}");
     let fin = wait_deploy(&b, "gone", v["deploys"][0]["id"].as_i64().unwrap());
     assert_eq!(fin["status"], "failed", "{fin}");
@@ -1022,19 +1027,7 @@ fn repository_and_notification_urls_must_be_public() {
     std::fs::write(&b.config_path, config).unwrap();
     b.crash_and_restart(BIN);
     let body = github_push(url, "main", &"a".repeat(40), "x");
-    let sig = format!("sha256={}", hmac256(&secret, &body));
-    let (r, v) = send(
-        &b,
-        &post_bytes(
-            "/hooks/github",
-            &[
-                ("X-Hub-Signature-256", &sig),
-                ("X-GitHub-Event", "push"),
-                ("X-GitHub-Delivery", "private-1"),
-            ],
-            &body,
-        ),
-    );
+    let (r, v) = deliver_github(&b, &secret, &body, "private-1");
     assert_eq!(r.status, 202, "{v}");
     let fin = wait_deploy(&b, "site", v["deploys"][0]["id"].as_i64().unwrap());
     assert_eq!(fin["status"], "failed", "{fin}");
