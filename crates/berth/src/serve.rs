@@ -161,6 +161,9 @@ async fn run(
                 engine::Maxima {
                     memory: cfg.server.app_max_memory.map_or(d.memory, |s| s.0),
                     pids: cfg.server.app_max_pids.unwrap_or(d.pids),
+                    app_pids: cfg.server.app_pids_budget.unwrap_or_else(|| {
+                        engine::Maxima::default_app_pids(cfg.server.app_max_pids.unwrap_or(d.pids))
+                    }),
                     step_timeout: cfg.server.step_max_timeout.map_or(d.step_timeout, |t| t.0),
                 }
             },

@@ -612,3 +612,82 @@ fn a_hostile_container_keeps_no_privileges_and_reaches_no_other_app() {
         assert_eq!(st, 204, "{v}");
     }
 }
+
+/// Forks sleepers until it has `LIMIT` or the kernel says no, writes how many it got to its
+/// storage dir (one file per instance), then serves on one thread.
+const GREEDY_PY: &str = r#"import errno, os, time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+n, why = 0, "limit"
+while n < int(os.environ["LIMIT"]):
+    try:
+        pid = os.fork()
+    except OSError as e:
+        why = errno.errorcode.get(e.errno, str(e.errno))
+        break
+    if pid == 0:
+        time.sleep(100000)
+        os._exit(0)
+    n += 1
+with open("%s/%s.txt" % (os.environ["BERTH_STORAGE"], os.environ["DYNO"]), "w") as f:
+    f.write("%d %s" % (n, why))
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"greedy up\n")
+HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+"#;
+
+/// One app's instances share one process budget (`[server] app_pids_budget`): however many
+/// instances it runs, they cannot together take the host's pids, and another app still starts.
+#[test]
+fn an_apps_instances_share_one_process_budget() {
+    if !is_root() {
+        eprintln!("SKIPPED: the jail needs root");
+        return;
+    }
+    const BUDGET: u64 = 80;
+    let b = Berth::start_with(
+        BIN,
+        &format!("runtime = \"process\"\napp_pids_budget = {BUDGET}"),
+        &[],
+        "",
+    );
+    create_app(&b, "greedy");
+    let out = cli(&b, &["env:set", "LIMIT=50", "-a", "greedy"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let src = tmpdir(&b, "greedy");
+    write_file(&src.join("Procfile"), b"web: python3 greedy.py\n");
+    write_file(&src.join("greedy.py"), GREEDY_PY.as_bytes());
+    let out = deploy(&b, "greedy", &src);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_body(&b, "greedy", "greedy up");
+    let out = cli(&b, &["scale", "web=2", "-a", "greedy"]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    let storage = b.path("data").join("apps/greedy/storage");
+    let got = |dyno: &str| -> Option<(u64, String)> {
+        let s = std::fs::read_to_string(storage.join(format!("{dyno}.txt"))).ok()?;
+        let (n, why) = s.split_once(' ')?;
+        Some((n.parse().ok()?, why.to_string()))
+    };
+    let (first, second) = eventually(T, "both instances to report their forks", || {
+        Some((got("web.1")?, got("web.2")?))
+    });
+    // The first got all it asked; the second ran into the budget the first had mostly used.
+    assert_eq!(first, (50, "limit".to_string()), "{second:?}");
+    assert_eq!(second.1, "EAGAIN", "{first:?} {second:?}");
+    assert!(
+        first.0 + second.0 < BUDGET,
+        "{first:?} + {second:?} is over the budget"
+    );
+
+    // Another app has a budget of its own: it deploys and serves.
+    create_app(&b, "bystander");
+    let other = tmpdir(&b, "bystander");
+    write_file(&other.join("Procfile"), b"web: python3 app.py\n");
+    write_file(&other.join("app.py"), VICTIM_PY.as_bytes());
+    let out = deploy(&b, "bystander", &other);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_body(&b, "bystander", "victim v1");
+}

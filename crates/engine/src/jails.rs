@@ -48,6 +48,8 @@ pub(crate) struct Jails {
     users: Mutex<HashMap<String, (u32, u32)>>,
     /// The ports the firewall guards (`guarded_ports`), sorted and merged.
     guarded: Vec<(u16, u16)>,
+    /// Each app's process budget (`[server] app_pids_budget`), its user's `RLIMIT_NPROC`.
+    nproc: u64,
 }
 
 /// What a start of app code needs from its jail.
@@ -116,6 +118,7 @@ impl Jails {
         helper: Option<&Path>,
         admin: Option<u16>,
         extra_hidden: Vec<PathBuf>,
+        nproc: u64,
     ) -> Jails {
         let data = data.canonicalize().unwrap_or_else(|_| data.to_path_buf());
         let tag = crate::users::data_tag(&data);
@@ -139,6 +142,7 @@ impl Jails {
             hide,
             users: Mutex::new(HashMap::new()),
             guarded: guarded_ports(admin),
+            nproc,
         };
         let Some(helper) = helper else {
             tracing::warn!(
@@ -340,6 +344,7 @@ impl Jails {
         jail.hide = self.hide.clone();
         jail.read_only = vec![dir];
         jail.writable = vec![storage];
+        jail.nproc = Some(self.nproc);
         Ok(Some(Prepared {
             jail: Some(jail),
             env,

@@ -174,8 +174,9 @@ impl Engine {
         let jails = {
             let (data, helper) = (cfg.data_dir.clone(), cfg.jail_helper.clone());
             let (admin, hide) = (cfg.admin.map(|a| a.port()), cfg.jail_hide.clone());
+            let nproc = cfg.maxima.app_pids;
             tokio::task::spawn_blocking(move || {
-                jails::Jails::new(&data, helper.as_deref(), admin, hide)
+                jails::Jails::new(&data, helper.as_deref(), admin, hide, nproc)
             })
             .await
             .map_err(|e| EngineError::Internal(e.to_string()))?

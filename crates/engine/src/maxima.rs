@@ -15,6 +15,9 @@ pub struct Maxima {
     pub memory: u64,
     /// Processes per instance or step; default 4096 (an app that sets none gets that many).
     pub pids: u64,
+    /// Processes and threads of all of one app's jailed processes together (its user's
+    /// `RLIMIT_NPROC`, see `berth-jail`); default [`Maxima::default_app_pids`].
+    pub app_pids: u64,
     /// The longest `[test]`/`[build]` timeout; default one hour.
     pub step_timeout: Duration,
 }
@@ -23,11 +26,48 @@ impl Default for Maxima {
     fn default() -> Self {
         Maxima {
             memory: host_memory().unwrap_or(u64::MAX),
-            pids: 4096,
+            pids: DEFAULT_PIDS,
+            app_pids: Self::default_app_pids(DEFAULT_PIDS),
             step_timeout: Duration::from_secs(3600),
         }
     }
 }
+
+const DEFAULT_PIDS: u64 = 4096;
+
+impl Maxima {
+    /// A quarter of the kernel's `pid_max` (32768 on many hosts), so that no one app's
+    /// instances together can take every pid; never less than one instance's `pids`.
+    pub fn default_app_pids(pids: u64) -> u64 {
+        let pid_max = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(32768);
+        (pid_max / 4).max(pids)
+    }
+
+    /// The limits `spec`'s instances and its `release:`/postdeploy steps run with: the app's
+    /// own, and where it sets none, the server's maxima, so that an app that asks nothing does
+    /// not get more than one that asks the most it may.
+    pub(crate) fn instance_limits(&self, spec: &AppSpec) -> runtime::Limits {
+        runtime::Limits {
+            memory: Some(spec.limits.memory.unwrap_or(self.memory)),
+            pids: Some(spec.limits.pids.unwrap_or(self.pids)),
+            cpu: spec.limits.cpu,
+        }
+    }
+
+    /// A test or build step: the app's limits, and where it sets none, enough for a compiler
+    /// or a bundler (4 GiB), within the maxima.
+    pub(crate) fn step_limits(&self, spec: &AppSpec) -> runtime::Limits {
+        runtime::Limits {
+            memory: Some(spec.limits.memory.unwrap_or(BUILD_MEMORY.min(self.memory))),
+            ..self.instance_limits(spec)
+        }
+    }
+}
+
+const BUILD_MEMORY: u64 = 4 << 30;
 
 /// MemTotal from /proc/meminfo, in bytes.
 fn host_memory() -> Option<u64> {

@@ -683,9 +683,9 @@ impl Engine {
             log_file: log.path.clone(),
             timeout: task.timeout,
             limits: if matches!(task.what, "tests" | "build") {
-                build_limits(spec)
+                self.cfg.maxima.step_limits(spec)
             } else {
-                limits(spec)
+                self.cfg.maxima.instance_limits(spec)
             },
             user,
             jail,
@@ -848,7 +848,7 @@ impl Engine {
                 .unwrap_or_default(),
             dir: run.dir.to_path_buf(),
             env,
-            limits: limits(run.spec),
+            limits: self.cfg.maxima.instance_limits(run.spec),
             restart: true,
             // An instance may listen on its own PORT only (the jail's Landlock bind rule).
             jail: run
@@ -1116,28 +1116,6 @@ pub(crate) fn formation_of(
         .copied()
         .unwrap_or(1)
 }
-
-pub(crate) fn limits(spec: &AppSpec) -> runtime::Limits {
-    runtime::Limits {
-        memory: spec.limits.memory,
-        pids: spec.limits.pids,
-        cpu: spec.limits.cpu,
-    }
-}
-
-/// A test or build step gets the app's limits, and where the app sets none, these: enough
-/// for a compiler or a bundler, not enough to take the machine down.
-fn build_limits(spec: &AppSpec) -> runtime::Limits {
-    let l = limits(spec);
-    runtime::Limits {
-        memory: l.memory.or(Some(BUILD_MEMORY)),
-        pids: l.pids.or(Some(BUILD_PIDS)),
-        cpu: l.cpu,
-    }
-}
-
-const BUILD_MEMORY: u64 = 4 << 30;
-const BUILD_PIDS: u64 = 4096;
 
 fn describe(check: &HealthCheck) -> String {
     match check {

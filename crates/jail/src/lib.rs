@@ -17,7 +17,8 @@
 //! 7. mounts a fresh `/proc` with `hidepid=invisible`: the app sees only its own user's
 //!    processes, so neither other apps' nor berth's, nor their `environ`;
 //! 8. drops to the app's own user: no supplementary groups, an empty capability bounding
-//!    set, `no_new_privs` (no setuid binary or file capability gives anything back);
+//!    set, `no_new_privs` (no setuid binary or file capability gives anything back), and
+//!    `RLIMIT_NPROC` when given: the app's process budget, shared by all its processes;
 //! 9. restricts itself with Landlock: TCP `bind` only to its given ports (an instance: its own
 //!    `PORT`), and, where the kernel can, no abstract unix sockets or signals out of the jail
 //!    (`restrict.rs`);
@@ -84,6 +85,12 @@ pub struct Jail {
     pub writable: Vec<PathBuf>,
     /// TCP ports it may `bind` (inclusive ranges; port 0 always).
     pub bind: Vec<(u16, u16)>,
+    /// `RLIMIT_NPROC`: how many processes and threads the app's *user* may have at once,
+    /// counted by the kernel across every instance, step and job of the app (one user per
+    /// app), so that many instances of one app cannot use up the host's pids between them.
+    /// A fork over it fails with `EAGAIN`; so does the `exec` of a new process of the app
+    /// while it is over.
+    pub nproc: Option<u64>,
 }
 
 /// What the kernel enforced beyond the hard requirements (`berth jail --report` prints it).
@@ -118,6 +125,7 @@ impl Jail {
             read_only: Vec::new(),
             writable: Vec::new(),
             bind: Vec::new(),
+            nproc: None,
         }
     }
 
@@ -149,6 +157,10 @@ impl Jail {
                 }
                 .into(),
             );
+        }
+        if let Some(n) = self.nproc {
+            args.push("--nproc".into());
+            args.push(n.to_string().into());
         }
         args.push("--".into());
         args
@@ -183,6 +195,17 @@ impl Jail {
                 Some("--hide") => jail.hide.push(absolute(value)?),
                 Some("--ro") => jail.read_only.push(absolute(value)?),
                 Some("--rw") => jail.writable.push(absolute(value)?),
+                Some("--nproc") => {
+                    jail.nproc = Some(
+                        value
+                            .to_str()
+                            .and_then(|s| s.parse().ok())
+                            .filter(|n| *n > 0)
+                            .ok_or_else(|| {
+                                bad(format!("not a process count: {}", value.to_string_lossy()))
+                            })?,
+                    )
+                }
                 Some("--bind") => {
                     let v = value.to_str().unwrap_or_default();
                     let (a, b) = v.split_once('-').unwrap_or((v, v));
@@ -340,6 +363,11 @@ impl Jail {
         caps::clear(None, caps::CapSet::Inheritable)
             .map_err(|e| JailError::Other(format!("clear inheritable capabilities: {e}")))?;
         nix::unistd::setgroups(&[]).map_err(sys("setgroups([])"))?;
+        if let Some(n) = self.nproc {
+            // Soft and hard: without CAP_SYS_RESOURCE the app cannot raise it again.
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NPROC, n, n)
+                .map_err(sys(format!("setrlimit(RLIMIT_NPROC, {n})")))?;
+        }
         let (uid, gid) = (Uid::from_raw(self.uid), Gid::from_raw(self.gid));
         nix::unistd::setresgid(gid, gid, gid).map_err(sys(format!("setresgid({gid})")))?;
         nix::unistd::setresuid(uid, uid, uid).map_err(sys(format!("setresuid({uid})")))?;
@@ -541,6 +569,7 @@ mod tests {
             read_only: vec!["/data/apps/a/releases/v1".into()],
             writable: vec!["/data/apps/a/storage".into()],
             bind: vec![(12345, 12345), (1, 9999)],
+            nproc: Some(8192),
         };
         let mut args = jail.to_args();
         args.extend(["/bin/sh".into(), "-c".into(), "echo hi".into()]);
@@ -566,6 +595,10 @@ mod tests {
             (vec!["--uid", "5", "--gid", "5", "x"], "needs a value"),
             (vec!["--uid", "x", "--gid", "5", "--", "x"], "not an id"),
             (vec!["--bogus", "1", "--", "x"], "unknown flag"),
+            (
+                vec!["--uid", "5", "--gid", "5", "--nproc", "0", "--", "x"],
+                "not a process count",
+            ),
             (
                 vec!["--uid", "5", "--gid", "5", "--bind", "9-1", "--", "x"],
                 "not a port",

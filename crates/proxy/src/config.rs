@@ -67,6 +67,10 @@ pub struct ServerConfig {
     pub app_max_memory: Option<Size>,
     /// The most processes an app may ask for one instance or step (default 4096).
     pub app_max_pids: Option<u64>,
+    /// The most processes and threads all of one app's jailed processes may have together
+    /// (its user's `RLIMIT_NPROC`); default: a quarter of the kernel's `pid_max`, at least
+    /// `app_max_pids`. Without it, a few instances of one app could use up the host's pids.
+    pub app_pids_budget: Option<u64>,
     /// The longest `[test]`/`[build]` timeout an app may ask (default 1h): a step holds one of
     /// the shared build slots while it runs.
     pub step_max_timeout: Option<Dur>,
@@ -131,6 +135,7 @@ impl Default for ServerConfig {
             jail: true,
             app_max_memory: None,
             app_max_pids: None,
+            app_pids_budget: None,
             step_max_timeout: None,
             allow_private_hosts: Vec::new(),
         }
