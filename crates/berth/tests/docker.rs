@@ -353,5 +353,57 @@ HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
     write_file(&src.join("VERSION"), b"2\n");
     deploy_ok(&b, "proc", &src);
     assert_eq!(app_get(&b, "proc", "/").1, "127.0.0.1 pear\nEND\n");
+
+    // Another process app, told where that service is published, cannot reach it (the jail's
+    // firewall lets an app reach only its own services' ports), while the owner still can.
+    let kv_port = {
+        let (st, v) = api(&b, "GET", "/api/v1/apps/proc/services", "");
+        assert_eq!(st, 200, "{v}");
+        v.as_array().unwrap()[0]["host_port"].as_u64().unwrap()
+    };
+    create_app(&b, "intruder");
+    let (st, v) = api(
+        &b,
+        "PATCH",
+        "/api/v1/apps/intruder/env",
+        &serde_json::json!({"set": {"KV_ADDR": format!("127.0.0.1:{kv_port}")}}).to_string(),
+    );
+    assert!(st < 300, "{st} {v}");
+    let intruder = b.path("intruder-src");
+    write_file(&intruder.join("Procfile"), b"web: python3 app.py\n");
+    write_file(
+        &intruder.join("app.py"),
+        br#"import os, socket
+from http.server import BaseHTTPRequestHandler, HTTPServer
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        host, port = os.environ["KV_ADDR"].rsplit(":", 1)
+        try:
+            s = socket.create_connection((host, int(port)), timeout=2)
+            s.sendall(b"GET\n")
+            body = b"LEAKED " + s.recv(4096)
+        except OSError as e:
+            body = ("blocked %s" % e).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+"#,
+    );
+    deploy_ok(&b, "intruder", &intruder);
+    let (st, body) = app_get(&b, "intruder", "/");
+    assert_eq!(st, 200, "{body}");
+    let jailed = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    if jailed {
+        assert!(body.starts_with("blocked"), "{body}");
+    }
+    assert_eq!(app_get(&b, "proc", "/").1, "127.0.0.1 pear\nEND\n");
+    destroy(&b, "intruder");
     destroy(&b, "proc");
 }
