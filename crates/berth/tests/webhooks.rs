@@ -113,7 +113,6 @@ fn deploys(b: &Berth, app: &str) -> Vec<Value> {
     v.as_array().unwrap().clone()
 }
 
-/// A GitHub (and Gitea: same shape) push payload.
 /// A GitHub push delivery of `body`, signed with `secret`, with delivery id `delivery`.
 fn deliver_github(b: &Berth, secret: &str, body: &[u8], delivery: &str) -> (Resp, Value) {
     let sig = format!("sha256={}", hmac256(secret, body));
@@ -131,6 +130,7 @@ fn deliver_github(b: &Berth, secret: &str, body: &[u8], delivery: &str) -> (Resp
     )
 }
 
+/// A GitHub (and Gitea: same shape) push payload.
 fn github_push(url: &str, branch: &str, sha: &str, message: &str) -> Vec<u8> {
     json!({
         "ref": format!("refs/heads/{branch}"),
@@ -785,6 +785,44 @@ fn a_replayed_delivery_never_rolls_the_app_back() {
     assert_eq!(built_v1.len(), 1, "v1 was built once only: {built_v1:?}");
     let (_, releases) = api(&b, "GET", "/api/v1/apps/site/releases", "");
     assert_eq!(releases.as_array().unwrap().len(), 2, "{releases}");
+}
+
+/// The same delivery replayed (with fresh delivery ids) while its build is still running is
+/// not recorded again: it cannot supersede that build, however often it comes.
+#[test]
+fn a_delivery_replayed_while_it_builds_does_not_supersede_its_build() {
+    let b = Berth::start(BIN, "");
+    let (dir, url) = work_repo(&b, "work", "<h1>slow v1</h1>\n");
+    write_file(&dir.join("berth.toml"), b"[build]\ncommand = \"sleep 2\"\n");
+    git(&dir, &["add", "."]);
+    git(&dir, &["commit", "--quiet", "-m", "a slow build"]);
+    let sha = git(&dir, &["rev-parse", "HEAD"]);
+    create_app(&b, "slow");
+    let secret = connect(&b, "slow", json!({ "url": url }))["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let body = github_push(&url, "main", &sha, "a slow build");
+    let (r, v) = deliver_github(&b, &secret, &body, "slow-1");
+    assert_eq!(r.status, 202, "{v}");
+    let id = v["deploys"][0]["id"].as_i64().unwrap();
+    for n in 2..5 {
+        let (r, v) = deliver_github(&b, &secret, &body, &format!("slow-{n}"));
+        assert!(r.status < 300, "{} {v}", r.status);
+        assert!(
+            v["deploys"].as_array().is_none_or(|d| d.is_empty()),
+            "recorded again: {v}"
+        );
+        assert!(
+            v.to_string()
+                .contains(&format!("already being built as deploy {id}")),
+            "{v}"
+        );
+    }
+    let fin = wait_deploy(&b, "slow", id);
+    assert_eq!(fin["status"], "succeeded", "{fin}");
+    wait_body(&b, "slow", "slow v1");
+    assert_eq!(deploys(&b, "slow").len(), 1);
 }
 
 /// Credentials in a repository URL (`https://user:token@host/…`) are used for fetching and

@@ -9,7 +9,8 @@
 //! in the payload. A push is built only if its commit (`after`) is still the tip of its branch
 //! when berth fetches: the signature covers the body alone, so a captured delivery sent again
 //! under a new delivery id must not roll an app back to an old commit. A push whose branch
-//! moved on ends `superseded` (the newer push's own delivery builds the tip).
+//! moved on ends `superseded` (the newer push's own delivery builds the tip), and a push whose
+//! commit is already being built is not recorded again (a replay cannot supersede that build).
 
 use crate::pipeline::DeployLog;
 use crate::{lock, Engine, EngineError, Pushed};
@@ -185,6 +186,22 @@ impl Engine {
                 this.fetch_and_push(&name, &repo.url, meta, &actor).await;
             });
             return Ok(HookOutcome::Preview { branch });
+        }
+        // The same push again (a replayed delivery, or a provider's retry) while its build is
+        // still queued or running: building it again would only supersede that build, and a
+        // stream of replays would keep the app from ever finishing one.
+        if let Some(d) = self.store.deploys(&app.name, 50)?.into_iter().find(|d| {
+            d.status.is_active()
+                && d.meta
+                    .sha
+                    .as_deref()
+                    .is_some_and(|s| s.eq_ignore_ascii_case(&push.sha))
+        }) {
+            return Ok(HookOutcome::Ignored(format!(
+                "commit {} is already being built as deploy {}",
+                short(&push.sha),
+                d.id
+            )));
         }
         let deploy = self.store.create_deploy_with(
             &app.name,
