@@ -308,8 +308,15 @@ impl Engine {
                     &format!("superseded by build {newer}"),
                 );
             }
+            let family = self
+                .store
+                .app(app)
+                .ok()
+                .flatten()
+                .and_then(|a| a.settings.preview_of.map(|p| p.app))
+                .unwrap_or_else(|| app.to_string());
             tokio::select! {
-                s = self.slots.acquire() => match s {
+                s = self.slots.acquire(&family) => match s {
                     Ok(s) => slot = Some(s),
                     Err(reason) => return self.fail_early(deploy_id, &log, &reason),
                 },

@@ -1,7 +1,9 @@
 //! Where and as whom builds and tests run.
 //!
 //! A build slot is a permit of the global build semaphore (at most `build_concurrency` builds
-//! at once, across apps) plus, when berth runs as root, an unprivileged user of its own:
+//! at once, across apps), and of its app's own: an app and its previews hold at most
+//! `build_concurrency - 1` slots at once (all of them when there is one), so one tenant's
+//! builds, each up to `step_max_timeout` long, never shut every other app out; plus, when berth runs as root, an unprivileged user of its own:
 //! `berth-build-<tag>-<n>` for slot `n` (the tag is a hash of the data dir, so two berths on
 //! one machine never share one), created with `useradd --system` the first time the slot
 //! builds and removed when berth stops. Two builds running at once never share a uid, so one
@@ -28,6 +30,9 @@ pub(crate) type BuildUser = Option<(u32, u32)>;
 
 pub(crate) struct Slots {
     permits: Arc<Semaphore>,
+    /// Per app family (an app and its previews): at most `per_app` slots each.
+    families: Mutex<std::collections::HashMap<String, Arc<Semaphore>>>,
+    per_app: usize,
     /// Indexes of the free slots.
     free: Mutex<Vec<usize>>,
     /// `berth-build-<tag>-`: the tag (from the data dir) keeps two berths on one machine from
@@ -45,6 +50,7 @@ pub(crate) struct Slot {
     index: usize,
     slots: Arc<Slots>,
     _permit: OwnedSemaphorePermit,
+    _family: OwnedSemaphorePermit,
 }
 
 impl Drop for Slot {
@@ -90,6 +96,8 @@ impl Slots {
         }
         Arc::new(Slots {
             permits: Arc::new(Semaphore::new(n)),
+            families: Mutex::new(std::collections::HashMap::new()),
+            per_app: (n - 1).max(1),
             free: Mutex::new((0..n).rev().collect()),
             prefix,
             users: Mutex::new(users),
@@ -97,9 +105,20 @@ impl Slots {
         })
     }
 
-    /// Wait for a free slot; an error if its build user cannot be created.
-    pub(crate) async fn acquire(self: &Arc<Self>) -> Result<Slot, String> {
-        // The semaphore is never closed, so acquiring only waits.
+    /// Wait for a free slot that `family` (an app, or the app a preview is of) may take; an
+    /// error if its build user cannot be created.
+    pub(crate) async fn acquire(self: &Arc<Self>, family: &str) -> Result<Slot, String> {
+        let own = crate::lock(&self.families)
+            .entry(family.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.per_app)))
+            .clone();
+        // The semaphores are never closed, so acquiring only waits. The family's permit comes
+        // first: waiting for it holds nothing another app could use.
+        let family_permit = loop {
+            if let Ok(p) = own.clone().acquire_owned().await {
+                break p;
+            }
+        };
         let permit = loop {
             if let Ok(p) = self.permits.clone().acquire_owned().await {
                 break p;
@@ -111,6 +130,7 @@ impl Slots {
             index,
             slots: self.clone(),
             _permit: permit,
+            _family: family_permit,
         };
         let Some(prefix) = &self.prefix else {
             return Ok(slot);
@@ -433,6 +453,40 @@ fn chown_tree(root: &Path, to: (u32, u32), only_from: Option<u32>) -> std::io::R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Slots without build users (as when berth is not root).
+    fn unprivileged(n: usize) -> Arc<Slots> {
+        Arc::new(Slots {
+            permits: Arc::new(Semaphore::new(n)),
+            families: Mutex::new(std::collections::HashMap::new()),
+            per_app: (n - 1).max(1),
+            free: Mutex::new((0..n).rev().collect()),
+            prefix: None,
+            users: Mutex::new(std::collections::HashMap::new()),
+            firewall: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn one_app_never_holds_every_slot() {
+        let slots = unprivileged(3);
+        let a1 = slots.acquire("a").await.unwrap();
+        let _a2 = slots.acquire("a").await.unwrap();
+        // A third build of `a` waits although a slot is free; another app takes that slot.
+        let mut a3 = Box::pin(slots.acquire("a"));
+        tokio::select! {
+            biased;
+            _ = &mut a3 => panic!("app a holds every slot"),
+            () = std::future::ready(()) => {}
+        }
+        let _b = slots.acquire("b").await.unwrap();
+        drop(a1);
+        let _a3 = a3.await.unwrap();
+
+        // With one slot, an app may take it.
+        let one = unprivileged(1);
+        let _only = one.acquire("a").await.unwrap();
+    }
 
     #[test]
     fn the_scratch_root_is_next_to_the_data_dir_unless_others_cannot_reach_it() {
