@@ -483,6 +483,108 @@ fn metrics_cover_requests_latency_upstream_errors_and_connections() {
     });
 }
 
+/// The latency histogram as Prometheus reads it: a known mix of fast and slow requests lands in
+/// the right buckets, buckets never decrease, and `+Inf` equals `_count`.
+#[test]
+fn the_latency_histogram_parses_and_counts_each_request_once() {
+    let fast = Upstream::start(Reply::Ok("fast"));
+    let slow = Upstream::start(Reply::Slow(Duration::from_millis(300)));
+    let b = Berth::start(
+        BIN,
+        &format!(
+            "{}{}",
+            route("fast.localhost", &[fast.addr], ""),
+            route("slow.localhost", &[slow.addr], "")
+        ),
+    );
+    for _ in 0..5 {
+        assert_eq!(get(b.http, "fast.localhost", "/").status, 200);
+    }
+    for _ in 0..2 {
+        assert_eq!(get(b.http, "slow.localhost", "/").status, 200);
+    }
+    let text = admin_get(&b, "/metrics").text();
+    let python = ["python3", "/usr/bin/python3"]
+        .into_iter()
+        .find(|py| {
+            std::process::Command::new(py)
+                .args(["-c", "import prometheus_client"])
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .expect("needs python3 with prometheus_client (Debian: python3-prometheus-client)");
+    let mut child = std::process::Command::new(python)
+        .arg(format!(
+            "{}/tests/scripts/histograms.py",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the exposition does not parse:\n{text}"
+    );
+    let all: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let series = |route: &str| -> &Value {
+        all.as_object()
+            .unwrap()
+            .iter()
+            .find(|(k, _)| k.starts_with("berth_request_duration_seconds") && k.contains(route))
+            .map(|(_, v)| v)
+            .unwrap_or_else(|| panic!("no latency series for {route}: {all:#}"))
+    };
+    for (route, n, slow_ones) in [("fast.localhost", 5.0, 0.0), ("slow.localhost", 2.0, 2.0)] {
+        let h = series(route);
+        let buckets: Vec<(f64, f64)> = h["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                let le = b[0].as_str().unwrap();
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().unwrap()
+                };
+                (le, b[1].as_f64().unwrap())
+            })
+            .collect();
+        assert!(
+            buckets
+                .windows(2)
+                .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+            "{route}: buckets must rise: {buckets:?}"
+        );
+        let inf = buckets.last().unwrap();
+        assert_eq!(inf.0, f64::INFINITY, "{route}: {buckets:?}");
+        assert_eq!(
+            inf.1,
+            h["count"].as_f64().unwrap(),
+            "{route}: +Inf != _count"
+        );
+        assert_eq!(inf.1, n, "{route}: each request counted once: {buckets:?}");
+        // Requests of 300 ms and more are above the 0.25 s bucket and within 2.5 s.
+        let at = |le: f64| buckets.iter().find(|b| b.0 == le).unwrap().1;
+        assert_eq!(at(0.25), n - slow_ones, "{route}: {buckets:?}");
+        assert_eq!(at(2.5), n, "{route}: {buckets:?}");
+        let sum = h["sum"].as_f64().unwrap();
+        assert!(
+            sum >= 0.3 * slow_ones && sum < 2.5 * n,
+            "{route}: sum {sum}"
+        );
+    }
+}
+
 /// Wait for the process to exit; its status, or `None` after `timeout`.
 fn wait_exit(b: &mut Berth, timeout: Duration) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + timeout;

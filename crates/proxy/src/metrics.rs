@@ -44,14 +44,16 @@ impl TypedMetric for AtomicHistogram {
 
 impl EncodeMetric for AtomicHistogram {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        let mut cumulative = 0;
+        // Per-bucket counts: the encoder makes them cumulative (and writes f64::MAX as +Inf).
+        let mut count = 0;
         let mut buckets = Vec::with_capacity(BUCKETS.len() + 1);
         for (i, c) in self.0.counts.iter().enumerate() {
-            cumulative += c.load(Ordering::Relaxed);
-            buckets.push((BUCKETS.get(i).copied().unwrap_or(f64::MAX), cumulative));
+            let n = c.load(Ordering::Relaxed);
+            count += n;
+            buckets.push((BUCKETS.get(i).copied().unwrap_or(f64::MAX), n));
         }
         let sum = self.0.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        encoder.encode_histogram::<NoLabelSet>(sum, cumulative, &buckets, None)
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
     }
     fn metric_type(&self) -> MetricType {
         MetricType::Histogram
