@@ -171,6 +171,39 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL
     );
     "#,
+    // 4: deploy (build) ids are never reused, not even after the app with the newest ones is
+    // destroyed (`builds:logs 17` and notification receivers name a build by its id): the
+    // table is rebuilt with AUTOINCREMENT, which SQLite only allows at creation.
+    r#"
+    CREATE TABLE deploys_v4 (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        app_id          INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+        release_version INTEGER NULL,
+        kind            TEXT NOT NULL,
+        status          TEXT NOT NULL,
+        step            TEXT NOT NULL,
+        reason          TEXT NULL,
+        actor           TEXT NOT NULL,
+        started_at      INTEGER NOT NULL,
+        finished_at     INTEGER NULL,
+        log_path        TEXT NOT NULL,
+        trigger         TEXT NOT NULL DEFAULT 'api',
+        sha             TEXT NULL,
+        branch          TEXT NULL,
+        author          TEXT NULL,
+        message         TEXT NULL,
+        steps           TEXT NOT NULL DEFAULT '[]'
+    );
+    INSERT INTO deploys_v4 (id, app_id, release_version, kind, status, step, reason, actor,
+        started_at, finished_at, log_path, trigger, sha, branch, author, message, steps)
+    SELECT id, app_id, release_version, kind, status, step, reason, actor,
+        started_at, finished_at, log_path, trigger, sha, branch, author, message, steps
+    FROM deploys;
+    DROP TABLE deploys;
+    ALTER TABLE deploys_v4 RENAME TO deploys;
+    CREATE INDEX deploys_app ON deploys(app_id, id);
+    CREATE INDEX deploys_status ON deploys(status);
+    "#,
 ];
 
 /// The schema version this binary migrates to (`PRAGMA user_version`).

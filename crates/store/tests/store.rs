@@ -594,3 +594,30 @@ fn destroying_an_app_takes_it_out_of_deploy_tokens() {
     );
     assert!(store.token_by_secret(&only_a).unwrap().is_none(), "revoked");
 }
+
+/// A deploy id names one build forever: destroying the app with the newest ones (or reopening
+/// the store) never hands them out again.
+#[test]
+fn deploy_ids_are_never_reused() {
+    let (_dir, path, store) = temp_store();
+    store.create_app("old", "x").unwrap();
+    let mut last = 0;
+    for _ in 0..3 {
+        last = store
+            .create_deploy("old", DeployKind::Build, "x", Path::new("/logs"))
+            .unwrap()
+            .id;
+    }
+    store.destroy_app("old", "x").unwrap();
+    drop(store);
+    let store = Store::open(&path).unwrap();
+    store.create_app("new", "x").unwrap();
+    let d = store
+        .create_deploy("new", DeployKind::Build, "x", Path::new("/logs"))
+        .unwrap();
+    assert!(
+        d.id > last,
+        "id {} was handed out again (last {last})",
+        d.id
+    );
+}
