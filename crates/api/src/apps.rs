@@ -333,12 +333,7 @@ pub async fn env(
     Query(q): Query<Reveal>,
 ) -> JsonResult {
     caller.app(&app)?;
-    ctx.engine.app(&app)?;
-    let env = ctx
-        .engine
-        .store()
-        .env(&app)
-        .map_err(crate::auth::store_err)?;
+    let env = ctx.engine.env(&app)?;
     Ok(Json(env_json(&env, q.reveal)))
 }
 

@@ -319,3 +319,41 @@ fn a_missing_static_root_leaves_only_that_app_unrouted() {
     wait_deploy(&b, "st", upload_id(&b, "st", &site));
     assert_eq!(body(&b, "st"), "static\n");
 }
+
+/// `release:` and postdeploy know the release they run for (`BERTH_RELEASE`), and `berth env`
+/// lists app.json's `value` defaults as the processes get them, under what was set.
+#[test]
+fn release_steps_see_their_release_and_env_lists_app_json_defaults() {
+    let b = Berth::start(BIN, "");
+    create_app(&b, "rel");
+    let dir = b.path("rel");
+    app_dir(&dir, "rel", None);
+    write_file(
+        &dir.join("Procfile"),
+        b"web: python3 app.py\nrelease: echo release-sees-$BERTH_RELEASE\n",
+    );
+    write_file(
+        &dir.join("app.json"),
+        br#"{"env": {"GREETING": {"value": "hi"}, "COLOR": {"value": "blue"}}, "scripts": {"postdeploy": "echo postdeploy-sees-$BERTH_RELEASE"}}"#,
+    );
+    let out = common::apps::cli(&b, &["env:set", "COLOR=red", "-a", "rel"]);
+    assert!(out.status.success(), "{out:?}");
+    let id = upload_id(&b, "rel", &dir);
+    let d = wait_deploy(&b, "rel", id);
+    assert_eq!(d["status"], "succeeded", "{d}");
+    let log =
+        common::apps::get_as(&b, &b.token, &format!("/api/v1/apps/rel/deploys/{id}/log")).text();
+    assert!(log.contains("release-sees-v1"), "{log}");
+    assert!(log.contains("postdeploy-sees-v1"), "{log}");
+    assert!(
+        !log.contains("Draining the previous release"),
+        "a first deploy: {log}"
+    );
+    assert_eq!(body(&b, "rel"), "rel v1 GREETING=hi\n");
+
+    let out = common::apps::cli(&b, &["env", "--reveal", "-a", "rel"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.contains("GREETING=hi\n"), "{text}");
+    assert!(text.contains("COLOR=red\n"), "the set value wins: {text}");
+}

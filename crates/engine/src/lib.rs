@@ -687,6 +687,29 @@ impl Engine {
         self.restart_live(app, "Restart", actor).await
     }
 
+    /// The app's variables as its processes get them: what was set, over the `value` defaults
+    /// of the live release's app.json (berth's own, such as `PORT`, are not included).
+    pub fn env(&self, app: &str) -> Result<BTreeMap<String, String>, EngineError> {
+        let a = self.app(app)?;
+        let mut all = BTreeMap::new();
+        if let Some(rel) = a
+            .live_release
+            .map(|v| self.store.release(app, v))
+            .transpose()?
+            .flatten()
+        {
+            if let Ok(spec) = AppSpec::from_json(&rel.spec) {
+                all.extend(
+                    spec.env
+                        .into_iter()
+                        .filter_map(|d| Some((d.key, d.default?))),
+                );
+            }
+        }
+        all.extend(self.store.env(app)?);
+        Ok(all)
+    }
+
     /// Replicas per process type: instances are added or removed in place, with no restart.
     pub async fn scale(
         self: &Arc<Self>,

@@ -249,6 +249,8 @@ impl Engine {
             .set_release_config(app, version, &config.to_json())
             .map_err(EngineError::from)?;
         let mut env = process_env(app, &spec, &vars);
+        // Steps (test, build, release, postdeploy) know which release they make, as instances do.
+        env.push(("BERTH_RELEASE".into(), format!("v{version}")));
 
         if build && (spec.test.is_some() || spec.build.is_some()) {
             let user = job.slot.as_ref().and_then(|s| s.user);
@@ -538,7 +540,9 @@ impl Engine {
             let _ = self.store.set_deploy_step(deploy_id, name);
             log.line(&format!("-----> {text}"));
         };
-        step("drain", "Draining the previous release");
+        if !first_deploy {
+            step("drain", "Draining the previous release");
+        }
         self.retire_old(app, version, spec.drain_timeout, spec.stop_grace, log)
             .await;
 
@@ -833,6 +837,7 @@ impl Engine {
         if let Some(p) = port {
             env.push(("PORT".into(), p.to_string()));
         }
+        env.retain(|(k, _)| k != "BERTH_RELEASE");
         env.push(("BERTH_RELEASE".into(), format!("v{}", run.version)));
         env.push(("DYNO".into(), format!("{proc_type}.{index}")));
         InstanceSpec {
