@@ -11,9 +11,13 @@ use std::sync::Arc;
 const MAX_UNPACKED: u64 = 2 << 30;
 
 pub fn serve(config: Option<PathBuf>, deploy: Vec<String>, no_jail: bool) -> Result<()> {
+    use std::io::IsTerminal;
+    // Colours only on a terminal (and never with NO_COLOR): a log file or a pipe gets plain text.
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(crate::log_filter())
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .init();
     let cfg = match &config {
         Some(p) => crate::load(p)?,

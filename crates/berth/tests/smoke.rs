@@ -33,3 +33,12 @@ fn proxies_and_serves_static() {
     assert_eq!(status(&r), 200, "{}", String::from_utf8_lossy(&r));
     assert!(String::from_utf8_lossy(&r).ends_with("<h1>site</h1>"));
 }
+
+/// berth's own log written to a file (not a terminal) is plain text: no ANSI colour codes.
+#[test]
+fn the_log_in_a_file_has_no_colour_codes() {
+    let b = Berth::start(BIN, "");
+    let log = b.stderr();
+    assert!(log.contains("berth is serving"), "{log}");
+    assert!(!log.contains('\u{1b}'), "colour codes in a file: {log:?}");
+}
