@@ -489,6 +489,19 @@ fn without_a_registry_the_tasks_stay_on_the_node_that_has_the_image() {
     let svc = docker_get(&format!("/services/{id}"));
     let constraints = svc["Spec"]["TaskTemplate"]["Placement"]["Constraints"].to_string();
     assert!(constraints.contains("node.id == "), "{constraints}");
+    let images = || {
+        let owner = std::fs::canonicalize(b.path("data")).unwrap();
+        let filter = urlencode(&format!(
+            r#"{{"label":["berth.app={app}","berth.owner={}"]}}"#,
+            owner.display()
+        ));
+        docker_get(&format!("/images/json?filters={filter}"))
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    assert!(images() > 0, "the app's image exists");
     let (st, _) = api(&b, "DELETE", &format!("/api/v1/apps/{app}"), "");
     assert_eq!(st, 204);
+    // Destroying the app removes its images too (once Swarm has let go of its tasks).
+    assert_eq!(images(), 0, "the app's image is left behind");
 }

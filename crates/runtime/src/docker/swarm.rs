@@ -60,6 +60,9 @@ use super::{
     Managed, Track, APP_LABEL, INSTANCE_LABEL, OWNER_LABEL,
 };
 use super::{Arc, AtomicBool, Duration, Instant, Mutex, Ordering, PathBuf, StreamExt};
+
+/// How long destroying a Swarm app waits for Swarm to remove its task containers.
+const TASKS_GONE_WAIT: Duration = Duration::from_secs(30);
 use crate::{
     Event, InstanceInfo, InstanceSpec, InstanceState, Runtime, RuntimeError, TaskOutcome,
     TaskSpec as OneOff,
@@ -303,7 +306,50 @@ impl SwarmRuntime {
             self.remove(&s.name).await?;
             removed += 1;
         }
+        self.wait_tasks_gone(app).await;
         Ok(removed)
+    }
+
+    /// Swarm removes a deleted service's task containers in the background, and while one
+    /// exists its image cannot be removed: wait (up to [`TASKS_GONE_WAIT`]) until no task
+    /// container of `app` is left. (Its services may have gone before, with its instances.)
+    async fn wait_tasks_gone(&self, app: &str) {
+        // Task containers carry the labels of their image, which berth built; Docker ANDs
+        // label filters.
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![
+                format!("{OWNER_LABEL}={}", self.inner.owner),
+                format!("{APP_LABEL}={app}"),
+                "com.docker.swarm.task.id".to_string(),
+            ],
+        )]);
+        let deadline = Instant::now() + TASKS_GONE_WAIT;
+        loop {
+            let left = self
+                .inner
+                .docker
+                .list_containers(Some(bollard::query_parameters::ListContainersOptions {
+                    all: true,
+                    filters: Some(filters.clone()),
+                    ..Default::default()
+                }))
+                .await
+                .map(|l| l.len())
+                .unwrap_or(0);
+            if left == 0 {
+                return;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    app,
+                    left,
+                    "swarm task containers still there; the app's images may stay"
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// After a restart: removes this berth's services that no live release runs any more
