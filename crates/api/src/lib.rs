@@ -282,9 +282,7 @@ async fn put_routes(
     proxy::config::validate_routes(&specs)
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
     let n = specs.len();
-    ctx.engine
-        .set_base_routes(specs)
-        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+    ctx.engine.set_api_routes(specs, &caller.actor())?;
     tracing::info!(routes = n, actor = %caller.actor(), "routes replaced through the admin API");
     Ok(Json(ctx.engine.base_routes()))
 }

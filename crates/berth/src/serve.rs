@@ -475,7 +475,7 @@ fn reload(proxy: &Proxy, engine: &engine::Engine, path: Option<&Path>) {
     let result = crate::load(path).and_then(|cfg| {
         let n = cfg.routes.len();
         engine
-            .set_base_routes_with(cfg.route_specs(), || {
+            .reload_file_routes(cfg.route_specs(), || {
                 proxy.reload_certs(&cfg).map_err(|e| e.to_string())
             })
             .map_err(|e| anyhow::anyhow!("{e}"))?;

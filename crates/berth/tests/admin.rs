@@ -25,6 +25,14 @@ fn routes_json(b: &Berth) -> Value {
     serde_json::from_slice(&r.body).unwrap()
 }
 
+/// berth with no routes in its config file, then `routes` (a JSON list) set through the API.
+fn start_with_api_routes(routes: Value) -> Berth {
+    let b = Berth::start(BIN, "");
+    let r = admin_put(&b, "/api/v1/routes", &routes.to_string());
+    assert_eq!(r.status, 200, "{}", r.text());
+    b
+}
+
 #[test]
 fn get_routes_returns_the_config_routes_as_json() {
     let a = Upstream::start(Reply::Ok("a"));
@@ -70,17 +78,80 @@ fn get_routes_returns_the_config_routes_as_json() {
         "{}",
         list[2]
     );
-    // What GET returns can be PUT back unchanged.
+    // The config file defines routes, so it owns them: the API may not replace them (a
+    // reload would silently undo it).
     let r = admin_put(&b, "/api/v1/routes", &v.to_string());
-    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.status, 409, "{}", r.text());
+    let e: Value = serde_json::from_slice(&r.body).unwrap();
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("config file"),
+        "{e}"
+    );
+    assert!(
+        e["hint"].as_str().unwrap_or_default().contains("SIGHUP"),
+        "{e}"
+    );
     assert_eq!(routes_json(&b), v);
+
+    // Without routes in the file, what GET returns can be PUT back unchanged.
+    let b2 = start_with_api_routes(v.clone());
+    let v2 = routes_json(&b2);
+    assert_eq!(v2, v);
+    let r = admin_put(&b2, "/api/v1/routes", &v2.to_string());
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(routes_json(&b2), v);
+}
+
+/// Routes set through the API are kept: a reload and a restart keep them. A config file that
+/// later defines routes takes them over (said in the log), and gives them back when its
+/// routes go.
+#[test]
+fn routes_set_through_the_api_survive_a_reload_and_a_restart() {
+    let api = Upstream::start(Reply::Ok("api"));
+    let file = Upstream::start(Reply::Ok("file"));
+    let mut b = start_with_api_routes(json!([
+        { "host": "kept.localhost", "upstreams": [api.addr.to_string()] }
+    ]));
+    assert_eq!(get(b.http, "kept.localhost", "/").text(), "api");
+    b.signal("HUP");
+    eventually(WAIT, "the reload to be logged", || {
+        b.stderr().contains("config reloaded").then_some(())
+    });
+    assert_eq!(get(b.http, "kept.localhost", "/").text(), "api");
+    b.crash_and_restart(BIN);
+    assert_eq!(get(b.http, "kept.localhost", "/").text(), "api");
+    assert_eq!(routes_json(&b)[0]["host"], "kept.localhost");
+
+    // The file defines a route: it owns them now, and says the API's are not used.
+    b.rewrite_config(&route("file.localhost", &[file.addr], ""));
+    b.signal("HUP");
+    eventually(WAIT, "the file's route after SIGHUP", || {
+        (get(b.http, "file.localhost", "/").text() == "file").then_some(())
+    });
+    assert_eq!(get(b.http, "kept.localhost", "/").status, 404);
+    assert!(b.stderr().contains("are not used"), "{}", b.stderr());
+    let r = admin_put(&b, "/api/v1/routes", "[]");
+    assert_eq!(r.status, 409, "{}", r.text());
+
+    // The file's routes go: the API's are back.
+    b.rewrite_config("");
+    b.signal("HUP");
+    eventually(WAIT, "the API's route back after SIGHUP", || {
+        (get(b.http, "kept.localhost", "/").text() == "api").then_some(())
+    });
+    assert_eq!(get(b.http, "file.localhost", "/").status, 404);
 }
 
 #[test]
 fn put_routes_replaces_them_and_is_live_at_once() {
     let old = Upstream::start(Reply::Ok("old"));
     let new = Upstream::start(Reply::Ok("new"));
-    let b = Berth::start(BIN, &route("old.localhost", &[old.addr], ""));
+    let b = start_with_api_routes(json!([
+        { "host": "old.localhost", "upstreams": [old.addr.to_string()] }
+    ]));
     assert_eq!(get(b.http, "old.localhost", "/").text(), "old");
 
     let body = json!([
@@ -135,12 +206,10 @@ fn put_with_invalid_json_is_400_and_changes_nothing() {
 #[test]
 fn put_with_an_invalid_route_is_refused_with_a_clear_message() {
     let up = Upstream::start(Reply::Ok("up"));
-    let b = Berth::start_with(
-        BIN,
-        "",
-        &[("www/index.html", b"x")],
-        &route("app.localhost", &[up.addr], ""),
-    );
+    let b = start_with_api_routes(json!([
+        { "host": "app.localhost", "upstreams": [up.addr.to_string()] }
+    ]));
+    test_support::write_file(&b.path("www/index.html"), b"x");
     let before = routes_json(&b);
     let www = b.path("www").display().to_string();
     let ups = json!([up.addr.to_string()]);
@@ -268,14 +337,10 @@ fn route_changes_keep_in_flight_requests_and_websockets_alive() {
     let slow = Upstream::start(Reply::Slow(Duration::from_secs(1)));
     let ws = Upstream::start(Reply::Upgrade);
     let other = Upstream::start(Reply::Ok("other"));
-    let b = Berth::start(
-        BIN,
-        &format!(
-            "{}{}",
-            route("slow.localhost", &[slow.addr], ""),
-            route("ws.localhost", &[ws.addr], "")
-        ),
-    );
+    let b = start_with_api_routes(json!([
+        { "host": "slow.localhost", "upstreams": [slow.addr.to_string()] },
+        { "host": "ws.localhost", "upstreams": [ws.addr.to_string()] }
+    ]));
     // An open WebSocket...
     let mut w = Conn::open(b.http);
     w.s.write_all(

@@ -137,8 +137,12 @@ pub struct Engine {
     /// The Docker daemon (image builds, pruning), or why there is none (the socket tried).
     docker: Result<Arc<runtime::DockerRuntime>, String>,
     proxy: Arc<Proxy>,
-    /// Routes from the config file; app routes are added to these.
+    /// The operator's routes in force (`routes.rs`): the config file's when it defines any
+    /// (it then owns them), else those set through the API (kept in the store). App routes
+    /// are added to these.
     base_routes: Mutex<Vec<RouteSpec>>,
+    /// The config file defines the operator's routes: `PUT /api/v1/routes` is refused.
+    file_owns_routes: std::sync::atomic::AtomicBool,
     /// What is routed for each app, keyed by app name.
     live: Mutex<HashMap<String, Live>>,
     /// Held while a deploy of the app runs (and by destroy).
@@ -182,6 +186,7 @@ impl Engine {
             .map_err(|e| EngineError::Internal(e.to_string()))?
         };
         let slots = sandbox::Slots::new(cfg.build_concurrency, &cfg.data_dir, jails.firewall());
+        let (file_owns_routes, base_routes) = routes::operator_routes(&store, base_routes);
         let engine = Arc::new(Engine {
             cfg,
             slots,
@@ -192,6 +197,7 @@ impl Engine {
             docker,
             proxy,
             base_routes: Mutex::new(base_routes),
+            file_owns_routes: file_owns_routes.into(),
             live: Mutex::new(HashMap::new()),
             app_locks: Mutex::new(HashMap::new()),
             queues: Mutex::new(HashMap::new()),
@@ -778,40 +784,6 @@ impl Engine {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
         self.store.remove_domain(app, &host, actor)?;
         self.refresh_routes()
-    }
-
-    /// The operator's routes (config file or `PUT /api/v1/routes`).
-    pub fn base_routes(&self) -> Vec<RouteSpec> {
-        lock(&self.base_routes).clone()
-    }
-
-    /// The operator's routes changed (`PUT /api/v1/routes`): recompute the table with them.
-    pub fn set_base_routes(&self, routes: Vec<RouteSpec>) -> Result<(), EngineError> {
-        self.set_base_routes_with(routes, || Ok(()))
-    }
-
-    /// The config file changed (SIGHUP): build the new table, then run `before_install` (the
-    /// certificate reload), then install; any error leaves the old routes in force.
-    pub fn set_base_routes_with(
-        &self,
-        routes: Vec<RouteSpec>,
-        before_install: impl FnOnce() -> Result<(), String>,
-    ) -> Result<(), EngineError> {
-        let _routes = lock(&self.routes_lock);
-        let old = std::mem::replace(&mut *lock(&self.base_routes), routes);
-        let result = self
-            .prepare_table()
-            .and_then(|t| before_install().map(|()| t).map_err(EngineError::BadInput));
-        match result {
-            Ok(table) => {
-                self.proxy.install_routes(table);
-                Ok(())
-            }
-            Err(e) => {
-                *lock(&self.base_routes) = old;
-                Err(e)
-            }
-        }
     }
 
     fn api_host(&self) -> String {

@@ -17,6 +17,7 @@ mod domains;
 mod instances;
 mod model;
 mod releases;
+mod settings;
 mod tokens;
 mod validate;
 
@@ -203,6 +204,13 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE deploys_v4 RENAME TO deploys;
     CREATE INDEX deploys_app ON deploys(app_id, id);
     CREATE INDEX deploys_status ON deploys(status);
+    "#,
+    // 5: server-wide settings kept across restarts (the routes set through the API).
+    r#"
+    CREATE TABLE settings (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
     "#,
 ];
 
