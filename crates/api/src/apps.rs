@@ -64,14 +64,36 @@ pub async fn info(
     Ok(Json(app_json(&ctx.engine, &a)))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestroyQuery {
+    #[serde(default)]
+    keep_volumes: bool,
+}
+
+/// `DELETE /apps/{app}`: everything of the app, its named volumes too unless
+/// `?keep_volumes=true`.
 pub async fn destroy(
     State(ctx): State<Ctx>,
     Extension(caller): Extension<Caller>,
     Path(app): Path<String>,
+    Query(q): Query<DestroyQuery>,
 ) -> Result<StatusCode, ApiError> {
     caller.admin()?;
-    ctx.engine.destroy_app(&app, &caller.actor()).await?;
+    ctx.engine
+        .destroy_app_with(&app, &caller.actor(), q.keep_volumes)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /apps/{app}/volumes`: the names of the app's named volumes (its services' data).
+pub async fn volumes(
+    State(ctx): State<Ctx>,
+    Extension(caller): Extension<Caller>,
+    Path(app): Path<String>,
+) -> JsonResult {
+    caller.app(&app)?;
+    Ok(Json(serde_json::json!(ctx.engine.volumes(&app).await?)))
 }
 
 /// `POST /apps/{app}/deploys`: the body is a `.tar.gz` source bundle, streamed to a spool

@@ -125,6 +125,7 @@ pub fn router(ctx: Ctx) -> Router {
         )
         .route("/apps/{app}/logs", get(stream::app_logs))
         .route("/apps/{app}/services", get(apps::services))
+        .route("/apps/{app}/volumes", get(apps::volumes))
         .route("/apps/{app}/settings", patch(builds::settings))
         .route(
             "/apps/{app}/branches/{*branch}",

@@ -107,10 +107,21 @@ pub enum Command {
         /// The app's name again, to confirm
         #[arg(long, value_name = "NAME")]
         confirm: Option<String>,
+        /// Keep the app's named volumes (its services' data): an app created again under the
+        /// same name mounts them again
+        #[arg(long)]
+        keep_volumes: bool,
+        /// Not an option: destroying needs --confirm NAME (said with a hint)
+        #[arg(long, short = 'y', alias = "force", hide = true)]
+        yes: bool,
     },
     /// Show an app
     #[command(name = "apps:info")]
-    AppsInfo,
+    AppsInfo {
+        /// The app (default: -a / BERTH_APP / the directory's name)
+        #[arg(value_name = "NAME")]
+        name: Option<String>,
+    },
     /// Connect an app to a repository: its push webhooks deploy the branch (the webhook secret
     /// and URLs are printed once)
     #[command(name = "apps:connect")]
@@ -288,8 +299,13 @@ fn dispatch(g: &Global, cmd: Command) -> Result<i32, Error> {
         Command::Logout => login::logout(),
         Command::Apps => apps::apps(g),
         Command::AppsCreate { name } => apps::apps_create(g, &name),
-        Command::AppsDestroy { name, confirm } => apps::apps_destroy(g, name, confirm),
-        Command::AppsInfo => apps::apps_info(g),
+        Command::AppsDestroy {
+            name,
+            confirm,
+            keep_volumes,
+            yes,
+        } => apps::apps_destroy(g, name, confirm, keep_volumes, yes),
+        Command::AppsInfo { name } => apps::apps_info(g, name),
         Command::AppsConnect { name, repo, branch } => apps::apps_connect(g, name, &repo, branch),
         Command::AppsDisconnect { name } => apps::apps_disconnect(g, name),
         Command::AppsSettings(args) => builds::settings(g, args),

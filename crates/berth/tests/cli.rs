@@ -607,3 +607,36 @@ fn a_listen_json_another_user_could_write_gets_no_token() {
         );
     }
 }
+
+/// Every `apps:*` command takes the app as its argument or with `-a`; naming two different
+/// apps is refused with a hint, before anything is sent.
+#[test]
+fn apps_commands_take_the_app_as_argument_or_flag() {
+    let b = Berth::start(BIN, "");
+    let out = common::apps::cli(&b, &["apps:create", "hello"]);
+    assert!(out.status.success(), "{}", common::apps::text(&out));
+    for args in [
+        &["apps:info", "hello"][..],
+        &["apps:info", "-a", "hello"][..],
+        &["apps:settings", "hello"][..],
+        &["apps:settings", "-a", "hello"][..],
+    ] {
+        let out = common::apps::cli(&b, args);
+        assert!(
+            out.status.success(),
+            "berth {args:?}: {}",
+            common::apps::text(&out)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("hello"),
+            "berth {args:?}"
+        );
+    }
+    let out = common::apps::cli(&b, &["apps:info", "hello", "-a", "other"]);
+    assert_eq!(out.status.code(), Some(2), "{}", common::apps::text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("two apps named"),
+        "{}",
+        common::apps::text(&out)
+    );
+}

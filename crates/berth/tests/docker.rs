@@ -405,5 +405,56 @@ HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
     }
     assert_eq!(app_get(&b, "proc", "/").1, "127.0.0.1 pear\nEND\n");
     destroy(&b, "intruder");
-    destroy(&b, "proc");
+
+    // Destroying names the data that goes, and --keep-volumes keeps it: the app created again
+    // under its name finds its data.
+    let (st, v) = api(&b, "GET", "/api/v1/apps/proc/volumes", "");
+    assert_eq!(st, 200, "{v}");
+    let volume = v[0].as_str().unwrap().to_string();
+    assert!(volume.ends_with("-proc-data"), "{v}");
+    let out = cli(&b, &["apps:destroy", "proc"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(&volume) && said.contains("--keep-volumes"),
+        "{said}"
+    );
+    let out = cli(&b, &["apps:destroy", "proc", "--yes"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--confirm proc"),
+        "{}",
+        text(&out)
+    );
+    let out = cli(
+        &b,
+        &[
+            "apps:destroy",
+            "proc",
+            "--confirm",
+            "proc",
+            "--keep-volumes",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("kept its volumes"),
+        "{}",
+        text(&out)
+    );
+    create_app(&b, "proc");
+    deploy_ok(&b, "proc", &src);
+    assert_eq!(app_get(&b, "proc", "/").1, "127.0.0.1 pear\nEND\n");
+    let out = cli(&b, &["apps:destroy", "proc", "--confirm", "proc"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("and its volumes {volume}")),
+        "{}",
+        text(&out)
+    );
+    let out = std::process::Command::new("docker")
+        .args(["volume", "inspect", &volume])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the volume is still there");
 }

@@ -883,6 +883,7 @@ fn repository_credentials_are_never_shown() {
     }
     for args in [&["apps:info", "site"][..], &["apps:settings", "site"][..]] {
         let out = cli(&b, args);
+        assert!(out.status.success(), "berth {args:?}: {}", text(&out));
         if text(&out).contains("s3cr3t") {
             failures.push(format!("berth {args:?}: {}", text(&out)));
         }

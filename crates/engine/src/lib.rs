@@ -323,6 +323,29 @@ impl Engine {
 
     /// Stop every instance, drop the routes, then delete the app's state and files.
     pub async fn destroy_app(&self, name: &str, actor: &str) -> Result<(), EngineError> {
+        self.destroy_app_with(name, actor, false).await
+    }
+
+    /// The names of `app`'s named volumes (its services' data); none without Docker.
+    pub async fn volumes(&self, app: &str) -> Result<Vec<String>, EngineError> {
+        self.app(app)?;
+        match &self.docker {
+            Ok(docker) => docker
+                .volumes(app)
+                .await
+                .map_err(|e| EngineError::Internal(format!("cannot list the app's volumes: {e}"))),
+            Err(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// [`Engine::destroy_app`]; with `keep_volumes` the app's named volumes stay (an app
+    /// created again under the same name mounts them again).
+    pub async fn destroy_app_with(
+        &self,
+        name: &str,
+        actor: &str,
+        keep_volumes: bool,
+    ) -> Result<(), EngineError> {
         self.app(name)?;
         // An app's previews go with it.
         for p in self.previews(name)? {
@@ -355,9 +378,12 @@ impl Engine {
             })?;
             // Its services and their volumes first: a volume left behind would be mounted by
             // a later app of the same name. A failure keeps the app (destroy again).
-            docker.remove_services(name, &[], true).await.map_err(|e| {
-                EngineError::Internal(format!("cannot remove the app's services: {e}"))
-            })?;
+            docker
+                .remove_services(name, &[], !keep_volumes)
+                .await
+                .map_err(|e| {
+                    EngineError::Internal(format!("cannot remove the app's services: {e}"))
+                })?;
             if let Err(e) = docker.prune_images(name, &[]).await {
                 tracing::warn!(app = name, error = %e, "cannot remove the app's images");
             }

@@ -112,13 +112,18 @@ pub(super) fn app(g: &Global) -> Result<AppRef, Error> {
 }
 
 /// The app named on the command line, else -a / BERTH_APP / the directory's name.
+/// Both given, they must agree.
 pub(super) fn named_app(g: &Global, name: Option<String>) -> Result<AppRef, Error> {
-    match name {
-        Some(n) => Ok(AppRef {
+    match (name, &g.app) {
+        (Some(n), Some(a)) if &n != a => Err(Error::usage(format!(
+            "two apps named: {n} (the argument) and {a} (-a)"
+        ))
+        .with_hint("name the app once, as the argument or with -a")),
+        (Some(n), _) => Ok(AppRef {
             name: n,
             from: AppFrom::Flag,
         }),
-        None => app(g),
+        (None, _) => app(g),
     }
 }
 

@@ -1,7 +1,7 @@
 //! `berth apps`, `apps:create`, `apps:destroy`, `apps:info`, `apps:connect`,
 //! `apps:disconnect`.
 
-use super::app_ref::{app, named_app, AppFrom, AppRef};
+use super::app_ref::named_app;
 use super::output::{cell, print_json, print_list, version, when};
 use super::{connect, Global};
 use crate::client::{Error, EXIT_OK};
@@ -49,13 +49,38 @@ pub(super) fn apps_destroy(
     g: &Global,
     name: Option<String>,
     confirm: Option<String>,
+    keep_volumes: bool,
+    yes: bool,
 ) -> Result<i32, Error> {
-    let app = match name {
-        Some(n) => AppRef {
-            name: n,
-            from: AppFrom::Flag,
-        },
-        None => app(g)?,
+    let app = named_app(g, name)?;
+    if yes {
+        return Err(Error::usage(
+            "apps:destroy has no --yes or --force: destroying an app is confirmed by naming it",
+        )
+        .with_hint(format!(
+            "berth apps:destroy {} --confirm {}",
+            app.name, app.name
+        )));
+    }
+    let c = connect(g)?;
+    // What goes with the app, named before anything is deleted: its services' data.
+    let volumes: Vec<String> = c
+        .get(&format!("{}/volumes", app.path()))
+        .map_err(|e| app.explain(e))?
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    let data = if volumes.is_empty() || keep_volumes {
+        String::new()
+    } else {
+        format!(
+            ", and the data in its volumes {} (keep them with --keep-volumes)",
+            volumes.join(", ")
+        )
     };
     match confirm {
         Some(c) if c == app.name => {}
@@ -70,21 +95,39 @@ pub(super) fn apps_destroy(
         }
         None => {
             return Err(Error::usage(format!(
-                "this destroys {}: its instances, releases, routes and environment",
+                "this destroys {}: its instances, releases, routes and environment{data}",
                 app.name
             ))
             .with_hint(format!(
-                "to go on, run `berth apps:destroy {} --confirm {}`",
-                app.name, app.name
+                "to go on, run `berth apps:destroy {} --confirm {}{}`",
+                app.name,
+                app.name,
+                if keep_volumes { " --keep-volumes" } else { "" }
             )))
         }
     }
-    let c = connect(g)?;
-    let v = c.delete(&app.path()).map_err(|e| app.explain(e))?;
+    let path = if keep_volumes {
+        format!("{}?keep_volumes=true", app.path())
+    } else {
+        app.path()
+    };
+    let v = c.delete(&path).map_err(|e| app.explain(e))?;
     if g.json {
         print_json(&v);
-    } else {
+    } else if volumes.is_empty() {
         println!("destroyed {}", app.name);
+    } else if keep_volumes {
+        println!(
+            "destroyed {}; kept its volumes {}",
+            app.name,
+            volumes.join(", ")
+        );
+    } else {
+        println!(
+            "destroyed {} and its volumes {}",
+            app.name,
+            volumes.join(", ")
+        );
     }
     Ok(EXIT_OK)
 }
@@ -141,8 +184,8 @@ pub(super) fn apps_disconnect(g: &Global, name: Option<String>) -> Result<i32, E
     Ok(EXIT_OK)
 }
 
-pub(super) fn apps_info(g: &Global) -> Result<i32, Error> {
-    let app = app(g)?;
+pub(super) fn apps_info(g: &Global, name: Option<String>) -> Result<i32, Error> {
+    let app = named_app(g, name)?;
     let c = connect(g)?;
     let v = c.get(&app.path()).map_err(|e| app.explain(e))?;
     if g.json {

@@ -172,6 +172,11 @@ impl DockerRuntime {
         Ok(out)
     }
 
+    /// The names of the app's named volumes (the data of its services).
+    pub async fn volumes(&self, app: &str) -> Result<Vec<String>, RuntimeError> {
+        self.inner.app_volumes(app).await
+    }
+
     /// Stops and removes the app's services not named in `keep`; with `volumes` (the app is
     /// destroyed) also the app's named volumes. Returns how many containers were removed.
     pub async fn remove_services(
@@ -285,8 +290,8 @@ impl Inner {
         Ok(name)
     }
 
-    /// Removes the app's named volumes (one still in use stays, with a warning).
-    async fn remove_volumes(&self, app: &str) -> Result<usize, RuntimeError> {
+    /// The names of the app's named volumes (this berth's, labelled with the app).
+    async fn app_volumes(&self, app: &str) -> Result<Vec<String>, RuntimeError> {
         let filters = HashMap::from([(
             "label".to_string(),
             vec![
@@ -302,25 +307,36 @@ impl Inner {
             .await
             .map_err(|e| docker_err("cannot list volumes", e))?;
         let ours = format!("{}-{app}-", self.prefix);
+        let mut names: Vec<String> = listed
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|v| {
+                v.name.starts_with(&ours)
+                    && v.labels.get(OWNER_LABEL) == Some(&self.owner)
+                    && v.labels.get(APP_LABEL).map(String::as_str) == Some(app)
+            })
+            .map(|v| v.name)
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Removes the app's named volumes (one still in use stays, with a warning).
+    async fn remove_volumes(&self, app: &str) -> Result<usize, RuntimeError> {
         let mut removed = 0;
-        for v in listed.volumes.unwrap_or_default() {
-            if !v.name.starts_with(&ours)
-                || v.labels.get(OWNER_LABEL) != Some(&self.owner)
-                || v.labels.get(APP_LABEL).map(String::as_str) != Some(app)
-            {
-                continue;
-            }
+        for name in self.app_volumes(app).await? {
             match self
                 .docker
-                .remove_volume(&v.name, None::<RemoveVolumeOptions>)
+                .remove_volume(&name, None::<RemoveVolumeOptions>)
                 .await
             {
                 Ok(()) => removed += 1,
                 Err(e) if status_of(&e) == Some(404) => {}
                 Err(e) if status_of(&e) == Some(409) => {
-                    tracing::warn!(volume = %v.name, "volume still in use, kept: {}", one_line(&e.to_string()));
+                    tracing::warn!(volume = %name, "volume still in use, kept: {}", one_line(&e.to_string()));
                 }
-                Err(e) => return Err(docker_err(&format!("cannot remove volume {}", v.name), e)),
+                Err(e) => return Err(docker_err(&format!("cannot remove volume {name}"), e)),
             }
         }
         Ok(removed)
