@@ -640,3 +640,22 @@ fn apps_commands_take_the_app_as_argument_or_flag() {
         common::apps::text(&out)
     );
 }
+
+/// A first deploy that fails keeps the app it created, and says so with how to remove it.
+#[test]
+fn a_failed_first_deploy_says_the_app_it_created_stays() {
+    let b = Berth::start(BIN, "");
+    let src = b.path("fresh");
+    test_support::write_file(&src.join("Procfile"), b"web python3 app.py\n");
+    let out = common::apps::cli(&b, &["deploy", src.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", common::apps::text(&out));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("Procfile"), "{said}");
+    assert!(
+        said.contains("fresh was created by this deploy and stays")
+            && said.contains("berth apps:destroy fresh --confirm fresh"),
+        "{said}"
+    );
+    let out = common::apps::cli(&b, &["apps"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("fresh"));
+}

@@ -70,15 +70,36 @@ pub(super) fn deploy(g: &Global, dir: Option<PathBuf>) -> Result<i32, Error> {
     let app = app_for(g, Some(&full))?;
     let c = connect(g)?;
 
-    match c.get(&app.path()) {
-        Ok(_) => {}
+    let created = match c.get(&app.path()) {
+        Ok(_) => false,
         Err(e) if e.is_not_found() => {
             c.post("/api/v1/apps", &json!({ "name": app.name }))?;
             eprintln!("created app {} (it did not exist)", app.name);
+            true
         }
         Err(e) => return Err(app.explain(e)),
-    }
+    };
+    // An app this deploy created stays when the deploy fails: say so, and how to remove it.
+    let note_created = |failed: bool| {
+        if created && failed && !g.json {
+            eprintln!(
+                "note: the app {} was created by this deploy and stays, with nothing live: deploy again, or remove it with `berth apps:destroy {} --confirm {}`",
+                app.name, app.name, app.name
+            );
+        }
+    };
+    let code = upload_and_follow(g, &c, &app, &full).inspect_err(|_| note_created(true))?;
+    note_created(code != EXIT_OK);
+    Ok(code)
+}
 
+/// Packs `full`, uploads it as a deploy of `app` and follows that deploy to its end.
+fn upload_and_follow(
+    g: &Global,
+    c: &Client,
+    app: &AppRef,
+    full: &std::path::Path,
+) -> Result<i32, Error> {
     let mut file = tempfile::tempfile()
         .map_err(|e| Error::failed(format!("cannot create a temporary file: {e}")))?;
     let stats = {
@@ -126,8 +147,8 @@ pub(super) fn deploy(g: &Global, dir: Option<PathBuf>) -> Result<i32, Error> {
             app.name
         );
     }
-    let fin = follow_deploy(&c, &app, &d, g.json)?;
-    Ok(report_deploy(&app, &fin, g.json))
+    let fin = follow_deploy(c, app, &d, g.json)?;
+    Ok(report_deploy(app, &fin, g.json))
 }
 
 pub(super) fn rollback(g: &Global, version: Option<String>) -> Result<i32, Error> {
