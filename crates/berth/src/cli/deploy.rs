@@ -104,7 +104,7 @@ fn upload_and_follow(
         .map_err(|e| Error::failed(format!("cannot create a temporary file: {e}")))?;
     let stats = {
         let mut w = io::BufWriter::new(&mut file);
-        let stats = build::bundle::pack(&full, &mut w)
+        let stats = build::bundle::pack(full, &mut w)
             .map_err(|e| Error::failed(format!("cannot pack {}: {e}", full.display())))?;
         w.flush()
             .map_err(|e| Error::failed(format!("cannot write the bundle: {e}")))?;
