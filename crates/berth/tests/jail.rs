@@ -580,24 +580,68 @@ fn a_hostile_container_keeps_no_privileges_and_reaches_no_other_app() {
         .unwrap()
         .to_string();
     assert!(victim_image.starts_with("berth-"), "{victim_image}");
-    for (name, dockerfile, why) in [
+    let victim_id = common::docker::app_containers("dvictim")[0]["ImageID"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")[..10]
+        .to_string();
+    let dockerfile = |text: String| vec![("Dockerfile", text)];
+    for (name, files, why) in [
         (
             "dthief",
-            format!("FROM {victim_image}\nRUN cat /www/index.html\n"),
+            dockerfile(format!("FROM {victim_image}\nRUN cat /www/index.html\n")),
+            "another app's image",
+        ),
+        // The same image, spelled so that no name check sees it.
+        (
+            "dthief2",
+            dockerfile(format!("FROM docker.io/{victim_image}\n")),
+            "another app's image",
+        ),
+        (
+            "dthief3",
+            dockerfile(format!("FROM scratch\nCOPY --from={victim_id} /www /www\n")),
+            "another app's image",
+        ),
+        (
+            "dthief4",
+            dockerfile(format!("# escape=`\nFROM `\n  {victim_image}\n")),
+            "parser directive",
+        ),
+        (
+            "dthief5",
+            vec![
+                (
+                    "Procfile",
+                    "web: python3 -m http.server $PORT\n".to_string(),
+                ),
+                (
+                    "berth.toml",
+                    format!("[services.stolen]\nimage = \"docker.io/{victim_image}\"\n"),
+                ),
+            ],
             "another app's image",
         ),
         (
             "dfetch",
-            format!(
+            dockerfile(format!(
                 "FROM scratch\nADD http://127.0.0.1:{}/api/v1/apps /apps.json\n",
                 b.admin.port()
-            ),
+            )),
             "fetch it",
+        ),
+        // A registry on this machine: the daemon would connect to it from the host.
+        (
+            "dfetch2",
+            dockerfile(format!("FROM 127.0.0.1:{}/x:y\n", b.admin.port())),
+            "registry is refused",
         ),
     ] {
         create_app(&b, name);
         let dir = tmpdir(&b, name);
-        write_file(&dir.join("Dockerfile"), dockerfile.as_bytes());
+        for (file, text) in &files {
+            write_file(&dir.join(file), text.as_bytes());
+        }
         let (st, v) = upload(&b, name, &dir);
         assert_eq!(st, 202, "{v}");
         let d = wait_deploy(&b, name, v["id"].as_i64().unwrap());

@@ -342,6 +342,9 @@ impl Engine {
                 .build
                 .as_ref()
                 .map_or(IMAGE_TIMEOUT, |b| b.timeout.max(IMAGE_TIMEOUT));
+            self.check_dockerfile(docker, app, &context, &dockerfile, &tag)
+                .await
+                .map_err(|e| Failure(format!("the image build was refused: {e}")))?;
             let built =
                 docker.build_image(&context, &dockerfile, &tag, &labels, &log.path, timeout);
             tokio::select! {
@@ -367,7 +370,9 @@ impl Engine {
             (build, builds_image, &spec.image, &docker)
         {
             // A compose web service's `image:`, used as it is.
-            crate::services::check_named_image(docker, image).map_err(Failure)?;
+            self.check_image(docker, app, image)
+                .await
+                .map_err(Failure)?;
         }
         if let (true, true, Some(image), Some(docker)) = (
             build,

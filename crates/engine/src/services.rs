@@ -94,7 +94,7 @@ pub(crate) fn real_dir_beneath(root: &Path, rel: &Path) -> Result<std::path::Pat
 
 /// An image named in a compose file must not be one of berth's own (another app's release or
 /// service), nor an image id: an app runs only what it built or a plain local image.
-pub(crate) fn check_named_image(docker: &DockerRuntime, image: &str) -> Result<(), String> {
+fn check_named_image(docker: &DockerRuntime, image: &str) -> Result<(), String> {
     let ours = format!("{}/", docker.prefix());
     if image.starts_with(&ours) || image.starts_with("sha256:") {
         return Err(format!(
@@ -102,6 +102,62 @@ pub(crate) fn check_named_image(docker: &DockerRuntime, image: &str) -> Result<(
         ));
     }
     Ok(())
+}
+
+impl Engine {
+    /// An image `app` names (a compose or `[services]` `image:`, a Dockerfile's `FROM` or
+    /// `COPY --from`) may be used: not another app's, however it is spelled (the daemon
+    /// resolves it and its labels decide), and not pulled from a registry on this machine or
+    /// its networks (the daemon pulls as root from the host, outside the app's network rule),
+    /// unless it is `[server] registry` or `[server] allow_private_hosts` names it.
+    pub(crate) async fn check_image(
+        &self,
+        docker: &DockerRuntime,
+        app: &str,
+        image: &str,
+    ) -> Result<(), String> {
+        check_named_image(docker, image)?;
+        if let Some(registry) = runtime::registry_host(image) {
+            let configured = self
+                .cfg
+                .registry
+                .as_deref()
+                .and_then(|r| r.split('/').next());
+            if configured != Some(registry) {
+                let (host, port) = match registry.rsplit_once(':') {
+                    Some((h, p)) if !h.contains(':') || h.ends_with(']') => {
+                        (h.to_string(), p.parse().unwrap_or(443))
+                    }
+                    _ => (registry.to_string(), 443),
+                };
+                let policy = self.egress_policy();
+                tokio::task::spawn_blocking(move || policy.check(&host, port, true))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| format!("image {image}: its registry is refused: {e}"))?;
+            }
+        }
+        docker.check_image(image, app).await
+    }
+
+    /// Every image the Dockerfile `dockerfile` in `context` names passes [`Engine::check_image`].
+    pub(crate) async fn check_dockerfile(
+        &self,
+        docker: &DockerRuntime,
+        app: &str,
+        context: &Path,
+        dockerfile: &str,
+        tag: &str,
+    ) -> Result<(), String> {
+        let images = docker
+            .dockerfile_images(context, dockerfile, tag)
+            .await
+            .map_err(|e| e.to_string())?;
+        for image in images {
+            self.check_image(docker, app, &image).await?;
+        }
+        Ok(())
+    }
 }
 
 /// The tag of a service's image built from the app's source: it moves with each build.
@@ -143,6 +199,9 @@ impl Engine {
                     // Run by image id: an unchanged build (all layers cached) is the same
                     // image, so the service is not restarted.
                     let context = real_dir_beneath(source, &b.context).map_err(Failure)?;
+                    self.check_dockerfile(docker, app, &context, &b.dockerfile, &tag)
+                        .await
+                        .map_err(|e| Failure(format!("service {name}: {e}")))?;
                     docker
                         .build_image(
                             &context,
@@ -158,7 +217,8 @@ impl Engine {
                         })?
                 }
                 (Some(image), None) => {
-                    check_named_image(docker, image)
+                    self.check_image(docker, app, image)
+                        .await
                         .map_err(|e| Failure(format!("service {name}: {e}")))?;
                     image.clone()
                 }

@@ -42,6 +42,7 @@ mod hardening;
 mod services;
 mod swarm;
 
+pub use dockerfile::registry_host;
 pub use services::{ServiceInfo, ServiceRun};
 pub use swarm::{NodeInfo, SwarmOptions, SwarmRuntime, PROBE_LABEL};
 
@@ -464,6 +465,56 @@ impl DockerRuntime {
         &self.inner.prefix
     }
 
+    /// The images the Dockerfile `dockerfile` in `context` names (`FROM`, `COPY --from`), or
+    /// why it may not be built for the app whose images are tagged `tag` (see `dockerfile.rs`).
+    pub async fn dockerfile_images(
+        &self,
+        context: &Path,
+        dockerfile: &str,
+        tag: &str,
+    ) -> Result<Vec<String>, RuntimeError> {
+        let name = if dockerfile.is_empty() {
+            "Dockerfile"
+        } else {
+            dockerfile
+        };
+        let text = tokio::fs::read_to_string(context.join(name))
+            .await
+            .map_err(|e| RuntimeError::Docker(format!("cannot read {name}: {e}")))?;
+        let own = tag.rsplit_once(':').map_or(tag, |(repo, _)| repo);
+        dockerfile::check(&text, &own.to_ascii_lowercase()).map_err(RuntimeError::Docker)
+    }
+
+    /// `Err` when `image`, as the daemon resolves it (any spelling: a tag, `docker.io/…`, a
+    /// short ID), is another app's (or another berth's) image: its labels say so. An image the
+    /// daemon does not have is not refused here (it would be pulled from its registry).
+    pub async fn check_image(&self, image: &str, app: &str) -> Result<(), String> {
+        let inspected = match self.inner.docker.inspect_image(image).await {
+            Ok(i) => i,
+            Err(e) if status_of(&e) == Some(404) => return Ok(()),
+            Err(e) => {
+                return Err(format!(
+                    "cannot inspect the image {image}: {}",
+                    one_line(&e.to_string())
+                ))
+            }
+        };
+        let labels = inspected.config.and_then(|c| c.labels).unwrap_or_default();
+        let owner = labels.get(OWNER_LABEL);
+        let of_app = labels.get(APP_LABEL);
+        if owner.is_some_and(|o| o != &self.inner.owner) {
+            return Err(format!(
+                "{image} is an image of another berth on this server (hint: name a public image, or build it from your source)"
+            ));
+        }
+        if of_app.is_some_and(|a| a != app) {
+            return Err(format!(
+                "{image} is another app's image (berth-built images can only be built on by their own app)"
+            ));
+        }
+        Ok(())
+    }
+
     /// A tag for an app's release image: `<prefix>/<app>:v<release>`.
     pub fn image_tag(&self, app: &str, release: u64) -> String {
         format!(
@@ -568,7 +619,17 @@ impl DockerRuntime {
             .await
             .map_err(|e| RuntimeError::Docker(format!("cannot read {name}: {e}")))?;
         let own = tag.rsplit_once(':').map_or(tag, |(repo, _)| repo);
-        dockerfile::check(&text, &own.to_ascii_lowercase()).map_err(RuntimeError::Docker)?;
+        let images =
+            dockerfile::check(&text, &own.to_ascii_lowercase()).map_err(RuntimeError::Docker)?;
+        // The images it builds on, as the daemon resolves them (the caller has checked their
+        // registries against its egress rule).
+        if let Some((_, app)) = labels.iter().find(|(k, _)| k == APP_LABEL) {
+            for image in &images {
+                self.check_image(image, app)
+                    .await
+                    .map_err(RuntimeError::Docker)?;
+            }
+        }
         let mut log_file = open_append(log).await?;
         let (tx, rx) = mpsc::channel::<Bytes>(8);
         let dir = context.to_path_buf();

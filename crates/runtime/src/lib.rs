@@ -27,7 +27,8 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 pub use docker::{
-    DockerRuntime, NodeInfo, ServiceInfo, ServiceRun, SwarmOptions, SwarmRuntime, PROBE_LABEL,
+    registry_host, DockerRuntime, NodeInfo, ServiceInfo, ServiceRun, SwarmOptions, SwarmRuntime,
+    PROBE_LABEL,
 };
 pub use multi::MultiRuntime;
 pub use process::{ProcessOptions, ProcessRuntime};

@@ -10,11 +10,24 @@
 //!   admin listener); a build fetches with `RUN curl`/`wget` instead, inside its container.
 //!
 //! `ARG` defaults declared before the first `FROM` are substituted; a `FROM` that still names a
-//! variable is refused, since berth cannot tell what it would be.
+//! variable is refused, since berth cannot tell what it would be. Parser directives
+//! (`# escape=`, `# syntax=`, `# check=`) are refused: they change how Docker reads the rest
+//! (another escape character, another frontend), so this reading would no longer be Docker's.
+//!
+//! Names are only half of it: a name can be spelled many ways (`docker.io/…`, a short image
+//! ID), so the images a Dockerfile names are also resolved by the daemon before the build and
+//! refused when they carry another app's labels ([`crate::DockerRuntime::check_image`]).
 
 /// Checks `text` (a Dockerfile) for an image whose own repository is `own` (e.g.
-/// `berth-1a2b3c4d/shop`). `Err` says which line and why.
-pub(crate) fn check(text: &str, own: &str) -> Result<(), String> {
+/// `berth-1a2b3c4d/shop`): the images it names (`FROM`, `COPY --from`; build stages left
+/// out), or which line is refused and why.
+pub(crate) fn check(text: &str, own: &str) -> Result<Vec<String>, String> {
+    if let Some(d) = directive(text) {
+        return Err(format!(
+            "Dockerfile: the parser directive `{d}` is not allowed (it changes how the Docker daemon reads the file; hint: remove it)"
+        ));
+    }
+    let mut images: Vec<String> = Vec::new();
     let mut args: Vec<(String, String)> = Vec::new();
     let mut stages: Vec<String> = Vec::new();
     let mut seen_from = false;
@@ -25,6 +38,9 @@ pub(crate) fn check(text: &str, own: &str) -> Result<(), String> {
         };
         let rest: Vec<&str> = words.collect();
         let at = |why: String| Err(format!("Dockerfile line {line_no}: {why}"));
+        let refuse = |why: Option<String>| {
+            why.map_or(Ok(()), |w| Err(format!("Dockerfile line {line_no}: {w}")))
+        };
         match keyword.to_ascii_uppercase().as_str() {
             "ARG" if !seen_from => {
                 for decl in &rest {
@@ -45,7 +61,10 @@ pub(crate) fn check(text: &str, own: &str) -> Result<(), String> {
                     ));
                 }
                 if !stages.iter().any(|s| s.eq_ignore_ascii_case(&image)) {
-                    refused_image(&image, own).map_or(Ok(()), at)?;
+                    refuse(refused_image(&image, own))?;
+                    if !image.eq_ignore_ascii_case("scratch") {
+                        images.push(image.clone());
+                    }
                 }
                 if let (Some(as_kw), Some(name)) = (it.next(), it.next()) {
                     if as_kw.eq_ignore_ascii_case("as") {
@@ -60,7 +79,8 @@ pub(crate) fn check(text: &str, own: &str) -> Result<(), String> {
                         let is_stage = stages.iter().any(|s| s.eq_ignore_ascii_case(&from))
                             || from.bytes().all(|b| b.is_ascii_digit());
                         if !is_stage {
-                            refused_image(&from, own).map_or(Ok(()), at)?;
+                            refuse(refused_image(&from, own))?;
+                            images.push(from);
                         }
                     }
                 }
@@ -80,7 +100,25 @@ pub(crate) fn check(text: &str, own: &str) -> Result<(), String> {
             _ => {}
         }
     }
-    Ok(())
+    Ok(images)
+}
+
+/// The first parser directive of `text`, if it has one: a `# key=value` comment before any
+/// other line (Docker reads directives only there; blank lines end them too).
+fn directive(text: &str) -> Option<String> {
+    // Directives end at the first line that is not one, so only the first line can start them.
+    let line = text.lines().next()?;
+    let (key, _) = line.trim_start().strip_prefix('#')?.split_once('=')?;
+    let key = key.trim();
+    (!key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .then(|| line.trim().to_string())
+}
+
+/// The registry host `image` is pulled from when it is not local, if it names one (Docker's
+/// rule: a first path part with a `.` or a `:`, or `localhost`); `None` for Docker Hub.
+pub fn registry_host(image: &str) -> Option<&str> {
+    let (first, _) = image.split_once('/')?;
+    (first.contains('.') || first.contains(':') || first == "localhost").then_some(first)
 }
 
 /// Why `image` may not be used by the app whose repository is `own`, if it may not.
@@ -166,8 +204,22 @@ mod tests {
             "FROM node:20 AS b\nADD --chown=1:1 src/ dest/\nADD [\"a.tar\", \"/x\"]\n",
             "# comment\nFROM \\\n  alpine\n",
         ] {
-            assert_eq!(check(text, OWN), Ok(()), "{text}");
+            assert!(check(text, OWN).is_ok(), "{text}");
         }
+        assert_eq!(
+            check("ARG V=3\nFROM python:${V} AS b\nFROM scratch\nCOPY --from=b /a /b\nCOPY --from=alpine /c /d\n", OWN),
+            Ok(vec!["python:3".to_string(), "alpine".to_string()])
+        );
+    }
+
+    #[test]
+    fn registry_hosts() {
+        use super::registry_host;
+        assert_eq!(registry_host("127.0.0.1:5000/x:y"), Some("127.0.0.1:5000"));
+        assert_eq!(registry_host("localhost/x"), Some("localhost"));
+        assert_eq!(registry_host("docker.io/library/alpine"), Some("docker.io"));
+        assert_eq!(registry_host("library/alpine"), None);
+        assert_eq!(registry_host("alpine:3"), None);
     }
 
     #[test]
@@ -195,6 +247,14 @@ mod tests {
             ),
             ("FROM scratch\nADD git@github.com:x/y.git /y\n", "fetch it"),
             ("FROM scratch\nADD \\\n  http://10.0.0.1/x /x\n", "line 2"),
+            (
+                "# escape=`\nFROM `\n  berth-1a2b3c4d/cvic:v1\n",
+                "parser directive",
+            ),
+            (
+                "#syntax=docker/dockerfile:1\nFROM alpine\n",
+                "parser directive",
+            ),
         ] {
             let err = check(text, OWN).unwrap_err();
             assert!(err.contains(why), "{text}: {err}");
