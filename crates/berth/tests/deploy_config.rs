@@ -357,3 +357,33 @@ fn release_steps_see_their_release_and_env_lists_app_json_defaults() {
     assert!(text.contains("GREETING=hi\n"), "{text}");
     assert!(text.contains("COLOR=red\n"), "the set value wins: {text}");
 }
+
+/// A step's output is kept up to a cap in its deploy log: a build that prints without end
+/// cannot fill berth's disk, and it still finishes.
+#[test]
+fn a_steps_output_is_capped_in_the_deploy_log() {
+    let b = Berth::start(BIN, "");
+    create_app(&b, "loud");
+    let dir = b.path("loud");
+    app_dir(
+        &dir,
+        "loud",
+        Some("head -c 200000000 /dev/zero | tr '\\\\0' A; echo; echo build-went-$((1+1))"),
+    );
+    let id = upload_id(&b, "loud", &dir);
+    let d = wait_deploy(&b, "loud", id);
+    assert_eq!(d["status"], "succeeded", "{d}");
+    let log = b.path("data").join(format!("apps/loud/deploys/{id}.log"));
+    let size = std::fs::metadata(&log).unwrap().len();
+    assert!(size < 65 << 20, "the deploy log is {size} bytes");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("wrote more than 64 MiB of output"),
+        "no notice"
+    );
+    assert!(
+        !text.contains("build-went-on"),
+        "output past the cap was kept"
+    );
+    assert_eq!(body(&b, "loud"), "loud v1 GREETING=-\n");
+}

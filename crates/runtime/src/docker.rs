@@ -52,6 +52,9 @@ use crate::{
     TaskOutcome, TaskSpec,
 };
 
+/// The most output of one image build kept in its deploy log.
+const IMAGE_OUTPUT_MAX: u64 = 64 << 20;
+
 /// The label naming the berth (its data dir) on everything it creates.
 const OWNER_LABEL: &str = "berth.owner";
 /// The label naming the instance id on a container.
@@ -656,6 +659,7 @@ impl DockerRuntime {
             let mut stream = docker.build_image(options, None, Some(body));
             let mut image_id = None;
             let mut last_step: Option<String> = None;
+            let mut kept = 0u64;
             while let Some(item) = stream.next().await {
                 let info = match item {
                     Ok(info) => info,
@@ -668,9 +672,22 @@ impl DockerRuntime {
                     }
                 };
                 for text in [&info.stream, &info.status].into_iter().flatten() {
-                    let _ = log_file.write_all(text.as_bytes()).await;
-                    if !text.ends_with('\n') {
-                        let _ = log_file.write_all(b"\n").await;
+                    // The daemon sends a bare newline between steps: no blank lines.
+                    if text.trim().is_empty() {
+                        continue;
+                    }
+                    // A step that prints without end must not fill the disk with the log.
+                    if kept < IMAGE_OUTPUT_MAX {
+                        kept += text.len() as u64;
+                        let _ = log_file.write_all(text.as_bytes()).await;
+                        if !text.ends_with('\n') {
+                            let _ = log_file.write_all(b"\n").await;
+                        }
+                        if kept >= IMAGE_OUTPUT_MAX {
+                            let _ = log_file
+                                .write_all(b"[berth: the image build wrote more than 64 MiB of output; the rest is not kept]\n")
+                                .await;
+                        }
                     }
                     if text.starts_with("Step ") {
                         last_step = Some(text.trim().to_string());

@@ -409,14 +409,14 @@ impl Runtime for ProcessRuntime {
                 &task.command,
                 &task.dir,
                 &task.env,
-                &task.log_file,
+                Output::Capped(&task.log_file, TASK_OUTPUT_MAX),
                 &confinement,
                 &self.shared.opts.owner,
                 how,
             )
         });
-        let mut proc = match spawned {
-            Ok((proc, _)) => proc,
+        let (mut proc, copier) = match spawned {
+            Ok((proc, _, copier)) => (proc, copier),
             Err(e) => {
                 confinement.remove().await;
                 return Err(e);
@@ -435,6 +435,11 @@ impl Runtime for ProcessRuntime {
         signal_group(proc.pid(), Signal::KILL);
         confinement.remove().await;
         guard.0 = None;
+        // Every writer is gone now: the copy ends, and the log is whole before the caller
+        // writes to it again.
+        if let Some(copier) = copier {
+            let _ = tokio::task::spawn_blocking(move || copier.join()).await;
+        }
         Ok(outcome)
     }
 
@@ -746,11 +751,59 @@ fn spawn_instance(
         &spec.command,
         &spec.dir,
         &spec.env,
-        &spec.log_file,
+        Output::Append(&spec.log_file),
         confinement,
         &shared.opts.owner,
         how,
     )
+    .map(|(proc, start, _)| (proc, start))
+}
+
+/// Where a process's stdout and stderr go.
+#[derive(Clone, Copy)]
+enum Output<'a> {
+    /// Appended to this file directly (instances: their log is rotated by size).
+    Append(&'a Path),
+    /// Through a pipe, appended to this file up to this many bytes, the rest read and dropped
+    /// (tasks: their deploy log is never rotated, and a build must not fill the disk with it).
+    Capped(&'a Path, u64),
+}
+
+/// The thread copying a task's output into its log ([`copy_capped`]).
+type Copier = std::thread::JoinHandle<()>;
+
+/// The most output of one task (a test, build, release or postdeploy step) kept in its
+/// deploy log.
+const TASK_OUTPUT_MAX: u64 = 64 << 20;
+
+/// Copies `from` to `to` until every writer has closed it, keeping the first `cap` bytes.
+fn copy_capped(mut from: std::io::PipeReader, mut to: std::fs::File, cap: u64) {
+    use std::io::{Read, Write};
+    let mut buf = vec![0u8; 64 << 10];
+    let mut kept = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        };
+        if kept >= cap {
+            continue;
+        }
+        let take = usize::try_from(cap - kept).map_or(n, |room| n.min(room));
+        if to.write_all(&buf[..take]).is_err() {
+            return;
+        }
+        kept += take as u64;
+        if kept >= cap {
+            let _ = write!(
+                to,
+                "\n[berth: this step wrote more than {} MiB of output; the rest is not kept]\n",
+                cap >> 20
+            );
+        }
+    }
 }
 
 /// As whom [`spawn`] runs a command.
@@ -825,21 +878,36 @@ fn spawn(
     command: &str,
     dir: &Path,
     env: &[(String, String)],
-    log_file: &Path,
+    output: Output<'_>,
     confinement: &Confinement,
     owner: &str,
     how: RunAs<'_>,
-) -> Result<(Proc, Option<u64>), RuntimeError> {
+) -> Result<(Proc, Option<u64>, Option<Copier>), RuntimeError> {
+    let (Output::Append(log_file) | Output::Capped(log_file, _)) = output;
     let log_err = |source| RuntimeError::LogFile {
         path: log_file.to_path_buf(),
         source,
     };
-    let stdout = OpenOptions::new()
+    let file = OpenOptions::new()
         .create(true)
         .append(true)
         .open(log_file)
         .map_err(log_err)?;
-    let stderr = stdout.try_clone().map_err(log_err)?;
+    let (stdout, stderr, copier): (Stdio, Stdio, _) = match output {
+        Output::Append(_) => {
+            let stderr = file.try_clone().map_err(log_err)?;
+            (file.into(), stderr.into(), None)
+        }
+        Output::Capped(_, cap) => {
+            let (reader, writer) = std::io::pipe().map_err(log_err)?;
+            let stderr = writer.try_clone().map_err(log_err)?;
+            let copier = std::thread::Builder::new()
+                .name(format!("log {id}"))
+                .spawn(move || copy_capped(reader, file, cap))
+                .map_err(log_err)?;
+            (writer.into(), stderr.into(), Some(copier))
+        }
+    };
 
     let switch = match how {
         RunAs::Berth => Switch::None,
@@ -889,7 +957,11 @@ fn spawn(
         id: id.to_string(),
         source,
     };
-    let mut child = cmd.spawn().map_err(spawn_err)?;
+    let spawned = cmd.spawn();
+    // The pipe's write ends now belong to the child alone: the copy ends when it (and all it
+    // started) is gone.
+    drop(cmd);
+    let mut child = spawned.map_err(spawn_err)?;
     if let (Some(script), Some(mut stdin)) = (env_script, child.stdin.take()) {
         tokio::spawn(async move {
             use tokio::io::AsyncWriteExt;
@@ -904,7 +976,7 @@ fn spawn(
         .ok_or_else(|| spawn_err(std::io::Error::other("child exited before it was seen")))?;
     // The child is not reaped until we wait for it, so /proc/<pid> exists.
     let pid_start = proc_start_time(pid);
-    Ok((Proc::Child { child, pid }, pid_start))
+    Ok((Proc::Child { child, pid }, pid_start, copier))
 }
 
 fn task_outcome(status: Option<ExitStatus>) -> TaskOutcome {
