@@ -47,6 +47,13 @@ fn by_class(ip: IpAddr) -> Option<&'static str> {
             if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
                 return forbidden_v4(embedded_v4(v6));
             }
+            // 6to4 (2002::/16) carries an IPv4 address in bits 16–47, which a relay reaches.
+            if s[0] == 0x2002 {
+                let o = v6.octets();
+                if let Some(kind) = forbidden_v4(Ipv4Addr::new(o[2], o[3], o[4], o[5])) {
+                    return Some(kind);
+                }
+            }
             if v6.is_unspecified() {
                 Some("an unspecified address")
             } else if v6.is_loopback() {
@@ -83,6 +90,8 @@ fn forbidden_v4(ip: Ipv4Addr) -> Option<&'static str> {
         Some("a private address")
     } else if o[0] == 100 && o[1] & 0xc0 == 64 {
         Some("a shared (CGNAT) address")
+    } else if o[0] == 198 && o[1] & 0xfe == 18 {
+        Some("a benchmarking (198.18.0.0/15) address")
     } else if ip.is_multicast() || o[0] >= 240 {
         Some("a multicast, broadcast or reserved address")
     } else {
@@ -154,6 +163,12 @@ impl Policy {
         };
         if self.allows(&name) {
             return Ok(checked(Vec::new()));
+        }
+        // Resolvers answer `localhost` and its subdomains with loopback (RFC 6761), whatever
+        // DNS says now.
+        let dotless = name.trim_end_matches('.');
+        if dotless == "localhost" || dotless.ends_with(".localhost") {
+            return Err(format!("{name} is a loopback name (hint: {ALLOW_HINT})"));
         }
         if let Ok(ip) = name.parse::<IpAddr>() {
             return match forbidden(ip) {
@@ -420,6 +435,10 @@ mod tests {
             "::127.0.0.1",
             "64:ff9b::a9fe:a9fe",
             "fec0::1",
+            "2002:7f00:1::",
+            "2002:a00:1::1",
+            "198.18.0.1",
+            "198.19.255.255",
         ] {
             assert!(forbidden(bad.parse().unwrap()).is_some(), "{bad}");
         }
@@ -432,6 +451,8 @@ mod tests {
             "2606:2800:220:1:248:1893:25c8:1946",
             "::ffff:93.184.216.34",
             "2001:4860:4860::8888",
+            "2002:5db8:d822::1",
+            "198.20.0.1",
         ] {
             assert!(forbidden(good.parse().unwrap()).is_none(), "{good}");
         }
@@ -453,6 +474,10 @@ mod tests {
         assert!(e.contains("allow_private_hosts"), "{e}");
         assert!(strict.check("2130706433", 443, true).is_err());
         assert!(strict.check("127.1", 443, true).is_err());
+        // `.localhost` names are loopback whatever DNS says, even when they do not resolve.
+        for name in ["foo.localhost", "A.B.LOCALHOST", "localhost."] {
+            assert!(strict.check(name, 443, true).is_err(), "{name}");
+        }
         // Not resolvable: let through when created, refused when connecting.
         assert!(strict.check("nothing.invalid", 443, true).is_ok());
         assert!(strict.check("nothing.invalid", 443, false).is_err());
