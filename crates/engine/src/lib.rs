@@ -384,9 +384,13 @@ impl Engine {
                 .map_err(|e| {
                     EngineError::Internal(format!("cannot remove the app's services: {e}"))
                 })?;
-            if let Err(e) = docker.prune_images(name, &[]).await {
-                tracing::warn!(app = name, error = %e, "cannot remove the app's images");
-            }
+            // In the background: a prune waits for every running image build.
+            let (images, app) = (docker.clone(), name.to_string());
+            tokio::spawn(async move {
+                if let Err(e) = images.prune_images(&app, &[]).await {
+                    tracing::warn!(app, error = %e, "cannot remove the app's images");
+                }
+            });
             docker.remove_app_network(name).await;
         }
         self.store.destroy_app(name, actor)?;

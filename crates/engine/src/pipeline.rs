@@ -642,11 +642,15 @@ impl Engine {
                         .map(|n| crate::services::service_tag(docker, app, n))
                 }))
                 .collect();
-            match docker.prune_images(app, &images).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(app, images = n, "pruned old images"),
-                Err(e) => tracing::warn!(app, error = %e, "cannot prune old images"),
-            }
+            // In the background: a prune waits for every running image build.
+            let (docker, app) = (docker.clone(), app.to_string());
+            tokio::spawn(async move {
+                match docker.prune_images(&app, &images).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(app, images = n, "pruned old images"),
+                    Err(e) => tracing::warn!(app, error = %e, "cannot prune old images"),
+                }
+            });
         }
         let keep: std::collections::HashSet<PathBuf> = kept.iter().map(|r| r.dir.clone()).collect();
         let root = self.app_dir(app).join("releases");

@@ -111,6 +111,10 @@ struct Inner {
     /// Log followers of service containers, by container name.
     services: Mutex<HashMap<String, Arc<Managed>>>,
     rotate_lock: Mutex<()>,
+    /// Held shared by every image build and alone by a prune: the classic builder reuses
+    /// cached layers of other images, and an image removed while a build reuses its layers
+    /// can leave the new image without them (seen as a service whose `/bin/sh` is missing).
+    images: tokio::sync::RwLock<()>,
 }
 
 /// One container this runtime manages.
@@ -402,6 +406,7 @@ impl DockerRuntime {
             networks_ready: tokio::sync::Mutex::new(HashSet::new()),
             services: Mutex::new(HashMap::new()),
             rotate_lock: Mutex::new(()),
+            images: tokio::sync::RwLock::new(()),
         });
         let tracker = tokio::spawn(track(inner.clone()));
         Ok(Arc::new(DockerRuntime {
@@ -573,6 +578,7 @@ impl DockerRuntime {
         log: &Path,
         timeout: Duration,
     ) -> Result<String, RuntimeError> {
+        let _building = self.inner.images.read().await;
         let started = Instant::now();
         match self
             .build_image_once(context, dockerfile, tag, labels, log, timeout)
@@ -752,7 +758,9 @@ impl DockerRuntime {
 
     /// Removes this owner's images labelled `berth.app=<app>` except those tagged with one of
     /// `keep`; an image still in use stays. Returns how many were removed.
+    /// Waits until no image build runs (see `Inner::images`).
     pub async fn prune_images(&self, app: &str, keep: &[String]) -> Result<usize, RuntimeError> {
+        let _pruning = self.inner.images.write().await;
         let docker = &self.inner.docker;
         let filters = HashMap::from([(
             "label".to_string(),
