@@ -735,3 +735,77 @@ fn an_apps_instances_share_one_process_budget() {
     assert!(out.status.success(), "{}", text(&out));
     wait_body(&b, "bystander", "victim v1");
 }
+
+/// The victim's web process: `/probe` tries 127.0.0.1:8000 on the host's network.
+const PROBE_PY: &str = r#"import os, socket
+from http.server import BaseHTTPRequestHandler, HTTPServer
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        try:
+            socket.create_connection(("127.0.0.1", 8000), timeout=2).close()
+            body = b"LEAKED: connected to 127.0.0.1:8000"
+        except OSError as e:
+            body = ("blocked %s" % e).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+"#;
+
+/// Builds run in a network of their own: a tenant's build that listens on a port first (to
+/// catch another tenant's test traffic) catches nothing, the other tenant's test reaches its
+/// own server on that same port, and no app process can reach a build's server.
+#[test]
+fn a_build_cannot_squat_or_reach_another_tenants_test_servers() {
+    if !is_root() {
+        eprintln!("SKIPPED: the jail needs root");
+        return;
+    }
+    let b = Berth::start(BIN, "");
+    // The squatter: its build listens on 127.0.0.1:8000, then waits (until cancelled).
+    create_app(&b, "squatter");
+    let squat = tmpdir(&b, "squatter");
+    write_file(&squat.join("index.html"), b"squatter\n");
+    write_file(
+        &squat.join("berth.toml"),
+        b"[build]\ncommand = \"python3 -m http.server 8000 --bind 127.0.0.1 >/dev/null 2>&1 & for i in $(seq 100); do curl -s -o /dev/null http://127.0.0.1:8000/ && break; sleep 0.05; done; echo SQUATTING-$((1+1)); sleep 60\"\n",
+    );
+    let (st, v) = upload(&b, "squatter", &squat);
+    assert_eq!(st, 202, "{v}");
+    let squat_id = v["id"].as_i64().unwrap();
+    eventually(T, "the squatter's build to listen", || {
+        let (_, log) = api(
+            &b,
+            "GET",
+            &format!("/api/v1/apps/squatter/deploys/{squat_id}/log"),
+            "",
+        );
+        log.to_string().contains("SQUATTING-2").then_some(())
+    });
+
+    // The victim's test starts its own server on the same port and must reach it, not the
+    // squatter's; its web process cannot reach the squatter's server either.
+    create_app(&b, "victim");
+    let victim = tmpdir(&b, "victim");
+    write_file(&victim.join("marker.txt"), b"victim-marker\n");
+    write_file(&victim.join("Procfile"), b"web: python3 app.py\n");
+    write_file(&victim.join("app.py"), PROBE_PY.as_bytes());
+    write_file(
+        &victim.join("berth.toml"),
+        b"[test]\ncommand = \"python3 -m http.server 8000 --bind 127.0.0.1 >/dev/null 2>&1 & for i in $(seq 100); do curl -sf http://127.0.0.1:8000/marker.txt && exit 0; sleep 0.05; done; exit 1\"\n",
+    );
+    let out = deploy(&b, "victim", &victim);
+    assert!(
+        out.status.success(),
+        "the victim's test did not reach its own server: {}",
+        text(&out)
+    );
+    assert!(text(&out).contains("victim-marker"), "{}", text(&out));
+    let (st, body) = app_get(&b, "victim", "/probe");
+    assert_eq!(st, 200, "{body}");
+    assert!(body.starts_with("blocked"), "{body}");
+
+    let (st, v) = api(&b, "POST", &format!("/api/v1/builds/{squat_id}/cancel"), "");
+    assert_eq!(st, 200, "{v}");
+}

@@ -8,18 +8,25 @@
 //!
 //! ```text
 //! set apps    { type uid }                  app and build users
+//! set appgids { type gid }                  build groups (a build's network helper runs as
+//!                                           root with its build's group: see below)
 //! set guarded { type inet_service }         instance ports, the admin port, Docker's published ports
 //! set own     { type uid . inet_service }   an app's own services' published ports
 //! chain output (hook output): a connection (SYN) from @apps to a local address, to @guarded, not
 //!                             (uid . port) in @own → reject (TCP reset); from @apps out of a
 //!                             Docker bridge → reject; UDP from @apps to a local address
-//!                             other than DNS (53) → reject
+//!                             other than DNS (53) → reject; the same from @appgids, no own ports
 //! chain input  (hook input):  a connection from a Docker bridge to @guarded → reject (containers
 //!                             are apps too)
 //! ```
 //!
 //! Only connection attempts (SYN without ACK) are matched: an app's answers to the proxy go to
 //! the proxy's ephemeral port, which is in `guarded`.
+//!
+//! A build has a network namespace of its own (`berth-jail`'s private network): its servers
+//! are on its own loopback, out of every other tenant's reach. What it sends out leaves through
+//! slirp4netns, which runs as root (it joins the namespace) with the build's group, so its
+//! sockets are matched by `meta skgid @appgids`.
 //!
 //! The table is replaced whole at start (one `nft -f` transaction), with the app users that
 //! exist already, and changed by element after that. It is left in place when berth stops:
@@ -34,6 +41,8 @@ pub(crate) struct Firewall {
     table: String,
     /// The own ports of each uid in `apps` (empty for builds).
     state: tokio::sync::Mutex<BTreeMap<u32, BTreeSet<u16>>>,
+    /// The gids in `appgids`.
+    gids: tokio::sync::Mutex<BTreeSet<u32>>,
 }
 
 impl Firewall {
@@ -66,6 +75,7 @@ impl Firewall {
              delete table inet {table}\n\
              table inet {table} {{\n\
                set apps {{ type uid; {apps} }}\n\
+               set appgids {{ type gid; }}\n\
                set guarded {{ type inet_service; flags interval; elements = {{ {guarded} }} }}\n\
                set own {{ type uid . inet_service; }}\n\
                chain output {{\n\
@@ -73,6 +83,9 @@ impl Firewall {
                  meta skuid @apps fib daddr type local tcp flags & (syn | ack) == syn tcp dport @guarded meta skuid . tcp dport != @own reject with tcp reset\n\
                  meta skuid @apps oifname {{ \"docker*\", \"br-*\" }} reject\n\
                  meta skuid @apps fib daddr type local meta l4proto udp udp dport != 53 reject\n\
+                 meta skgid @appgids fib daddr type local tcp flags & (syn | ack) == syn tcp dport @guarded reject with tcp reset\n\
+                 meta skgid @appgids oifname {{ \"docker*\", \"br-*\" }} reject\n\
+                 meta skgid @appgids fib daddr type local meta l4proto udp udp dport != 53 reject\n\
                }}\n\
                chain input {{\n\
                  type filter hook input priority 0; policy accept;\n\
@@ -85,6 +98,7 @@ impl Firewall {
         Ok(Firewall {
             table,
             state: tokio::sync::Mutex::new(uids.iter().map(|u| (*u, BTreeSet::new())).collect()),
+            gids: tokio::sync::Mutex::new(BTreeSet::new()),
         })
     }
 
@@ -120,6 +134,21 @@ impl Firewall {
         }
         nft_async(script).await?;
         state.insert(uid, own.clone());
+        Ok(())
+    }
+
+    /// `gid` is a build's group: what its network helper connects to is under the rule.
+    pub(crate) async fn allow_gid(&self, gid: u32) -> Result<(), String> {
+        let mut gids = self.gids.lock().await;
+        if gids.contains(&gid) {
+            return Ok(());
+        }
+        nft_async(format!(
+            "add element inet {} appgids {{ {gid} }}\n",
+            self.table
+        ))
+        .await?;
+        gids.insert(gid);
         Ok(())
     }
 

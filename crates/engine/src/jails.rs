@@ -30,6 +30,8 @@ enum Mode {
     Off,
     On {
         firewall: Arc<Firewall>,
+        /// Builds get a network of their own (`berth-jail`'s `--private-net`), or why not.
+        build_net: Result<(), String>,
     },
     /// The jail was asked for and cannot be built: why.
     Unavailable(String),
@@ -110,6 +112,23 @@ fn guarded_ports(admin: Option<u16>) -> Vec<(u16, u16)> {
     merged
 }
 
+/// Runs a trial jail (`berth jail <extra> … -- /bin/true`); what it printed, or why it failed.
+fn trial(helper: &Path, extra: &[&str]) -> Result<String, String> {
+    let out = std::process::Command::new(helper)
+        .arg("jail")
+        .args(extra)
+        .args(["--uid", "65534", "--gid", "65534", "--", "/bin/true"])
+        .env_clear()
+        // berth's own working directory may be where the jail puts a private tmpfs (/tmp).
+        .current_dir("/")
+        .output()
+        .map_err(|e| format!("cannot run the jail helper {}: {e}", helper.display()))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
 impl Jails {
     /// Decides the mode (blocking: it runs `nft` and one trial jail). `helper` is the jail
     /// helper (`None`: `[server] jail = false`).
@@ -154,7 +173,16 @@ impl Jails {
         jails.mode = match jails.start(helper) {
             Ok(firewall) => {
                 tracing::info!("app jail on: each app runs as its own user, in its own mount namespace, with a seccomp filter and a firewall rule");
-                Mode::On { firewall }
+                let build_net = trial(helper, &["--private-net"]).map(drop);
+                if let Err(why) = &build_net {
+                    tracing::error!(
+                        "builds cannot get a network of their own, so no build will run: {why}"
+                    );
+                }
+                Mode::On {
+                    firewall,
+                    build_net,
+                }
             }
             Err(why) => {
                 tracing::error!(
@@ -175,26 +203,7 @@ impl Jails {
             );
         }
         // One trial jail proves the kernel has what it needs, before any app depends on it.
-        let out = std::process::Command::new(helper)
-            .args([
-                "jail",
-                "--report",
-                "--uid",
-                "65534",
-                "--gid",
-                "65534",
-                "--",
-                "/bin/true",
-            ])
-            .env_clear()
-            // berth's own working directory may be where the jail puts a private tmpfs (/tmp).
-            .current_dir("/")
-            .output()
-            .map_err(|e| format!("cannot run the jail helper {}: {e}", helper.display()))?;
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
-        }
-        let report = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let report = trial(helper, &["--report"])?;
         if report.contains("scopes=off") {
             tracing::warn!(
                 %report,
@@ -228,10 +237,21 @@ impl Jails {
             (Mode::Off, _) => Ok(None),
             (Mode::Unavailable(why), _) => Err(format!("the app jail cannot be built: {why}")),
             (Mode::On { .. }, None) => Err("the app jail has no build user to run as".into()),
+            (
+                Mode::On {
+                    build_net: Err(why),
+                    ..
+                },
+                _,
+            ) => Err(format!(
+                "a build runs in a network of its own, which cannot be made here: {why}"
+            )),
             (Mode::On { .. }, Some((uid, gid))) => {
                 let mut jail = ::jail::Jail::new(uid, gid);
                 jail.hide = self.hide.clone();
                 jail.writable = vec![dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf())];
+                // Its own loopback: the servers a test suite starts are its own, on any port.
+                jail.private_net = true;
                 jail.bind = unguarded(&self.guarded);
                 Ok(Some(jail))
             }
@@ -241,7 +261,7 @@ impl Jails {
     /// The firewall, for the build users (`sandbox.rs`).
     pub(crate) fn firewall(&self) -> Option<Arc<Firewall>> {
         match &self.mode {
-            Mode::On { firewall } => Some(firewall.clone()),
+            Mode::On { firewall, .. } => Some(firewall.clone()),
             _ => None,
         }
     }
@@ -297,7 +317,7 @@ impl Jails {
                 return Ok(Some(Prepared { jail: None, env }));
             }
             Mode::Unavailable(why) => return Err(format!("the app jail cannot be built: {why}")),
-            Mode::On { firewall } => firewall.clone(),
+            Mode::On { firewall, .. } => firewall.clone(),
         };
         let known = crate::lock(&self.users).get(app).copied();
         let (uid, gid) = match known {

@@ -151,6 +151,9 @@ impl Slots {
             fw.allow(ids.0, &Default::default())
                 .await
                 .map_err(|e| format!("the build user's network rule: {e}"))?;
+            fw.allow_gid(ids.1)
+                .await
+                .map_err(|e| format!("the build group's network rule: {e}"))?;
         }
         slot.user = Some(ids);
         Ok(slot)

@@ -44,6 +44,7 @@ use nix::sched::CloneFlags;
 use nix::sys::stat::Mode;
 use nix::unistd::{Gid, Uid};
 
+mod net;
 mod restrict;
 mod seccomp;
 pub use seccomp::DENIED;
@@ -91,6 +92,9 @@ pub struct Jail {
     /// A fork over it fails with `EAGAIN`; so does the `exec` of a new process of the app
     /// while it is over.
     pub nproc: Option<u64>,
+    /// A network namespace of its own, with the outside reached through slirp4netns (`net.rs`;
+    /// builds): its servers are on its own loopback, which no other tenant shares.
+    pub private_net: bool,
 }
 
 /// What the kernel enforced beyond the hard requirements (`berth jail --report` prints it).
@@ -126,6 +130,7 @@ impl Jail {
             writable: Vec::new(),
             bind: Vec::new(),
             nproc: None,
+            private_net: false,
         }
     }
 
@@ -162,6 +167,9 @@ impl Jail {
             args.push("--nproc".into());
             args.push(n.to_string().into());
         }
+        if self.private_net {
+            args.push("--private-net".into());
+        }
         args.push("--".into());
         args
     }
@@ -180,6 +188,10 @@ impl Jail {
             };
             if flag == "--" {
                 break;
+            }
+            if flag == "--private-net" {
+                jail.private_net = true;
+                continue;
             }
             let value = it
                 .next()
@@ -244,6 +256,9 @@ impl Jail {
         // old handle points into the mounts as they were (read-only, or hidden).
         let cwd = std::env::current_dir()
             .map_err(|e| JailError::Other(format!("the working directory: {e}")))?;
+        if self.private_net {
+            net::enter_private(self.gid)?;
+        }
         nix::sched::unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC)
             .map_err(sys("unshare (mount and IPC namespaces)"))?;
         mount_flags(
@@ -284,6 +299,9 @@ impl Jail {
                 )
                 .map_err(sys(format!("private tmpfs on {dir}")))?;
             }
+        }
+        if self.private_net {
+            private_resolv_conf()?;
         }
         let hidden = self.hide_all()?;
         for (path, fd, rw) in &keep {
@@ -381,6 +399,29 @@ impl Jail {
         }
         Ok(())
     }
+}
+
+/// In a private network the host's resolver may be on its loopback, which the namespace does
+/// not share: `/etc/resolv.conf` names slirp4netns's DNS forwarder instead, from a read-only
+/// file of root's on the private `/tmp` (mounted just before).
+fn private_resolv_conf() -> Result<(), JailError> {
+    let file = Path::new("/tmp/.berth-resolv.conf");
+    std::fs::write(file, format!("nameserver {}\n", net::DNS))
+        .map_err(|e| JailError::Other(format!("write {}: {e}", file.display())))?;
+    let target = Path::new("/etc/resolv.conf");
+    if std::fs::metadata(target).is_err() {
+        return Ok(());
+    }
+    nix::mount::mount(
+        Some(file),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(sys("bind the build's resolv.conf"))?;
+    remount_read_only(target, MsFlags::MS_NOSUID | MsFlags::MS_NODEV)
+        .map_err(sys("read-only resolv.conf"))
 }
 
 fn absolute(value: OsString) -> Result<PathBuf, JailError> {
@@ -570,6 +611,7 @@ mod tests {
             writable: vec!["/data/apps/a/storage".into()],
             bind: vec![(12345, 12345), (1, 9999)],
             nproc: Some(8192),
+            private_net: true,
         };
         let mut args = jail.to_args();
         args.extend(["/bin/sh".into(), "-c".into(), "echo hi".into()]);
