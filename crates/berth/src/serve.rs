@@ -116,6 +116,11 @@ async fn run(
         // Tags the apps' processes as this berth's, for the sweep after a crash.
         owner: owner.clone(),
         jail_helper: jail_helper.clone(),
+        user_memory: Some(
+            cfg.server
+                .app_memory_budget
+                .map_or_else(engine::Maxima::default_app_memory, |s| s.0),
+        ),
         ..runtime::ProcessOptions::default()
     });
     let default_runtime = match cfg.server.runtime.as_str() {

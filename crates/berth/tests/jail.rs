@@ -682,8 +682,9 @@ class H(BaseHTTPRequestHandler):
 HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
 "#;
 
-/// One app's instances share one process budget (`[server] app_pids_budget`): however many
-/// instances it runs, they cannot together take the host's pids, and another app still starts.
+/// One app's instances share one process budget (`[server] app_pids_budget`) and one memory
+/// budget (`app_memory_budget`): however many instances it runs, they cannot together take the
+/// host's pids or memory, and another app still starts.
 #[test]
 fn an_apps_instances_share_one_process_budget() {
     if !is_root() {
@@ -693,7 +694,9 @@ fn an_apps_instances_share_one_process_budget() {
     const BUDGET: u64 = 80;
     let b = Berth::start_with(
         BIN,
-        &format!("runtime = \"process\"\napp_pids_budget = {BUDGET}"),
+        &format!(
+            "runtime = \"process\"\napp_pids_budget = {BUDGET}\napp_memory_budget = \"256MiB\""
+        ),
         &[],
         "",
     );
@@ -724,6 +727,46 @@ fn an_apps_instances_share_one_process_budget() {
     assert!(
         first.0 + second.0 < BUDGET,
         "{first:?} + {second:?} is over the budget"
+    );
+
+    // Both instances' cgroups sit in one cgroup of the app's user, limited to the budget.
+    let (_, insts) = api(&b, "GET", "/api/v1/apps/greedy/instances", "");
+    let parents: Vec<std::path::PathBuf> = insts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            let pid = i["pid"].as_u64().unwrap();
+            let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+            let (root, path) = cgroups
+                .lines()
+                .find_map(|l| {
+                    let mut parts = l.splitn(3, ':');
+                    let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+                    match controllers {
+                        "memory" => Some(("/sys/fs/cgroup/memory", path)),
+                        "" => Some(("/sys/fs/cgroup", path)),
+                        _ => None,
+                    }
+                })
+                .unwrap();
+            std::path::Path::new(&format!("{root}{path}"))
+                .parent()
+                .unwrap()
+                .to_path_buf()
+        })
+        .collect();
+    assert_eq!(parents.len(), 2, "{insts}");
+    assert_eq!(parents[0], parents[1], "one parent cgroup for the app");
+    let limit = ["memory.limit_in_bytes", "memory.max"]
+        .iter()
+        .find_map(|f| std::fs::read_to_string(parents[0].join(f)).ok())
+        .unwrap();
+    assert_eq!(
+        limit.trim(),
+        (256u64 << 20).to_string(),
+        "{}",
+        parents[0].display()
     );
 
     // Another app has a budget of its own: it deploys and serves.

@@ -46,6 +46,12 @@ impl Maxima {
         (pid_max / 4).max(pids)
     }
 
+    /// Half the host's memory: what all of one app's processes may use together unless
+    /// `[server] app_memory_budget` says otherwise.
+    pub fn default_app_memory() -> u64 {
+        host_memory().map_or(u64::MAX, |m| m / 2)
+    }
+
     /// The limits `spec`'s instances and its `release:`/postdeploy steps run with: the app's
     /// own, and where it sets none, the server's maxima, so that an app that asks nothing does
     /// not get more than one that asks the most it may.

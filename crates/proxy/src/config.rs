@@ -71,6 +71,9 @@ pub struct ServerConfig {
     /// (its user's `RLIMIT_NPROC`); default: a quarter of the kernel's `pid_max`, at least
     /// `app_max_pids`. Without it, a few instances of one app could use up the host's pids.
     pub app_pids_budget: Option<u64>,
+    /// The most memory all of one app's jailed processes (its instances and steps) may use
+    /// together (one parent cgroup per app user); default: half the host's memory.
+    pub app_memory_budget: Option<Size>,
     /// The longest `[test]`/`[build]` timeout an app may ask (default 1h): a step holds one of
     /// the shared build slots while it runs.
     pub step_max_timeout: Option<Dur>,
@@ -136,6 +139,7 @@ impl Default for ServerConfig {
             app_max_memory: None,
             app_max_pids: None,
             app_pids_budget: None,
+            app_memory_budget: None,
             step_max_timeout: None,
             allow_private_hosts: Vec::new(),
         }

@@ -168,6 +168,32 @@ impl Limiter {
         Ok(conf)
     }
 
+    /// Creates (or reuses) the parent cgroup `group` (a jailed user's) with `memory` as the
+    /// limit of everything below it; with v2 its children get the controllers too.
+    pub fn prepare_group(&self, group: &str, memory: Option<u64>) -> Result<(), RuntimeError> {
+        for base in [&self.memory, &self.pids, &self.cpu].into_iter().flatten() {
+            let dir = base.join(group);
+            fs::create_dir_all(&dir).map_err(|source| RuntimeError::Cgroup {
+                path: dir.clone(),
+                source,
+            })?;
+            if self.v2 {
+                for controller in ["memory", "pids", "cpu"] {
+                    let _ = fs::write(dir.join("cgroup.subtree_control"), format!("+{controller}"));
+                }
+            }
+        }
+        if let (Some(bytes), Some(base)) = (memory, &self.memory) {
+            let file = if self.v2 {
+                "memory.max"
+            } else {
+                "memory.limit_in_bytes"
+            };
+            write_limit(&base.join(group), file, bytes)?;
+        }
+        Ok(())
+    }
+
     /// The berth cgroups `pid` is in. Used for orphans from an earlier run,
     /// whose instance id (and so cgroup name) is not known: scanning
     /// berth's few cgroups is simpler and more robust than interpreting
@@ -181,9 +207,24 @@ impl Limiter {
             let Ok(entries) = fs::read_dir(base) else {
                 continue;
             };
-            for entry in entries.flatten() {
-                let dir = entry.path();
-                if dir.is_dir() && !conf.dirs.contains(&dir) && read_procs(&dir).contains(&pid) {
+            // An instance's cgroup, or one under a jailed user's (`prepare_group`).
+            let dirs = entries.flatten().map(|e| e.path()).filter(|d| d.is_dir());
+            let nested = |d: &PathBuf| -> Vec<PathBuf> {
+                fs::read_dir(d)
+                    .map(|es| {
+                        es.flatten()
+                            .map(|e| e.path())
+                            .filter(|p| p.is_dir())
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            for dir in dirs.flat_map(|d| {
+                let mut all = nested(&d);
+                all.push(d);
+                all
+            }) {
+                if !conf.dirs.contains(&dir) && read_procs(&dir).contains(&pid) {
                     conf.dirs.push(dir);
                 }
             }

@@ -94,6 +94,10 @@ pub struct ProcessOptions {
     /// The jail helper: a binary whose `jail` subcommand is `berth_jail::main` (berth itself).
     /// Specs with a jail fail to start without it.
     pub jail_helper: Option<std::path::PathBuf>,
+    /// Bytes of memory all the processes of one jailed user (one app, or one build slot) may
+    /// use together: their cgroups sit in one parent cgroup with this limit, so that many
+    /// instances of one app cannot take the host's memory. `None`: no such limit.
+    pub user_memory: Option<u64>,
 }
 
 impl Default for ProcessOptions {
@@ -108,6 +112,7 @@ impl Default for ProcessOptions {
             log_keep: 3,
             log_check_every: Duration::from_secs(2),
             owner: String::new(),
+            user_memory: None,
             jail_helper: None,
         }
     }
@@ -172,9 +177,21 @@ impl ProcessRuntime {
         })
     }
 
-    /// The cgroup name of `name` (an instance id, or `task.<id>`) for this runtime.
-    fn cgroup(&self, name: &str) -> String {
-        format!("{}{name}", self.shared.cgroup_prefix)
+    /// The cgroup name of `name` (an instance id, or `task.<id>`) for this runtime: under the
+    /// cgroup of its jail's user, whose limit all that user's processes share
+    /// ([`ProcessOptions::user_memory`]).
+    fn cgroup(&self, name: &str, jail: Option<&jail::Jail>) -> Result<String, RuntimeError> {
+        let p = &self.shared.cgroup_prefix;
+        match jail {
+            None => Ok(format!("{p}{name}")),
+            Some(j) => {
+                let group = format!("{p}u{}", j.uid);
+                self.shared
+                    .limiter
+                    .prepare_group(&group, self.shared.opts.user_memory)?;
+                Ok(format!("{group}/{p}{name}"))
+            }
+        }
     }
 
     fn instance(&self, id: &str) -> Option<Arc<Instance>> {
@@ -261,7 +278,7 @@ impl Runtime for ProcessRuntime {
         self.ensure_free(&spec.id)?;
         let confinement = self.shared.contain(
             &spec.id,
-            &self.cgroup(&spec.id),
+            &self.cgroup(&spec.id, spec.jail.as_ref())?,
             &spec.limits,
             spec.jail.is_some(),
         )?;
@@ -298,7 +315,7 @@ impl Runtime for ProcessRuntime {
         let confinement = self
             .shared
             .limiter
-            .prepare(&self.cgroup(&spec.id), &spec.limits)?;
+            .prepare(&self.cgroup(&spec.id, spec.jail.as_ref())?, &spec.limits)?;
         let since = start_time_to_system(pid_start).unwrap_or_else(SystemTime::now);
         let info = self.register(
             spec,
@@ -394,7 +411,7 @@ impl Runtime for ProcessRuntime {
         check_id(&task.id)?;
         // Tasks get their own cgroup name so that a task whose id equals an
         // instance's cannot rewrite (or, on cleanup, kill) that instance.
-        let cgroup = self.cgroup(&format!("task.{}", task.id));
+        let cgroup = self.cgroup(&format!("task.{}", task.id), task.jail.as_ref())?;
         let confinement =
             self.shared
                 .contain(&task.id, &cgroup, &task.limits, task.jail.is_some())?;
