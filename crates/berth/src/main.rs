@@ -91,21 +91,11 @@ pub(crate) fn load(path: &Path) -> Result<FileConfig> {
 }
 
 fn check(path: &Path) -> Result<()> {
-    let cfg = load(path)?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let cfg = FileConfig::parse(&text, path)?;
+    cfg.check_static_dirs(&text, path)?;
     let specs = cfg.route_specs();
-    for (i, r) in specs.iter().enumerate() {
-        if let Some(root) = &r.static_root {
-            anyhow::ensure!(
-                root.is_dir(),
-                "{}: route {} ({}{}): static directory {} does not exist",
-                path.display(),
-                i,
-                r.host,
-                r.path,
-                root.display()
-            );
-        }
-    }
     let files: Vec<_> = cfg
         .tls
         .certs

@@ -194,7 +194,7 @@ fn check_rejects_a_missing_file_and_a_missing_static_dir() {
     let p = write_config(
         dir.path(),
         "s.toml",
-        "[[route]]\nhost = \"a.test\"\nstatic = \"no-such-dir\"\n",
+        "[server]\n\n[[route]]\nhost = \"a.test\"\nstatic = \"no-such-dir\"\n",
     );
     let (ok, out, err) = check(&p);
     assert!(
@@ -202,6 +202,8 @@ fn check_rejects_a_missing_file_and_a_missing_static_dir() {
         "berth check accepted a static root that does not exist: {out}"
     );
     assert!(err.contains("no-such-dir"), "{err}");
+    // Where: file:line:col of the route.
+    assert!(err.contains("s.toml:3:1"), "{err}");
 }
 
 #[test]

@@ -483,7 +483,9 @@ impl Upstream {
             None => t.to_string(),
         };
         t.parse().map(Upstream).map_err(|_| {
-            format!("invalid upstream {s:?}: expected IP:PORT such as \"127.0.0.1:9000\"")
+            format!(
+                "invalid upstream {s:?}: expected IP:PORT or localhost:PORT (an optional http:// before it), such as \"127.0.0.1:9000\", \"[::1]:9000\" or \"localhost:9000\""
+            )
         })
     }
 }
@@ -731,6 +733,27 @@ impl FileConfig {
                 join(root);
             }
         }
+    }
+
+    /// `berth check`: every route's static directory exists; else where the route is in
+    /// `text` (the file at `file`) and which directory is missing.
+    pub fn check_static_dirs(&self, text: &str, file: &Path) -> Result<(), ConfigError> {
+        for r in &self.routes {
+            let spec = r.get_ref();
+            if let Some(root) = spec.static_root.as_ref().filter(|root| !root.is_dir()) {
+                return Err(ConfigError {
+                    file: file.to_path_buf(),
+                    line: Some(line_col(text, r.span().start)),
+                    reason: format!(
+                        "route {}{}: static directory {} does not exist (hint: a relative path is relative to the config file's directory)",
+                        spec.host,
+                        spec.path,
+                        root.display()
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     pub fn route_specs(&self) -> Vec<RouteSpec> {
