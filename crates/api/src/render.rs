@@ -54,6 +54,8 @@ pub fn deploy_json(engine: &Engine, d: &Deploy) -> Value {
         "finished_at": d.finished_at.map(ts),
         "url": engine.app_url(&d.app),
         "trigger": d.meta.trigger,
+        // The commit's first line, or what a change without a build does ("Scale web=2").
+        "message": d.meta.message,
         "commit": d.meta.sha.as_ref().map(|sha| json!({
             "sha": sha,
             "branch": d.meta.branch,

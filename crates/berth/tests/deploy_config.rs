@@ -145,6 +145,32 @@ fn a_rollback_brings_back_the_env_of_its_release_and_needs_a_release_that_ran() 
     let (_, v) = api(&b, "POST", "/api/v1/apps/r/rollback", r#"{"version":2}"#);
     wait_deploy(&b, "r", v["id"].as_i64().unwrap());
     assert_eq!(body(&b, "r"), "r v5 GREETING=new\n");
+
+    // Each deploy says what it was: a build, an env change, rollbacks.
+    let (_, list) = api(&b, "GET", "/api/v1/builds?app=r", "");
+    let seen: Vec<(String, String)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|d| {
+            (
+                d["trigger"].as_str().unwrap_or("-").to_string(),
+                d["message"].as_str().unwrap_or("-").to_string(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String)> = [
+        ("upload", "-"),
+        ("env", "Set env GREETING"),
+        ("upload", "-"),
+        ("rollback", "Rollback to v1"),
+        ("rollback", "Rollback to v2"),
+    ]
+    .iter()
+    .map(|(t, m)| (t.to_string(), m.to_string()))
+    .collect();
+    assert_eq!(seen, want, "{list}");
 }
 
 #[test]

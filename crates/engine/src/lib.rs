@@ -635,11 +635,12 @@ impl Engine {
                 pipeline::KEEP_RELEASES
             )));
         }
-        let deploy = self.store.create_deploy(
+        let deploy = self.store.create_deploy_with(
             app,
             DeployKind::Rollback,
             actor,
             &self.app_dir(app).join("deploys"),
+            &change_meta("rollback", format!("Rollback to v{}", target.version)),
         )?;
         self.enqueue(
             app,
@@ -656,10 +657,12 @@ impl Engine {
     async fn restart_live(
         self: &Arc<Self>,
         app: &str,
+        trigger: &str,
         description: &str,
         actor: &str,
     ) -> Result<Option<Deploy>, EngineError> {
-        self.queue_change(app, actor, |deploy| queue::Job::Restart {
+        let meta = change_meta(trigger, description.to_string());
+        self.queue_change(app, actor, &meta, |deploy| queue::Job::Restart {
             deploy,
             description: description.to_string(),
         })
@@ -671,17 +674,19 @@ impl Engine {
         self: &Arc<Self>,
         app: &str,
         actor: &str,
+        meta: &DeployMeta,
         job: impl FnOnce(i64) -> queue::Job,
     ) -> Result<Option<Deploy>, EngineError> {
         let a = self.app(app)?;
         if a.live_release.is_none() && !self.deploying(app) {
             return Ok(None);
         }
-        let deploy = self.store.create_deploy(
+        let deploy = self.store.create_deploy_with(
             app,
             DeployKind::Restart,
             actor,
             &self.app_dir(app).join("deploys"),
+            meta,
         )?;
         self.enqueue(app, job(deploy.id));
         self.deploy(deploy.id).map(Some)
@@ -709,7 +714,7 @@ impl Engine {
         self.store.update_env(app, &set, &unset, actor)?;
         let mut what: Vec<String> = set.keys().cloned().collect();
         what.extend(unset.iter().map(|k| format!("-{k}")));
-        self.restart_live(app, &format!("Set env {}", what.join(", ")), actor)
+        self.restart_live(app, "env", &format!("Set env {}", what.join(", ")), actor)
             .await
     }
 
@@ -720,7 +725,7 @@ impl Engine {
         app: &str,
         actor: &str,
     ) -> Result<Option<Deploy>, EngineError> {
-        self.restart_live(app, "Restart", actor).await
+        self.restart_live(app, "restart", "Restart", actor).await
     }
 
     /// The app's variables as its processes get them: what was set, over the `value` defaults
@@ -789,9 +794,11 @@ impl Engine {
         self.store.set_formation(app, &formation, actor)?;
         let what: Vec<String> = changes.iter().map(|(k, v)| format!("{k}={v}")).collect();
         // In place, as `heroku ps:scale`: no new release (`scale.rs`).
-        self.queue_change(app, actor, |deploy| queue::Job::Scale {
+        let description = format!("Scale {}", what.join(" "));
+        let meta = change_meta("scale", description.clone());
+        self.queue_change(app, actor, &meta, |deploy| queue::Job::Scale {
             deploy,
-            description: format!("Scale {}", what.join(" ")),
+            description,
         })
     }
 
@@ -1134,4 +1141,14 @@ pub(crate) fn random_hex(n: usize) -> String {
         return format!("{t:x}");
     }
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// What a deploy that changes a live app without a build records: what triggered it
+/// (`rollback`, `env`, `scale`, `restart`) and what it does, so `berth builds` tells them apart.
+fn change_meta(trigger: &str, message: String) -> DeployMeta {
+    DeployMeta {
+        trigger: trigger.to_string(),
+        message: Some(message),
+        ..DeployMeta::default()
+    }
 }

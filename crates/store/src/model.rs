@@ -159,7 +159,8 @@ pub struct Deploy {
 /// What started a deploy and, for a build from git, which commit.
 #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct DeployMeta {
-    /// `upload` (CLI deploy), `git` (push), `webhook`, `api` (rollback, env, scale…).
+    /// `upload` (CLI deploy), `git` (push), `webhook`, `rollback`, `env`, `scale`, `restart`,
+    /// `api` (a build through the API).
     pub trigger: String,
     pub sha: Option<String>,
     pub branch: Option<String>,

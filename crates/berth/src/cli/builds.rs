@@ -96,7 +96,7 @@ pub fn builds(g: &Global, active: bool, limit: u32) -> Result<i32, Error> {
                 when(&d["started_at"]),
                 match d["reason"].as_str() {
                     Some(r) => r.to_string(),
-                    None => cell(&d["commit"]["message"]),
+                    None => cell(&d["message"]),
                 },
             ]
         },
@@ -121,7 +121,7 @@ pub fn info(g: &Global, id: u64) -> Result<i32, Error> {
         ("Commit", cell(&c_["sha"])),
         ("Branch", cell(&c_["branch"])),
         ("Author", cell(&c_["author"])),
-        ("Message", cell(&c_["message"])),
+        ("Message", cell(&d["message"])),
         ("Release", cell(&d["release"])),
         ("Started", when(&d["started_at"])),
         ("Finished", when(&d["finished_at"])),
