@@ -341,14 +341,39 @@ fn dispatch(g: &Global, cmd: Command) -> Result<i32, Error> {
 /// A client of the server found from the flags, the saved credentials or the data dir.
 fn connect(g: &Global) -> Result<Client, Error> {
     let creds = client::credentials_path();
+    let data_dir = local_data_dir(g);
     let target = client::discover(&Discovery {
         url: g.url.as_deref(),
         token: g.token.as_deref(),
         ca: g.ca.as_deref(),
         credentials: creds.as_deref(),
-        data_dir: Some(&g.data_dir),
+        data_dir: Some(&data_dir),
     })?;
     Client::new(target)
+}
+
+/// Where a berth server may have written `listen.json` whose data dir was not named (the
+/// default `berth-data`, no `BERTH_DATA`): `./berth-data`, else the nearest `berth-data` in a
+/// directory above (a project's subdirectory), else `/var/lib/berth` (a server installed on
+/// this machine). The data dir is still used only when it is the user's (`client.rs`).
+fn local_data_dir(g: &Global) -> PathBuf {
+    let default = PathBuf::from("berth-data");
+    if g.data_dir != default || std::env::var_os("BERTH_DATA").is_some() {
+        return g.data_dir.clone();
+    }
+    let served = |d: &std::path::Path| d.join("listen.json").is_file();
+    if served(&default) {
+        return default;
+    }
+    let above = std::env::current_dir().ok().and_then(|cwd| {
+        cwd.ancestors()
+            .skip(1)
+            .map(|a| a.join("berth-data"))
+            .find(|d| served(d))
+    });
+    above
+        .or_else(|| Some(PathBuf::from("/var/lib/berth")).filter(|d| served(d)))
+        .unwrap_or(default)
 }
 
 #[cfg(test)]

@@ -399,6 +399,39 @@ pub fn normalize_url(url: &str) -> Result<String, Error> {
     Ok(trimmed.to_string())
 }
 
+/// The system's resolver, except that `localhost` and `*.localhost` are loopback without
+/// asking it (RFC 6761, as browsers and curl do): `berth login https://berth.localhost:8443`
+/// works where the system resolver knows only `localhost`.
+#[derive(Debug, Default)]
+struct LocalhostResolver {
+    system: ureq::unversioned::resolver::DefaultResolver,
+}
+
+impl ureq::unversioned::resolver::Resolver for LocalhostResolver {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        let host = uri
+            .host()
+            .unwrap_or("")
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        if host != "localhost" && !host.ends_with(".localhost") {
+            return self.system.resolve(uri, config, timeout);
+        }
+        let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+            Some("http") => 80,
+            _ => 443,
+        });
+        let mut addrs = self.empty();
+        addrs.push(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+        Ok(addrs)
+    }
+}
+
 /// Finds the server: flags → saved credentials → the local data directory.
 pub fn discover(d: &Discovery<'_>) -> Result<Target, Error> {
     let token_flag = d.token.map(str::trim).filter(|t| !t.is_empty());
@@ -546,15 +579,19 @@ impl Client {
             ))
             .root_certs(ureq::tls::RootCerts::new_with_certs(&roots))
             .build();
-        let agent = ureq::Agent::config_builder()
+        let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .tls_config(tls)
             .timeout_connect(Some(CONNECT_TIMEOUT))
             .timeout_global(None)
             .redirect_auth_headers(ureq::config::RedirectAuthHeaders::SameHost)
             .user_agent(concat!("berth-cli/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .new_agent();
+            .build();
+        let agent = ureq::Agent::with_parts(
+            config,
+            ureq::unversioned::transport::DefaultConnector::new(),
+            LocalhostResolver::default(),
+        );
         Ok(Client { agent, target })
     }
 

@@ -661,3 +661,51 @@ fn a_failed_first_deploy_says_the_app_it_created_stays() {
     let out = common::apps::cli(&b, &["apps"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("fresh"));
 }
+
+/// The CLI finds a local server from a project's subdirectory (the nearest `berth-data`
+/// above), and `berth login https://berth.localhost:PORT` works with berth's CA although the
+/// system resolver knows no `*.localhost` (the CLI maps them to loopback itself).
+#[test]
+fn the_cli_finds_the_server_upwards_and_logs_in_at_berth_localhost() {
+    let b = Berth::start(BIN, "");
+    let project = b.path("project");
+    let deep = project.join("src/deep");
+    std::fs::create_dir_all(&deep).unwrap();
+    std::os::unix::fs::symlink(b.path("data"), project.join("berth-data")).unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let run = |dir: &Path, args: &[&str]| {
+        std::process::Command::new(BIN)
+            .args(args)
+            .current_dir(dir)
+            .env("HOME", home.path())
+            .env("XDG_CONFIG_HOME", home.path().join(".config"))
+            .env_remove("BERTH_DATA")
+            .env_remove("BERTH_URL")
+            .env_remove("BERTH_TOKEN")
+            .output()
+            .unwrap()
+    };
+    let out = run(&deep, &["apps:create", "upwards"]);
+    assert!(out.status.success(), "{}", common::apps::text(&out));
+    let out = run(&deep, &["apps"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("upwards"),
+        "{}",
+        common::apps::text(&out)
+    );
+
+    let url = format!("https://berth.localhost:{}", b.https.port());
+    let ca = b.ca().display().to_string();
+    let out = run(
+        home.path(),
+        &["login", &url, "--token", &b.token, "--ca", &ca],
+    );
+    assert!(out.status.success(), "{}", common::apps::text(&out));
+    // Saved: the next command in any directory talks to that server.
+    let out = run(home.path(), &["apps"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("upwards"),
+        "{}",
+        common::apps::text(&out)
+    );
+}
