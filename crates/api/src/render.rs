@@ -79,9 +79,12 @@ pub fn release_json(r: &Release, live: Option<i64>) -> Value {
         "created_at": ts(r.created_at),
         "description": r.description,
         "live": live == Some(r.version),
-        "kind": spec.as_ref().map(|s| match s.kind {
-            build::manifest::AppKind::Static => "static",
-            build::manifest::AppKind::Process => "process",
+        // How it runs: a static site, processes on this host, containers, or Swarm services.
+        "kind": spec.as_ref().map(|s| match (s.kind, &s.image) {
+            (build::manifest::AppKind::Static, _) => "static",
+            (_, Some(_)) if s.runtime == build::manifest::RuntimeChoice::Swarm => "swarm",
+            (_, Some(_)) => "docker",
+            (build::manifest::AppKind::Process, None) => "process",
         }),
         "processes": spec.map(|s| s.processes).unwrap_or_default(),
         "source_release": r.source_release,

@@ -276,13 +276,24 @@ fn env_scale_domains_and_logs() {
     let b = Berth::start(BIN, "");
     let src = tmpdir(&b, "src");
     python_app(&src, "cfg", 200);
-    assert!(deploy(&b, "cfg", &src).status.success());
+    let out = deploy(&b, "cfg", &src);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("Starting 1 web instance: "),
+        "{}",
+        text(&out)
+    );
     wait_body(&b, "cfg", "cfg v1");
 
     // env:set restarts with the value; listings mask it; it never reaches berth's log.
     let secret = "s3cr3t-value-4711";
     let out = cli(&b, &["env:set", &format!("GREETING={secret}"), "-a", "cfg"]);
     assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("restarted cfg with the new env"),
+        "{}",
+        text(&out)
+    );
     eventually(T, "the new env", || {
         let (_, body) = app_get(&b, "cfg", "/env");
         body.contains(secret).then_some(())
@@ -305,6 +316,11 @@ fn env_scale_domains_and_logs() {
     // scale web=2: both instances serve.
     let out = cli(&b, &["scale", "web=2", "-a", "cfg"]);
     assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("scaled cfg"),
+        "{}",
+        text(&out)
+    );
     eventually(T, "both dynos to answer", || {
         let mut seen = std::collections::HashSet::new();
         for _ in 0..20 {

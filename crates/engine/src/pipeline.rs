@@ -766,8 +766,14 @@ impl Engine {
             if n == 0 {
                 continue;
             }
+            let what = if command.is_empty() {
+                "the image's own command".to_string()
+            } else {
+                command.clone()
+            };
+            let plural = if n == 1 { "" } else { "s" };
             log.line(&format!(
-                "-----> Starting {n} {proc_type} instance(s): {command}"
+                "-----> Starting {n} {proc_type} instance{plural}: {what}"
             ));
             for index in 1..=n {
                 web.extend(self.start_new(run, proc_type, index, started).await?);
@@ -903,16 +909,16 @@ impl Engine {
                 let r = crate::health::wait(addr, &host, &check, deadline, || {
                     match rt.state(&id) {
                         Some(runtime::InstanceState::Crashing { last_exit, .. }) => {
-                            return Err(format!("it keeps crashing ({last_exit})"))
+                            return Err(format!("keeps crashing ({last_exit})"))
                         }
                         Some(runtime::InstanceState::Stopped) | None => {
-                            return Err("it stopped".into())
+                            return Err("stopped".into())
                         }
                         _ => {}
                     }
                     // A container's HEALTHCHECK counts along with berth's own check.
                     match docker.as_ref().and_then(|d| d.health(&id)) {
-                        Some("unhealthy") => Err("the image's HEALTHCHECK says unhealthy".into()),
+                        Some("unhealthy") => Err("is unhealthy by the image's HEALTHCHECK".into()),
                         Some("starting") => Ok(false),
                         _ => Ok(true),
                     }

@@ -139,8 +139,18 @@ pub(super) fn services(g: &Global) -> Result<i32, Error> {
         g.json,
         &v,
         Some(&format!("{} has no services", app.name)),
-        &["SERVICE", "STATE", "HEALTH"],
-        |s| vec![cell(&s["name"]), cell(&s["state"]), cell(&s["health"])],
+        &["SERVICE", "STATE", "HEALTH", "ADDRESS"],
+        |s| {
+            vec![
+                cell(&s["name"]),
+                cell(&s["state"]),
+                cell(&s["health"]),
+                match s["host_port"].as_u64() {
+                    Some(p) => format!("127.0.0.1:{p}"),
+                    None => "-".into(),
+                },
+            ]
+        },
     );
     Ok(EXIT_OK)
 }
