@@ -37,6 +37,7 @@ mod info;
 mod login;
 mod notify;
 pub(crate) mod output;
+mod progress;
 mod ps;
 mod tokens;
 

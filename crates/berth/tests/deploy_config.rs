@@ -413,3 +413,17 @@ fn a_steps_output_is_capped_in_the_deploy_log() {
     );
     assert_eq!(body(&b, "loud"), "loud v1 GREETING=-\n");
 }
+
+/// A step that prints nothing for a while: `berth deploy` (not on a terminal here) says which
+/// step still runs, so a CI log shows the deploy is alive.
+#[test]
+fn a_silent_build_step_is_shown_still_running() {
+    let b = Berth::start(BIN, "");
+    create_app(&b, "quiet");
+    let dir = b.path("quiet");
+    app_dir(&dir, "quiet", Some("sleep 21"));
+    let out = common::apps::cli(&b, &["deploy", dir.to_str().unwrap(), "-a", "quiet"]);
+    assert!(out.status.success(), "{}", common::apps::text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Building: sleep 21: still running ("), "{err}");
+}

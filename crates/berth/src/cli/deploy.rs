@@ -172,14 +172,19 @@ fn finished(d: &Value) -> bool {
 /// Prints a deploy's log as it is written and returns the finished `Deploy` (see
 /// [`follow_deploy_log`]). Log lines go to stdout, or stderr with --json.
 fn follow_deploy(c: &Client, app: &AppRef, d: &Value, json: bool) -> Result<Value, Error> {
+    let progress = super::progress::Progress::start(json);
     let print_line = |line: &str| {
-        if json {
-            eprintln!("{line}");
-        } else {
-            println!("{line}");
-        }
+        progress.line(line, |line| {
+            if json {
+                eprintln!("{line}");
+            } else {
+                println!("{line}");
+            }
+        })
     };
-    follow_deploy_log(c, &app.path(), d, print_line).map_err(|e| app.explain(e))
+    let fin = follow_deploy_log(c, &app.path(), d, print_line).map_err(|e| app.explain(e));
+    progress.finish();
+    fin
 }
 
 /// Calls `print_line` for each line of the log of deploy `d` (of the app at `app_path`,
