@@ -194,6 +194,30 @@ impl Limiter {
         Ok(())
     }
 
+    /// Removes the groups (`prepare_group`) whose names start with `prefix` and that hold no
+    /// cgroup any more (a destroyed app's): at start, before anything is created in them. A
+    /// group still in use is refused by the kernel and stays.
+    pub fn sweep_groups(&self, prefix: &str) {
+        if prefix.is_empty() {
+            return;
+        }
+        for base in [&self.memory, &self.pids, &self.cpu].into_iter().flatten() {
+            let Ok(entries) = fs::read_dir(base) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let is_group = name
+                    .strip_prefix(prefix)
+                    .and_then(|rest| rest.strip_prefix('u'))
+                    .is_some_and(|uid| !uid.is_empty() && uid.bytes().all(|b| b.is_ascii_digit()));
+                if is_group {
+                    let _ = fs::remove_dir(entry.path());
+                }
+            }
+        }
+    }
+
     /// The berth cgroups `pid` is in. Used for orphans from an earlier run,
     /// whose instance id (and so cgroup name) is not known: scanning
     /// berth's few cgroups is simpler and more robust than interpreting

@@ -165,6 +165,8 @@ impl ProcessRuntime {
             // Stable across builds, so a restarted berth finds its cgroups again.
             format!("o{:08x}.", crate::fnv1a(&opts.owner) >> 32)
         };
+        // The users' groups of apps destroyed before this start.
+        limiter.sweep_groups(&cgroup_prefix);
         Arc::new(ProcessRuntime {
             shared: Arc::new(Shared {
                 opts,
