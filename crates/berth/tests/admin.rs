@@ -579,22 +579,13 @@ fn the_latency_histogram_parses_and_counts_each_request_once() {
                 .is_ok_and(|s| s.success())
         })
         .expect("needs python3 with prometheus_client (Debian: python3-prometheus-client)");
-    let mut child = std::process::Command::new(python)
-        .arg(format!(
+    let out = test_support::run_with_input(
+        std::process::Command::new(python).arg(format!(
             "{}/tests/scripts/histograms.py",
             env!("CARGO_MANIFEST_DIR")
-        ))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+        )),
+        text.as_bytes(),
+    );
     assert!(
         out.status.success(),
         "the exposition does not parse:\n{text}"

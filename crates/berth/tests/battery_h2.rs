@@ -7,7 +7,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::{json, Value};
-use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -49,22 +48,13 @@ fn python() -> &'static str {
 fn h2raw(b: &Berth, sni: &str, mode: &str, args: &[&str], stdin: &str) -> Vec<Value> {
     let ca = b.ca().display().to_string();
     let port = b.https.port().to_string();
-    let mut child = Command::new(python())
-        .arg(script())
-        .args(["127.0.0.1", &port, sni, &ca, mode])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = test_support::run_with_input(
+        Command::new(python())
+            .arg(script())
+            .args(["127.0.0.1", &port, sni, &ca, mode])
+            .args(args),
+        stdin.as_bytes(),
+    );
     assert!(
         out.status.success(),
         "h2raw.py {mode} failed: {}",

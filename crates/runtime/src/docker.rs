@@ -619,17 +619,7 @@ impl DockerRuntime {
         timeout: Duration,
     ) -> Result<String, RuntimeError> {
         // What the Dockerfile may not ask of the shared daemon (`dockerfile.rs`).
-        let name = if dockerfile.is_empty() {
-            "Dockerfile"
-        } else {
-            dockerfile
-        };
-        let text = tokio::fs::read_to_string(context.join(name))
-            .await
-            .map_err(|e| RuntimeError::Docker(format!("cannot read {name}: {e}")))?;
-        let own = tag.rsplit_once(':').map_or(tag, |(repo, _)| repo);
-        let images =
-            dockerfile::check(&text, &own.to_ascii_lowercase()).map_err(RuntimeError::Docker)?;
+        let images = self.dockerfile_images(context, dockerfile, tag).await?;
         // The images it builds on, as the daemon resolves them (the caller has checked their
         // registries against its egress rule).
         if let Some((_, app)) = labels.iter().find(|(k, _)| k == APP_LABEL) {

@@ -571,6 +571,21 @@ pub fn run(cmd: &str, args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// Runs `cmd` with `input` on its stdin; its output (stdout and stderr captured).
+pub fn run_with_input(cmd: &mut Command, input: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input).unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
 /// `curl` with `args`; returns (exit ok, stdout).
 pub fn curl(args: &[&str]) -> (bool, String) {
     let (ok, out, _) = run("curl", &[&["-sS", "--max-time", "20"], args].concat());

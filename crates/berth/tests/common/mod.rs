@@ -698,18 +698,9 @@ pub fn presented_cert(b: &Berth, host: &str) -> String {
         .unwrap_or_else(|| panic!("no certificate presented for {host}: {text}"));
     let end = text[start..].find("-----END CERTIFICATE-----").unwrap() + start + 25;
     let pem = &text[start..end];
-    let mut child = std::process::Command::new("openssl")
-        .args(["x509", "-noout", "-text"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(pem.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = test_support::run_with_input(
+        std::process::Command::new("openssl").args(["x509", "-noout", "-text"]),
+        pem.as_bytes(),
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
