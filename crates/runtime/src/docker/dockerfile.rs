@@ -72,10 +72,21 @@ pub(crate) fn check(text: &str, own: &str) -> Result<Vec<String>, String> {
                     }
                 }
             }
+            "ONBUILD" => {
+                return at(
+                    "ONBUILD is not allowed (its instructions run in a later build, where berth does not check them)".into(),
+                );
+            }
             "COPY" => {
                 for flag in rest.iter().take_while(|w| w.starts_with("--")) {
-                    if let Some(from) = flag.strip_prefix("--from=") {
+                    let lower = flag.to_ascii_lowercase();
+                    if let Some(from) = lower.strip_prefix("--from=") {
                         let from = substitute(from, &args);
+                        if from.contains('$') {
+                            return at(format!(
+                                "COPY --from={from}: a build argument berth cannot resolve (name the stage or image)"
+                            ));
+                        }
                         let is_stage = stages.iter().any(|s| s.eq_ignore_ascii_case(&from))
                             || from.bytes().all(|b| b.is_ascii_digit());
                         if !is_stage {
@@ -90,6 +101,12 @@ pub(crate) fn check(text: &str, own: &str) -> Result<Vec<String>, String> {
                 let count = rest.iter().filter(|w| !w.starts_with("--")).count();
                 for src in sources.take(count.saturating_sub(1)) {
                     let src = src.trim_matches(|c| c == '[' || c == ']' || c == '"' || c == ',');
+                    let src = substitute(src, &args);
+                    if src.contains('$') {
+                        return at(format!(
+                            "ADD {src}: a build argument berth cannot resolve (hint: ADD a path of the build context, or fetch with RUN curl or wget)"
+                        ));
+                    }
                     if src.contains("://") || src.starts_with("git@") {
                         return at(format!(
                             "ADD {src}: the Docker daemon would fetch it from the host, outside the app's network rule (hint: fetch it with RUN curl or wget in the build)"
@@ -156,8 +173,8 @@ fn substitute(word: &str, args: &[(String, String)]) -> String {
     out
 }
 
-/// The instructions of a Dockerfile with the line each starts on: comments dropped, `\`
-/// continuations joined.
+/// The instructions of a Dockerfile with the line each starts on, read as Docker's parser does:
+/// comments dropped, `\` continuations joined across comment and blank lines.
 fn instructions(text: &str) -> Vec<(usize, String)> {
     let mut out = Vec::new();
     let mut current: Option<(usize, String)> = None;
@@ -166,7 +183,9 @@ fn instructions(text: &str) -> Vec<(usize, String)> {
         if current.is_none() && (line.is_empty() || line.starts_with('#')) {
             continue;
         }
-        if current.is_some() && line.starts_with('#') {
+        // Docker drops comment and blank lines inside a continuation (the blank ones with a
+        // warning) instead of ending the instruction there.
+        if current.is_some() && (line.starts_with('#') || line.is_empty()) {
             continue;
         }
         let (start, mut acc) = current.take().unwrap_or((i + 1, String::new()));
@@ -254,6 +273,22 @@ mod tests {
             (
                 "#syntax=docker/dockerfile:1\nFROM alpine\n",
                 "parser directive",
+            ),
+            // A blank or comment line inside a continuation does not end the instruction.
+            (
+                "FROM scratch\nCOPY \\\n\n--from=berth-1a2b3c4d/cvic:v2 /s /s\n",
+                "another app",
+            ),
+            (
+                "FROM scratch\nADD \\\n# x\n\n  http://127.0.0.1:1/s /s\n",
+                "fetch it",
+            ),
+            ("ARG U=http://127.0.0.1:1/\nFROM scratch\nADD $U /s\n", "fetch it"),
+            ("FROM scratch\nARG U\nADD ${U} /s\n", "cannot resolve"),
+            ("FROM scratch\nARG V\nCOPY --from=$V /a /b\n", "cannot resolve"),
+            (
+                "FROM scratch\nONBUILD COPY --from=berth-1a2b3c4d/cvic /a /b\n",
+                "ONBUILD",
             ),
         ] {
             let err = check(text, OWN).unwrap_err();
