@@ -649,6 +649,52 @@ fn a_hostile_container_keeps_no_privileges_and_reaches_no_other_app() {
         assert!(d["reason"].as_str().unwrap_or("").contains(why), "{d}");
     }
 
+    // A build's RUN steps run on the app's own network, never on Docker's default bridge
+    // (where other tenants' builds and Swarm tasks are).
+    create_app(&b, "dnet");
+    let dir = tmpdir(&b, "dnet");
+    common::docker::docker_app(
+        &dir,
+        "dnet\n",
+        "RUN [\"/bin/sh\", \"-c\", \"echo ROUTE-$(ip route | grep default)\"]\n",
+    );
+    let d = common::docker::deploy_ok(&b, "dnet", &dir);
+    let (_, log) = api(
+        &b,
+        "GET",
+        &format!("/api/v1/apps/dnet/deploys/{}/log", d["id"]),
+        "",
+    );
+    let log = log.as_str().unwrap_or_default().to_string();
+    let route = log
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("ROUTE-"))
+        .unwrap_or_else(|| panic!("no route in the build log: {log}"))
+        .to_string();
+    let network = common::docker::app_containers("dnet")[0]["NetworkSettings"]["Networks"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
+    let out = std::process::Command::new("docker")
+        .args([
+            "network",
+            "inspect",
+            "-f",
+            "{{(index .IPAM.Config 0).Gateway}}",
+            &network,
+        ])
+        .output()
+        .unwrap();
+    let gateway = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(!gateway.is_empty(), "{network}");
+    assert!(
+        route.contains(&format!("via {gateway} ")),
+        "the build ran on another network: {route} (the app's: {network}, {gateway})"
+    );
+
     // The victim still serves; both apps go with their containers.
     wait_body(&b, "dvictim", "victim inside");
     for app in ["dattacker", "dvictim"] {

@@ -622,13 +622,23 @@ impl DockerRuntime {
         let images = self.dockerfile_images(context, dockerfile, tag).await?;
         // The images it builds on, as the daemon resolves them (the caller has checked their
         // registries against its egress rule).
-        if let Some((_, app)) = labels.iter().find(|(k, _)| k == APP_LABEL) {
+        let app = labels
+            .iter()
+            .find(|(k, _)| k == APP_LABEL)
+            .map(|(_, a)| a.clone());
+        if let Some(app) = &app {
             for image in &images {
                 self.check_image(image, app)
                     .await
                     .map_err(RuntimeError::Docker)?;
             }
         }
+        // `RUN` steps on the app's own network, as its containers: never on Docker's default
+        // bridge, where other tenants' builds (and Swarm tasks) would be their neighbours.
+        let network = match &app {
+            Some(app) => Some(self.inner.ensure_network(app).await?),
+            None => None,
+        };
         let mut log_file = open_append(log).await?;
         let (tx, rx) = mpsc::channel::<Bytes>(8);
         let dir = context.to_path_buf();
@@ -648,6 +658,7 @@ impl DockerRuntime {
             rm: true,
             forcerm: true,
             labels: Some(all_labels),
+            networkmode: network,
             ..Default::default()
         };
         let docker = &self.inner.docker;

@@ -283,9 +283,15 @@ mod tests {
                 "FROM scratch\nADD \\\n# x\n\n  http://127.0.0.1:1/s /s\n",
                 "fetch it",
             ),
-            ("ARG U=http://127.0.0.1:1/\nFROM scratch\nADD $U /s\n", "fetch it"),
+            (
+                "ARG U=http://127.0.0.1:1/\nFROM scratch\nADD $U /s\n",
+                "fetch it",
+            ),
             ("FROM scratch\nARG U\nADD ${U} /s\n", "cannot resolve"),
-            ("FROM scratch\nARG V\nCOPY --from=$V /a /b\n", "cannot resolve"),
+            (
+                "FROM scratch\nARG V\nCOPY --from=$V /a /b\n",
+                "cannot resolve",
+            ),
             (
                 "FROM scratch\nONBUILD COPY --from=berth-1a2b3c4d/cvic /a /b\n",
                 "ONBUILD",
