@@ -489,6 +489,24 @@ fn without_a_registry_the_tasks_stay_on_the_node_that_has_the_image() {
     let svc = docker_get(&format!("/services/{id}"));
     let constraints = svc["Spec"]["TaskTemplate"]["Placement"]["Constraints"].to_string();
     assert!(constraints.contains("node.id == "), "{constraints}");
+    // Its tasks are on the app's own overlay network, not on Docker's default bridge (where
+    // other tenants' containers and image builds are).
+    let task_networks = eventually(T, "a running task", || {
+        let filter = urlencode(&format!(
+            r#"{{"label":["com.docker.swarm.service.id={id}"]}}"#
+        ));
+        let list = docker_get(&format!("/containers/json?filters={filter}"));
+        list.as_array()?
+            .first()
+            .map(|c| c["NetworkSettings"]["Networks"].clone())
+    });
+    let names: Vec<String> = task_networks.as_object().unwrap().keys().cloned().collect();
+    assert!(!names.iter().any(|n| n == "bridge"), "{names:?}");
+    let overlay = names
+        .iter()
+        .find(|n| n.ends_with(&format!("-swarm-{app}")))
+        .unwrap_or_else(|| panic!("{names:?}"))
+        .clone();
     let images = || {
         let owner = std::fs::canonicalize(b.path("data")).unwrap();
         let filter = urlencode(&format!(
@@ -506,4 +524,7 @@ fn without_a_registry_the_tasks_stay_on_the_node_that_has_the_image() {
     eventually(T, "the app's images to be removed", || {
         (images() == 0).then_some(())
     });
+    // And its network.
+    let gone = docker_get(&format!("/networks/{overlay}"));
+    assert!(gone["Id"].is_null(), "the overlay network is left: {gone}");
 }

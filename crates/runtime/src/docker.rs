@@ -961,7 +961,18 @@ impl Inner {
     /// Creates the app's bridge network once (or finds it from an earlier run); returns its
     /// name.
     async fn ensure_network(&self, app: &str) -> Result<String, RuntimeError> {
-        let name = self.app_network(app);
+        self.ensure_named_network(self.app_network(app), "bridge", app)
+            .await
+    }
+
+    /// The network `name` with `driver` (`bridge`, or `overlay` for Swarm services), labelled
+    /// as `app`'s, created once (or found from an earlier run); returns its name.
+    async fn ensure_named_network(
+        &self,
+        name: String,
+        driver: &str,
+        app: &str,
+    ) -> Result<String, RuntimeError> {
         let mut ready = self.networks_ready.lock().await;
         if ready.contains(&name) {
             return Ok(name);
@@ -980,7 +991,7 @@ impl Inner {
                 .docker
                 .create_network(NetworkCreateRequest {
                     name: name.clone(),
-                    driver: Some("bridge".to_string()),
+                    driver: Some(driver.to_string()),
                     labels: Some(HashMap::from([
                         (OWNER_LABEL.to_string(), self.owner.clone()),
                         (APP_LABEL.to_string(), app.to_string()),

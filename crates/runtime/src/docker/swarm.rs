@@ -307,7 +307,19 @@ impl SwarmRuntime {
             removed += 1;
         }
         self.wait_tasks_gone(app).await;
+        let overlay = self.overlay_name(app);
+        self.inner.networks_ready.lock().await.remove(&overlay);
+        if let Err(e) = self.inner.docker.remove_network(&overlay).await {
+            if !matches!(status_of(&e), Some(403 | 404 | 409)) {
+                tracing::warn!(network = %overlay, "cannot remove the app's overlay network: {}", one_line(&e.to_string()));
+            }
+        }
         Ok(removed)
+    }
+
+    /// The app's overlay network, which its services' tasks join.
+    fn overlay_name(&self, app: &str) -> String {
+        format!("{}-swarm-{app}", self.inner.prefix)
     }
 
     /// Swarm removes a deleted service's task containers in the background, and while one
@@ -609,7 +621,17 @@ impl SwarmRuntime {
         if let Some(p) = previous {
             labels.insert(PREVIOUS_LABEL.to_string(), p.to_string());
         }
+        // The app's own overlay network: without one a task sits on Docker's default bridge,
+        // where every other tenant's containers and image builds could reach its ports.
+        let network = self
+            .inner
+            .ensure_named_network(self.overlay_name(&app), "overlay", &app)
+            .await?;
         let template = TaskSpec {
+            networks: Some(vec![bollard::models::NetworkAttachmentConfig {
+                target: Some(network),
+                ..Default::default()
+            }]),
             container_spec: Some(TaskSpecContainerSpec {
                 image: Some(local),
                 labels: Some(HashMap::from([
