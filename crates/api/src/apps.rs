@@ -80,9 +80,12 @@ pub async fn destroy(
     Query(q): Query<DestroyQuery>,
 ) -> Result<StatusCode, ApiError> {
     caller.admin()?;
-    ctx.engine
-        .destroy_app_with(&app, &caller.actor(), q.keep_volumes)
-        .await?;
+    // In a task of its own: a client that gives up waiting must not leave the destroy half
+    // done (the answer is lost, the app still goes).
+    let (engine, actor) = (ctx.engine.clone(), caller.actor());
+    tokio::spawn(async move { engine.destroy_app_with(&app, &actor, q.keep_volumes).await })
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
     Ok(StatusCode::NO_CONTENT)
 }
 

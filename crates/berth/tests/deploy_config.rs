@@ -427,3 +427,28 @@ fn a_silent_build_step_is_shown_still_running() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("Building: sleep 21: still running ("), "{err}");
 }
+
+/// Destroying an app cancels its running build (and anything queued) instead of waiting for
+/// it: a build may run for up to the server's step timeout.
+#[test]
+fn destroying_an_app_cancels_its_running_build() {
+    let b = Berth::start(BIN, "");
+    create_app(&b, "busy");
+    let dir = b.path("busy");
+    app_dir(&dir, "busy", Some("sleep 120"));
+    let id = upload_id(&b, "busy", &dir);
+    test_support::eventually(std::time::Duration::from_secs(30), "the build step", || {
+        let (_, d) = api(&b, "GET", &format!("/api/v1/builds/{id}"), "");
+        (d["step"] == "build").then_some(())
+    });
+    let started = std::time::Instant::now();
+    let (st, v) = api(&b, "DELETE", "/api/v1/apps/busy", "");
+    assert_eq!(st, 204, "{v}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "destroy waited for the build: {:?}",
+        started.elapsed()
+    );
+    let (st, _) = api(&b, "GET", "/api/v1/apps/busy", "");
+    assert_eq!(st, 404);
+}

@@ -351,6 +351,8 @@ impl Engine {
         for p in self.previews(name)? {
             Box::pin(self.destroy_app(&p.name, actor)).await?;
         }
+        // Its builds first: the lock is held by the one that runs.
+        self.cancel_all(name, actor);
         let guard = self.lock_for(name);
         let _held = guard.lock().await;
         self.drop_queue(name);

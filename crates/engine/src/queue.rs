@@ -200,6 +200,30 @@ impl Engine {
         self.deploy(id)
     }
 
+    /// `app` is being destroyed: every queued or running job of it is cancelled (a running one
+    /// at its next step, its command killed), even one about to switch: nothing of the app
+    /// may go live again, and destroy must not wait for a build of up to `step_max_timeout`.
+    pub(crate) fn cancel_all(&self, app: &str, actor: &str) {
+        let reason = format!("cancelled: the app is being destroyed by {actor}");
+        let mut waiting = Vec::new();
+        {
+            let mut active = lock(&self.active);
+            for (id, a) in active.iter_mut().filter(|(_, a)| a.app == app) {
+                if a.token.is_cancelled() {
+                    continue;
+                }
+                a.reason = Some(reason.clone());
+                a.token.cancel();
+                if !a.started {
+                    waiting.push(*id);
+                }
+            }
+        }
+        for id in waiting {
+            self.end_waiting(id, DeployStatus::Cancelled, &reason);
+        }
+    }
+
     /// The job's cancel token, if it is queued or running.
     pub(crate) fn cancel_token(&self, id: i64) -> CancellationToken {
         lock(&self.active)
