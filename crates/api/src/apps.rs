@@ -466,7 +466,9 @@ pub async fn add_domain(
 ) -> Result<Response, ApiError> {
     caller.app(&app)?;
     let req: NewDomain = json_body(&body)?;
-    ctx.engine.add_domain(&app, &req.host, &caller.actor())?;
+    let admin = caller.admin().is_ok();
+    ctx.engine
+        .add_domain(&app, &req.host, &caller.actor(), admin)?;
     let list = ctx
         .engine
         .store()

@@ -22,6 +22,14 @@ fn a_deploy_token_claims_only_hosts_that_are_free_and_its_own() {
     create_app(&b, "a");
     create_app(&b, "other");
     let token = deploy_token(&b, "a");
+    // `other` has a custom domain, given by an admin.
+    let (st, v) = api(
+        &b,
+        "POST",
+        "/api/v1/apps/other/domains",
+        r#"{"host":"shop.example.org"}"#,
+    );
+    assert!(st < 300, "{v}");
     let claim = |host: &str| -> (u16, String) {
         let body = serde_json::json!({ "host": host }).to_string();
         let (st, v) = api_as(
@@ -46,6 +54,16 @@ fn a_deploy_token_claims_only_hosts_that_are_free_and_its_own() {
         ("git.berth.apps.test", 409, "under the API host"),
         ("ops.example.test", 409, "an operator's exact route"),
         ("foo.wild.example.test", 409, "an operator's wildcard route"),
+        (
+            "x.shop.example.org",
+            409,
+            "a name under another app's custom domain",
+        ),
+        (
+            "example.org",
+            409,
+            "the domain above another app's custom domain",
+        ),
         ("x.a.apps.test", 201, "a name under its own app"),
         ("www.example.com", 201, "a free domain"),
         (
@@ -70,6 +88,14 @@ fn a_deploy_token_claims_only_hosts_that_are_free_and_its_own() {
         r#"{"host":"www.example.com"}"#,
     );
     assert_eq!(st, 409, "{v}");
+    // An admin may put related names on two apps (example.org and api.example.org).
+    let (st, v) = api(
+        &b,
+        "POST",
+        "/api/v1/apps/a/domains",
+        r#"{"host":"api.shop.example.org"}"#,
+    );
+    assert_eq!(st, 201, "{v}");
 }
 
 /// A deploy token reaches its own app's previews, and no app whose name merely ends like one

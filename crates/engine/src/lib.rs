@@ -804,11 +804,23 @@ impl Engine {
         })
     }
 
-    pub fn add_domain(&self, app: &str, host: &str, actor: &str) -> Result<(), EngineError> {
+    /// Route `host` to `app`. `admin`: the caller may also take names related to another
+    /// app's custom domain (an operator who runs `example.com` and `api.example.com` as two
+    /// apps); a deploy token may not ([`Engine::check_claim`]).
+    pub fn add_domain(
+        &self,
+        app: &str,
+        host: &str,
+        actor: &str,
+        admin: bool,
+    ) -> Result<(), EngineError> {
         self.app(app)?;
         let host = host.trim_end_matches('.').to_ascii_lowercase();
         store::valid_host(&host).map_err(EngineError::BadInput)?;
         self.check_claim(app, &host)?;
+        if !admin {
+            self.check_related_claim(app, &host)?;
+        }
         self.store.add_domain(app, &host, actor)?;
         if let Err(e) = self.refresh_routes() {
             let _ = self.store.remove_domain(app, &host, actor);
@@ -874,6 +886,25 @@ impl Engine {
         });
         if served {
             return refuse("an operator route serves it".into());
+        }
+        Ok(())
+    }
+
+    /// A deploy token may not claim a name under another app's custom domain, nor a domain
+    /// above one: either would let it set cookies for (or phish under) that app's name.
+    fn check_related_claim(&self, app: &str, host: &str) -> Result<(), EngineError> {
+        for (other, theirs) in self.store.all_domains()? {
+            if other == app {
+                continue;
+            }
+            let under = host.ends_with(&format!(".{theirs}"));
+            let above = theirs.ends_with(&format!(".{host}"));
+            if under || above {
+                return Err(EngineError::Conflict(format!(
+                    "{host} cannot be claimed: it is {} {theirs}, a domain of another app (hint: an admin token can add it)",
+                    if under { "under" } else { "above" }
+                )));
+            }
         }
         Ok(())
     }
