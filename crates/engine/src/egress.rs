@@ -21,13 +21,34 @@ const ALLOW_HINT: &str = "berth does not connect to loopback, link-local, privat
 
 /// What kind of address `ip` is, when berth must not connect to it.
 pub fn forbidden(ip: IpAddr) -> Option<&'static str> {
-    by_class(ip).or_else(|| {
-        // One of this machine's own addresses (a public IP on its interface): berth would
-        // connect to itself. An address can be bound only if it is local.
+    // One of this machine's own addresses (a public IP on its interface): berth would connect
+    // to itself. An address can be bound only if it is local. An IPv6 address that carries an
+    // IPv4 one (mapped, NAT64, 6to4) reaches that one.
+    let own = |ip: IpAddr| {
         std::net::UdpSocket::bind((ip, 0))
             .is_ok()
             .then_some("one of this server's own addresses")
-    })
+    };
+    by_class(ip)
+        .or_else(|| own(ip))
+        .or_else(|| carried_v4(ip).and_then(|v4| own(IpAddr::V4(v4))))
+}
+
+/// The IPv4 address an IPv6 one carries: mapped, compatible, NAT64 (64:ff9b::/96), 6to4.
+fn carried_v4(ip: IpAddr) -> Option<Ipv4Addr> {
+    let IpAddr::V6(v6) = ip else { return None };
+    let s = v6.segments();
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    if s[..6] == [0, 0, 0, 0, 0, 0] || s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return Some(embedded_v4(v6));
+    }
+    if s[0] == 0x2002 {
+        let o = v6.octets();
+        return Some(Ipv4Addr::new(o[2], o[3], o[4], o[5]));
+    }
+    None
 }
 
 /// The address classes that are never an outside party (see [`forbidden`]).
@@ -66,6 +87,8 @@ fn by_class(ip: IpAddr) -> Option<&'static str> {
                 Some("a site-local address")
             } else if s[0] & 0xfe00 == 0xfc00 {
                 Some("a private (unique local) address")
+            } else if s[0] == 0x2001 && s[1] == 0x0db8 {
+                Some("a documentation (2001:db8::/32) address")
             } else {
                 None
             }
@@ -92,6 +115,10 @@ fn forbidden_v4(ip: Ipv4Addr) -> Option<&'static str> {
         Some("a shared (CGNAT) address")
     } else if o[0] == 198 && o[1] & 0xfe == 18 {
         Some("a benchmarking (198.18.0.0/15) address")
+    } else if matches!((o[0], o[1], o[2]), (192, 0, 0) | (192, 88, 99)) {
+        Some("a special-purpose (IETF protocol or 6to4 relay) address")
+    } else if matches!((o[0], o[1], o[2]), (192, 0, 2) | (198, 51, 100) | (203, 0, 113)) {
+        Some("a documentation (TEST-NET) address")
     } else if ip.is_multicast() || o[0] >= 240 {
         Some("a multicast, broadcast or reserved address")
     } else {
@@ -439,6 +466,12 @@ mod tests {
             "2002:a00:1::1",
             "198.18.0.1",
             "198.19.255.255",
+            "192.0.0.1",
+            "192.88.99.1",
+            "192.0.2.7",
+            "198.51.100.1",
+            "203.0.113.9",
+            "2001:db8::1",
         ] {
             assert!(forbidden(bad.parse().unwrap()).is_some(), "{bad}");
         }
