@@ -113,6 +113,17 @@ pub async fn settings(
 ) -> JsonResult {
     caller.app(&app)?;
     let p: SettingsPatch = json_body(&body)?;
+    // Each preview is an app with budgets of its own (processes, memory, a build slot share):
+    // how many a tenant may run is the operator's decision, not its deploy token's.
+    if (p.previews == Some(true) || p.preview_max.is_some()) && caller.admin().is_err() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "turning previews on, or changing how many may run, needs an admin token (each preview is an app with its own process, memory and build budgets)",
+        )
+        .hint(format!(
+            "ask an admin: berth apps:settings {app} --previews on --preview-max N"
+        )));
+    }
     let change = engine::SettingsChange {
         deploy_branch: p.deploy_branch,
         cancel_running: p.cancel_running,

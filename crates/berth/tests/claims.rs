@@ -108,6 +108,19 @@ fn a_deploy_token_reaches_its_own_previews_only() {
     for app in [long.as_str(), short.as_str()] {
         create_app(&b, app);
     }
+    // Previews multiply an app's budgets: only an admin turns them on or sets how many.
+    let own = deploy_token(&b, &long);
+    for body in [r#"{"previews":true}"#, r#"{"preview_max":50}"#] {
+        let (st, v) = api_as(
+            &b,
+            &own,
+            "PATCH",
+            &format!("/api/v1/apps/{long}/settings"),
+            "application/json",
+            body.as_bytes(),
+        );
+        assert_eq!(st, 403, "{body}: {v}");
+    }
     let (st, v) = api(
         &b,
         "PATCH",

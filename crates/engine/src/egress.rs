@@ -117,7 +117,10 @@ fn forbidden_v4(ip: Ipv4Addr) -> Option<&'static str> {
         Some("a benchmarking (198.18.0.0/15) address")
     } else if matches!((o[0], o[1], o[2]), (192, 0, 0) | (192, 88, 99)) {
         Some("a special-purpose (IETF protocol or 6to4 relay) address")
-    } else if matches!((o[0], o[1], o[2]), (192, 0, 2) | (198, 51, 100) | (203, 0, 113)) {
+    } else if matches!(
+        (o[0], o[1], o[2]),
+        (192, 0, 2) | (198, 51, 100) | (203, 0, 113)
+    ) {
         Some("a documentation (TEST-NET) address")
     } else if ip.is_multicast() || o[0] >= 240 {
         Some("a multicast, broadcast or reserved address")
