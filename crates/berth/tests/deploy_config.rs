@@ -452,3 +452,26 @@ fn destroying_an_app_cancels_its_running_build() {
     let (st, _) = api(&b, "GET", "/api/v1/apps/busy", "");
     assert_eq!(st, 404);
 }
+
+/// Deploy logs do not pile up: the newest 100 deploys of an app keep theirs, older ones go
+/// (their rows stay, as history).
+#[test]
+fn only_the_newest_deploy_logs_are_kept() {
+    let b = Berth::start(BIN, "");
+    create_app(&b, "many");
+    let bundle = common::apps::static_site(&b, "many-src");
+    let mut ids = Vec::new();
+    for _ in 0..102 {
+        let (st, v) = common::apps::upload_file(&b, "many", &bundle);
+        assert_eq!(st, 202, "{v}");
+        let id = v["id"].as_i64().unwrap();
+        assert_eq!(wait_deploy(&b, "many", id)["status"], "succeeded");
+        ids.push(id);
+    }
+    let log = |id: i64| b.path("data").join(format!("apps/many/deploys/{id}.log"));
+    assert!(!log(ids[0]).exists(), "the oldest log is kept");
+    assert!(log(ids[2]).exists(), "a log among the newest 100 is gone");
+    assert!(log(ids[101]).exists());
+    let (st, d) = api(&b, "GET", &format!("/api/v1/builds/{}", ids[0]), "");
+    assert_eq!(st, 200, "{d}");
+}

@@ -22,6 +22,9 @@ const RELEASE_TIMEOUT: Duration = Duration::from_secs(600);
 const DRAIN_SETTLE: Duration = Duration::from_millis(200);
 /// Release directories kept per app (rollback targets); older ones are pruned.
 pub const KEEP_RELEASES: usize = 10;
+
+/// Deploys of an app whose logs are kept (see `prune_deploy_logs`).
+pub const KEEP_DEPLOY_LOGS: usize = 100;
 /// Lines of an instance's log copied into the deploy log when it fails its health check.
 const TAIL_LINES: usize = 20;
 
@@ -602,11 +605,38 @@ impl Engine {
         }
     }
 
+    /// Keep the logs of the newest [`KEEP_DEPLOY_LOGS`] deploys of the app; older ones (up to
+    /// 64 MiB a step) are removed, so that disk use does not grow with every deploy. Their rows
+    /// stay, as history; their log reads empty.
+    async fn prune_deploy_logs(&self, app: &str) {
+        let Ok(deploys) = self.store.deploys(app, usize::MAX) else {
+            return;
+        };
+        let old: Vec<PathBuf> = deploys
+            .into_iter()
+            .skip(KEEP_DEPLOY_LOGS)
+            .filter(|d| !d.status.is_active())
+            .map(|d| d.log_path)
+            .filter(|p| p.is_file())
+            .collect();
+        if old.is_empty() {
+            return;
+        }
+        tracing::info!(app, logs = old.len(), "pruning old deploy logs");
+        let _ = tokio::task::spawn_blocking(move || {
+            for p in old {
+                let _ = std::fs::remove_file(p);
+            }
+        })
+        .await;
+    }
+
     /// Keep the files of the newest `KEEP_RELEASES` releases that ran, of the live one, and of
     /// builds still queued (and of the builds they reuse); older release directories are
     /// removed, so disk use does not grow with every deploy. Their rows stay, as history; a
     /// rollback to one says its files are gone.
     async fn prune_releases(&self, app: &str) {
+        self.prune_deploy_logs(app).await;
         let Ok(releases) = self.store.releases(app) else {
             return;
         };
