@@ -604,6 +604,18 @@ fn a_hostile_container_keeps_no_privileges_and_reaches_no_other_app() {
             "another app's image",
         ),
         (
+            "dthief6",
+            dockerfile(format!("ARG b=alpinez\nARG bx={victim_image}\nFROM $bx\n")),
+            "another app's image",
+        ),
+        (
+            "dthief7",
+            dockerfile(format!(
+                "FROM scratch\nCOPY --fr\"om\"={victim_image} /www /www\n"
+            )),
+            "not a flag",
+        ),
+        (
             "dthief4",
             dockerfile(format!("# escape=`\nFROM `\n  {victim_image}\n")),
             "parser directive",
@@ -653,10 +665,12 @@ fn a_hostile_container_keeps_no_privileges_and_reaches_no_other_app() {
     // (where other tenants' builds and Swarm tasks are).
     create_app(&b, "dnet");
     let dir = tmpdir(&b, "dnet");
+    // A word of this run's in the step, so that Docker's layer cache never skips it.
+    let nonce = b.http.port();
     common::docker::docker_app(
         &dir,
         "dnet\n",
-        "RUN [\"/bin/sh\", \"-c\", \"echo ROUTE-$(ip route | grep default)\"]\n",
+        &format!("RUN [\"/bin/sh\", \"-c\", \"echo ROUTE-{nonce}-$(ip route | grep default)\"]\n"),
     );
     let d = common::docker::deploy_ok(&b, "dnet", &dir);
     let (_, log) = api(
@@ -668,7 +682,7 @@ fn a_hostile_container_keeps_no_privileges_and_reaches_no_other_app() {
     let log = log.as_str().unwrap_or_default().to_string();
     let route = log
         .lines()
-        .find_map(|l| l.trim().strip_prefix("ROUTE-"))
+        .find_map(|l| l.trim().strip_prefix(&format!("ROUTE-{nonce}-")))
         .unwrap_or_else(|| panic!("no route in the build log: {log}"))
         .to_string();
     let network = common::docker::app_containers("dnet")[0]["NetworkSettings"]["Networks"]

@@ -32,81 +32,103 @@ pub(crate) fn check(text: &str, own: &str) -> Result<Vec<String>, String> {
     let mut stages: Vec<String> = Vec::new();
     let mut seen_from = false;
     for (line_no, line) in instructions(text) {
-        let mut words = line.split_whitespace();
-        let Some(keyword) = words.next() else {
-            continue;
-        };
-        let rest: Vec<&str> = words.collect();
+        let (keyword, body) = line
+            .split_once(char::is_whitespace)
+            .unwrap_or((line.as_str(), ""));
+        let keyword = keyword.to_ascii_uppercase();
         let at = |why: String| Err(format!("Dockerfile line {line_no}: {why}"));
         let refuse = |why: Option<String>| {
             why.map_or(Ok(()), |w| Err(format!("Dockerfile line {line_no}: {w}")))
         };
-        match keyword.to_ascii_uppercase().as_str() {
+        if keyword == "ONBUILD" {
+            return at(
+                "ONBUILD is not allowed (its instructions run in a later build, where berth does not check them)".into(),
+            );
+        }
+        if !matches!(keyword.as_str(), "ARG" | "FROM" | "COPY" | "ADD") {
+            continue;
+        }
+        // What these instructions name is checked as Docker will read it: their words, with
+        // the flags apart. Quotes and escapes, which Docker's word processing would remove,
+        // are refused rather than interpreted (a second reading is how checks are bypassed).
+        let (flags, words) = match words_of(&keyword, body.trim()) {
+            Ok(fw) => fw,
+            Err(why) => return at(format!("{keyword}: {why}")),
+        };
+        let allowed: &[&str] = match keyword.as_str() {
+            "FROM" => &["platform"],
+            "COPY" => &["from", "chown", "chmod", "link"],
+            "ADD" => &["chown", "chmod", "checksum", "keep-git-dir", "link"],
+            _ => &[],
+        };
+        for (name, _) in &flags {
+            if !allowed.contains(&name.as_str()) {
+                return at(format!("{keyword} --{name}: not a flag berth accepts here"));
+            }
+        }
+        match keyword.as_str() {
             "ARG" if !seen_from => {
-                for decl in &rest {
+                for decl in &words {
                     let (name, value) = decl.split_once('=').unwrap_or((decl, ""));
-                    args.push((name.to_string(), value.trim_matches('"').to_string()));
+                    if value.contains('$') {
+                        return at(format!(
+                            "ARG {name}: a default that names another variable is not supported"
+                        ));
+                    }
+                    // The last declaration wins, as in Docker.
+                    args.retain(|(n, _)| n != name);
+                    args.push((name.to_string(), value.to_string()));
                 }
             }
+            "ARG" => {}
             "FROM" => {
                 seen_from = true;
-                let mut it = rest.iter().filter(|w| !w.starts_with("--"));
-                let Some(image) = it.next() else {
+                let Some(image) = words.first() else {
                     return at("FROM names no image".into());
                 };
-                let image = substitute(image, &args);
-                if image.contains('$') {
-                    return at(format!(
-                        "FROM {image}: a build argument berth cannot resolve (give the ARG a default before the first FROM)"
-                    ));
-                }
+                let image = match substitute(image, &args) {
+                    Some(i) => i,
+                    None => {
+                        return at(format!(
+                            "FROM {image}: a build argument berth cannot resolve (give the ARG a default before the first FROM)"
+                        ))
+                    }
+                };
                 if !stages.iter().any(|s| s.eq_ignore_ascii_case(&image)) {
                     refuse(refused_image(&image, own))?;
                     if !image.eq_ignore_ascii_case("scratch") {
                         images.push(image.clone());
                     }
                 }
-                if let (Some(as_kw), Some(name)) = (it.next(), it.next()) {
+                if let (Some(as_kw), Some(name)) = (words.get(1), words.get(2)) {
                     if as_kw.eq_ignore_ascii_case("as") {
                         stages.push(name.to_string());
                     }
                 }
             }
-            "ONBUILD" => {
-                return at(
-                    "ONBUILD is not allowed (its instructions run in a later build, where berth does not check them)".into(),
-                );
-            }
             "COPY" => {
-                for flag in rest.iter().take_while(|w| w.starts_with("--")) {
-                    let lower = flag.to_ascii_lowercase();
-                    if let Some(from) = lower.strip_prefix("--from=") {
-                        let from = substitute(from, &args);
-                        if from.contains('$') {
-                            return at(format!(
-                                "COPY --from={from}: a build argument berth cannot resolve (name the stage or image)"
-                            ));
-                        }
-                        let is_stage = stages.iter().any(|s| s.eq_ignore_ascii_case(&from))
-                            || from.bytes().all(|b| b.is_ascii_digit());
-                        if !is_stage {
-                            refuse(refused_image(&from, own))?;
-                            images.push(from);
-                        }
+                if let Some((_, from)) = flags.iter().find(|(n, _)| n == "from") {
+                    let Some(from) = substitute(from, &args) else {
+                        return at(format!(
+                            "COPY --from={from}: a build argument berth cannot resolve (name the stage or image)"
+                        ));
+                    };
+                    let is_stage = stages.iter().any(|s| s.eq_ignore_ascii_case(&from))
+                        || from.bytes().all(|b| b.is_ascii_digit());
+                    if !is_stage {
+                        refuse(refused_image(&from, own))?;
+                        images.push(from);
                     }
                 }
             }
-            "ADD" => {
-                let sources = rest.iter().filter(|w| !w.starts_with("--"));
-                let count = rest.iter().filter(|w| !w.starts_with("--")).count();
-                for src in sources.take(count.saturating_sub(1)) {
-                    let src = src.trim_matches(|c| c == '[' || c == ']' || c == '"' || c == ',');
-                    let src = substitute(src, &args);
-                    if src.contains('$') {
+            _ => {
+                // ADD: every word but the last (the destination) is a source.
+                for src in words.iter().take(words.len().saturating_sub(1)) {
+                    let Some(src) = substitute(src, &args) else {
                         return at(format!(
                             "ADD {src}: a build argument berth cannot resolve (hint: ADD a path of the build context, or fetch with RUN curl or wget)"
                         ));
-                    }
+                    };
                     if src.contains("://") || src.starts_with("git@") {
                         return at(format!(
                             "ADD {src}: the Docker daemon would fetch it from the host, outside the app's network rule (hint: fetch it with RUN curl or wget in the build)"
@@ -114,7 +136,6 @@ pub(crate) fn check(text: &str, own: &str) -> Result<Vec<String>, String> {
                     }
                 }
             }
-            _ => {}
         }
     }
     Ok(images)
@@ -162,15 +183,92 @@ fn refused_image(image: &str, own: &str) -> Option<String> {
     None
 }
 
-/// `$NAME` and `${NAME}` replaced by the known `ARG` defaults.
-fn substitute(word: &str, args: &[(String, String)]) -> String {
-    let mut out = word.to_string();
-    for (name, value) in args {
-        out = out
-            .replace(&format!("${{{name}}}"), value)
-            .replace(&format!("${name}"), value);
+/// `$NAME` and `${NAME}` replaced by the known `ARG` defaults, as Docker reads them (the
+/// longest name; `${NAME:-x}` and the like are not supported). `None`: a variable berth does
+/// not know, or a form it does not read.
+fn substitute(word: &str, args: &[(String, String)]) -> Option<String> {
+    let mut out = String::new();
+    let mut rest = word;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        let (name, tail) = if let Some(braced) = after.strip_prefix('{') {
+            let end = braced.find('}')?;
+            (&braced[..end], &braced[end + 1..])
+        } else {
+            let end = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            (&after[..end], &after[end..])
+        };
+        let valid = name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !valid {
+            return None;
+        }
+        let (_, value) = args.iter().find(|(n, _)| n == name)?;
+        out.push_str(value);
+        rest = tail;
     }
-    out
+    out.push_str(rest);
+    Some(out)
+}
+
+/// The flags (`--name=value`, or `--name`) and the words of an instruction's arguments. The
+/// JSON form (`["a", "b"]`, COPY and ADD) is read as JSON; otherwise words are split on
+/// whitespace. A quote or a backslash left in a word is refused: Docker would remove it, and
+/// the word berth checks must be the word Docker uses.
+#[allow(clippy::type_complexity)]
+fn words_of(keyword: &str, body: &str) -> Result<(Vec<(String, String)>, Vec<String>), String> {
+    let mut flags = Vec::new();
+    let mut rest = body;
+    while let Some(flag) = rest.strip_prefix("--") {
+        let end = flag.find(char::is_whitespace).unwrap_or(flag.len());
+        let (word, tail) = flag.split_at(end);
+        let (name, value) = word.split_once('=').unwrap_or((word, ""));
+        flags.push((name.to_ascii_lowercase(), value.to_string()));
+        rest = tail.trim_start();
+    }
+    let words: Vec<String> = if rest.starts_with('[') && matches!(keyword, "COPY" | "ADD") {
+        serde_json::from_str::<Vec<String>>(rest)
+            .map_err(|_| "a JSON form berth cannot read (write [\"src\", \"dest\"])".to_string())?
+    } else {
+        rest.split_whitespace().map(str::to_string).collect()
+    };
+    // ARG values may be quoted as a whole (`ARG V="3.12"`): one pair, nothing inside.
+    let unquote = |w: &str| -> Result<String, String> {
+        let (name, value) = match (keyword, w.split_once('=')) {
+            ("ARG", Some((n, v))) => (Some(n), v),
+            _ => (None, w),
+        };
+        let inner = ['"', '\'']
+            .iter()
+            .find_map(|q| value.strip_prefix(*q).and_then(|v| v.strip_suffix(*q)))
+            .filter(|_| name.is_some())
+            .unwrap_or(value);
+        if inner.contains(['"', '\'', '\\']) || name.is_some_and(|n| n.contains(['"', '\'', '\\']))
+        {
+            return Err(format!(
+                "{w:?}: quotes and backslashes are not supported here (Docker would remove them; write the value plainly)"
+            ));
+        }
+        Ok(match name {
+            Some(n) => format!("{n}={inner}"),
+            None => inner.to_string(),
+        })
+    };
+    for (_, value) in &flags {
+        if value.contains(['"', '\'', '\\']) {
+            return Err(format!(
+                "a flag value {value:?} with quotes or backslashes is not supported"
+            ));
+        }
+    }
+    let words = words.iter().map(|w| unquote(w)).collect::<Result<_, _>>()?;
+    Ok((flags, words))
 }
 
 /// The instructions of a Dockerfile with the line each starts on, read as Docker's parser does:
@@ -228,6 +326,12 @@ mod tests {
         assert_eq!(
             check("ARG V=3\nFROM python:${V} AS b\nFROM scratch\nCOPY --from=b /a /b\nCOPY --from=alpine /c /d\n", OWN),
             Ok(vec!["python:3".to_string(), "alpine".to_string()])
+        );
+        // Quoted ARG defaults are read as Docker reads them; the registry a name expands to is
+        // returned (the caller checks it).
+        assert_eq!(
+            check("ARG V=\"3.12\"\nARG r=alpinez\nARG rx=127.0.0.1:5000/x\nFROM python:$V\nFROM $rx\n", OWN),
+            Ok(vec!["python:3.12".to_string(), "127.0.0.1:5000/x".to_string()])
         );
     }
 
@@ -296,6 +400,37 @@ mod tests {
                 "FROM scratch\nONBUILD COPY --from=berth-1a2b3c4d/cvic /a /b\n",
                 "ONBUILD",
             ),
+            // A third attack's spellings: quotes and escapes Docker removes, names that share
+            // a prefix, a later declaration, quoted ARG values, JSON escapes.
+            (
+                "FROM scratch\nCOPY --fr\"om\"=berth-1a2b3c4d/cvic:v1 /a /b\n",
+                "not a flag",
+            ),
+            (
+                "FROM scratch\nCOPY --f\\rom=berth-1a2b3c4d/cvic:v1 /a /b\n",
+                "not a flag",
+            ),
+            (
+                "ARG b=alpinez\nARG bx=berth-1a2b3c4d/cvic:v1\nFROM $bx\n",
+                "another app",
+            ),
+            (
+                "ARG b=alpine\nARG b=berth-1a2b3c4d/cvic:v1\nFROM ${b}\n",
+                "another app",
+            ),
+            ("ARG b='berth-1a2b3c4d/cvic:v1'\nFROM $b\n", "another app"),
+            (
+                "FROM scratch\nADD http:\\//127.0.0.1:1/s /s\n",
+                "backslashes",
+            ),
+            ("FROM scratch\nADD http:''//127.0.0.1:1/s /s\n", "quotes"),
+            (
+                "FROM scratch\nADD [\"http:\\u002f\\u002f127.0.0.1/s\", \"/s\"]\n",
+                "fetch it",
+            ),
+            ("ARG V=${X:-berth}\nFROM $V\n", "names another variable"),
+            ("FROM ${V:-alpine}\n", "cannot resolve"),
+            ("FROM --fr=x alpine\n", "not a flag"),
         ] {
             let err = check(text, OWN).unwrap_err();
             assert!(err.contains(why), "{text}: {err}");
