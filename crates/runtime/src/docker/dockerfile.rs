@@ -29,6 +29,9 @@ pub(crate) fn check(text: &str, own: &str) -> Result<Vec<String>, String> {
     }
     let mut images: Vec<String> = Vec::new();
     let mut args: Vec<(String, String)> = Vec::new();
+    // The current stage's variables as Docker expands them in COPY and ADD: its own ARGs (a
+    // bare `ARG name` takes the global default); a name an ENV sets is left out (unresolved).
+    let mut stage_args: Vec<(String, String)> = Vec::new();
     let mut stages: Vec<String> = Vec::new();
     let mut seen_from = false;
     for (line_no, line) in instructions(text) {
@@ -44,6 +47,21 @@ pub(crate) fn check(text: &str, own: &str) -> Result<Vec<String>, String> {
             return at(
                 "ONBUILD is not allowed (its instructions run in a later build, where berth does not check them)".into(),
             );
+        }
+        if keyword == "ENV" {
+            // `ENV a=b c=d` or `ENV a b`: what it sets is not resolved by berth.
+            let mut tokens = body.split_whitespace();
+            let first = tokens.next().unwrap_or_default();
+            let names: Vec<&str> = if first.contains('=') {
+                std::iter::once(first)
+                    .chain(tokens)
+                    .filter_map(|t| t.split_once('=').map(|(n, _)| n))
+                    .collect()
+            } else {
+                vec![first]
+            };
+            stage_args.retain(|(n, _)| !names.contains(&n.as_str()));
+            continue;
         }
         if !matches!(keyword.as_str(), "ARG" | "FROM" | "COPY" | "ADD") {
             continue;
@@ -80,9 +98,23 @@ pub(crate) fn check(text: &str, own: &str) -> Result<Vec<String>, String> {
                     args.push((name.to_string(), value.to_string()));
                 }
             }
-            "ARG" => {}
+            "ARG" => {
+                for decl in &words {
+                    let (name, value) = match decl.split_once('=') {
+                        Some((n, v)) => (n, Some(v.to_string())),
+                        None => (decl.as_str(), None),
+                    };
+                    let value = value
+                        .or_else(|| args.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()));
+                    stage_args.retain(|(n, _)| n != name);
+                    if let Some(v) = value.filter(|v| !v.contains('$')) {
+                        stage_args.push((name.to_string(), v));
+                    }
+                }
+            }
             "FROM" => {
                 seen_from = true;
+                stage_args.clear();
                 let Some(image) = words.first() else {
                     return at("FROM names no image".into());
                 };
@@ -108,7 +140,7 @@ pub(crate) fn check(text: &str, own: &str) -> Result<Vec<String>, String> {
             }
             "COPY" => {
                 if let Some((_, from)) = flags.iter().find(|(n, _)| n == "from") {
-                    let Some(from) = substitute(from, &args) else {
+                    let Some(from) = substitute(from, &stage_args) else {
                         return at(format!(
                             "COPY --from={from}: a build argument berth cannot resolve (name the stage or image)"
                         ));
@@ -124,7 +156,7 @@ pub(crate) fn check(text: &str, own: &str) -> Result<Vec<String>, String> {
             _ => {
                 // ADD: every word but the last (the destination) is a source.
                 for src in words.iter().take(words.len().saturating_sub(1)) {
-                    let Some(src) = substitute(src, &args) else {
+                    let Some(src) = substitute(src, &stage_args) else {
                         return at(format!(
                             "ADD {src}: a build argument berth cannot resolve (hint: ADD a path of the build context, or fetch with RUN curl or wget)"
                         ));
@@ -389,7 +421,7 @@ mod tests {
             ),
             (
                 "ARG U=http://127.0.0.1:1/\nFROM scratch\nADD $U /s\n",
-                "fetch it",
+                "cannot resolve",
             ),
             ("FROM scratch\nARG U\nADD ${U} /s\n", "cannot resolve"),
             (
@@ -431,6 +463,19 @@ mod tests {
             ("ARG V=${X:-berth}\nFROM $V\n", "names another variable"),
             ("FROM ${V:-alpine}\n", "cannot resolve"),
             ("FROM --fr=x alpine\n", "not a flag"),
+            // Inside a stage, its own ARG wins over the global one; ENV names are not resolved.
+            (
+                "ARG b=alpine\nFROM scratch\nARG b=berth-1a2b3c4d/cvic:v1\nCOPY --from=$b /a /b\n",
+                "another app",
+            ),
+            (
+                "ARG b=alpine\nFROM scratch\nENV b=berth-1a2b3c4d/cvic:v1\nCOPY --from=$b /a /b\n",
+                "cannot resolve",
+            ),
+            (
+                "ARG u=http://127.0.0.1:1/\nFROM scratch\nARG u\nADD $u /s\n",
+                "fetch it",
+            ),
         ] {
             let err = check(text, OWN).unwrap_err();
             assert!(err.contains(why), "{text}: {err}");
