@@ -6,7 +6,7 @@
 mod common;
 
 use common::apps::{api, app_get, cli, create_app, text, upload, wait_body, wait_deploy, T};
-use common::docker::{deploy_ok, docker_app, docker_available};
+use common::docker::{deploy_ok, docker_app, docker_available, serial};
 use common::BIN;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -15,6 +15,7 @@ use test_support::{eventually, write_file, Berth};
 
 #[test]
 fn a_dockerfile_app_runs_in_containers_and_redeploys_under_load_with_zero_errors() {
+    let _serial = serial();
     if !docker_available() {
         return;
     }
@@ -130,6 +131,7 @@ fn containers(app: &str) -> Vec<String> {
 
 #[test]
 fn an_unreachable_docker_daemon_fails_dockerfile_apps_with_the_socket_named() {
+    let _serial = serial();
     let b = Berth::start_with(BIN, "docker_socket = \"/nonexistent/docker.sock\"", &[], "");
     create_app(&b, "nod");
     let src = b.path("nod-src");
@@ -157,6 +159,7 @@ fn an_unreachable_docker_daemon_fails_dockerfile_apps_with_the_socket_named() {
 /// deploy (berth's HTTP check passes), is stopped, and the previous release keeps serving.
 #[test]
 fn a_container_whose_healthcheck_fails_is_stopped_and_reported() {
+    let _serial = serial();
     if !docker_available() {
         return;
     }
@@ -189,6 +192,7 @@ fn a_container_whose_healthcheck_fails_is_stopped_and_reported() {
 /// to the web app meanwhile.
 #[test]
 fn a_compose_project_with_a_database_keeps_its_data_across_redeploys() {
+    let _serial = serial();
     if !docker_available() {
         return;
     }
@@ -278,6 +282,7 @@ fn compose_project(dir: &Path, body: &str, db_marker: &str) {
 /// dir) does not get berth to send what it points to as the context: the deploy fails.
 #[test]
 fn a_build_context_swapped_for_a_symlink_is_refused() {
+    let _serial = serial();
     if !docker_available() {
         return;
     }
@@ -306,6 +311,7 @@ fn a_build_context_swapped_for_a_symlink_is_refused() {
 /// survives a redeploy.
 #[test]
 fn a_process_app_gets_a_service_and_its_address_from_berth_toml() {
+    let _serial = serial();
     if !docker_available() {
         return;
     }

@@ -7,7 +7,7 @@
 mod common;
 
 use common::apps::{api, app_get, cli, create_app, text, upload, wait_body, wait_deploy, T};
-use common::docker::{deploy_ok, docker_app, docker_available};
+use common::docker::{deploy_ok, docker_app, docker_available, serial};
 use common::BIN;
 use std::path::Path;
 use std::process::Command;
@@ -171,6 +171,7 @@ impl Drop for RemoveServices {
 
 #[test]
 fn a_swarm_service_with_two_replicas_redeploys_under_load_with_zero_errors() {
+    let _serial = serial();
     if !swarm_manager() {
         return;
     }
@@ -328,6 +329,7 @@ fn a_swarm_service_with_two_replicas_redeploys_under_load_with_zero_errors() {
 
 #[test]
 fn a_first_release_that_never_serves_fails_and_leaves_no_service() {
+    let _serial = serial();
     if !swarm_manager() {
         return;
     }
@@ -350,6 +352,7 @@ fn a_first_release_that_never_serves_fails_and_leaves_no_service() {
 
 #[test]
 fn a_swarm_app_with_accessory_services_is_refused_with_a_hint() {
+    let _serial = serial();
     if !swarm_manager() {
         return;
     }
@@ -437,6 +440,7 @@ impl Drop for Registry {
 
 #[test]
 fn with_a_registry_the_image_is_pushed_and_tasks_may_run_on_any_node() {
+    let _serial = serial();
     if !swarm_manager() {
         return;
     }
@@ -475,6 +479,7 @@ fn with_a_registry_the_image_is_pushed_and_tasks_may_run_on_any_node() {
 
 #[test]
 fn without_a_registry_the_tasks_stay_on_the_node_that_has_the_image() {
+    let _serial = serial();
     if !swarm_manager() {
         return;
     }

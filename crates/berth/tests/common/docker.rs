@@ -90,3 +90,12 @@ pub fn app_containers(app: &str) -> Vec<serde_json::Value> {
         .cloned()
         .collect()
 }
+
+/// One test at a time (per test binary): each test runs its own berth against the one Docker
+/// daemon, and a prune by one berth while another builds on the same cached layers can leave
+/// the new image without them (Docker's classic builder). One berth orders its own builds and
+/// prunes (`DockerRuntime`); several berths cannot.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
