@@ -241,7 +241,8 @@ impl Drop for Berth {
 
 impl Berth {
     /// What berth leaves on the machine on purpose (app users and its firewall table outlive
-    /// a stop, as instances do), removed once a test is done with it.
+    /// a stop, as instances do), and the build users a berth killed mid-test could not remove,
+    /// removed once a test is done with it.
     fn remove_host_state(&self) {
         use sha2::Digest;
         let data = self.dir.path().join("data");
@@ -252,7 +253,9 @@ impl Berth {
         let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
         for line in passwd.lines() {
             let f: Vec<&str> = line.split(':').collect();
-            if f.len() > 4 && f[4].starts_with("berth app ") && f[4].ends_with(&suffix) {
+            let app_user = f.len() > 4 && f[4].starts_with("berth app ") && f[4].ends_with(&suffix);
+            let build_user = f[0].starts_with(&format!("berth-build-{tag}-"));
+            if app_user || build_user {
                 // Anything still running as the app's user (berth did not stop in time) first.
                 let _ = Command::new("pkill").args(["-KILL", "-u", f[0]]).output();
                 for _ in 0..50 {
