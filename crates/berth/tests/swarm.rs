@@ -310,6 +310,18 @@ fn a_swarm_service_with_two_replicas_redeploys_under_load_with_zero_errors() {
     eventually(T, "three tasks routed", || {
         (upstreams(&b, &host).len() == 3).then_some(())
     });
+    // `ps` shows each task, with the port it publishes.
+    let (st, insts) = api(&b, "GET", &format!("/api/v1/apps/{app}/instances"), "");
+    assert_eq!(st, 200, "{insts}");
+    let mut ports: Vec<u64> = insts
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["port"].as_u64())
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(ports.len(), 3, "one row per task: {insts}");
 
     // kill -9 of berth: the tasks keep serving; the restart finds the service as it was.
     b.crash_and_restart(BIN);

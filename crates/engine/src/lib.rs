@@ -916,13 +916,15 @@ impl Engine {
     }
 
     /// The instances of an app with their live state from the runtime.
+    /// A Swarm service (one recorded instance) shows as one row per task the swarm runs, with
+    /// the port it publishes.
     pub fn instances(&self, app: &str) -> Result<Vec<InstanceView>, EngineError> {
         self.app(app)?;
         Ok(self
             .store
             .instances(app)?
             .into_iter()
-            .map(|i| {
+            .flat_map(|i| {
                 let state = match self.runtime.state(&i.runtime_id) {
                     Some(runtime::InstanceState::Running { .. }) => "running".to_string(),
                     Some(runtime::InstanceState::Restarting { .. }) => "restarting".into(),
@@ -930,7 +932,7 @@ impl Engine {
                     Some(runtime::InstanceState::Stopped) => "stopped".into(),
                     None => i.state.clone(),
                 };
-                InstanceView {
+                let row = InstanceView {
                     id: i.runtime_id.clone(),
                     proc_type: i.proc_type.clone(),
                     index: i.index,
@@ -938,6 +940,20 @@ impl Engine {
                     port: i.port,
                     pid: i.pid,
                     state,
+                };
+                match self.runtime.endpoints(&i.runtime_id) {
+                    Some(tasks) if !tasks.is_empty() => tasks
+                        .iter()
+                        .zip(1u32..)
+                        .map(|(addr, n)| InstanceView {
+                            id: format!("{}#{n}", row.id),
+                            index: n,
+                            port: Some(addr.port()),
+                            pid: None,
+                            ..row.clone()
+                        })
+                        .collect(),
+                    _ => vec![row],
                 }
             })
             .collect())
