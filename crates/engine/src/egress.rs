@@ -56,29 +56,14 @@ fn by_class(ip: IpAddr) -> Option<&'static str> {
     match ip {
         IpAddr::V4(v4) => forbidden_v4(v4),
         IpAddr::V6(v6) => {
-            // IPv4-mapped (::ffff:a.b.c.d), IPv4-compatible (::a.b.c.d) and NAT64
-            // (64:ff9b::/96) addresses reach the IPv4 address inside.
             let s = v6.segments();
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return forbidden_v4(v4);
-            }
-            if s[..6] == [0, 0, 0, 0, 0, 0] && !v6.is_unspecified() && !v6.is_loopback() {
-                return forbidden_v4(embedded_v4(v6));
-            }
-            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-                return forbidden_v4(embedded_v4(v6));
-            }
-            // 6to4 (2002::/16) carries an IPv4 address in bits 16–47, which a relay reaches.
-            if s[0] == 0x2002 {
-                let o = v6.octets();
-                if let Some(kind) = forbidden_v4(Ipv4Addr::new(o[2], o[3], o[4], o[5])) {
-                    return Some(kind);
-                }
-            }
             if v6.is_unspecified() {
                 Some("an unspecified address")
             } else if v6.is_loopback() {
                 Some("a loopback address")
+            } else if let Some(kind) = carried_v4(ip).and_then(forbidden_v4) {
+                // It reaches the IPv4 address inside (mapped, compatible, NAT64, 6to4).
+                Some(kind)
             } else if v6.is_multicast() {
                 Some("a multicast address")
             } else if s[0] & 0xffc0 == 0xfe80 {
