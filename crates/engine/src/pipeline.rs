@@ -345,7 +345,7 @@ impl Engine {
                 .build
                 .as_ref()
                 .map_or(IMAGE_TIMEOUT, |b| b.timeout.max(IMAGE_TIMEOUT));
-            self.check_dockerfile(docker, app, &context, &dockerfile, &tag)
+            self.check_dockerfile(docker, &context, &dockerfile, &tag)
                 .await
                 .map_err(|e| Failure(format!("the image build was refused: {e}")))?;
             let built =

@@ -116,6 +116,13 @@ impl Engine {
         app: &str,
         image: &str,
     ) -> Result<(), String> {
+        self.check_image_source(docker, image).await?;
+        docker.check_image(image, app).await
+    }
+
+    /// The half of [`Engine::check_image`] that needs no daemon: not an image berth built or
+    /// an image id, and not from a refused registry.
+    async fn check_image_source(&self, docker: &DockerRuntime, image: &str) -> Result<(), String> {
         check_named_image(docker, image)?;
         if let Some(registry) = runtime::registry_host(image) {
             let configured = self
@@ -137,14 +144,15 @@ impl Engine {
                     .map_err(|e| format!("image {image}: its registry is refused: {e}"))?;
             }
         }
-        docker.check_image(image, app).await
+        Ok(())
     }
 
-    /// Every image the Dockerfile `dockerfile` in `context` names passes [`Engine::check_image`].
+    /// Every image the Dockerfile `dockerfile` in `context` names passes [`Engine::check_image`]:
+    /// its source here, its labels in the build itself (`DockerRuntime::build_image` asks the
+    /// daemon for each, so it is not asked twice).
     pub(crate) async fn check_dockerfile(
         &self,
         docker: &DockerRuntime,
-        app: &str,
         context: &Path,
         dockerfile: &str,
         tag: &str,
@@ -154,7 +162,7 @@ impl Engine {
             .await
             .map_err(|e| e.to_string())?;
         for image in images {
-            self.check_image(docker, app, &image).await?;
+            self.check_image_source(docker, &image).await?;
         }
         Ok(())
     }
@@ -199,7 +207,7 @@ impl Engine {
                     // Run by image id: an unchanged build (all layers cached) is the same
                     // image, so the service is not restarted.
                     let context = real_dir_beneath(source, &b.context).map_err(Failure)?;
-                    self.check_dockerfile(docker, app, &context, &b.dockerfile, &tag)
+                    self.check_dockerfile(docker, &context, &b.dockerfile, &tag)
                         .await
                         .map_err(|e| Failure(format!("service {name}: {e}")))?;
                     docker
