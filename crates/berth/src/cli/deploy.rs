@@ -266,20 +266,17 @@ pub(super) fn report_deploy(app: &AppRef, d: &Value, json: bool) -> i32 {
     match d["status"].as_str() {
         Some("succeeded") => {
             if !json {
-                let verb = match (d["kind"].as_str(), d["trigger"].as_str()) {
-                    (Some("rollback"), _) => "rolled back",
-                    (_, Some("scale")) => "scaled",
-                    (_, Some("env")) => "restarted with the new env",
-                    (Some("restart"), _) => "restarted",
-                    _ => "deployed",
+                // (verb, words after the app's name, words before the release)
+                let (verb, after, sep) = match (d["kind"].as_str(), d["trigger"].as_str()) {
+                    (Some("rollback"), _) => ("rolled back", "", " to "),
+                    (_, Some("scale")) => ("scaled", "", " "),
+                    (_, Some("env")) => ("restarted", " with the new env", " "),
+                    (Some("restart"), _) => ("restarted", "", " "),
+                    _ => ("deployed", "", " "),
                 };
                 let name = d["app"].as_str().unwrap_or(&app.name);
-                let mut msg = match verb {
-                    "restarted with the new env" => format!("restarted {name} with the new env"),
-                    _ => format!("{verb} {name}"),
-                };
+                let mut msg = format!("{verb} {name}{after}");
                 if !d["release"].is_null() {
-                    let sep = if verb == "rolled back" { " to " } else { " " };
                     msg.push_str(sep);
                     msg.push_str(&version(&d["release"]));
                 }
