@@ -97,7 +97,19 @@ fn a_burst_of_50_pushes_across_10_apps_ends_with_every_app_serving_its_newest_co
         let (_, list) = api(&b, "GET", &format!("/api/v1/builds?app={a}"), "");
         let list = list.as_array().unwrap();
         let (st, body) = app_get(&b, a, "/");
-        assert_eq!((st, body), (200, format!("{a} push-5\n")), "{list:#?}");
+        // What berth logged that was not routine, to tell why if a build failed.
+        let stderr = b.stderr();
+        let log: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains(a.as_str()))
+            .collect();
+        let log = &log[log.len().saturating_sub(60)..];
+        assert_eq!(
+            (st, body),
+            (200, format!("{a} push-5\n")),
+            "{list:#?}\nberth's log:\n{}",
+            log.join("\n")
+        );
         assert_eq!(list.len(), 5, "{list:?}");
         // Newest first: the last push went live, with its commit recorded.
         assert_eq!(list[0]["status"], "succeeded", "{}", list[0]);

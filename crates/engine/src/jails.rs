@@ -230,7 +230,7 @@ impl Jails {
     /// the jail is off; `Err`: it cannot be built, and why.
     pub(crate) fn for_build(
         &self,
-        user: crate::sandbox::BuildUser,
+        user: &crate::sandbox::BuildUser,
         dir: &Path,
     ) -> Result<Option<::jail::Jail>, String> {
         match (&self.mode, user) {
@@ -246,8 +246,8 @@ impl Jails {
             ) => Err(format!(
                 "a build runs in a network of its own, which cannot be made here: {why}"
             )),
-            (Mode::On { .. }, Some((uid, gid))) => {
-                let mut jail = ::jail::Jail::new(uid, gid);
+            (Mode::On { .. }, Some(u)) => {
+                let mut jail = ::jail::Jail::new(u.uid, u.gid);
                 jail.hide = self.hide.clone();
                 jail.writable = vec![dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf())];
                 // Its own loopback: the servers a test suite starts are its own, on any port.
@@ -376,7 +376,7 @@ impl Jails {
     /// entry. Anything that cannot be done leaves the rest in place (a user whose processes
     /// survive keeps its firewall rule) and is logged.
     pub(crate) async fn remove_app(&self, app: &str) {
-        let cached = crate::lock(&self.users).remove(app);
+        crate::lock(&self.users).remove(app);
         let name = self.user_name(app);
         let comment = self.comment(app);
         let found = {
@@ -390,11 +390,17 @@ impl Jails {
             .ok()
             .flatten()
         };
-        let Some((uid, gid)) = found.or(cached) else {
+        // A user already gone is not looked for by its old uid: that uid may be someone
+        // else's now (`users::kill_all`).
+        let Some((uid, gid)) = found else {
             return;
         };
         let removed = tokio::task::spawn_blocking(move || -> Result<(), String> {
-            crate::users::kill_all(uid, gid)?;
+            crate::users::kill_all(&crate::users::Account {
+                name: name.as_str().into(),
+                uid,
+                gid,
+            })?;
             // Only berth's user for this app, never one that merely has the name.
             if crate::users::entry(&name).is_some_and(|e| e.comment == comment)
                 && !crate::users::remove(&name)

@@ -256,14 +256,15 @@ impl Engine {
         env.push(("BERTH_RELEASE".into(), format!("v{version}")));
 
         if build && (spec.test.is_some() || spec.build.is_some()) {
-            let user = job.slot.as_ref().and_then(|s| s.user);
-            let (root, id, dir) = (
+            let user = job.slot.as_ref().and_then(|s| s.user.clone());
+            let (root, id, dir, u) = (
                 self.scratch_root(),
                 format!("{app}-{deploy_id}"),
                 release.dir.clone(),
+                user.clone(),
             );
             let scratch = tokio::task::spawn_blocking(move || {
-                crate::sandbox::Scratch::enter(&root, &id, &dir, user)
+                crate::sandbox::Scratch::enter(&root, &id, &dir, &u)
             })
             .await
             .map_err(|e| Failure(e.to_string()))?
@@ -271,7 +272,7 @@ impl Engine {
             let mut build_env = env.clone();
             build_env.push(("HOME".into(), scratch.home.display().to_string()));
             build_env.push(("TMPDIR".into(), scratch.tmp.display().to_string()));
-            let build_jail = self.jails.for_build(user, &scratch.dir);
+            let build_jail = self.jails.for_build(&user, &scratch.dir);
             let mut outcome = Ok(());
             for (name, what, cmd) in [
                 ("test", "tests", &spec.test),
@@ -297,7 +298,7 @@ impl Engine {
                             &build_env,
                             &spec,
                             log,
-                            user,
+                            &user,
                             jail,
                             &token,
                         )
@@ -311,9 +312,9 @@ impl Engine {
             }
             let dir = release.dir.clone();
             let back = tokio::task::spawn_blocking(move || match outcome {
-                Ok(()) => scratch.leave(&dir, user).map_err(Failure),
+                Ok(()) => scratch.leave(&dir, &user).map_err(Failure),
                 Err(f) => {
-                    scratch.discard(user);
+                    scratch.discard(&user);
                     Err(f)
                 }
             })
@@ -513,7 +514,7 @@ impl Engine {
                 &env,
                 &spec,
                 log,
-                None,
+                &None,
                 jail.as_ref().and_then(|j| j.jail.clone()),
                 &token,
             )
@@ -569,7 +570,7 @@ impl Engine {
                     &env,
                     &spec,
                     log,
-                    None,
+                    &None,
                     jail.as_ref().and_then(|j| j.jail.clone()),
                     &Default::default(),
                 )
@@ -713,7 +714,7 @@ impl Engine {
         env: &[(String, String)],
         spec: &AppSpec,
         log: &DeployLog,
-        user: crate::sandbox::BuildUser,
+        user: &crate::sandbox::BuildUser,
         jail: Option<::jail::Jail>,
         cancel: &tokio_util::sync::CancellationToken,
     ) -> Result<(), Failure> {
@@ -730,7 +731,7 @@ impl Engine {
             } else {
                 self.cfg.maxima.instance_limits(spec)
             },
-            user,
+            user: user.as_ref().map(|u| (u.uid, u.gid)),
             jail,
         });
         let outcome = tokio::select! {

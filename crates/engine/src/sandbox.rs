@@ -26,7 +26,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// An unprivileged (uid, gid), or none when berth is not root (builds then run as berth's
 /// own user: nothing to switch to).
-pub(crate) type BuildUser = Option<(u32, u32)>;
+pub(crate) type BuildUser = Option<crate::users::Account>;
 
 pub(crate) struct Slots {
     permits: Arc<Semaphore>,
@@ -155,15 +155,29 @@ impl Slots {
                 .await
                 .map_err(|e| format!("the build group's network rule: {e}"))?;
         }
-        slot.user = Some(ids);
+        slot.user = Some(crate::users::Account {
+            name: format!("{prefix}{index}").into(),
+            uid: ids.0,
+            gid: ids.1,
+        });
         Ok(slot)
     }
 
-    /// Remove the build users (berth stops; no build runs and no file is theirs). They are
-    /// created again by the next build.
+    /// Remove the users of the free slots (berth stops; they are created again by the next
+    /// build). A slot still building keeps its user, which the next start finds (and its
+    /// stop removes): the build still acts as that uid, and a uid `userdel` frees goes to the
+    /// next `useradd` at once, maybe another berth's.
     pub(crate) fn remove_users(&self) {
         let Some(prefix) = &self.prefix else { return };
-        let users: Vec<usize> = crate::lock(&self.users).drain().map(|(i, _)| i).collect();
+        let users: Vec<usize> = {
+            let free = crate::lock(&self.free);
+            let mut users = crate::lock(&self.users);
+            let gone: Vec<usize> = users.keys().copied().filter(|i| free.contains(i)).collect();
+            for i in &gone {
+                users.remove(i);
+            }
+            gone
+        };
         for i in users {
             let name = format!("{prefix}{i}");
             if !crate::users::remove(&name) {
@@ -258,7 +272,7 @@ impl Scratch {
         root: &Path,
         id: &str,
         source: &Path,
-        user: BuildUser,
+        user: &BuildUser,
     ) -> Result<Scratch, String> {
         let err = |what: &str, e: std::io::Error| format!("build scratch dir: {what}: {e}");
         // Every level berth makes must be berth's own real directory: a local user who created
@@ -297,8 +311,8 @@ impl Scratch {
             for d in [&scratch.src, &scratch.home, &scratch.tmp] {
                 std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
                     .map_err(|e| err("chmod", e))?;
-                if let Some((uid, gid)) = user {
-                    chown_tree(d, (uid, gid), None).map_err(|e| err("chown", e))?;
+                if let Some(u) = user {
+                    chown_tree(d, (u.uid, u.gid), None).map_err(|e| err("chown", e))?;
                 }
             }
             Ok(())
@@ -315,7 +329,7 @@ impl Scratch {
     /// The built tree goes back to `release` (owned by berth's user again); the rest of the
     /// scratch dir is removed. Refused when the build replaced `src`, or left in it a file it
     /// does not own (a hard link to someone else's file).
-    pub(crate) fn leave(self, release: &Path, user: BuildUser) -> Result<(), String> {
+    pub(crate) fn leave(self, release: &Path, user: &BuildUser) -> Result<(), String> {
         let err = |what: &str, e: std::io::Error| format!("build scratch dir: {what}: {e}");
         // What the build left running dies first, so nothing changes the tree from here on.
         let back = kill_user(user).and_then(|()| {
@@ -325,12 +339,12 @@ impl Scratch {
             if !is_dir {
                 return Err("the build replaced its source directory with something else".into());
             }
-            if let Some((build_uid, _)) = user {
+            if let Some(u) = user {
                 let me = (
                     rustix::process::getuid().as_raw(),
                     rustix::process::getgid().as_raw(),
                 );
-                chown_tree(&self.src, me, Some(build_uid)).map_err(|e| err("chown back", e))?;
+                chown_tree(&self.src, me, Some(u.uid)).map_err(|e| err("chown back", e))?;
             }
             move_tree(&self.src, release).map_err(|e| err("moving the build back", e))
         });
@@ -340,13 +354,13 @@ impl Scratch {
 
     /// A failed or cancelled build: what it left running is killed, its files are dropped
     /// (also what it left in the shared temp dirs).
-    pub(crate) fn discard(self, user: BuildUser) {
+    pub(crate) fn discard(self, user: &BuildUser) {
         if let Err(e) = kill_user(user) {
             tracing::error!(error = %e, "a build's processes survive it");
         }
         let _ = std::fs::remove_dir_all(&self.dir);
-        if let Some((uid, _)) = user {
-            remove_owned_temp_files(uid);
+        if let Some(u) = user {
+            remove_owned_temp_files(u.uid);
         }
     }
 }
@@ -368,9 +382,9 @@ fn owned_dir(dir: &Path) -> Result<(), String> {
 
 /// SIGKILL every process of the build user `user` (none: nothing to do; see
 /// `users::kill_all`).
-fn kill_user(user: BuildUser) -> Result<(), String> {
+fn kill_user(user: &BuildUser) -> Result<(), String> {
     match user {
-        Some((uid, gid)) => crate::users::kill_all(uid, gid),
+        Some(u) => crate::users::kill_all(u),
         None => Ok(()),
     }
 }

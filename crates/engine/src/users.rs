@@ -115,17 +115,32 @@ pub(crate) fn data_tag(path: &std::path::Path) -> String {
     hash.iter().take(4).map(|b| format!("{b:02x}")).collect()
 }
 
-/// SIGKILL every process of `uid`: `kill -KILL -1` run *as that user*, which the kernel
+/// A system user berth made, as it was when berth looked it up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Account {
+    pub name: std::sync::Arc<str>,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// SIGKILL every process of `user`: `kill -KILL -1` run *as that user*, which the kernel
 /// delivers to all of its processes in one pass (a process forking in a loop cannot slip
 /// through), repeated until /proc shows none. Blocking.
-pub(crate) fn kill_all(uid: u32, gid: u32) -> Result<(), String> {
+///
+/// Only while the name still has that uid: `userdel` frees a uid and the next `useradd`
+/// (another berth's, say) takes it at once (system uids are handed out highest free first),
+/// so a uid remembered from before must never be killed blindly. (`userdel` refuses a user
+/// with processes, so a user that is gone has nothing left to kill.)
+pub(crate) fn kill_all(user: &Account) -> Result<(), String> {
     use std::os::unix::process::CommandExt;
+    let (uid, gid) = (user.uid, user.gid);
     for _ in 0..100 {
-        if !runs_as(uid) {
+        if lookup(&user.name) != Some((uid, gid)) || !runs_as(uid) {
             return Ok(());
         }
+        // procps' kill takes `-KILL -- -1`; with `-s KILL -- -1` it only prints its usage.
         let _ = std::process::Command::new("/bin/kill")
-            .args(["-s", "KILL", "--", "-1"])
+            .args(["-KILL", "--", "-1"])
             .uid(uid)
             .gid(gid)
             .env_clear()
@@ -165,4 +180,55 @@ pub(crate) fn runs_as(uid: u32) -> bool {
                         })
             })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A uid remembered for a user that was removed since, and handed to a new user (useradd
+    /// reuses the highest free system uid at once): killing "the old user's processes" must
+    /// leave the new user's alone.
+    #[test]
+    fn a_removed_users_uid_taken_by_another_user_is_not_killed() {
+        if !rustix::process::getuid().is_root() {
+            eprintln!("skipped: needs root to create users");
+            return;
+        }
+        let tag = format!("{:x}", std::process::id());
+        let (old, new) = (format!("berth-t-old-{tag}"), format!("berth-t-new-{tag}"));
+        let (uid, gid) = ensure(&old, "berth test").unwrap();
+        let stale = Account {
+            name: old.as_str().into(),
+            uid,
+            gid,
+        };
+        assert!(remove(&old));
+        let taken = ensure(&new, "berth test").unwrap();
+        let mut child = {
+            use std::os::unix::process::CommandExt;
+            std::process::Command::new("sleep")
+                .arg("30")
+                .uid(taken.0)
+                .gid(taken.1)
+                .spawn()
+                .unwrap()
+        };
+        let killed = kill_all(&stale);
+        let alive = child.try_wait().unwrap().is_none();
+        // The user's own processes are killed, by its current name.
+        let own = kill_all(&Account {
+            name: new.as_str().into(),
+            uid: taken.0,
+            gid: taken.1,
+        });
+        let status = child.wait().unwrap();
+        remove(&new);
+        killed.unwrap();
+        own.unwrap();
+        if taken.0 == uid {
+            assert!(alive, "the new owner of uid {uid} was killed");
+        }
+        assert!(!status.success(), "{status}");
+    }
 }
