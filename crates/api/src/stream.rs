@@ -11,7 +11,7 @@ use axum::http::{header, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use engine::logs::{read_log, tail_file, Follower};
+use engine::logs::{merged_tail, read_log, Follower, LogFilter, LogLine};
 use serde::Deserialize;
 use std::convert::Infallible;
 use std::time::Duration;
@@ -53,7 +53,6 @@ async fn poll_blocking(
 pub struct LogQuery {
     #[serde(default)]
     follow: bool,
-    lines: Option<usize>,
 }
 
 pub async fn deploy_log(
@@ -107,26 +106,95 @@ pub async fn deploy_log(
         .into_response())
 }
 
+/// `GET /apps/{app}/logs`: what `berth logs` asks.
+#[derive(Deserialize)]
+pub struct AppLogQuery {
+    #[serde(default)]
+    follow: bool,
+    /// Lines in all (not per instance), 100 by default.
+    lines: Option<usize>,
+    /// An RFC 3339 time, or a duration back from now (`10m`).
+    since: Option<String>,
+    until: Option<String>,
+    /// Only this process type's instances (`web`).
+    #[serde(rename = "type")]
+    proc_type: Option<String>,
+    /// Only this instance (`web.2`).
+    instance: Option<String>,
+    /// `app` (the instances' output, the default), `berth` (deploy events) or `all`.
+    source: Option<String>,
+}
+
+/// `since`/`until`: an RFC 3339 time or a duration back from `now`.
+fn parse_when(name: &str, text: &str, now: i64) -> Result<i64, ApiError> {
+    if let Some(ms) = units::parse_rfc3339(text) {
+        return Ok(ms);
+    }
+    match units::parse_duration(text) {
+        Ok(d) => Ok(now.saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))),
+        Err(_) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "invalid {name} {text:?}: expected a time such as 2026-12-08T10:00:00Z or a duration back from now such as 10m"
+            ),
+        )),
+    }
+}
+
 pub async fn app_logs(
     State(ctx): State<Ctx>,
     Extension(caller): Extension<Caller>,
     Path(app): Path<String>,
-    Query(q): Query<LogQuery>,
+    Query(q): Query<AppLogQuery>,
 ) -> Result<Response, ApiError> {
     caller.app(&app)?;
-    let files = ctx.engine.log_files(&app)?;
+    let now = units::now_ms();
+    let filter = LogFilter {
+        since: q
+            .since
+            .as_deref()
+            .map(|t| parse_when("since", t, now))
+            .transpose()?,
+        until: q
+            .until
+            .as_deref()
+            .map(|t| parse_when("until", t, now))
+            .transpose()?,
+        proc_type: q.proc_type.filter(|t| !t.is_empty()),
+        instance: q.instance.filter(|i| !i.is_empty()),
+    };
+    let (from_app, from_berth) = match q.source.as_deref().unwrap_or("app") {
+        "app" => (true, false),
+        "berth" => (false, true),
+        "all" => (true, true),
+        other => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("invalid source {other:?}: expected app, berth or all"),
+            ))
+        }
+    };
+    let files = if from_app {
+        ctx.engine.log_files(&app)?
+    } else {
+        Vec::new()
+    };
+    let events = if from_berth {
+        ctx.engine.log_events(&app)?
+    } else {
+        Vec::new()
+    };
     let n = q.lines.unwrap_or(100).min(10_000);
     let follow = q.follow;
+    let f = filter.clone();
     let (text, follower) = blocking(move || {
-        let mut text = String::new();
-        for (label, path) in &files {
-            for line in tail_file(path, n) {
-                text.push_str(&format!("{label} | {line}\n"));
-            }
-        }
+        let text: String = merged_tail(&files, events, &f, n)
+            .iter()
+            .map(|l| l.render() + "\n")
+            .collect();
         let mut follower = Follower::default();
         if follow {
-            for (label, path) in &files {
+            for (label, path) in files.iter().filter(|(l, _)| f.wants_instance(l)) {
                 follower.add(label, path, false);
             }
         }
@@ -137,41 +205,94 @@ pub async fn app_logs(
         return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response());
     }
     let first = (!text.is_empty()).then(|| text.trim_end().to_string());
-    let stream = futures_util::stream::unfold(
-        (follower, first, ctx, app),
-        |(mut follower, first, ctx, app)| async move {
-            if let Some(t) = first {
-                let ev = Event::default().event("log").data(t);
-                return Some((Ok::<_, Infallible>(ev), (follower, None, ctx, app)));
+    // Deploy events are followed by time: those after the newest one shown.
+    let state = Followed {
+        follower,
+        first,
+        ctx,
+        app,
+        filter,
+        from_app,
+        from_berth,
+        events_after: now,
+    };
+    let stream = futures_util::stream::unfold(state, |mut st| async move {
+        if let Some(t) = st.first.take() {
+            let ev = Event::default().event("log").data(t);
+            return Some((Ok::<_, Infallible>(ev), st));
+        }
+        loop {
+            if st.filter.is_past(units::now_ms()) {
+                return None;
             }
-            loop {
-                // Instances come and go across deploys: follow the current set, new files
-                // from their start.
-                let Ok(files) = ctx.engine.log_files(&app) else {
-                    return None; // the app went away
-                };
-                let (f, lines) = poll_blocking(follower, move |follower| {
-                    let paths: Vec<_> = files.iter().map(|(_, p)| p.clone()).collect();
-                    follower.retain(&paths);
-                    for (label, path) in &files {
-                        follower.add(label, path, true);
-                    }
-                })
-                .await?;
-                follower = f;
-                if !lines.is_empty() {
-                    let data: Vec<String> = lines
-                        .into_iter()
-                        .map(|(l, t)| format!("{l} | {t}"))
-                        .collect();
-                    let ev = Event::default().event("log").data(data.join("\n"));
-                    return Some((Ok(ev), (follower, None, ctx, app)));
+            // Instances come and go across deploys: follow the current set, new files from
+            // their start.
+            let files = if st.from_app {
+                match st.ctx.engine.log_files(&st.app) {
+                    Ok(files) => files,
+                    Err(_) => return None, // the app went away
                 }
-                tokio::time::sleep(POLL).await;
+            } else {
+                Vec::new()
+            };
+            let f = st.filter.clone();
+            let (follower, lines) = poll_blocking(st.follower, move |follower| {
+                let paths: Vec<_> = files.iter().map(|(_, p)| p.clone()).collect();
+                follower.retain(&paths);
+                for (label, path) in files.iter().filter(|(l, _)| f.wants_instance(l)) {
+                    follower.add(label, path, true);
+                }
+            })
+            .await?;
+            st.follower = follower;
+            let mut lines: Vec<LogLine> = lines
+                .into_iter()
+                .map(|(label, line)| LogLine::from_file(&label, &line))
+                .collect();
+            if st.from_berth {
+                let after = st.events_after;
+                lines.extend(
+                    st.ctx
+                        .engine
+                        .log_events(&st.app)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|e| e.time.is_some_and(|t| t > after)),
+                );
             }
-        },
-    );
+            lines.retain(|l| st.filter.wants_time(l.time));
+            lines.sort_by_key(|l| l.time.unwrap_or(i64::MIN));
+            if let Some(newest) = lines
+                .iter()
+                .filter(|l| l.source == engine::logs::BERTH_SOURCE)
+                .filter_map(|l| l.time)
+                .max()
+            {
+                st.events_after = st.events_after.max(newest);
+            }
+            if !lines.is_empty() {
+                let data: Vec<String> = lines.iter().map(LogLine::render).collect();
+                let ev = Event::default().event("log").data(data.join("\n"));
+                return Some((Ok(ev), st));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    });
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+/// What following an app's logs carries from one poll to the next.
+struct Followed {
+    follower: Follower,
+    /// The tail, sent first.
+    first: Option<String>,
+    ctx: Ctx,
+    app: String,
+    filter: LogFilter,
+    from_app: bool,
+    from_berth: bool,
+    /// Deploy events at or before this time were sent (or were before the tail).
+    events_after: i64,
 }

@@ -230,15 +230,8 @@ pub enum Command {
         #[arg(value_name = "HOST")]
         host: String,
     },
-    /// Show an app's recent logs, or follow them
-    Logs {
-        /// Keep printing new lines until Ctrl-C
-        #[arg(short, long)]
-        follow: bool,
-        /// How many recent lines
-        #[arg(short = 'n', long, default_value_t = 100, value_name = "N")]
-        lines: u32,
-    },
+    /// Show an app's recent logs (all instances merged in time order), or follow them
+    Logs(LogsArgs),
     /// List an app's instances
     Ps,
     /// List an app's accessory services (from its compose file)
@@ -325,7 +318,7 @@ fn dispatch(g: &Global, cmd: Command) -> Result<i32, Error> {
         Command::Domains => domains::domains(g),
         Command::DomainsAdd { host } => domains::domains_add(g, &host),
         Command::DomainsRemove { host } => domains::domains_remove(g, &host),
-        Command::Logs { follow, lines } => ps::logs(g, follow, lines),
+        Command::Logs(args) => ps::logs(g, &args),
         Command::Ps => ps::ps(g),
         Command::Services => ps::services(g),
         Command::Nodes => info::nodes(g),
@@ -377,6 +370,39 @@ fn local_data_dir(g: &Global) -> PathBuf {
         .unwrap_or(default)
 }
 
+/// `berth logs`: which lines, from where.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LogsArgs {
+    /// Keep printing new lines until Ctrl-C (or until `--until` has passed)
+    #[arg(short, long)]
+    pub follow: bool,
+    /// How many recent lines, in all
+    #[arg(short = 'n', long, default_value_t = 100, value_name = "N")]
+    pub lines: u32,
+    /// Only lines since this time: 2026-12-08T10:00:00Z, or a duration back from now (10m)
+    #[arg(long, value_name = "WHEN")]
+    pub since: Option<String>,
+    /// Only lines until this time (same forms as --since)
+    #[arg(long, value_name = "WHEN")]
+    pub until: Option<String>,
+    /// Only instances of this process type (web, worker)
+    #[arg(short = 't', long = "type", value_name = "TYPE")]
+    pub proc_type: Option<String>,
+    /// Only this instance (web.2)
+    #[arg(short = 'i', long, value_name = "INSTANCE")]
+    pub instance: Option<String>,
+    /// Whose lines: the app's output, berth's deploy events, or both
+    #[arg(short = 's', long, value_enum, default_value_t = LogSource::App)]
+    pub source: LogSource,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogSource {
+    App,
+    Berth,
+    All,
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -417,11 +443,21 @@ mod tests {
         let cli = TestCli::try_parse_from(["berth", "logs", "-f", "-n", "5"]).unwrap();
         assert!(matches!(
             cli.cmd,
-            Command::Logs {
+            Command::Logs(LogsArgs {
                 follow: true,
-                lines: 5
-            }
+                lines: 5,
+                ..
+            })
         ));
+        let cli = TestCli::try_parse_from([
+            "berth", "logs", "--since", "10m", "--type", "web", "--source", "all",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.cmd,
+            Command::Logs(LogsArgs { ref since, source: LogSource::All, .. }) if since.as_deref() == Some("10m")
+        ));
+        assert!(TestCli::try_parse_from(["berth", "logs", "--source", "router"]).is_err());
         assert!(TestCli::try_parse_from(["berth", "env:set"]).is_err());
     }
 }

@@ -64,8 +64,15 @@ fn main() {
     // `berth jail <args> -- <cmd>`: the process runtime's jail helper (berth-jail), run as
     // root by berth itself; kept out of clap so nothing but its own arguments are parsed.
     let mut args = std::env::args_os();
-    if args.nth(1).is_some_and(|a| a == "jail") {
-        std::process::exit(jail::main(args));
+    match args.nth(1) {
+        Some(a) if a == "jail" => std::process::exit(jail::main(args)),
+        // `berth log-stamp`: an instance's output, each line stamped with its time, onto its
+        // log file (runtime::logs), started by the process runtime.
+        Some(a) if a == "log-stamp" => {
+            let copied = runtime::logs::stamp(std::io::stdin().lock(), std::io::stdout().lock());
+            std::process::exit(i32::from(copied.is_err()));
+        }
+        _ => {}
     }
     let cli = Cli::parse();
     let result = match cli.cmd {

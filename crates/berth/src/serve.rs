@@ -116,6 +116,10 @@ async fn run(
         // Tags the apps' processes as this berth's, for the sweep after a crash.
         owner: owner.clone(),
         jail_helper: jail_helper.clone(),
+        // The log stamper is this very binary too (`berth log-stamp`).
+        log_stamper: Some(
+            std::env::current_exe().context("cannot find berth's own binary (the log stamper)")?,
+        ),
         user_memory: Some(
             cfg.server
                 .app_memory_budget

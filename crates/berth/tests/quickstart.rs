@@ -146,7 +146,7 @@ while True:
             seen.push(l);
         }
         seen.iter()
-            .any(|l| l.starts_with("web.1 | connection"))
+            .any(|l| l.contains(" web.1 | connection"))
             .then_some(())
     });
     let _ = follow.kill();

@@ -998,6 +998,11 @@ impl Engine {
         Ok(files)
     }
 
+    /// The app's recent deploys as events of its logs (`logs::deploy_events`).
+    pub fn log_events(&self, app: &str) -> Result<Vec<logs::LogLine>, EngineError> {
+        Ok(logs::deploy_events(&self.store.deploys(app, 200)?))
+    }
+
     pub(crate) fn instance_log(&self, app: &str, runtime_id: &str) -> PathBuf {
         self.app_dir(app)
             .join("logs")

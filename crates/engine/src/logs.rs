@@ -1,5 +1,7 @@
-//! Reading logs: the last lines of a file, and following files as they grow (also across
-//! the runtime's copy-and-truncate rotation).
+//! Reading logs: the last lines of a file, following files as they grow (also across the
+//! runtime's copy-and-truncate rotation), and an app's logs as one stream: every instance's
+//! lines (stamped with their time as they were written, `runtime::logs`) and berth's deploy
+//! events, merged in time order and filtered ([`LogFilter`]).
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -71,6 +73,136 @@ pub fn tail_file(path: &Path, n: usize) -> Vec<String> {
     }
     let skip = lines.len().saturating_sub(n);
     lines[skip..].iter().map(|s| s.to_string()).collect()
+}
+
+/// One line of an app's logs: when (from its stamp; `None` for a line written before berth
+/// stamped logs), where from (`web.1`, or `berth` for a deploy event), and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    pub time: Option<i64>,
+    pub source: String,
+    pub text: String,
+}
+
+/// Where deploy events come from in an app's logs.
+pub const BERTH_SOURCE: &str = "berth";
+
+impl LogLine {
+    /// A line of the log file of instance `label`.
+    pub fn from_file(label: &str, line: &str) -> LogLine {
+        let (time, text) = runtime::logs::split_stamp(line);
+        LogLine {
+            time,
+            source: label.to_string(),
+            text: text.to_string(),
+        }
+    }
+
+    /// `2026-12-08T10:00:00.123Z web.1 | text`, as `berth logs` prints it.
+    pub fn render(&self) -> String {
+        match self.time {
+            Some(t) => format!("{} {} | {}", units::rfc3339(t), self.source, self.text),
+            None => format!("{} | {}", self.source, self.text),
+        }
+    }
+}
+
+/// Which of an app's log lines a reader wants.
+#[derive(Debug, Clone, Default)]
+pub struct LogFilter {
+    /// Lines at or after this time (Unix ms); a line without a time is then left out.
+    pub since: Option<i64>,
+    /// Lines at or before this time.
+    pub until: Option<i64>,
+    /// Only instances of this process type (`web`).
+    pub proc_type: Option<String>,
+    /// Only this instance (`web.2`).
+    pub instance: Option<String>,
+}
+
+impl LogFilter {
+    /// Whether the instance `label` (`web.2`) is wanted.
+    pub fn wants_instance(&self, label: &str) -> bool {
+        let ty = label.rsplit_once('.').map_or(label, |(t, _)| t);
+        self.instance.as_deref().is_none_or(|i| i == label)
+            && self.proc_type.as_deref().is_none_or(|t| t == ty)
+    }
+
+    pub fn wants_time(&self, time: Option<i64>) -> bool {
+        match time {
+            Some(t) => self.since.is_none_or(|s| t >= s) && self.until.is_none_or(|u| t <= u),
+            None => self.since.is_none() && self.until.is_none(),
+        }
+    }
+
+    /// Nothing after `until` can come any more: a follow ends.
+    pub fn is_past(&self, now: i64) -> bool {
+        self.until.is_some_and(|u| now > u)
+    }
+}
+
+/// The last `n` lines of the instance logs `files` (label, path) and of `events`, those that
+/// `filter` wants, in time order (lines without a time first). Blocking file I/O.
+pub fn merged_tail(
+    files: &[(String, PathBuf)],
+    events: Vec<LogLine>,
+    filter: &LogFilter,
+    n: usize,
+) -> Vec<LogLine> {
+    // With `until`, the wanted lines may sit before many later ones: scan the whole tail.
+    let per_file = if filter.until.is_some() {
+        usize::MAX
+    } else {
+        n
+    };
+    let mut lines: Vec<LogLine> = files
+        .iter()
+        .filter(|(label, _)| filter.wants_instance(label))
+        .flat_map(|(label, path)| {
+            tail_file(path, per_file)
+                .into_iter()
+                .map(|l| LogLine::from_file(label, &l))
+                .collect::<Vec<_>>()
+        })
+        .chain(events)
+        .filter(|l| filter.wants_time(l.time))
+        .collect();
+    // Stable: lines of one file (and events) keep their order within one millisecond.
+    lines.sort_by_key(|l| l.time.unwrap_or(i64::MIN));
+    let skip = lines.len().saturating_sub(n);
+    lines.split_off(skip)
+}
+
+/// An app's deploys as events in its logs: each one's start and end.
+pub fn deploy_events(deploys: &[store::Deploy]) -> Vec<LogLine> {
+    let mut out = Vec::new();
+    for d in deploys {
+        let kind = d.kind.as_str();
+        let mut what = format!("{}{} {}", kind[..1].to_uppercase(), &kind[1..], d.id);
+        let about = d.meta.message.as_deref().unwrap_or(&d.meta.trigger);
+        out.push(LogLine {
+            time: Some(d.started_at),
+            source: BERTH_SOURCE.into(),
+            text: format!("{what} started by {}: {about}", d.actor),
+        });
+        if let Some(end) = d.finished_at {
+            what.push(' ');
+            what.push_str(d.status.as_str());
+            match (d.status, d.release_version, &d.reason) {
+                (store::DeployStatus::Succeeded, Some(v), _) => {
+                    what.push_str(&format!(": v{v} is live"));
+                }
+                (_, _, Some(reason)) => what.push_str(&format!(": {reason}")),
+                _ => {}
+            }
+            out.push(LogLine {
+                time: Some(end),
+                source: BERTH_SOURCE.into(),
+                text: what,
+            });
+        }
+    }
+    out
 }
 
 /// Follows a set of files, returning the complete lines added since the last poll.

@@ -1236,6 +1236,12 @@ async fn follow_logs(inner: Arc<Inner>, m: Arc<Managed>, mut since: i64) {
                 }
             };
             let (key, text) = split_timestamp(&chunk);
+            // Docker's time of the line becomes its stamp in the log (`logs.rs`).
+            let stamped = chunk
+                .split(|&b| b == b' ')
+                .next()
+                .and_then(|t| std::str::from_utf8(t).ok())
+                .and_then(units::parse_rfc3339);
             if let Some(key) = key {
                 if last.as_ref().is_some_and(|l| &key <= l) {
                     continue;
@@ -1243,7 +1249,16 @@ async fn follow_logs(inner: Arc<Inner>, m: Arc<Managed>, mut since: i64) {
                 last = Some(key);
                 since = unix_now().saturating_sub(1);
             }
-            if let Err(e) = file.write_all(text).await {
+            let mut line = Vec::with_capacity(text.len() + crate::logs::STAMP_LEN + 1);
+            line.extend_from_slice(
+                units::rfc3339(stamped.unwrap_or_else(units::now_ms)).as_bytes(),
+            );
+            line.push(b' ');
+            line.extend_from_slice(text);
+            if !line.ends_with(b"\n") {
+                line.push(b'\n');
+            }
+            if let Err(e) = file.write_all(&line).await {
                 tracing::warn!(instance = %m.id, "cannot write log file: {e}");
             }
             if checked.elapsed() >= LOG_CHECK_EVERY {

@@ -18,7 +18,7 @@
 
 mod docker;
 mod limits;
-mod logs;
+pub mod logs;
 mod multi;
 mod process;
 mod procfs;

@@ -98,6 +98,10 @@ pub struct ProcessOptions {
     /// use together: their cgroups sit in one parent cgroup with this limit, so that many
     /// instances of one app cannot take the host's memory. `None`: no such limit.
     pub user_memory: Option<u64>,
+    /// A binary whose `log-stamp` subcommand is [`crate::logs::stamp`] (berth itself): an
+    /// instance's output goes through it, every line stamped with its time. `None`: the
+    /// output is appended to the log as it is.
+    pub log_stamper: Option<std::path::PathBuf>,
 }
 
 impl Default for ProcessOptions {
@@ -114,6 +118,7 @@ impl Default for ProcessOptions {
             owner: String::new(),
             user_memory: None,
             jail_helper: None,
+            log_stamper: None,
         }
     }
 }
@@ -765,12 +770,16 @@ fn spawn_instance(
         Some(jail) => shared.jailed(&spec.id, jail)?,
         None => shared.unjailed(&spec.id)?,
     };
+    let output = match &shared.opts.log_stamper {
+        Some(stamper) => Output::Stamped(&spec.log_file, stamper),
+        None => Output::Append(&spec.log_file),
+    };
     spawn(
         &spec.id,
         &spec.command,
         &spec.dir,
         &spec.env,
-        Output::Append(&spec.log_file),
+        output,
         confinement,
         &shared.opts.owner,
         how,
@@ -783,6 +792,12 @@ fn spawn_instance(
 enum Output<'a> {
     /// Appended to this file directly (instances: their log is rotated by size).
     Append(&'a Path),
+    /// As `Append`, through the log stamper at this path (`<stamper> log-stamp`), which
+    /// stamps every line with its time. It is a process of its own, so it lives as long as
+    /// the command's output does, across berth restarts too. It runs as berth's user, never
+    /// as the app's: a process of the app's user outside the jail could be taken over by the
+    /// jailed app (signalled, or written through `/proc/<pid>/mem`). It only copies bytes.
+    Stamped(&'a Path, &'a Path),
     /// Through a pipe, appended to this file up to this many bytes, the rest read and dropped
     /// (tasks: their deploy log is never rotated, and a build must not fill the disk with it).
     Capped(&'a Path, u64),
@@ -902,7 +917,8 @@ fn spawn(
     owner: &str,
     how: RunAs<'_>,
 ) -> Result<(Proc, Option<u64>, Option<Copier>), RuntimeError> {
-    let (Output::Append(log_file) | Output::Capped(log_file, _)) = output;
+    let (Output::Append(log_file) | Output::Stamped(log_file, _) | Output::Capped(log_file, _)) =
+        output;
     let log_err = |source| RuntimeError::LogFile {
         path: log_file.to_path_buf(),
         source,
@@ -916,6 +932,26 @@ fn spawn(
         Output::Append(_) => {
             let stderr = file.try_clone().map_err(log_err)?;
             (file.into(), stderr.into(), None)
+        }
+        Output::Stamped(_, stamper) => {
+            let (reader, writer) = std::io::pipe().map_err(log_err)?;
+            let stderr = writer.try_clone().map_err(log_err)?;
+            let mut cmd = Command::new(stamper);
+            cmd.arg("log-stamp")
+                .env_clear()
+                .current_dir("/")
+                .stdin(reader)
+                .stdout(file)
+                .stderr(Stdio::null())
+                // Its own group: a signal to the command's group leaves it to read to the end.
+                .process_group(0)
+                .kill_on_drop(false);
+            // Not waited for: tokio reaps a child it no longer has a handle on.
+            cmd.spawn().map_err(|source| RuntimeError::Spawn {
+                id: format!("{id} (its log stamper)"),
+                source,
+            })?;
+            (writer.into(), stderr.into(), None)
         }
         Output::Capped(_, cap) => {
             let (reader, writer) = std::io::pipe().map_err(log_err)?;

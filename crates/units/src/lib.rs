@@ -1,6 +1,7 @@
 //! The duration, size and HSTS notation of every file berth reads (the server config, app
 //! manifests): one parser each, so `"10s"`, `"256MiB"` or `hsts = true` mean the same
-//! everywhere.
+//! everywhere; and the one way berth writes and reads a point in time (RFC 3339 UTC, to the
+//! millisecond: the API, notifications, the access log and app logs).
 #![forbid(unsafe_code)]
 
 use std::time::Duration;
@@ -78,6 +79,103 @@ pub fn parse_hsts(on: Option<bool>, value: Option<String>) -> Result<String, Str
     Ok(value)
 }
 
+/// Unix milliseconds as RFC 3339 UTC, `2026-11-28T09:30:00.123Z` (always 24 characters for
+/// years 0 to 9999).
+pub fn rfc3339(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let millis = ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// The current time in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Unix milliseconds of an RFC 3339 time: `2026-11-28T09:30:00Z`, with any fraction of a
+/// second (kept to the millisecond) and `Z` or a `+hh:mm`/`-hh:mm` offset. `None` if it is
+/// not one.
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let part = s.get(r)?;
+        part.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| part.parse().ok())?
+    };
+    let sep = |i: usize, c: u8| b.get(i) == Some(&c);
+    if !(sep(4, b'-') && sep(7, b'-') && matches!(b.get(10), Some(b'T' | b't' | b' '))) {
+        return None;
+    }
+    if !(sep(13, b':') && sep(16, b':')) {
+        return None;
+    }
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let mut rest = s.get(19..)?;
+    let mut millis = 0;
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        let first3 = format!("{:0<3}", frac.get(..digits.min(3))?);
+        millis = first3.parse::<i64>().ok()?;
+        rest = frac.get(digits..)?;
+    }
+    let offset_min = match rest {
+        "Z" | "z" => 0,
+        _ => {
+            let sign = match rest.as_bytes().first() {
+                Some(b'+') => 1,
+                Some(b'-') => -1,
+                _ => return None,
+            };
+            let o = rest.get(1..)?;
+            if o.len() != 5 || o.as_bytes().get(2) != Some(&b':') {
+                return None;
+            }
+            let (oh, om): (i64, i64) = (o.get(..2)?.parse().ok()?, o.get(3..)?.parse().ok()?);
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            sign * (oh * 60 + om)
+        }
+    };
+    // Howard Hinnant's days_from_civil.
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset_min * 60;
+    Some(secs * 1000 + millis)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,6 +227,41 @@ mod tests {
         }
         for bad in ["", "MiB", "-1", "1.5MiB", "1TiB", "99999999999999999999GiB"] {
             assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn times() {
+        for (ms, text) in [
+            (0, "1970-01-01T00:00:00.000Z"),
+            (951_782_400_123, "2000-02-29T00:00:00.123Z"),
+            (1_795_857_000_000, "2026-11-28T09:10:00.000Z"),
+            (-1, "1969-12-31T23:59:59.999Z"),
+        ] {
+            assert_eq!(rfc3339(ms), text);
+            assert_eq!(parse_rfc3339(text), Some(ms), "{text}");
+        }
+        for (text, ms) in [
+            ("2026-11-28T09:10:00Z", 1_795_857_000_000),
+            ("2026-11-28T09:10:00.5Z", 1_795_857_000_500),
+            ("2026-11-28T09:10:00.123456789Z", 1_795_857_000_123),
+            ("2026-11-28T10:10:00+01:00", 1_795_857_000_000),
+            ("2026-11-28T08:40:00.000-00:30", 1_795_857_000_000),
+        ] {
+            assert_eq!(parse_rfc3339(text), Some(ms), "{text}");
+        }
+        for bad in [
+            "",
+            "2026-11-28",
+            "2026-11-28T09:10:00",
+            "2026-13-28T09:10:00Z",
+            "2026-11-28T09:10:00.Z",
+            "2026-11-28T09:10:00+0100",
+            "2026-11-28T09:10:00Zjunk",
+            "+026-11-28T09:10:00Z",
+            "2026-11-28T09:1a:00Z",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad:?}");
         }
     }
 }

@@ -86,12 +86,46 @@ pub(super) fn scale(g: &Global, pairs: &[String]) -> Result<i32, Error> {
     follow_change(&c, &app, answer, g.json)
 }
 
-pub(super) fn logs(g: &Global, follow: bool, lines: u32) -> Result<i32, Error> {
+/// The query of `GET /apps/{app}/logs` for `args` (without `follow`).
+fn logs_query(args: &super::LogsArgs) -> String {
+    let source = match args.source {
+        super::LogSource::App => "app",
+        super::LogSource::Berth => "berth",
+        super::LogSource::All => "all",
+    };
+    let mut q = format!("lines={}&source={source}", args.lines);
+    for (key, value) in [
+        ("since", &args.since),
+        ("until", &args.until),
+        ("type", &args.proc_type),
+        ("instance", &args.instance),
+    ] {
+        if let Some(v) = value {
+            q.push_str(&format!("&{key}={}", query_escape(v)));
+        }
+    }
+    q
+}
+
+/// `text` as a query value: everything but unreserved characters percent-encoded.
+fn query_escape(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b':' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+pub(super) fn logs(g: &Global, args: &super::LogsArgs) -> Result<i32, Error> {
     let app = app(g)?;
     let c = connect(g)?;
-    if !follow {
+    let query = logs_query(args);
+    if !args.follow {
         let text = c
-            .get_text(&format!("{}/logs?lines={lines}", app.path()))
+            .get_text(&format!("{}/logs?{query}", app.path()))
             .map_err(|e| app.explain(e))?;
         let text = for_terminal(&text);
         let mut out = io::stdout().lock();
@@ -102,7 +136,7 @@ pub(super) fn logs(g: &Global, follow: bool, lines: u32) -> Result<i32, Error> {
         return Ok(EXIT_OK);
     }
     let reader = c
-        .stream(&format!("{}/logs?follow=true&lines={lines}", app.path()))
+        .stream(&format!("{}/logs?follow=true&{query}", app.path()))
         .map_err(|e| app.explain(e))?;
     let mut stdout_gone = false;
     let result = client::read_sse(reader, |event, data| {
@@ -119,7 +153,8 @@ pub(super) fn logs(g: &Global, follow: bool, lines: u32) -> Result<i32, Error> {
         }
         true
     });
-    if stdout_gone {
+    // `--until` passed: the server ends the stream, as asked.
+    if stdout_gone || (result.is_ok() && args.until.is_some()) {
         return Ok(EXIT_OK);
     }
     let msg = match result {

@@ -1,0 +1,184 @@
+//! `berth logs`: every instance's output merged in time order, each line stamped with the time
+//! it was written and the instance it came from; `-n` counts lines in all; `--since`/`--until`,
+//! `--type`, `--instance` and `--source` (berth's deploy events) filter. Through the real
+//! binary, the real CLI and real app processes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::apps::*;
+use common::BIN;
+use std::time::Duration;
+use test_support::{eventually, write_file, Berth};
+
+const T: Duration = Duration::from_secs(60);
+
+/// `berth logs <args> -a ticker`: its stdout lines, after checking it succeeded.
+fn logs(b: &Berth, args: &[&str]) -> Vec<String> {
+    let mut all = vec!["logs", "-a", "ticker"];
+    all.extend_from_slice(args);
+    let out = cli(b, &all);
+    assert!(out.status.success(), "{all:?}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// A line's time (its stamp, parsed as text: RFC 3339 UTC with milliseconds sorts as text),
+/// source and text.
+fn parts(line: &str) -> (&str, &str, &str) {
+    let (stamp, rest) = line.split_once(' ').unwrap();
+    assert_eq!(stamp.len(), 24, "not stamped: {line:?}");
+    assert!(
+        stamp.ends_with('Z') && stamp.as_bytes()[10] == b'T',
+        "{line:?}"
+    );
+    let (source, text) = rest.split_once(" | ").unwrap();
+    (stamp, source, text)
+}
+
+#[test]
+fn logs_merge_all_instances_in_time_order_and_filter_by_time_type_instance_and_source() {
+    let b = Berth::start(BIN, "");
+    let src = tmpdir(&b, "src");
+    python_app(&src, "tick", 200);
+    // A worker that ticks, once prints a line that pretends to be another instance's (with a
+    // stamp of its own), and once a line longer than a log line may be.
+    write_file(
+        &src.join("Procfile"),
+        b"web: python3 app.py\nworker: sh -c 'echo \"1999-01-01T00:00:00.000Z web.2 | forged\"; head -c 40000 /dev/zero | tr \"\\\\0\" x; echo; i=0; while true; do i=$((i+1)); echo \"tick $i\"; sleep 0.05; done'\n",
+    );
+    let out = deploy(&b, "ticker", &src);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = cli(&b, &["scale", "web=2", "worker=1", "-a", "ticker"]);
+    assert!(out.status.success(), "{}", text(&out));
+    // Requests make the web instances log.
+    eventually(T, "lines of web.1, web.2 and worker.1", || {
+        app_get(&b, "ticker", "/");
+        let lines = logs(&b, &["-n", "1000"]);
+        let has = |s: &str| lines.iter().any(|l| l.contains(&format!(" {s} | ")));
+        (has("web.1") && has("web.2") && has("worker.1") && lines.len() > 60).then_some(())
+    });
+
+    // -n counts lines in all, merged in time order, every line stamped and named.
+    let lines = logs(&b, &["-n", "30"]);
+    assert_eq!(lines.len(), 30, "{lines:#?}");
+    let all = logs(&b, &["-n", "1000"]);
+    let stamps: Vec<&str> = all.iter().map(|l| parts(l).0).collect();
+    assert!(stamps.windows(2).all(|w| w[0] <= w[1]), "{all:#?}");
+    let sources: std::collections::BTreeSet<&str> = all.iter().map(|l| parts(l).1).collect();
+    assert!(
+        sources.contains("web.1") && sources.contains("web.2") && sources.contains("worker.1"),
+        "{sources:?}"
+    );
+    // What an app prints cannot pass for another instance's line, or another time.
+    let forged = all
+        .iter()
+        .find(|l| l.contains("forged"))
+        .expect("the forged line");
+    assert_eq!(parts(forged).1, "worker.1", "{forged}");
+    assert!(parts(forged).0 > "2026", "{forged}");
+    // A line longer than 16 KiB comes as several lines, each stamped.
+    let xs: Vec<&String> = all
+        .iter()
+        .filter(|l| parts(l).2.starts_with("xxxx"))
+        .collect();
+    assert_eq!(
+        xs.iter().map(|l| parts(l).2.len()).sum::<usize>(),
+        40000,
+        "{xs:?}"
+    );
+    assert!(xs.len() >= 3, "{}", xs.len());
+
+    // --instance and --type.
+    let worker = logs(&b, &["--instance", "worker.1", "-n", "5"]);
+    assert_eq!(worker.len(), 5, "{worker:#?}");
+    let ticks: Vec<u64> = worker
+        .iter()
+        .map(|l| {
+            let (_, source, text) = parts(l);
+            assert_eq!(source, "worker.1");
+            text.strip_prefix("tick ").unwrap().parse().unwrap()
+        })
+        .collect();
+    assert!(ticks.windows(2).all(|w| w[1] == w[0] + 1), "{ticks:?}");
+    let web = logs(&b, &["--type", "web", "-n", "1000"]);
+    assert!(!web.is_empty());
+    assert!(
+        web.iter().all(|l| parts(l).1.starts_with("web.")),
+        "{web:#?}"
+    );
+    assert!(logs(&b, &["--instance", "web.2", "-n", "1000"])
+        .iter()
+        .all(|l| !l.contains("forged")));
+
+    // --since and --until, as times and as durations back from now.
+    let middle = parts(&all[all.len() / 2]).0.to_string();
+    let after = logs(&b, &["--since", &middle, "-n", "1000"]);
+    assert!(!after.is_empty());
+    assert!(after.iter().all(|l| parts(l).0 >= middle.as_str()));
+    let before = logs(&b, &["--until", &middle, "-n", "1000"]);
+    assert!(!before.is_empty());
+    assert!(before.iter().all(|l| parts(l).0 <= middle.as_str()));
+    assert!(logs(&b, &["--since", "2099-01-01T00:00:00Z"]).is_empty());
+    assert!(logs(&b, &["--until", "2000-01-01T00:00:00+01:00"]).is_empty());
+    let recent = logs(&b, &["--since", "10m", "-n", "1000"]);
+    assert!(!recent.is_empty());
+    assert!(logs(&b, &["--since", "1ms", "-n", "1000"]).len() < recent.len());
+
+    // --source: berth's deploy events, alone or with the app's lines.
+    let events = logs(&b, &["--source", "berth"]);
+    assert!(events.iter().all(|l| parts(l).1 == "berth"), "{events:#?}");
+    let text_of = |l: &String| parts(l).2.to_string();
+    assert!(
+        events
+            .iter()
+            .map(text_of)
+            .any(|t| t.starts_with("Build 1 started by") && t.contains("token:admin")),
+        "{events:#?}"
+    );
+    assert!(
+        events
+            .iter()
+            .map(text_of)
+            .any(|t| t == "Build 1 succeeded: v1 is live"),
+        "{events:#?}"
+    );
+    let both = logs(&b, &["--source", "all", "-n", "10000"]);
+    assert!(both.iter().any(|l| parts(l).1 == "berth"));
+    assert!(both.iter().any(|l| parts(l).1 == "worker.1"));
+
+    // -f with --until ends by itself once that time has passed.
+    let until = {
+        let out = std::process::Command::new("date")
+            .args(["-u", "-d", "+2 seconds", "+%Y-%m-%dT%H:%M:%S.000Z"])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let out = cli(
+        &b,
+        &["logs", "-a", "ticker", "-f", "--until", &until, "-n", "1"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let followed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(followed.lines().count() >= 2, "{followed}");
+    assert!(
+        followed.lines().all(|l| parts(l).0 <= until.as_str()),
+        "{followed}"
+    );
+
+    // Bad input: one line that says what is accepted.
+    let out = cli(&b, &["logs", "-a", "ticker", "--since", "yesterday"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("invalid since \"yesterday\"") && err.contains("10m"),
+        "{err}"
+    );
+    let (st, v) = api(&b, "GET", "/api/v1/apps/ticker/logs?source=router", "");
+    assert_eq!(st, 400, "{v}");
+    assert!(v.to_string().contains("expected app, berth or all"), "{v}");
+}
