@@ -231,6 +231,11 @@ impl Engine {
             "prepare",
             &format!("{app} v{version}: {}", release.description),
         )?;
+        if build {
+            for w in &spec.warnings {
+                log.line(&format!("-----> Warning: {w}"));
+            }
+        }
         // The config this release runs with: a rollback brings back its source's env (as
         // Heroku does), written to the store only when it goes live (in the switch); anything
         // else runs with the app's current env. It is kept with the release, so a restart
@@ -910,6 +915,7 @@ impl Engine {
                     jail.bind = port.map(|p| vec![(p, p)]).unwrap_or_default();
                     jail
                 }),
+            container: crate::services::container_cmd(&run.spec.container),
             swarm: crate::swarm::on_swarm(run.spec).then(|| {
                 crate::swarm::options(
                     run.spec,

@@ -9,7 +9,7 @@
 
 use crate::pipeline::{DeployLog, Failure};
 use crate::Engine;
-use build::manifest::{AppSpec, ServiceSpec};
+use build::manifest::{AppSpec, ContainerSettings, ServiceRestart, ServiceSpec};
 use runtime::DockerRuntime;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -168,6 +168,16 @@ impl Engine {
     }
 }
 
+/// A manifest's container settings as the runtime takes them.
+pub(crate) fn container_cmd(c: &ContainerSettings) -> runtime::ContainerCmd {
+    runtime::ContainerCmd {
+        entrypoint: c.entrypoint.clone(),
+        command: c.command.clone(),
+        working_dir: c.working_dir.clone(),
+        user: c.user.clone(),
+    }
+}
+
 /// The tag of a service's image built from the app's source: it moves with each build.
 pub(crate) fn service_tag(docker: &DockerRuntime, app: &str, service: &str) -> String {
     format!(
@@ -250,6 +260,13 @@ impl Engine {
                     .app_dir(app)
                     .join("logs")
                     .join(format!("svc-{name}.log")),
+                container: container_cmd(&s.container),
+                restart: match s.restart {
+                    ServiceRestart::UnlessStopped => runtime::ServiceRestart::UnlessStopped,
+                    ServiceRestart::Always => runtime::ServiceRestart::Always,
+                    ServiceRestart::OnFailure(n) => runtime::ServiceRestart::OnFailure(n),
+                    ServiceRestart::No => runtime::ServiceRestart::No,
+                },
             };
             let info = docker
                 .ensure_service(&run, SERVICE_READY)

@@ -43,7 +43,7 @@ mod services;
 mod swarm;
 
 pub use dockerfile::registry_host;
-pub use services::{ServiceInfo, ServiceRun};
+pub use services::{ServiceInfo, ServiceRestart, ServiceRun};
 pub use swarm::{NodeInfo, SwarmOptions, SwarmRuntime, PROBE_LABEL};
 
 use crate::procfs::{proc_start_time, start_time_to_system};
@@ -1393,13 +1393,18 @@ impl Runtime for DockerRuntime {
         let body = ContainerCreateBody {
             image: Some(image.clone()),
             env: Some(env),
-            cmd: (!spec.command.trim().is_empty()).then(|| {
-                vec![
+            cmd: if spec.command.trim().is_empty() {
+                spec.container.command.clone()
+            } else {
+                Some(vec![
                     "/bin/sh".to_string(),
                     "-c".to_string(),
                     spec.command.clone(),
-                ]
-            }),
+                ])
+            },
+            entrypoint: spec.container.entrypoint.clone(),
+            working_dir: spec.container.working_dir.clone(),
+            user: spec.container.user.clone(),
             labels: Some(HashMap::from([
                 (OWNER_LABEL.to_string(), self.inner.owner.clone()),
                 (INSTANCE_LABEL.to_string(), spec.id.clone()),

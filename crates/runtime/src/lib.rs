@@ -27,8 +27,8 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 pub use docker::{
-    registry_host, DockerRuntime, NodeInfo, ServiceInfo, ServiceRun, SwarmOptions, SwarmRuntime,
-    PROBE_LABEL,
+    registry_host, DockerRuntime, NodeInfo, ServiceInfo, ServiceRestart, ServiceRun, SwarmOptions,
+    SwarmRuntime, PROBE_LABEL,
 };
 pub use multi::MultiRuntime;
 pub use process::{ProcessOptions, ProcessRuntime};
@@ -80,6 +80,21 @@ pub struct InstanceSpec {
     /// Processes only: run inside this jail (`berth jail`, see the `berth-jail` crate), as the
     /// app's own user. `None`: as berth's own user (the server turned the jail off).
     pub jail: Option<jail::Jail>,
+    /// Containers only: how the image runs where the app overrides it (with `command` `""`).
+    pub container: ContainerCmd,
+}
+
+/// How a container runs its image where the app overrides it (a compose file's `entrypoint`,
+/// `command`, `working_dir` and `user`); `None`: as the image says.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ContainerCmd {
+    /// Replaces the image's `ENTRYPOINT`.
+    pub entrypoint: Option<Vec<String>>,
+    /// Replaces the image's `CMD`.
+    pub command: Option<Vec<String>>,
+    pub working_dir: Option<String>,
+    /// `user`, `uid`, `user:group` or `uid:gid`.
+    pub user: Option<String>,
 }
 
 /// A one-off command: a build step, the `release:` command, postdeploy.

@@ -244,6 +244,7 @@ fn spec(owner: &Owner, name: &str, image: &str, command: &str, port: u16) -> Ins
         container_port: None,
         swarm: None,
         jail: None,
+        container: Default::default(),
     }
 }
 
@@ -761,6 +762,8 @@ fn service(owner: &Owner, app: &str, name: &str, image: &str) -> ServiceRun {
         healthcheck: None,
         limits: Limits::default(),
         log_file: owner.path().join(format!("svc-{app}-{name}.log")),
+        container: Default::default(),
+        restart: Default::default(),
     }
 }
 

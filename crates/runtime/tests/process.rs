@@ -102,6 +102,7 @@ fn spec(dir: &Path, name: &str, command: &str) -> InstanceSpec {
         container_port: None,
         swarm: None,
         jail: None,
+        container: Default::default(),
     }
 }
 

@@ -140,6 +140,50 @@ pub struct AppSpec {
     /// berth.toml's `hsts`: `Strict-Transport-Security` on the app's HTTPS answers.
     #[serde(default)]
     pub hsts: Option<String>,
+    /// How the web container runs its image when a compose file says (`entrypoint`,
+    /// `command`, `working_dir`, `user`); empty: as the image says.
+    #[serde(default, skip_serializing_if = "ContainerSettings::is_empty")]
+    pub container: ContainerSettings,
+    /// What was read but has no effect under berth (a compose file's `container_name`), for
+    /// the deploy log.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// How a container runs its image, where a compose file overrides it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ContainerSettings {
+    /// Replaces the image's `ENTRYPOINT` (exec form).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    /// Replaces the image's `CMD` (exec form).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// `user`, `uid`, `user:group` or `uid:gid`, as Docker takes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+impl ContainerSettings {
+    pub fn is_empty(&self) -> bool {
+        *self == ContainerSettings::default()
+    }
+}
+
+/// When Docker restarts an accessory service's container (compose's `restart`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServiceRestart {
+    /// Whenever it stops, unless berth stopped it (the default).
+    #[default]
+    UnlessStopped,
+    Always,
+    /// When it exits with an error, at most this many times (none: no limit).
+    OnFailure(Option<u32>),
+    /// Never: a one-off container (a migration, a seed).
+    No,
 }
 
 /// `docker build` of the app: `context` (a directory of the source) with `dockerfile` in it.
@@ -165,6 +209,10 @@ pub struct ServiceSpec {
     pub healthcheck: Option<ServiceHealth>,
     /// Services started (and ready) before this one.
     pub depends_on: Vec<String>,
+    #[serde(default, skip_serializing_if = "ContainerSettings::is_empty")]
+    pub container: ContainerSettings,
+    #[serde(default)]
+    pub restart: ServiceRestart,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -353,6 +401,8 @@ pub fn load(dir: &Path) -> Result<AppSpec, ManifestError> {
     spec.image = compose.image;
     spec.container_port = compose.container_port;
     spec.services = compose.services;
+    spec.container = compose.container;
+    spec.warnings = compose.warnings;
     for (key, value) in compose.env {
         if !spec.env.iter().any(|d| d.key == key) {
             spec.env.push(EnvDecl {
@@ -565,6 +615,8 @@ fn assemble_with(
         container_port: None,
         swarm: toml.swarm,
         hsts: toml.hsts,
+        container: ContainerSettings::default(),
+        warnings: Vec::new(),
     })
 }
 
@@ -649,6 +701,8 @@ fn services_from_toml(
                 port: s.port,
                 healthcheck,
                 depends_on: s.depends_on,
+                container: ContainerSettings::default(),
+                restart: ServiceRestart::default(),
             },
         );
     }

@@ -60,6 +60,8 @@ fn procfile_only_gets_defaults() {
             formation: map(&[("web", 1), ("worker", 1)]),
             limits: Limits::default(),
             env: vec![],
+            container: ContainerSettings::default(),
+            warnings: vec![],
         }
     );
 }

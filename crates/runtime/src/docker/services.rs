@@ -23,7 +23,7 @@ use super::{
     Duration, HashMap, HostConfig, Instant, ListContainersOptions, Mutex, Ordering, PathBuf,
     PortBinding, RestartPolicy, RestartPolicyNameEnum, StreamExt,
 };
-use crate::{Limits, RuntimeError};
+use crate::{ContainerCmd, Limits, RuntimeError};
 
 /// How often readiness is checked while a service starts.
 const READY_POLL: Duration = Duration::from_millis(200);
@@ -55,6 +55,23 @@ pub struct ServiceRun {
     pub limits: Limits,
     /// Its output is appended here.
     pub log_file: PathBuf,
+    /// How it runs its image, where the app overrides it.
+    pub container: ContainerCmd,
+    /// When Docker restarts it.
+    pub restart: ServiceRestart,
+}
+
+/// When Docker restarts a service container (a compose file's `restart`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ServiceRestart {
+    /// Whenever it stops, unless berth stopped it.
+    #[default]
+    UnlessStopped,
+    Always,
+    /// When it exits with an error, at most this many times (`None`: no limit).
+    OnFailure(Option<u32>),
+    /// Never (a one-off container).
+    No,
 }
 
 /// A service container as the daemon sees it.
@@ -580,6 +597,7 @@ fn definition_hash(svc: &ServiceRun, image_id: &str) -> String {
             svc.port,
             health,
             (svc.limits.memory, svc.limits.pids, svc.limits.cpu),
+            (&svc.container, svc.restart),
         )
     );
     format!("{:016x}", fnv1a(&text))
@@ -624,6 +642,10 @@ fn service_body(
     ContainerCreateBody {
         image: Some(image_id.to_string()),
         env: Some(svc.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        cmd: svc.container.command.clone(),
+        entrypoint: svc.container.entrypoint.clone(),
+        working_dir: svc.container.working_dir.clone(),
+        user: svc.container.user.clone(),
         labels: Some(HashMap::from([
             (OWNER_LABEL.to_string(), inner.owner.clone()),
             (APP_LABEL.to_string(), svc.app.clone()),
@@ -647,9 +669,23 @@ fn service_body(
             memory: limits.memory.and_then(|m| i64::try_from(m).ok()),
             nano_cpus: limits.cpu.map(|c| (c * 1e9) as i64),
             pids_limit: super::hardening::pids(limits.pids),
-            restart_policy: Some(RestartPolicy {
-                name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
-                maximum_retry_count: None,
+            restart_policy: Some(match svc.restart {
+                ServiceRestart::UnlessStopped => RestartPolicy {
+                    name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                    maximum_retry_count: None,
+                },
+                ServiceRestart::Always => RestartPolicy {
+                    name: Some(RestartPolicyNameEnum::ALWAYS),
+                    maximum_retry_count: None,
+                },
+                ServiceRestart::OnFailure(n) => RestartPolicy {
+                    name: Some(RestartPolicyNameEnum::ON_FAILURE),
+                    maximum_retry_count: n.map(i64::from),
+                },
+                ServiceRestart::No => RestartPolicy {
+                    name: Some(RestartPolicyNameEnum::NO),
+                    maximum_retry_count: None,
+                },
             }),
             log_config: Some(super::bounded_logs()),
             network_mode: Some(network.to_string()),
@@ -732,6 +768,8 @@ mod tests {
             healthcheck: None,
             limits: Limits::default(),
             log_file: PathBuf::from("/tmp/x.log"),
+            container: ContainerCmd::default(),
+            restart: ServiceRestart::default(),
         }
     }
 
@@ -745,6 +783,12 @@ mod tests {
         assert_ne!(definition_hash(&a, "sha256:2"), h);
         b.env.push(("B".into(), "2".into()));
         assert_ne!(definition_hash(&b, "sha256:1"), h);
+        let mut c = a.clone();
+        c.container.command = Some(vec!["--flag".into()]);
+        assert_ne!(definition_hash(&c, "sha256:1"), h);
+        let mut d = a.clone();
+        d.restart = ServiceRestart::No;
+        assert_ne!(definition_hash(&d, "sha256:1"), h);
     }
 
     #[test]

@@ -591,13 +591,24 @@ impl SwarmRuntime {
             .collect();
         env.push(format!("PORT={inside}"));
         let app = app.to_string();
-        let command = (!spec.command.trim().is_empty()).then(|| {
-            vec![
+        // Swarm's `command` replaces the image's ENTRYPOINT and `args` its CMD.
+        let (command, args) = if spec.command.trim().is_empty() {
+            (
+                spec.container.entrypoint.clone(),
+                spec.container.command.clone(),
+            )
+        } else {
+            let shell = vec![
                 "/bin/sh".to_string(),
                 "-c".to_string(),
                 spec.command.clone(),
-            ]
-        });
+            ];
+            (Some(shell), None)
+        };
+        let (dir, user) = (
+            spec.container.working_dir.clone(),
+            spec.container.user.clone(),
+        );
         let grace = i64::try_from(opts.stop_grace.as_nanos()).unwrap_or(i64::MAX);
         let limits = &spec.limits;
         let hash = {
@@ -606,8 +617,8 @@ impl SwarmRuntime {
             format!(
                 "{:016x}",
                 fnv1a(&format!(
-                    "{image_id}\n{:?}\n{:?}\n{sorted:?}\n{inside}\n{limits:?}\n{:?}\n{:?}\n{grace}\n{}\n{:?}",
-                    opts.registry, command, constraints, opts.max_per_node, spec.id, health_check.as_ref().map(|h| &h.test)
+                    "{image_id}\n{:?}\n{:?}\n{sorted:?}\n{inside}\n{limits:?}\n{:?}\n{:?}\n{grace}\n{}\n{:?}\n{:?}",
+                    opts.registry, command, constraints, opts.max_per_node, spec.id, health_check.as_ref().map(|h| &h.test), (&args, &dir, &user)
                 ))
             )
         };
@@ -640,6 +651,9 @@ impl SwarmRuntime {
                     (APP_LABEL.to_string(), app),
                 ])),
                 command,
+                args,
+                dir,
+                user,
                 env: Some(env),
                 stop_grace_period: Some(grace),
                 health_check,

@@ -1,13 +1,21 @@
 //! The common subset of a Compose file (`compose.yaml`, `docker-compose.yml`, …), so a project
 //! that runs with `docker compose up` deploys unchanged: per service `image` or `build`,
-//! `environment`, named `volumes`, `depends_on`, `healthcheck`, and the web service's `ports`.
-//! Any other key is refused by name, with its line.
+//! `environment` and `env_file`, named `volumes`, `depends_on`, `healthcheck`, `command`,
+//! `entrypoint`, `working_dir`, `user`, `restart`, `expose`, `networks: [default]`, and the web
+//! service's `ports`. Keys that mean nothing under berth (`container_name`, `labels`, a bind
+//! mount of the source into a service built from it) are read and ignored with a warning in
+//! the deploy log. Any other key is refused by name, with its line.
 //!
 //! The web service (the one named `web`, else the only one with `ports`, else the only one with
 //! `build`) is the app: its image is built and deployed with zero downtime like any Dockerfile
 //! app. The others become the app's accessory services, reachable from the app by their names.
 
-use super::{DockerBuild, ManifestError, ServiceHealth, ServiceSpec};
+mod env;
+
+use super::{
+    ContainerSettings, DockerBuild, ManifestError, ServiceHealth, ServiceRestart, ServiceSpec,
+};
+use env::{env_files, environment, unescape};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
@@ -31,6 +39,10 @@ pub(crate) struct ComposeSettings {
     /// The port the web service listens on in its container (`ports: ["8080:80"]` → 80).
     pub container_port: Option<u16>,
     pub services: BTreeMap<String, ServiceSpec>,
+    /// The web service's `entrypoint`, `command`, `working_dir` and `user`.
+    pub container: ContainerSettings,
+    /// Keys read and ignored, for the deploy log.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -43,6 +55,9 @@ struct File {
     /// Named volumes: declared here, created by berth.
     #[serde(default)]
     volumes: Option<BTreeMap<String, serde_norway::Value>>,
+    /// Only `default` (every service of an app shares one network of its own).
+    #[serde(default)]
+    networks: Option<BTreeMap<String, Option<serde_norway::Value>>>,
     /// `x-*` extension keys are allowed (and ignored); anything else is refused below.
     #[serde(flatten)]
     other: BTreeMap<String, serde_norway::Value>,
@@ -62,6 +77,60 @@ struct Service {
     healthcheck: Option<Healthcheck>,
     #[serde(default)]
     ports: Vec<serde_norway::Value>,
+    command: Option<CommandLine>,
+    entrypoint: Option<CommandLine>,
+    working_dir: Option<String>,
+    user: Option<serde_norway::Value>,
+    env_file: Option<EnvFiles>,
+    #[serde(default)]
+    expose: Vec<serde_norway::Value>,
+    restart: Option<String>,
+    networks: Option<Networks>,
+    /// Ignored, with a warning.
+    labels: Option<serde_norway::Value>,
+    /// Ignored, with a warning.
+    container_name: Option<String>,
+}
+
+/// `command: npm start` (split as a shell would, without one) or `command: ["npm", "start"]`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum CommandLine {
+    Shell(String),
+    Exec(Vec<String>),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum EnvFiles {
+    One(String),
+    Many(Vec<EnvFile>),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum EnvFile {
+    Path(String),
+    Full(EnvFileFull),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnvFileFull {
+    path: String,
+    #[serde(default = "yes")]
+    required: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Networks {
+    List(Vec<String>),
+    Map(BTreeMap<String, Option<serde_norway::Value>>),
 }
 
 #[derive(Deserialize)]
@@ -111,7 +180,7 @@ enum Test {
     List(Vec<String>),
 }
 
-const SUPPORTED: &str = "image, build, environment, volumes, depends_on, healthcheck, ports";
+const SUPPORTED: &str = "image, build, environment, env_file, volumes, depends_on, healthcheck, ports, expose, command, entrypoint, working_dir, user, restart, networks ([default]), labels and container_name (ignored)";
 
 pub(crate) fn parse(file: &str, text: &str, dir: &Path) -> Result<ComposeSettings, ManifestError> {
     let at = |line: Option<usize>, col: Option<usize>, reason: String| {
@@ -129,7 +198,7 @@ pub(crate) fn parse(file: &str, text: &str, dir: &Path) -> Result<ComposeSetting
         }
         if reason.contains("unknown field") {
             reason.push_str(&format!(
-                " (berth deploys this subset of Compose: {SUPPORTED} for services; version, name, services and volumes at the top)"
+                " (berth deploys this subset of Compose: {SUPPORTED} for services; version, name, services, volumes and networks at the top)"
             ));
         }
         at(pos.as_ref().map(|p| p.line()), pos.map(|p| p.column()), reason)
@@ -138,17 +207,19 @@ pub(crate) fn parse(file: &str, text: &str, dir: &Path) -> Result<ComposeSetting
     let plain = |reason: String| at(None, None, reason);
     if let Some(key) = raw.other.keys().find(|k| !k.starts_with("x-")) {
         return Err(plain(format!(
-            "unknown top-level key `{key}` (berth deploys this subset of Compose: version, name, services, volumes and x-* extensions at the top; {SUPPORTED} for services)"
+            "unknown top-level key `{key}` (berth deploys this subset of Compose: version, name, services, volumes, networks and x-* extensions at the top; {SUPPORTED} for services)"
         )));
+    }
+    for (name, options) in raw.networks.unwrap_or_default() {
+        if name != "default" || !is_empty_value(options.as_ref()) {
+            return Err(plain(format!(
+                "networks.{name}: berth puts every service of an app on one network of its own (the default); declare no other network"
+            )));
+        }
     }
     let mut declared = Vec::new();
     for (name, options) in raw.volumes.unwrap_or_default() {
-        let plain_volume = match &options {
-            serde_norway::Value::Null => true,
-            serde_norway::Value::Mapping(m) => m.is_empty(),
-            _ => false,
-        };
-        if !plain_volume {
+        if !is_empty_value(Some(&options)) {
             return Err(plain(format!(
                 "volumes.{name}: volume options (external, driver, …) are not supported: berth creates and keeps a local volume"
             )));
@@ -162,6 +233,67 @@ pub(crate) fn parse(file: &str, text: &str, dir: &Path) -> Result<ComposeSetting
         ..ComposeSettings::default()
     };
     for (name, svc) in raw.services {
+        let here = |key: &str| format!("services.{name}.{key}");
+        if svc.container_name.is_some() {
+            out.warnings.push(format!(
+                "{} is ignored: berth names containers itself (the app reaches a service by its service name)",
+                here("container_name")
+            ));
+        }
+        if svc.labels.is_some() {
+            out.warnings.push(format!(
+                "{} are ignored: berth routes and supervises by its own settings (other tools' labels, such as Traefik's, have no effect)",
+                here("labels")
+            ));
+        }
+        match &svc.networks {
+            None => {}
+            Some(Networks::List(l)) if l.iter().all(|n| n == "default") => {}
+            Some(Networks::Map(m))
+                if m.iter().all(|(n, o)| n == "default" && is_empty_value(o.as_ref())) => {}
+            Some(_) => {
+                return Err(plain(format!(
+                    "{}: berth puts every service of an app on one network of its own; list only `default` (or leave networks out)",
+                    here("networks")
+                )))
+            }
+        }
+        let restart = restart(svc.restart.as_deref())
+            .map_err(|r| plain(format!("{}: {r}", here("restart"))))?;
+        let container = ContainerSettings {
+            entrypoint: svc
+                .entrypoint
+                .map(command_line)
+                .transpose()
+                .map_err(|r| plain(format!("{}: {r}", here("entrypoint"))))?,
+            command: svc
+                .command
+                .map(command_line)
+                .transpose()
+                .map_err(|r| plain(format!("{}: {r}", here("command"))))?,
+            working_dir: match svc.working_dir {
+                Some(d) if !d.starts_with('/') => {
+                    return Err(plain(format!(
+                        "{}: {d:?} must be an absolute path in the container",
+                        here("working_dir")
+                    )))
+                }
+                d => d,
+            },
+            user: svc
+                .user
+                .map(|u| {
+                    scalar(&u)
+                        .ok_or_else(|| plain(format!("{}: a name or uid[:gid]", here("user"))))
+                })
+                .transpose()?,
+        };
+        let file_env = match svc.env_file {
+            None => BTreeMap::new(),
+            Some(files) => {
+                env_files(files, dir).map_err(|r| plain(format!("{}: {r}", here("env_file"))))?
+            }
+        };
         if !valid_service_name(&name) {
             return Err(plain(format!(
                 "service name {name:?}: use lowercase letters, digits, '-' and '_'"
@@ -177,14 +309,29 @@ pub(crate) fn parse(file: &str, text: &str, dir: &Path) -> Result<ComposeSetting
                 "services.{name} has neither image nor build"
             )));
         }
-        let env = environment(svc.environment)
+        let env = environment(svc.environment, file_env)
             .map_err(|r| plain(format!("services.{name}.environment: {r}")))?;
         let mut volumes = Vec::new();
         for v in &svc.volumes {
+            // The source mounted into a service built from it (a dev setup's live reload):
+            // the image has the source, built anew on every deploy.
+            if build.is_some() && is_source_bind(v, dir) {
+                out.warnings.push(format!(
+                    "{}: the bind mount {v:?} is ignored: berth builds the source into the image on every deploy",
+                    here("volumes")
+                ));
+                continue;
+            }
             volumes.push(
                 volume(v, &declared).map_err(|r| plain(format!("services.{name}.volumes: {r}")))?,
             );
         }
+        let exposed: Vec<u16> = svc
+            .expose
+            .iter()
+            .map(container_port)
+            .collect::<Result<_, _>>()
+            .map_err(|r| plain(format!("{}: {r}", here("expose"))))?;
         let depends_on = match svc.depends_on {
             None => Vec::new(),
             Some(DependsOn::List(l)) => l,
@@ -227,15 +374,22 @@ pub(crate) fn parse(file: &str, text: &str, dir: &Path) -> Result<ComposeSetting
                     "services.{name}.volumes: the web service is replaced on every deploy; keep data in another service's volume"
                 )));
             }
-            if ports.len() > 1 {
+            if ports.len() > 1 || (ports.is_empty() && exposed.len() > 1) {
                 return Err(plain(format!(
                     "services.{name}.ports: berth routes one port of the web service; list one"
                 )));
             }
+            if restart == ServiceRestart::No {
+                out.warnings.push(format!(
+                    "{}: \"no\" is not honoured: berth restarts the web service whenever it stops",
+                    here("restart")
+                ));
+            }
             out.build = build;
             out.image = if out.build.is_some() { None } else { svc.image };
             out.env = env;
-            out.container_port = ports.first().copied();
+            out.container_port = ports.first().or(exposed.first()).copied();
+            out.container = container;
             continue;
         }
         if !ports.is_empty() {
@@ -250,12 +404,20 @@ pub(crate) fn parse(file: &str, text: &str, dir: &Path) -> Result<ComposeSetting
                 build,
                 env,
                 volumes,
-                port: None,
+                // What `{name.port}` gives the app.
+                port: exposed.first().copied(),
                 healthcheck,
                 depends_on,
+                container,
+                restart,
             },
         );
     }
+    out.warnings = out
+        .warnings
+        .iter()
+        .map(|w| format!("{file}: {w}"))
+        .collect();
     for (name, s) in &out.services {
         for d in &s.depends_on {
             if !out.services.contains_key(d) && *d != out.web {
@@ -328,70 +490,62 @@ fn docker_build(b: Build, dir: &Path) -> Result<DockerBuild, String> {
     })
 }
 
-fn environment(env: Option<Environment>) -> Result<BTreeMap<String, String>, String> {
-    let mut out = BTreeMap::new();
-    match env {
-        None => {}
-        Some(Environment::Map(m)) => {
-            for (k, v) in m {
-                let v = match v {
-                    None => {
-                        return Err(format!(
-                            "{k} has no value (taken from the shell by docker compose; set it with berth env:set instead)"
-                        ))
-                    }
-                    Some(serde_norway::Value::String(s)) => s,
-                    Some(serde_norway::Value::Number(n)) => n.to_string(),
-                    Some(serde_norway::Value::Bool(b)) => b.to_string(),
-                    Some(_) => return Err(format!("{k}: a value is a string, number or boolean")),
-                };
-                out.insert(k, v);
-            }
-        }
-        Some(Environment::List(l)) => {
-            for item in l {
-                match item.split_once('=') {
-                    Some((k, v)) => {
-                        out.insert(k.to_string(), v.to_string());
-                    }
-                    None => {
-                        return Err(format!(
-                            "{item} has no value (set it with berth env:set instead)"
-                        ))
-                    }
-                }
-            }
-        }
+/// A volume option or network option that says nothing (`data:`, `data: {}`).
+fn is_empty_value(v: Option<&serde_norway::Value>) -> bool {
+    match v {
+        None | Some(serde_norway::Value::Null) => true,
+        Some(serde_norway::Value::Mapping(m)) => m.is_empty(),
+        _ => false,
     }
-    for (k, v) in out.iter_mut() {
-        let ok = k.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !ok || v.contains('\0') {
-            return Err(format!("invalid variable {k:?}"));
-        }
-        *v = unescape(v).map_err(|e| format!("{k}: {e}"))?;
-    }
-    Ok(out)
 }
 
-/// Compose's `$`: `$$` is a literal `$`; any other `$` is an interpolation from the shell of
-/// whoever runs `docker compose`, which berth does not have.
-fn unescape(s: &str) -> Result<String, String> {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c != '$' {
-            out.push(c);
-        } else if chars.peek() == Some(&'$') {
-            chars.next();
-            out.push('$');
-        } else {
-            return Err(format!(
-                "{s:?}: $ interpolation is not supported (write $$ for a literal $; set values with berth env:set)"
-            ));
+/// A string, number or boolean as text.
+fn scalar(v: &serde_norway::Value) -> Option<String> {
+    match v {
+        serde_norway::Value::String(s) => Some(s.clone()),
+        serde_norway::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// `command`/`entrypoint` as an argument list: a string is split as a POSIX shell splits
+/// words (quotes, backslashes), as Compose does, and no shell runs it.
+fn command_line(c: CommandLine) -> Result<Vec<String>, String> {
+    match c {
+        CommandLine::Exec(argv) => Ok(argv),
+        CommandLine::Shell(line) => {
+            shlex::split(&line).ok_or_else(|| format!("{line:?}: a quote is not closed"))
         }
     }
-    Ok(out)
+}
+
+/// Compose's `restart` values.
+fn restart(value: Option<&str>) -> Result<ServiceRestart, String> {
+    Ok(match value {
+        None | Some("unless-stopped") => ServiceRestart::UnlessStopped,
+        Some("always") => ServiceRestart::Always,
+        Some("no") => ServiceRestart::No,
+        Some("on-failure") => ServiceRestart::OnFailure(None),
+        Some(other) => match other.strip_prefix("on-failure:").map(str::parse::<u32>) {
+            Some(Ok(n)) => ServiceRestart::OnFailure(Some(n)),
+            _ => {
+                return Err(format!(
+                    "{other:?}: expected \"no\", always, unless-stopped, on-failure or on-failure:<times>"
+                ))
+            }
+        },
+    })
+}
+
+/// A bind mount of the project or of a part of it that is in the source (`.:/app`,
+/// `./src:/app/src`); not one of a directory the source does not have (`./data`: that one
+/// holds data, and is refused as any bind mount is).
+fn is_source_bind(v: &str, dir: &Path) -> bool {
+    let src = v.split(':').next().unwrap_or_default();
+    let Some(rel) = src.strip_prefix("./").or((src == ".").then_some("")) else {
+        return false;
+    };
+    rel.is_empty() || inside(rel).is_ok_and(|r| std::fs::symlink_metadata(dir.join(r)).is_ok())
 }
 
 /// `name:/path[:ro]` with a declared named volume; bind mounts are refused.
@@ -490,121 +644,4 @@ fn healthcheck(h: Healthcheck) -> Result<Option<ServiceHealth>, String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn project(files: &[(&str, &str)]) -> tempfile::TempDir {
-        let tmp = tempfile::tempdir().unwrap();
-        for (rel, text) in files {
-            let p = tmp.path().join(rel);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(p, text).unwrap();
-        }
-        tmp
-    }
-
-    #[test]
-    fn the_common_subset() {
-        let dir = project(&[
-            ("Dockerfile", "FROM scratch\n"),
-            ("db/Dockerfile", "FROM scratch\n"),
-        ]);
-        let text = r#"
-services:
-  web:
-    build: .
-    ports: ["8080:80"]
-    environment:
-      DB_HOST: db
-      DEBUG: 1
-    depends_on: [db]
-  db:
-    build: { context: db }
-    environment: ["MODE=persist"]
-    volumes: ["data:/data"]
-    healthcheck:
-      test: ["CMD", "nc", "-z", "127.0.0.1", "6379"]
-      interval: 1s
-      timeout: 1m30s
-      retries: 5
-volumes:
-  data: {}
-"#;
-        let c = parse("compose.yaml", text, dir.path()).unwrap();
-        assert_eq!(c.web, "web");
-        assert_eq!(c.build.unwrap().context, PathBuf::from("."));
-        assert_eq!(c.container_port, Some(80));
-        assert_eq!(c.env.get("DEBUG").map(String::as_str), Some("1"));
-        let db = &c.services["db"];
-        assert_eq!(db.build.as_ref().unwrap().context, PathBuf::from("db"));
-        assert_eq!(db.volumes, vec![("data".to_string(), "/data".to_string())]);
-        assert_eq!(db.env["MODE"], "persist");
-        let h = db.healthcheck.as_ref().unwrap();
-        assert_eq!(h.interval, Duration::from_secs(1));
-        assert_eq!(h.timeout, Duration::from_secs(90));
-        assert_eq!(h.retries, 5);
-    }
-
-    #[test]
-    fn dollars_and_extensions() {
-        let dir = project(&[("Dockerfile", "FROM scratch\n")]);
-        let text = "x-common: &c {}\nservices:\n  web:\n    build: .\n    environment:\n      PASS: a$$b\n";
-        let c = parse("compose.yaml", text, dir.path()).unwrap();
-        assert_eq!(c.env["PASS"], "a$b");
-    }
-
-    #[test]
-    fn what_berth_does_not_support_is_named() {
-        let dir = project(&[("Dockerfile", "FROM scratch\n")]);
-        for (text, want) in [
-            (
-                "services:\n  web:\n    build: .\n    restart: always\n",
-                "compose.yaml:4:5: services.web: unknown field `restart`",
-            ),
-            (
-                "services:\n  web:\n    build: .\nnetworks: {}\n",
-                "unknown top-level key `networks`",
-            ),
-            (
-                "services:\n  web:\n    build: .\n  db:\n    image: pg\n    volumes: [\"./data:/d\"]\n",
-                "bind mounts are not supported",
-            ),
-            (
-                "services:\n  web:\n    build: .\n  db:\n    image: pg\n    volumes: [\"d:/d\"]\n",
-                "not declared",
-            ),
-            (
-                "services:\n  web:\n    build: .\n  db:\n    image: pg\n    ports: [\"5432:5432\"]\n",
-                "only the web service is published",
-            ),
-            ("services:\n  a:\n    image: x\n  b:\n    image: y\n", "name it `web`"),
-            (
-                "services:\n  web:\n    build: ../elsewhere\n",
-                "must stay inside the project",
-            ),
-            (
-                "services:\n  web:\n    image: x\n    environment:\n      A: ${B}\n",
-                "interpolation",
-            ),
-            (
-                "services:\n  web:\n    build: { context: ., target: prod }\n",
-                "no target",
-            ),
-            (
-                "services:\n  web:\n    build: .\nvolumes:\n  d: { external: true }\n",
-                "volume options",
-            ),
-            (
-                "services:\n  web:\n    build: .\n    depends_on:\n      m: { condition: service_completed_successfully }\n  m:\n    image: x\n",
-                "not supported",
-            ),
-            (
-                "services:\n  web:\n    build: .\n  db:\n    image: x\n    volumes: [\"d:/d:ro\"]\nvolumes:\n  d: {}\n",
-                "volume mode",
-            ),
-        ] {
-            let err = parse("compose.yaml", text, dir.path()).unwrap_err().to_string();
-            assert!(err.contains(want), "{text}\n→ {err}");
-        }
-    }
-}
+mod tests;
