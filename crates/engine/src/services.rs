@@ -169,12 +169,13 @@ impl Engine {
 }
 
 /// A manifest's container settings as the runtime takes them.
-pub(crate) fn container_cmd(c: &ContainerSettings) -> runtime::ContainerCmd {
-    runtime::ContainerCmd {
+pub(crate) fn container_cmd(c: &ContainerSettings) -> runtime::ContainerConfig {
+    runtime::ContainerConfig {
         entrypoint: c.entrypoint.clone(),
         command: c.command.clone(),
         working_dir: c.working_dir.clone(),
         user: c.user.clone(),
+        volumes: c.volumes.clone(),
     }
 }
 
@@ -251,10 +252,13 @@ impl Engine {
                 env: s.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
                 volumes: s.volumes.clone(),
                 port: s.port,
-                healthcheck: s
-                    .healthcheck
-                    .as_ref()
-                    .map(|h| (h.test.clone(), h.interval, h.timeout, h.retries)),
+                healthcheck: s.healthcheck.as_ref().map(|h| runtime::ServiceHealthcheck {
+                    test: h.test.clone(),
+                    interval: h.interval,
+                    timeout: h.timeout,
+                    retries: h.retries,
+                    start_period: h.start_period,
+                }),
                 limits: runtime::Limits::default(),
                 log_file: self
                     .app_dir(app)

@@ -45,6 +45,11 @@ pub(crate) fn check(spec: &AppSpec) -> Result<(), Failure> {
             "accessory services ([services] or a compose file's other services) are not supported for a Swarm app yet (hint: deploy the database as its own app or run it outside, and set its URL with `berth env:set`)".into(),
         ));
     }
+    if spec.runtime == RuntimeChoice::Swarm && !spec.container.volumes.is_empty() {
+        return Err(Failure(
+            "the web service's volumes are not supported for a Swarm app: a volume lives on one node and the tasks run on several (hint: keep the data in a database outside, and set its URL with `berth env:set`)".into(),
+        ));
+    }
     Ok(())
 }
 

@@ -43,7 +43,7 @@ mod services;
 mod swarm;
 
 pub use dockerfile::registry_host;
-pub use services::{ServiceInfo, ServiceRestart, ServiceRun};
+pub use services::{ServiceHealthcheck, ServiceInfo, ServiceRestart, ServiceRun};
 pub use swarm::{NodeInfo, SwarmOptions, SwarmRuntime, PROBE_LABEL};
 
 use crate::procfs::{proc_start_time, start_time_to_system};
@@ -659,6 +659,9 @@ impl DockerRuntime {
             forcerm: true,
             labels: Some(all_labels),
             networkmode: network,
+            // The classic builder, always: `dockerfile.rs` reads the file as it does (BuildKit
+            // would also run a `# syntax=` frontend image, as root).
+            version: bollard::query_parameters::BuilderVersion::BuilderV1,
             ..Default::default()
         };
         let docker = &self.inner.docker;
@@ -1389,6 +1392,15 @@ impl Runtime for DockerRuntime {
         let name = self.inner.container_name(&spec.id);
         // A container of that name is a leftover (a crash between create and record).
         self.inner.stop_and_remove(&name, Duration::ZERO).await?;
+        let mut mounts = Vec::new();
+        for (volume, target) in &spec.container.volumes {
+            mounts.push(bollard::models::Mount {
+                target: Some(target.clone()),
+                source: Some(self.inner.ensure_volume(app_of(&spec.id), volume).await?),
+                typ: Some(bollard::models::MountTypeEnum::VOLUME),
+                ..Default::default()
+            });
+        }
         let limits = &spec.limits;
         let body = ContainerCreateBody {
             image: Some(image.clone()),
@@ -1412,6 +1424,7 @@ impl Runtime for DockerRuntime {
             exposed_ports: Some(exposed_ports),
             host_config: Some(hardening::harden(HostConfig {
                 port_bindings: Some(port_bindings),
+                mounts: Some(mounts),
                 memory: limits.memory.and_then(|m| i64::try_from(m).ok()),
                 nano_cpus: limits.cpu.map(|c| (c * 1e9) as i64),
                 pids_limit: hardening::pids(limits.pids),

@@ -27,8 +27,8 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 pub use docker::{
-    registry_host, DockerRuntime, NodeInfo, ServiceInfo, ServiceRestart, ServiceRun, SwarmOptions,
-    SwarmRuntime, PROBE_LABEL,
+    registry_host, DockerRuntime, NodeInfo, ServiceHealthcheck, ServiceInfo, ServiceRestart,
+    ServiceRun, SwarmOptions, SwarmRuntime, PROBE_LABEL,
 };
 pub use multi::MultiRuntime;
 pub use process::{ProcessOptions, ProcessRuntime};
@@ -81,13 +81,14 @@ pub struct InstanceSpec {
     /// app's own user. `None`: as berth's own user (the server turned the jail off).
     pub jail: Option<jail::Jail>,
     /// Containers only: how the image runs where the app overrides it (with `command` `""`).
-    pub container: ContainerCmd,
+    pub container: ContainerConfig,
 }
 
 /// How a container runs its image where the app overrides it (a compose file's `entrypoint`,
-/// `command`, `working_dir` and `user`); `None`: as the image says.
+/// `command`, `working_dir` and `user`; `None`: as the image says), and the named volumes it
+/// mounts.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ContainerCmd {
+pub struct ContainerConfig {
     /// Replaces the image's `ENTRYPOINT`.
     pub entrypoint: Option<Vec<String>>,
     /// Replaces the image's `CMD`.
@@ -95,6 +96,9 @@ pub struct ContainerCmd {
     pub working_dir: Option<String>,
     /// `user`, `uid`, `user:group` or `uid:gid`.
     pub user: Option<String>,
+    /// `(volume, path in the container)`: the app's named volumes, shared by all its
+    /// containers (the same volumes as its services', `DockerRuntime::app_volumes`).
+    pub volumes: Vec<(String, String)>,
 }
 
 /// A one-off command: a build step, the `release:` command, postdeploy.

@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use berth_runtime::{
-    DockerRuntime, Event, InstanceSpec, InstanceState, Limits, Runtime, RuntimeError, ServiceRun,
+    DockerRuntime, Event, InstanceSpec, InstanceState, Limits, Runtime, RuntimeError,
+    ServiceHealthcheck, ServiceRun,
 };
 use bollard::query_parameters::{
     InspectContainerOptions, InspectNetworkOptions, ListContainersOptions, ListImagesOptions,
@@ -934,18 +935,25 @@ async fn a_service_must_run_and_pass_its_healthcheck() {
     let ms = Duration::from_millis;
 
     let mut well = service(&owner, "hc", "well", &image);
-    well.healthcheck = Some((
-        vec!["CMD-SHELL".into(), "test -s /data/log".into()],
-        ms(200),
-        ms(2000),
-        3,
-    ));
+    well.healthcheck = Some(ServiceHealthcheck {
+        test: vec!["CMD-SHELL".into(), "test -s /data/log".into()],
+        interval: ms(200),
+        timeout: ms(2000),
+        retries: 3,
+        start_period: ms(0),
+    });
     let info = rt.ensure_service(&well, ready).await.unwrap();
     assert_eq!(info.health, Some("healthy"));
 
     let mut sick = service(&owner, "hc", "sick", &image);
     sick.volumes.clear();
-    sick.healthcheck = Some((vec!["false".into()], ms(200), ms(2000), 1));
+    sick.healthcheck = Some(ServiceHealthcheck {
+        test: vec!["false".into()],
+        interval: ms(200),
+        timeout: ms(2000),
+        retries: 1,
+        start_period: ms(0),
+    });
     let err = rt.ensure_service(&sick, ready).await.unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("service sick of app hc"), "{msg}");

@@ -271,6 +271,59 @@ impl Berth {
             .args(["delete", "table", "inet", &format!("berth_{tag}")])
             .stderr(std::process::Stdio::null())
             .status();
+        self.remove_docker_state();
+    }
+
+    /// What this berth left in Docker (containers, Swarm services, networks, volumes and
+    /// images, all labelled with its data dir): a test that stops before it destroys its apps
+    /// would otherwise use up the daemon's network address pools within a few runs.
+    fn remove_docker_state(&self) {
+        if !Path::new("/var/run/docker.sock").exists() {
+            return;
+        }
+        let data = self.dir.path().join("data");
+        let mut owners = vec![data.display().to_string()];
+        if let Ok(c) = data.canonicalize() {
+            owners.push(c.display().to_string());
+        }
+        let list = |what: &[&str], owner: &str| -> Vec<String> {
+            let filter = format!("label=berth.owner={owner}");
+            Command::new("docker")
+                .args(what)
+                .args(["-q", "--filter", &filter])
+                .stderr(std::process::Stdio::null())
+                .output()
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .split_whitespace()
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let remove = |what: &[&str], ids: Vec<String>| {
+            if !ids.is_empty() {
+                let _ = Command::new("docker")
+                    .args(what)
+                    .args(ids)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            }
+        };
+        owners.dedup();
+        for owner in &owners {
+            // Every container is on one of the berth's networks: none, nothing else to do.
+            let networks = list(&["network", "ls"], owner);
+            if networks.is_empty() {
+                continue;
+            }
+            remove(&["service", "rm"], list(&["service", "ls"], owner));
+            remove(&["rm", "-f", "-v"], list(&["ps", "-a"], owner));
+            remove(&["network", "rm"], networks);
+            remove(&["volume", "rm", "-f"], list(&["volume", "ls"], owner));
+            remove(&["rmi", "-f"], list(&["image", "ls"], owner));
+        }
     }
 }
 

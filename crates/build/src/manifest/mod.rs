@@ -164,6 +164,11 @@ pub struct ContainerSettings {
     /// `user`, `uid`, `user:group` or `uid:gid`, as Docker takes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// The web service's named volumes `(volume, path in the container)`: mounted into every
+    /// web container, old and new alike during a deploy (as Dokku's storage mounts; a
+    /// service's volumes are in its [`ServiceSpec`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<(String, String)>,
 }
 
 impl ContainerSettings {
@@ -223,6 +228,9 @@ pub struct ServiceHealth {
     #[serde(with = "millis")]
     pub timeout: Duration,
     pub retries: u32,
+    /// Failures in this first while do not count (the service is still starting).
+    #[serde(default, with = "millis")]
+    pub start_period: Duration,
 }
 
 /// `[build]` (or `[test]`): a command run in the source dir before the processes start.
@@ -688,6 +696,7 @@ fn services_from_toml(
                     interval: Duration::from_secs(1),
                     timeout: Duration::from_secs(5),
                     retries: 60,
+                    start_period: Duration::ZERO,
                 })
             }
         };

@@ -11,8 +11,10 @@
 //!
 //! `ARG` defaults declared before the first `FROM` are substituted; a `FROM` that still names a
 //! variable is refused, since berth cannot tell what it would be. Parser directives
-//! (`# escape=`, `# syntax=`, `# check=`) are refused: they change how Docker reads the rest
-//! (another escape character, another frontend), so this reading would no longer be Docker's.
+//! (`# escape=`, `# check=`) are refused: they change how Docker reads the rest (another
+//! escape character), so this reading would no longer be Docker's. `# syntax=` (the first line
+//! of Docker's own examples) is let through: berth always builds with the classic builder,
+//! which ignores it (BuildKit would fetch and run that frontend image).
 //!
 //! Names are only half of it: a name can be spelled many ways (`docker.io/…`, a short image
 //! ID), so the images a Dockerfile names are also resolved by the daemon before the build and
@@ -180,8 +182,10 @@ fn directive(text: &str) -> Option<String> {
     let line = text.lines().next()?;
     let (key, _) = line.trim_start().strip_prefix('#')?.split_once('=')?;
     let key = key.trim();
-    (!key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric()))
-        .then(|| line.trim().to_string())
+    (!key.is_empty()
+        && key.bytes().all(|b| b.is_ascii_alphanumeric())
+        && !key.eq_ignore_ascii_case("syntax"))
+    .then(|| line.trim().to_string())
 }
 
 /// The registry host `image` is pulled from when it is not local, if it names one (Docker's
@@ -347,6 +351,8 @@ mod tests {
     fn own_and_public_images_pass() {
         for text in [
             "FROM scratch\nCOPY busybox /bin/busybox\n",
+            // The classic builder berth uses ignores it (Docker's examples start with it).
+            "# syntax=docker/dockerfile:1\nFROM python:3.10-alpine\n",
             "FROM berth-1a2b3c4d/shop:v3\nRUN true\n",
             "ARG V=3.12\nFROM python:${V}-slim AS build\nRUN pip install x\nFROM build\nCOPY --from=build /a /b\nCOPY --from=0 /a /b\n",
             "FROM localhost:5000/base:1\n",
@@ -406,10 +412,7 @@ mod tests {
                 "# escape=`\nFROM `\n  berth-1a2b3c4d/cvic:v1\n",
                 "parser directive",
             ),
-            (
-                "#syntax=docker/dockerfile:1\nFROM alpine\n",
-                "parser directive",
-            ),
+            ("#check=skip=all\nFROM alpine\n", "parser directive"),
             // A blank or comment line inside a continuation does not end the instruction.
             (
                 "FROM scratch\nCOPY \\\n\n--from=berth-1a2b3c4d/cvic:v2 /s /s\n",

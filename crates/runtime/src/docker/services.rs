@@ -23,7 +23,7 @@ use super::{
     Duration, HashMap, HostConfig, Instant, ListContainersOptions, Mutex, Ordering, PathBuf,
     PortBinding, RestartPolicy, RestartPolicyNameEnum, StreamExt,
 };
-use crate::{ContainerCmd, Limits, RuntimeError};
+use crate::{ContainerConfig, Limits, RuntimeError};
 
 /// How often readiness is checked while a service starts.
 const READY_POLL: Duration = Duration::from_millis(200);
@@ -49,16 +49,27 @@ pub struct ServiceRun {
     pub volumes: Vec<(String, String)>,
     /// The TCP port it listens on inside; also published on 127.0.0.1 (`host_port`).
     pub port: Option<u16>,
-    /// (test, interval, timeout, retries). `test` as compose and Docker spell it
-    /// (`["CMD", …]`, `["CMD-SHELL", "…"]`); a list without that first word is a `CMD`.
-    pub healthcheck: Option<(Vec<String>, Duration, Duration, u32)>,
+    pub healthcheck: Option<ServiceHealthcheck>,
     pub limits: Limits,
     /// Its output is appended here.
     pub log_file: PathBuf,
     /// How it runs its image, where the app overrides it.
-    pub container: ContainerCmd,
+    pub container: ContainerConfig,
     /// When Docker restarts it.
     pub restart: ServiceRestart,
+}
+
+/// How Docker checks that a service is ready.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceHealthcheck {
+    /// As compose and Docker spell it (`["CMD", …]`, `["CMD-SHELL", "…"]`); a list without
+    /// that first word is a `CMD`.
+    pub test: Vec<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub retries: u32,
+    /// Failures in this first while do not count.
+    pub start_period: Duration,
 }
 
 /// When Docker restarts a service container (a compose file's `restart`).
@@ -281,7 +292,11 @@ impl Inner {
     }
 
     /// Creates the named volume (or finds it) and checks that it is this app's.
-    async fn ensure_volume(&self, app: &str, volume: &str) -> Result<String, RuntimeError> {
+    pub(super) async fn ensure_volume(
+        &self,
+        app: &str,
+        volume: &str,
+    ) -> Result<String, RuntimeError> {
         let name = self.volume_name(app, volume);
         let created = self
             .docker
@@ -579,12 +594,15 @@ fn check_service(svc: &ServiceRun) -> Result<(), RuntimeError> {
 
 /// A stable hash of everything that shapes the container (the log file does not).
 fn definition_hash(svc: &ServiceRun, image_id: &str) -> String {
-    let health = svc
-        .healthcheck
-        .as_ref()
-        .map(|(test, interval, timeout, retries)| {
-            (test, interval.as_millis(), timeout.as_millis(), *retries)
-        });
+    let health = svc.healthcheck.as_ref().map(|h| {
+        (
+            &h.test,
+            h.interval.as_millis(),
+            h.timeout.as_millis(),
+            h.retries,
+            h.start_period.as_millis(),
+        )
+    });
     // Debug quotes and escapes every string: no two definitions print alike.
     let text = format!(
         "v1 {:?}",
@@ -653,16 +671,14 @@ fn service_body(
             (SERVICE_HASH_LABEL.to_string(), hash.to_string()),
         ])),
         exposed_ports: Some(exposed_ports),
-        healthcheck: svc
-            .healthcheck
-            .as_ref()
-            .map(|(test, interval, timeout, retries)| HealthConfig {
-                test: Some(health_test(test)),
-                interval: nanos(*interval),
-                timeout: nanos(*timeout),
-                retries: Some(i64::from(*retries)),
-                ..Default::default()
-            }),
+        healthcheck: svc.healthcheck.as_ref().map(|h| HealthConfig {
+            test: Some(health_test(&h.test)),
+            interval: nanos(h.interval),
+            timeout: nanos(h.timeout),
+            retries: Some(i64::from(h.retries)),
+            start_period: nanos(h.start_period),
+            ..Default::default()
+        }),
         host_config: Some(super::hardening::harden(HostConfig {
             port_bindings: Some(port_bindings),
             mounts: Some(mounts),
@@ -768,7 +784,7 @@ mod tests {
             healthcheck: None,
             limits: Limits::default(),
             log_file: PathBuf::from("/tmp/x.log"),
-            container: ContainerCmd::default(),
+            container: ContainerConfig::default(),
             restart: ServiceRestart::default(),
         }
     }

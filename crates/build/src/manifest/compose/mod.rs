@@ -287,6 +287,7 @@ pub(crate) fn parse(file: &str, text: &str, dir: &Path) -> Result<ComposeSetting
                         .ok_or_else(|| plain(format!("{}: a name or uid[:gid]", here("user"))))
                 })
                 .transpose()?,
+            volumes: Vec::new(),
         };
         let file_env = match svc.env_file {
             None => BTreeMap::new(),
@@ -369,11 +370,6 @@ pub(crate) fn parse(file: &str, text: &str, dir: &Path) -> Result<ComposeSetting
                     "services.{name}.healthcheck: berth checks the web service over HTTP ([health] path in berth.toml) and honours its image's HEALTHCHECK"
                 )));
             }
-            if !volumes.is_empty() {
-                return Err(plain(format!(
-                    "services.{name}.volumes: the web service is replaced on every deploy; keep data in another service's volume"
-                )));
-            }
             if ports.len() > 1 || (ports.is_empty() && exposed.len() > 1) {
                 return Err(plain(format!(
                     "services.{name}.ports: berth routes one port of the web service; list one"
@@ -389,7 +385,10 @@ pub(crate) fn parse(file: &str, text: &str, dir: &Path) -> Result<ComposeSetting
             out.image = if out.build.is_some() { None } else { svc.image };
             out.env = env;
             out.container_port = ports.first().or(exposed.first()).copied();
-            out.container = container;
+            out.container = ContainerSettings {
+                volumes,
+                ..container
+            };
             continue;
         }
         if !ports.is_empty() {
@@ -623,9 +622,6 @@ fn healthcheck(h: Healthcheck) -> Result<Option<ServiceHealth>, String> {
         Some(Test::List(l)) => l,
     };
     let test: Vec<String> = test.iter().map(|t| unescape(t)).collect::<Result<_, _>>()?;
-    if h.start_period.is_some() {
-        return Err("start_period is not supported yet (raise retries or interval instead)".into());
-    }
     match test.first().map(String::as_str) {
         Some("NONE") => return Ok(None),
         Some("CMD" | "CMD-SHELL") if test.len() > 1 => {}
@@ -640,6 +636,10 @@ fn healthcheck(h: Healthcheck) -> Result<Option<ServiceHealth>, String> {
         interval: d(h.interval, 30)?,
         timeout: d(h.timeout, 30)?,
         retries: h.retries.unwrap_or(3),
+        start_period: match h.start_period {
+            Some(s) => duration(&s)?,
+            None => Duration::ZERO,
+        },
     }))
 }
 

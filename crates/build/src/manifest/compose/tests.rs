@@ -81,7 +81,7 @@ services:
     labels:
       traefik.enable: "true"
     networks: [default]
-    volumes: [".:/app"]
+    volumes: [".:/app", "uploads:/app/public/uploads"]
   db:
     image: postgres:16
     restart: on-failure:3
@@ -95,6 +95,8 @@ services:
     restart: "no"
 networks:
   default:
+volumes:
+  uploads:
 "#;
     let c = parse("compose.yaml", text, dir.path()).unwrap();
     assert_eq!(
@@ -108,6 +110,7 @@ networks:
             ),
             working_dir: Some("/app".into()),
             user: Some("1000:1000".into()),
+            volumes: vec![("uploads".into(), "/app/public/uploads".into())],
         }
     );
     assert_eq!(c.env["A"], "from-environment");
