@@ -219,20 +219,76 @@ fn old_release_files_are_pruned_and_cannot_be_rolled_back_to() {
     assert_eq!(body(&b, "p"), "v3\n");
 }
 
+/// `berth restart` replaces the live release's instances with new ones of the same release
+/// (as Heroku's restart: no new release), with zero failed requests, and the new instances are
+/// the ones a berth killed with `kill -9` adopts again.
 #[test]
-fn restart_starts_new_instances_of_the_live_release() {
-    let b = Berth::start(BIN, "");
+fn restart_starts_new_instances_of_the_live_release_without_a_new_release() {
+    let mut b = Berth::start(BIN, "");
     create_app(&b, "rs");
     let out = common::apps::cli(&b, &["restart", "-a", "rs"]);
     assert_eq!(out.status.code(), Some(1), "nothing live yet");
     let src = b.path("src");
     app_dir(&src, "rs", None);
     wait_deploy(&b, "rs", upload_id(&b, "rs", &src));
-    let out = common::apps::cli(&b, &["restart", "-a", "rs"]);
-    assert!(out.status.success(), "{}", common::apps::text(&out));
-    assert_eq!(body(&b, "rs"), "rs v2 GREETING=-\n");
+    let instances = |b: &Berth| {
+        let (_, v) = api(b, "GET", "/api/v1/apps/rs/instances", "");
+        let mut list: Vec<(String, u64)> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                (
+                    i["id"].as_str().unwrap().to_string(),
+                    i["pid"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect();
+        list.sort();
+        list
+    };
+    let before = instances(&b);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let failed = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if body(&b, "rs") != "rs v1 GREETING=-\n" {
+                    failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        });
+        for _ in 0..2 {
+            let out = common::apps::cli(&b, &["restart", "-a", "rs"]);
+            assert!(out.status.success(), "{}", common::apps::text(&out));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    assert_eq!(
+        failed.into_inner(),
+        0,
+        "requests failed during the restarts"
+    );
+    // New processes of the same release: v1 still, the only release.
+    let after = instances(&b);
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_ne!(after[0].1, before[0].1, "a new process");
+    assert_eq!(after[0].0, "rs.v1.r2.web.1", "{after:?}");
+    assert_eq!(body(&b, "rs"), "rs v1 GREETING=-\n");
     let (_, rels) = api(&b, "GET", "/api/v1/apps/rs/releases", "");
-    assert_eq!(rels[0]["description"], "Restart");
+    assert_eq!(rels.as_array().unwrap().len(), 1, "{rels}");
+    let (_, builds) = api(&b, "GET", "/api/v1/builds?app=rs", "");
+    assert_eq!(builds[0]["trigger"], "restart", "{builds}");
+    assert_eq!(builds[0]["release"], 1, "{builds}");
+    // A berth killed with -9 adopts the restarted instances (not the ones they replaced).
+    b.crash_and_restart(BIN);
+    assert_eq!(body(&b, "rs"), "rs v1 GREETING=-\n");
+    assert_eq!(instances(&b), after);
+    // An env change is a new release, as on Heroku.
+    let out = common::apps::cli(&b, &["env:set", "GREETING=hi", "-a", "rs"]);
+    assert!(out.status.success(), "{}", common::apps::text(&out));
+    assert_eq!(body(&b, "rs"), "rs v2 GREETING=hi\n");
+    assert_eq!(instances(&b)[0].0, "rs.v2.web.1");
 }
 
 #[test]

@@ -667,6 +667,8 @@ impl Engine {
         self.queue_change(app, actor, &meta, |deploy| queue::Job::Restart {
             deploy,
             description: description.to_string(),
+            // Only a plain restart keeps the release: a new env makes a release.
+            in_place: trigger == "restart",
         })
     }
 

@@ -77,6 +77,8 @@ pub(crate) struct ReleaseRun<'a> {
     pub formation: &'a BTreeMap<String, u32>,
     /// The jail its processes run in (`jails.rs`); `None` for containers or with the jail off.
     pub jail: Option<&'a crate::jails::Prepared>,
+    /// Which generation of the release's instances (`instance_id`).
+    pub generation: u32,
 }
 
 /// A one-off command of a deploy.
@@ -93,6 +95,9 @@ pub(crate) struct JobRun {
     pub slot: Option<crate::sandbox::Slot>,
     /// Past the build: a failure from here is a deploy failure (for notifications).
     pub deploying: bool,
+    /// A restart: new instances of the live release, this generation of them
+    /// (`instance_id`), instead of a new release. `None`: the release's first instances.
+    pub restart: Option<u32>,
 }
 
 /// What this deploy started, to undo on failure.
@@ -440,6 +445,7 @@ impl Engine {
             .jail_for(app, &release.dir, &spec, &mut env)
             .await
             .map_err(Failure)?;
+        let generation = job.restart.unwrap_or(0);
         let run = ReleaseRun {
             app,
             version,
@@ -448,6 +454,7 @@ impl Engine {
             env: &env,
             formation: &a.formation,
             jail: jail.as_ref(),
+            generation,
         };
         let (target, health_path) = match spec.kind {
             AppKind::Static => {
@@ -505,7 +512,8 @@ impl Engine {
             }
         };
 
-        if let Some(cmd) = &spec.release_command {
+        // A restart runs the release as it is: its release phase ran when it went live.
+        if let (Some(cmd), None) = (&spec.release_command, job.restart) {
             step("release", &format!("Running release command: {cmd}"))?;
             let task = Task {
                 what: "release command",
@@ -539,9 +547,10 @@ impl Engine {
                 version,
                 target,
                 health_path,
-                follow: crate::swarm::followed(&spec, app, version),
+                follow: crate::swarm::followed(&spec, app, version, generation),
                 hsts: spec.hsts.clone(),
             },
+            generation,
             restoring.then_some(&config.env),
         )?;
         // From here the new release is live: a failure no longer undoes it.
@@ -555,10 +564,22 @@ impl Engine {
             log.line(&format!("-----> {text}"));
         };
         if !first_deploy {
-            step("drain", "Draining the previous release");
+            step(
+                "drain",
+                match job.restart {
+                    Some(_) => "Draining the instances before the restart",
+                    None => "Draining the previous release",
+                },
+            );
         }
-        self.retire_old(app, version, spec.drain_timeout, spec.stop_grace, log)
-            .await;
+        self.retire_old(
+            app,
+            (version, generation),
+            spec.drain_timeout,
+            spec.stop_grace,
+            log,
+        )
+        .await;
 
         if let (true, Some(cmd)) = (first_deploy, &spec.postdeploy) {
             step("postdeploy", &format!("Running postdeploy: {cmd}"));
@@ -832,7 +853,7 @@ impl Engine {
         } else {
             None
         };
-        let id = instance_id(run.app, run.version, proc_type, index);
+        let id = instance_id(run.app, run.version, run.generation, proc_type, index);
         let result = self.start_one(run, proc_type, index, port).await;
         started.instances.push((id.clone(), port));
         result?;
@@ -883,7 +904,7 @@ impl Engine {
         index: u32,
         port: Option<u16>,
     ) -> InstanceSpec {
-        let id = instance_id(run.app, run.version, proc_type, index);
+        let id = instance_id(run.app, run.version, run.generation, proc_type, index);
         let mut env = run.env.to_vec();
         if let Some(p) = port {
             env.push(("PORT".into(), p.to_string()));
@@ -978,7 +999,7 @@ impl Engine {
             }
         }
         if let Some((id, why)) = first_err {
-            let label = id.splitn(3, '.').nth(2).unwrap_or(&id).to_string();
+            let label = dyno_of(&id).to_string();
             log.line(&format!("-----> {label} log (last {TAIL_LINES} lines):"));
             let tail = crate::logs::tail_file(&self.instance_log(app, &id), TAIL_LINES);
             for line in &tail {
@@ -994,12 +1015,12 @@ impl Engine {
         Ok(())
     }
 
-    /// Wait for in-flight requests to the app's other releases' web instances to finish (up to
-    /// `drain`), then stop those instances.
+    /// Wait for in-flight requests to the app's instances other than the live `(version,
+    /// generation)` to finish (up to `drain`), then stop them.
     async fn retire_old(
         &self,
         app: &str,
-        live: i64,
+        (live, generation): (i64, u32),
         drain: Duration,
         grace: Duration,
         log: &DeployLog,
@@ -1007,7 +1028,7 @@ impl Engine {
         let old: Vec<store::Instance> = match self.store.instances(app) {
             Ok(list) => list
                 .into_iter()
-                .filter(|i| i.release_version != live)
+                .filter(|i| i.release_version != live || generation_of(&i.runtime_id) != generation)
                 .collect(),
             Err(_) => return,
         };
@@ -1066,12 +1087,13 @@ impl Engine {
         app: &str,
         deploy_id: i64,
         live: Live,
+        generation: u32,
         env: Option<&BTreeMap<String, String>>,
     ) -> Result<(), Failure> {
         let version = live.version;
         self.set_live(app, live, || {
             self.store
-                .switch_live_with_env(app, deploy_id, version, env)
+                .switch_live_with_env(app, deploy_id, (version, generation), env)
                 .map_err(EngineError::from)
         })
     }
@@ -1117,10 +1139,39 @@ impl Engine {
     }
 }
 
-/// `<app>.v<N>.<type>.<i>`: app names and process types cannot contain `.`, so ids of
-/// different apps never collide.
-pub(crate) fn instance_id(app: &str, version: i64, proc_type: &str, index: u32) -> String {
-    format!("{app}.v{version}.{proc_type}.{index}")
+/// `<app>.v<N>.<type>.<i>`, or `<app>.v<N>.r<G>.<type>.<i>` for generation `G` > 0 (the
+/// instances a restart starts for the same release): app names and process types cannot
+/// contain `.`, so ids of different apps never collide.
+pub(crate) fn instance_id(
+    app: &str,
+    version: i64,
+    generation: u32,
+    proc_type: &str,
+    index: u32,
+) -> String {
+    match generation {
+        0 => format!("{app}.v{version}.{proc_type}.{index}"),
+        g => format!("{app}.v{version}.r{g}.{proc_type}.{index}"),
+    }
+}
+
+/// The generation in an instance id ([`instance_id`]): its five-part form has one (a process
+/// type may itself be named `r1`, so the count of parts tells).
+pub(crate) fn generation_of(id: &str) -> u32 {
+    let parts: Vec<&str> = id.split('.').collect();
+    match parts.as_slice() {
+        [_, _, g, _, _] => g
+            .strip_prefix('r')
+            .and_then(|g| g.parse().ok())
+            .unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// The `<type>.<i>` of an instance id, what its `DYNO` says ([`instance_id`]).
+pub(crate) fn dyno_of(id: &str) -> &str {
+    let skip = if id.split('.').count() == 5 { 3 } else { 2 };
+    id.splitn(skip + 1, '.').nth(skip).unwrap_or(id)
 }
 
 /// What a process sees: the app's vars over app.json's defaults, and berth's own
@@ -1192,5 +1243,26 @@ fn check_task(what: &str, outcome: TaskOutcome, timeout: Duration) -> Result<(),
             signal.unwrap_or(0)
         ))),
         TaskOutcome::TimedOut => Err(Failure(format!("{what} timed out after {timeout:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_ids_carry_the_generation_of_a_restart() {
+        assert_eq!(instance_id("shop", 3, 0, "web", 1), "shop.v3.web.1");
+        assert_eq!(instance_id("shop", 3, 2, "web", 1), "shop.v3.r2.web.1");
+        for (id, generation, dyno) in [
+            ("shop.v3.web.1", 0, "web.1"),
+            ("shop.v3.r2.web.1", 2, "web.1"),
+            // A process type named like a generation.
+            ("shop.v3.r1.4", 0, "r1.4"),
+            ("shop.v3.r7.r1.4", 7, "r1.4"),
+        ] {
+            assert_eq!(generation_of(id), generation, "{id}");
+            assert_eq!(dyno_of(id), dyno, "{id}");
+        }
     }
 }

@@ -40,8 +40,14 @@ pub(crate) enum Job {
     Build { deploy: i64, version: i64 },
     /// Deploy release `source`'s files and config again.
     Rollback { deploy: i64, source: i64 },
-    /// Restart whatever is live with the app's current env and formation.
-    Restart { deploy: i64, description: String },
+    /// Restart whatever is live with the app's current env and formation: as a new release
+    /// (an env change: Heroku's config vars make one too), or `in_place`, as new instances of
+    /// the live release (`berth restart`).
+    Restart {
+        deploy: i64,
+        description: String,
+        in_place: bool,
+    },
     /// Bring the live release to the app's formation, in place.
     Scale { deploy: i64, description: String },
 }
@@ -350,10 +356,11 @@ impl Engine {
         if !self.mark_started(deploy_id) {
             return;
         }
-        let run = crate::pipeline::JobRun {
+        let mut run = crate::pipeline::JobRun {
             token,
             slot,
             deploying: false,
+            restart: None,
         };
         let (version, build, restore) = match job {
             Job::Build { version, .. } => (version, true, None),
@@ -368,8 +375,23 @@ impl Engine {
             Job::Scale { description, .. } => {
                 return self.run_scale(app, deploy_id, &description, &log).await
             }
-            Job::Restart { description, .. } => {
-                match self.derive(app, deploy_id, None, &description) {
+            Job::Restart {
+                description,
+                in_place,
+                ..
+            } => {
+                let live = if in_place {
+                    // New instances of the live release: the release list does not change.
+                    let a = self.store.app(app).ok().flatten();
+                    Ok(a.and_then(|a| {
+                        let v = a.live_release?;
+                        run.restart = Some(a.live_generation + 1);
+                        Some(v)
+                    }))
+                } else {
+                    self.derive(app, deploy_id, None, &description)
+                };
+                match live {
                     Ok(Some(v)) => (v, false, None),
                     Ok(None) => {
                         log.line(

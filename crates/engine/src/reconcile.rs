@@ -85,11 +85,17 @@ impl Engine {
         }
         let mut kills = tokio::task::JoinSet::new();
         for inst in all {
+            // The live release's instances of the live generation (a restart cut off before its
+            // switch leaves a newer one, after it an older one).
             let live = apps
                 .iter()
                 .find(|a| a.name == inst.app)
-                .and_then(|a| a.live_release);
-            if live != Some(inst.release_version) {
+                .and_then(|a| Some((a.live_release?, a.live_generation)));
+            let this = (
+                inst.release_version,
+                crate::pipeline::generation_of(&inst.runtime_id),
+            );
+            if live != Some(this) {
                 if let (Some(pid), Some(start)) = (inst.pid, inst.pid_start) {
                     let rt = self.runtime.clone();
                     kills.spawn(async move { rt.kill_orphan(pid, start, ORPHAN_GRACE).await });
@@ -105,7 +111,10 @@ impl Engine {
             let Some(version) = app.live_release else {
                 continue;
             };
-            if let Err(e) = self.bring_up(&app.name, version, &app.formation).await {
+            if let Err(e) = self
+                .bring_up(&app.name, (version, app.live_generation), &app.formation)
+                .await
+            {
                 tracing::error!(app = app.name, version, error = %e, "cannot bring the live release up");
             }
             // Route each app as soon as it is up (whatever came up, even after an error).
@@ -137,7 +146,7 @@ impl Engine {
     async fn bring_up(
         &self,
         app: &str,
-        version: i64,
+        (version, generation): (i64, u32),
         app_formation: &BTreeMap<String, u32>,
     ) -> Result<(), EngineError> {
         let release = self
@@ -190,6 +199,7 @@ impl Engine {
             env: &env,
             formation: &config.formation,
             jail: jail.as_ref(),
+            generation,
         };
         let existing = self.store.instances(app)?;
         if crate::swarm::on_swarm(&spec) && self.docker.is_ok() {
@@ -229,7 +239,7 @@ impl Engine {
         for proc_type in spec.processes.keys() {
             let n = formation_of(&spec, &config.formation, proc_type);
             for index in 1..=n {
-                let id = instance_id(app, version, proc_type, index);
+                let id = instance_id(app, version, generation, proc_type, index);
                 let row = existing.iter().find(|i| i.runtime_id == id);
                 let mut port = row.and_then(|r| r.port);
                 let mut adopted = false;

@@ -59,6 +59,7 @@ impl Engine {
             env: &env,
             formation: &a.formation,
             jail: jail.as_ref(),
+            generation: a.live_generation,
         };
         if crate::swarm::on_swarm(&spec) {
             return self

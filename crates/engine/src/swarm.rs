@@ -117,8 +117,9 @@ fn is_static_elf64(elf: &[u8]) -> bool {
 }
 
 /// The instance whose tasks a Swarm release's route follows (its web service).
-pub(crate) fn followed(spec: &AppSpec, app: &str, version: i64) -> Option<String> {
-    (on_swarm(spec) && spec.processes.contains_key(WEB)).then(|| instance_id(app, version, WEB, 1))
+pub(crate) fn followed(spec: &AppSpec, app: &str, version: i64, generation: u32) -> Option<String> {
+    (on_swarm(spec) && spec.processes.contains_key(WEB))
+        .then(|| instance_id(app, version, generation, WEB, 1))
 }
 
 impl Engine {
@@ -139,7 +140,7 @@ impl Engine {
                 "-----> Swarm service {proc_type}: {n} replica(s), rolling update (rollback on failure){}",
                 if proc_type == WEB { "; each task must pass the health check" } else { "" }
             ));
-            let id = instance_id(run.app, run.version, proc_type, 1);
+            let id = instance_id(run.app, run.version, run.generation, proc_type, 1);
             let result = self.start_one(run, proc_type, 1, None).await;
             started.instances.push((id.clone(), None));
             result?;
@@ -178,7 +179,7 @@ impl Engine {
             log.line(&format!(
                 "-----> Swarm service {proc_type}: {want} replica(s)"
             ));
-            let id = instance_id(run.app, run.version, proc_type, 1);
+            let id = instance_id(run.app, run.version, run.generation, proc_type, 1);
             let fresh = !current.iter().any(|i| i.runtime_id == id);
             let result = self.start_one(run, proc_type, 1, None).await;
             if fresh {
@@ -200,7 +201,7 @@ impl Engine {
             .into_iter()
             .filter(|i| formation_of(run.spec, run.formation, &i.proc_type) == 0)
             .collect();
-        let follow = followed(run.spec, run.app, run.version)
+        let follow = followed(run.spec, run.app, run.version, run.generation)
             .filter(|_| formation_of(run.spec, run.formation, WEB) > 0);
         let addrs: Vec<SocketAddr> = follow
             .iter()
@@ -271,7 +272,7 @@ impl Engine {
                 self.store.delete_instance(&row.runtime_id)?;
             }
         }
-        let follow = followed(run.spec, run.app, run.version);
+        let follow = followed(run.spec, run.app, run.version, run.generation);
         let addrs: Vec<SocketAddr> = follow
             .iter()
             .flat_map(|id| self.task_addrs(id))

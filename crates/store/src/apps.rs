@@ -31,7 +31,7 @@ fn notify_target_by_id(conn: &Connection, id: i64) -> Result<Option<NotifyTarget
     )
 }
 
-const APP_COLS: &str = "id, name, created_at, live_release, formation, settings";
+const APP_COLS: &str = "id, name, created_at, live_release, formation, settings, live_generation";
 
 fn app_from_row(r: &Row<'_>) -> Result<App> {
     let name: String = r.get(1)?;
@@ -48,6 +48,7 @@ fn app_from_row(r: &Row<'_>) -> Result<App> {
         live_release: r.get(3)?,
         formation,
         settings,
+        live_generation: r.get(6)?,
     })
 }
 
@@ -287,7 +288,7 @@ impl Store {
                 }
             }
             tx.execute(
-                "UPDATE apps SET live_release = ?1 WHERE id = ?2",
+                "UPDATE apps SET live_release = ?1, live_generation = 0 WHERE id = ?2",
                 (version, id),
             )?;
             Ok(())

@@ -295,16 +295,17 @@ impl Store {
     /// crash before this leaves the old release live; after it, the new one.
     /// Either way the engine can tell from the deploy's step which happened.
     pub fn switch_live(&self, app: &str, deploy_id: i64, version: i64) -> Result<()> {
-        self.switch_live_with_env(app, deploy_id, version, None)
+        self.switch_live_with_env(app, deploy_id, (version, 0), None)
     }
 
-    /// [`Store::switch_live`], also replacing the app's env with `env` in the same transaction
-    /// (a rollback brings back its release's env only if it goes live).
+    /// [`Store::switch_live`] to `(version, generation)` of its instances, also replacing the
+    /// app's env with `env` in the same transaction (a rollback brings back its release's env
+    /// only if it goes live).
     pub fn switch_live_with_env(
         &self,
         app: &str,
         deploy_id: i64,
-        version: i64,
+        (version, generation): (i64, u32),
         env: Option<&std::collections::BTreeMap<String, String>>,
     ) -> Result<()> {
         self.write(|tx| {
@@ -327,8 +328,8 @@ impl Store {
                 return Err(release_not_found(app, version));
             }
             tx.execute(
-                "UPDATE apps SET live_release = ?1 WHERE id = ?2",
-                (version, app_id),
+                "UPDATE apps SET live_release = ?1, live_generation = ?2 WHERE id = ?3",
+                (version, generation, app_id),
             )?;
             tx.execute(
                 "UPDATE deploys SET step = 'switched', release_version = ?1 WHERE id = ?2",

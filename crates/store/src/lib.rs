@@ -212,6 +212,11 @@ const MIGRATIONS: &[&str] = &[
         value TEXT NOT NULL
     );
     "#,
+    // 6: which generation of the live release's instances serves (a restart starts a new one
+    // of the same release instead of making a release).
+    r#"
+    ALTER TABLE apps ADD COLUMN live_generation INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// The schema version this binary migrates to (`PRAGMA user_version`).

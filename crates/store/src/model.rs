@@ -112,6 +112,9 @@ pub struct App {
     /// Desired replicas per process type.
     pub formation: BTreeMap<String, u32>,
     pub settings: AppSettings,
+    /// Which generation of the live release's instances serves: 0 when it went live, one
+    /// more with each restart (new instances of the same release).
+    pub live_generation: u32,
 }
 
 /// One immutable build of an app plus the spec to run it.

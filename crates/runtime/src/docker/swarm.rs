@@ -1145,10 +1145,17 @@ fn task_instance(t: &bollard::models::Task) -> Option<&str> {
 }
 
 /// The app and process type of instance `<app>.v<N>.<type>.<i>`.
+/// The app and process type of an instance id: `<app>.v<N>.<type>.<i>`, or with a generation
+/// `<app>.v<N>.r<G>.<type>.<i>` (five parts).
 fn parts(id: &str) -> (&str, &str) {
-    let mut it = id.split('.');
-    let app = it.next().unwrap_or(id);
-    (app, it.nth(1).unwrap_or("web"))
+    let all: Vec<&str> = id.split('.').collect();
+    let app = all.first().copied().unwrap_or(id);
+    let ty = if all.len() == 5 {
+        all.get(3)
+    } else {
+        all.get(2)
+    };
+    (app, ty.copied().unwrap_or("web"))
 }
 
 /// `<prefix>-<app>-<type>-<hash>`: Swarm service names are DNS labels (63 characters at most),
@@ -1667,6 +1674,9 @@ mod tests {
         assert_ne!(name("shop.v1.api-web.1"), name("shop-api.v1.web.1"));
         assert_ne!(name("shop.v1.big_worker.1"), name("shop.v1.big-worker.1"));
         assert_eq!(name("shop.v1.web.1"), name("shop.v9.web.1"));
+        // A restart's instances (a generation) are the same service.
+        assert_eq!(name("shop.v1.web.1"), name("shop.v1.r2.web.1"));
+        assert_eq!(parts("shop.v1.r1.1"), ("shop", "r1"));
         let long = format!("{}.v1.web.1", "a".repeat(80));
         assert!(name(&long).len() <= 63, "{}", name(&long));
         assert_ne!(name(&long), name(&format!("{}.v1.web.1", "a".repeat(81))));
