@@ -44,6 +44,24 @@ fn upload_id(b: &Berth, app: &str, dir: &Path) -> i64 {
     v["id"].as_i64().unwrap()
 }
 
+/// `app`'s instances as (id, pid), sorted.
+fn instances_of(b: &Berth, app: &str) -> Vec<(String, u64)> {
+    let (_, v) = api(b, "GET", &format!("/api/v1/apps/{app}/instances"), "");
+    let mut list: Vec<(String, u64)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["id"].as_str().unwrap().to_string(),
+                i["pid"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    list.sort();
+    list
+}
+
 fn body(b: &Berth, app: &str) -> String {
     common::get(b.http, &format!("{app}.localhost"), "/").text()
 }
@@ -231,22 +249,7 @@ fn restart_starts_new_instances_of_the_live_release_without_a_new_release() {
     let src = b.path("src");
     app_dir(&src, "rs", None);
     wait_deploy(&b, "rs", upload_id(&b, "rs", &src));
-    let instances = |b: &Berth| {
-        let (_, v) = api(b, "GET", "/api/v1/apps/rs/instances", "");
-        let mut list: Vec<(String, u64)> = v
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| {
-                (
-                    i["id"].as_str().unwrap().to_string(),
-                    i["pid"].as_u64().unwrap_or(0),
-                )
-            })
-            .collect();
-        list.sort();
-        list
-    };
+    let instances = |b: &Berth| instances_of(b, "rs");
     let before = instances(&b);
     let stop = std::sync::atomic::AtomicBool::new(false);
     let failed = std::sync::atomic::AtomicUsize::new(0);
@@ -298,22 +301,7 @@ fn scale_adds_and_removes_instances_in_place() {
     let src = b.path("src");
     app_dir(&src, "sc", None);
     wait_deploy(&b, "sc", upload_id(&b, "sc", &src));
-    let pids = |b: &Berth| {
-        let (_, v) = api(b, "GET", "/api/v1/apps/sc/instances", "");
-        let mut p: Vec<(String, u64)> = v
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| {
-                (
-                    i["id"].as_str().unwrap().to_string(),
-                    i["pid"].as_u64().unwrap_or(0),
-                )
-            })
-            .collect();
-        p.sort();
-        p
-    };
+    let pids = |b: &Berth| instances_of(b, "sc");
     let before = pids(&b);
     assert_eq!(before.len(), 1);
     let (st, v) = api(&b, "PUT", "/api/v1/apps/sc/formation", r#"{"web":3}"#);
