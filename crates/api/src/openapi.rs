@@ -28,7 +28,7 @@ pub const OPERATIONS: &[(&str, &str, &str, &str, u16)] = &[
     ("put", "/api/v1/apps/{app}/repo", "Connect a repository for push webhooks: {\"url\",\"branch\",\"secret\"}; the secret is shown once", "application/json", 200),
     ("get", "/api/v1/apps/{app}/repo", "The connected repository and webhook URLs (no secret)", "", 200),
     ("delete", "/api/v1/apps/{app}/repo", "Disconnect the repository", "", 204),
-    ("get", "/api/v1/apps/{app}/logs", "Logs of all instances in time order: ?lines=N, ?since=, ?until= (RFC 3339 or 10m), ?type=, ?instance=, ?source=app|berth|all, ?follow=true (SSE)", "", 200),
+    ("get", "/api/v1/apps/{app}/logs", "Logs of all instances in time order: ?lines=N, ?since=, ?until= (RFC 3339 or 10m), ?type=, ?instance=, ?source=app|berth|router|all, ?follow=true (SSE)", "", 200),
     ("get", "/api/v1/apps/{app}/services", "The app's accessory services (compose): name, state, health", "", 200),
     ("get", "/api/v1/apps/{app}/volumes", "The app's named volumes (its services' data), which destroying the app deletes", "", 200),
     ("patch", "/api/v1/apps/{app}/settings", "Git settings: {\"deploy_branch\",\"cancel_running\",\"previews\",\"preview_max\",\"preview_env\"}", "application/json", 200),

@@ -121,7 +121,8 @@ pub struct AppLogQuery {
     proc_type: Option<String>,
     /// Only this instance (`web.2`).
     instance: Option<String>,
-    /// `app` (the instances' output, the default), `berth` (deploy events) or `all`.
+    /// `app` (the instances' output, the default), `berth` (deploy events), `router` (the
+    /// requests the proxy answered, from the access log) or `all`.
     source: Option<String>,
 }
 
@@ -163,27 +164,42 @@ pub async fn app_logs(
         proc_type: q.proc_type.filter(|t| !t.is_empty()),
         instance: q.instance.filter(|i| !i.is_empty()),
     };
-    let (from_app, from_berth) = match q.source.as_deref().unwrap_or("app") {
-        "app" => (true, false),
-        "berth" => (false, true),
-        "all" => (true, true),
+    let (from_app, from_berth, from_router) = match q.source.as_deref().unwrap_or("app") {
+        "app" => (true, false, false),
+        "berth" => (false, true, false),
+        "router" => (false, false, true),
+        "all" => (true, true, true),
         other => {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
-                format!("invalid source {other:?}: expected app, berth or all"),
+                format!("invalid source {other:?}: expected app, berth, router or all"),
             ))
         }
     };
+    if q.source.as_deref() == Some("router") && !ctx.engine.has_router_log() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "router events come from the access log, which this server does not write to a file (hint: set [server] access_log to a file path)".to_string(),
+        ));
+    }
     let files = if from_app {
         ctx.engine.log_files(&app)?
     } else {
         Vec::new()
     };
-    let events = if from_berth {
+    let mut events = if from_berth {
         ctx.engine.log_events(&app)?
     } else {
         Vec::new()
     };
+    if from_router {
+        let (engine, a) = (ctx.engine.clone(), app.clone());
+        events.extend(
+            blocking(move || engine.router_events(&a))
+                .await??
+                .unwrap_or_default(),
+        );
+    }
     let n = q.lines.unwrap_or(100).min(10_000);
     let follow = q.follow;
     let f = filter.clone();
@@ -214,7 +230,9 @@ pub async fn app_logs(
         filter,
         from_app,
         from_berth,
+        from_router,
         events_after: now,
+        requests_after: now,
     };
     let stream = futures_util::stream::unfold(state, |mut st| async move {
         if let Some(t) = st.first.take() {
@@ -260,15 +278,34 @@ pub async fn app_logs(
                         .filter(|e| e.time.is_some_and(|t| t > after)),
                 );
             }
+            if st.from_router {
+                let (engine, a, after) = (st.ctx.engine.clone(), st.app.clone(), st.requests_after);
+                let requests = blocking(move || engine.router_events(&a))
+                    .await
+                    .ok()?
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+                lines.extend(
+                    requests
+                        .into_iter()
+                        .filter(|e| e.time.is_some_and(|t| t > after)),
+                );
+            }
             lines.retain(|l| st.filter.wants_time(l.time));
             lines.sort_by_key(|l| l.time.unwrap_or(i64::MIN));
-            if let Some(newest) = lines
-                .iter()
-                .filter(|l| l.source == engine::logs::BERTH_SOURCE)
-                .filter_map(|l| l.time)
-                .max()
-            {
-                st.events_after = st.events_after.max(newest);
+            let newest = |source: &str| {
+                lines
+                    .iter()
+                    .filter(|l| l.source == source)
+                    .filter_map(|l| l.time)
+                    .max()
+            };
+            if let Some(t) = newest(engine::logs::BERTH_SOURCE) {
+                st.events_after = st.events_after.max(t);
+            }
+            if let Some(t) = newest(engine::logs::ROUTER_SOURCE) {
+                st.requests_after = st.requests_after.max(t);
             }
             if !lines.is_empty() {
                 let data: Vec<String> = lines.iter().map(LogLine::render).collect();
@@ -293,6 +330,9 @@ struct Followed {
     filter: LogFilter,
     from_app: bool,
     from_berth: bool,
+    from_router: bool,
     /// Deploy events at or before this time were sent (or were before the tail).
     events_after: i64,
+    /// The same for router events.
+    requests_after: i64,
 }

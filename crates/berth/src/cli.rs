@@ -391,7 +391,8 @@ pub struct LogsArgs {
     /// Only this instance (web.2)
     #[arg(short = 'i', long, value_name = "INSTANCE")]
     pub instance: Option<String>,
-    /// Whose lines: the app's output, berth's deploy events, or both
+    /// Whose lines: the app's output, berth's deploy events, the router's requests (from the
+    /// access log, when it is a file), or all
     #[arg(short = 's', long, value_enum, default_value_t = LogSource::App)]
     pub source: LogSource,
 }
@@ -400,6 +401,7 @@ pub struct LogsArgs {
 pub enum LogSource {
     App,
     Berth,
+    Router,
     All,
 }
 
@@ -457,7 +459,7 @@ mod tests {
             cli.cmd,
             Command::Logs(LogsArgs { ref since, source: LogSource::All, .. }) if since.as_deref() == Some("10m")
         ));
-        assert!(TestCli::try_parse_from(["berth", "logs", "--source", "router"]).is_err());
+        assert!(TestCli::try_parse_from(["berth", "logs", "--source", "nginx"]).is_err());
         assert!(TestCli::try_parse_from(["berth", "env:set"]).is_err());
     }
 }

@@ -187,6 +187,10 @@ async fn run(
                 .chain(cfg.tls.certs.iter().map(|c| c.key.clone()))
                 .collect(),
             allow_private_hosts: cfg.server.allow_private_hosts.clone(),
+            access_log: match cfg.server.access_log.as_str() {
+                "off" | "stdout" => None,
+                path => Some(PathBuf::from(path)),
+            },
         },
         store,
         runtime,

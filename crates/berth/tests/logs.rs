@@ -1,7 +1,7 @@
 //! `berth logs`: every instance's output merged in time order, each line stamped with the time
 //! it was written and the instance it came from; `-n` counts lines in all; `--since`/`--until`,
-//! `--type`, `--instance` and `--source` (berth's deploy events) filter. Through the real
-//! binary, the real CLI and real app processes.
+//! `--type`, `--instance` and `--source` (berth's deploy events, the router's requests) filter.
+//! Through the real binary, the real CLI and real app processes.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -146,9 +146,32 @@ fn logs_merge_all_instances_in_time_order_and_filter_by_time_type_instance_and_s
             .any(|t| t == "Build 1 succeeded: v1 is live"),
         "{events:#?}"
     );
+    // The router's requests to the app (from the access log; not those to another host), and
+    // everything at once.
+    common::get(b.http, "elsewhere.localhost", "/from-elsewhere");
+    common::get(b.http, "ticker.localhost:80", "/with-a-port");
+    // (The access log is written by a thread of its own, a moment after the answer.)
+    let requests = eventually(T, "the request in the router's lines", || {
+        let requests = logs(&b, &["--source", "router", "-n", "10000"]);
+        requests
+            .iter()
+            .any(|l| l.contains("GET /with-a-port"))
+            .then_some(requests)
+    });
+    assert!(requests.iter().all(|l| !l.contains("/from-elsewhere")));
+    assert!(
+        requests
+            .iter()
+            .any(|l| parts(l).1 == "router" && parts(l).2.starts_with("GET / 200 ")),
+        "{requests:#?}"
+    );
+    assert!(requests.iter().all(|l| parts(l).1 == "router"));
     let both = logs(&b, &["--source", "all", "-n", "10000"]);
-    assert!(both.iter().any(|l| parts(l).1 == "berth"));
-    assert!(both.iter().any(|l| parts(l).1 == "worker.1"));
+    for source in ["berth", "worker.1", "web.2", "router"] {
+        assert!(both.iter().any(|l| parts(l).1 == source), "{source}");
+    }
+    let stamps: Vec<&str> = both.iter().map(|l| parts(l).0).collect();
+    assert!(stamps.windows(2).all(|w| w[0] <= w[1]));
 
     // -f with --until ends by itself once that time has passed.
     let until = {
@@ -178,7 +201,10 @@ fn logs_merge_all_instances_in_time_order_and_filter_by_time_type_instance_and_s
         err.contains("invalid since \"yesterday\"") && err.contains("10m"),
         "{err}"
     );
-    let (st, v) = api(&b, "GET", "/api/v1/apps/ticker/logs?source=router", "");
+    let (st, v) = api(&b, "GET", "/api/v1/apps/ticker/logs?source=nginx", "");
     assert_eq!(st, 400, "{v}");
-    assert!(v.to_string().contains("expected app, berth or all"), "{v}");
+    assert!(
+        v.to_string().contains("expected app, berth, router or all"),
+        "{v}"
+    );
 }

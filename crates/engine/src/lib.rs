@@ -81,6 +81,9 @@ pub struct EngineConfig {
     /// `[server] allow_private_hosts`: hosts a repository or notification URL may name even
     /// though they are (or resolve to) loopback, private or link-local addresses (`egress.rs`).
     pub allow_private_hosts: Vec<String>,
+    /// The access log, when it is a file (`[server] access_log`): the router events of an
+    /// app's logs are read from it.
+    pub access_log: Option<PathBuf>,
 }
 
 /// Errors the API turns into 4xx/5xx answers.
@@ -1003,6 +1006,22 @@ impl Engine {
     /// The app's recent deploys as events of its logs (`logs::deploy_events`).
     pub fn log_events(&self, app: &str) -> Result<Vec<logs::LogLine>, EngineError> {
         Ok(logs::deploy_events(&self.store.deploys(app, 200)?))
+    }
+
+    /// Whether the access log is a file, which router events are read from.
+    pub fn has_router_log(&self) -> bool {
+        self.cfg.access_log.is_some()
+    }
+
+    /// The requests to the app's hosts in the end of the access log (`logs::router_events`);
+    /// `None` when the access log is not a file. Blocking file I/O.
+    pub fn router_events(&self, app: &str) -> Result<Option<Vec<logs::LogLine>>, EngineError> {
+        let Some(path) = &self.cfg.access_log else {
+            return Ok(None);
+        };
+        let mut hosts = vec![format!("{app}.{}", self.cfg.domain)];
+        hosts.extend(self.store.domains(app)?);
+        Ok(Some(logs::router_events(path, &hosts)))
     }
 
     pub(crate) fn instance_log(&self, app: &str, runtime_id: &str) -> PathBuf {

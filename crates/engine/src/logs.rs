@@ -86,6 +86,8 @@ pub struct LogLine {
 
 /// Where deploy events come from in an app's logs.
 pub const BERTH_SOURCE: &str = "berth";
+/// Where the requests the proxy answered come from in an app's logs.
+pub const ROUTER_SOURCE: &str = "router";
 
 impl LogLine {
     /// A line of the log file of instance `label`.
@@ -171,6 +173,38 @@ pub fn merged_tail(
     lines.sort_by_key(|l| l.time.unwrap_or(i64::MIN));
     let skip = lines.len().saturating_sub(n);
     lines.split_off(skip)
+}
+
+/// The requests to `hosts` in the end of the access log at `path` (its JSON lines), as
+/// `GET /path 200 1234B 3.2ms upstream=127.0.0.1:10001 id=…`. Blocking file I/O.
+pub fn router_events(path: &Path, hosts: &[String]) -> Vec<LogLine> {
+    tail_file(path, usize::MAX)
+        .iter()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|a| {
+            // The Host header as sent: with a port, and in any case.
+            let host = a["host"].as_str().unwrap_or_default();
+            let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+            hosts.iter().any(|h| h.eq_ignore_ascii_case(host))
+        })
+        .map(|a| {
+            let text = |key: &str| a[key].as_str().unwrap_or("-").to_string();
+            LogLine {
+                time: a["time"].as_str().and_then(units::parse_rfc3339),
+                source: ROUTER_SOURCE.into(),
+                text: format!(
+                    "{} {} {} {}B {:.1}ms upstream={} id={}",
+                    text("method"),
+                    text("path"),
+                    a["status"].as_u64().unwrap_or(0),
+                    a["bytes"].as_u64().unwrap_or(0),
+                    a["duration_ms"].as_f64().unwrap_or(0.0),
+                    text("upstream"),
+                    text("request_id"),
+                ),
+            }
+        })
+        .collect()
 }
 
 /// An app's deploys as events in its logs: each one's start and end.

@@ -91,6 +91,7 @@ fn logs_query(args: &super::LogsArgs) -> String {
     let source = match args.source {
         super::LogSource::App => "app",
         super::LogSource::Berth => "berth",
+        super::LogSource::Router => "router",
         super::LogSource::All => "all",
     };
     let mut q = format!("lines={}&source={source}", args.lines);
