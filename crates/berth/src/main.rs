@@ -66,10 +66,26 @@ fn main() {
     let mut args = std::env::args_os();
     match args.nth(1) {
         Some(a) if a == "jail" => std::process::exit(jail::main(args)),
-        // `berth log-stamp`: an instance's output, each line stamped with its time, onto its
-        // log file (runtime::logs), started by the process runtime.
+        // `berth log-stamp [<file> <cap bytes> <keep>]`: an instance's output, each line
+        // stamped with its time, onto its log file (rotated by rename at its cap), or stdout
+        // (runtime::logs); started by the process runtime.
         Some(a) if a == "log-stamp" => {
-            let copied = runtime::logs::stamp(std::io::stdin().lock(), std::io::stdout().lock());
+            let rest: Vec<String> = args.map(|a| a.to_string_lossy().into_owned()).collect();
+            let copied = match rest.as_slice() {
+                [] => runtime::logs::stamp(std::io::stdin().lock(), std::io::stdout().lock()),
+                [file, cap, keep] => {
+                    let (Ok(cap), Ok(keep)) = (cap.parse(), keep.parse()) else {
+                        eprintln!("berth log-stamp: <cap> and <keep> are numbers");
+                        std::process::exit(2);
+                    };
+                    let log = runtime::logs::LogFile::open(std::path::Path::new(file), cap, keep);
+                    runtime::logs::stamp(std::io::stdin().lock(), log)
+                }
+                _ => {
+                    eprintln!("usage: berth log-stamp [<file> <cap bytes> <keep>]");
+                    std::process::exit(2);
+                }
+            };
             std::process::exit(i32::from(copied.is_err()));
         }
         _ => {}

@@ -1,18 +1,19 @@
-//! An instance's log: each line stamped with the time it was written, and size-based
-//! rotation by copy-and-truncate.
+//! An instance's log: each line stamped with the time it was written, the file capped as it
+//! is written and rotated by rename.
 //!
 //! The stamp is RFC 3339 UTC to the millisecond and a space before every line
 //! (`2026-11-28T09:30:00.123Z GET / 200`), written by [`stamp`]: the app's stdout and stderr
 //! are a pipe into a small process of its own (`berth log-stamp`) that appends to the file,
-//! so lines of all instances can be merged in time order ([`split_stamp`]).
+//! so lines of all instances can be merged in time order ([`split_stamp`]). That process
+//! owns the file ([`LogFile`]): before a write would take it past its cap it renames it to
+//! `<file>.1` (older copies shift to `.2`, `.3`, …) and starts a new one, which needs no free
+//! space and never lets one app's output grow past `cap × (keep + 1)`.
 //!
-//! The app holds its log file open with `O_APPEND` for its whole life, and
-//! after a berth restart nobody could even tell it to reopen the file. So the
-//! file is never renamed away from under it: its content is copied to
-//! `<file>.1` (older copies shift to `.2`, `.3`, …) and the original is
-//! truncated. Thanks to `O_APPEND` the app's next write lands at the new end
-//! (offset 0) instead of leaving a hole. Lines written between the copy and
-//! the truncation are lost; that is the accepted price of copytruncate.
+//! Output that does not go through a stamper (a container's, which berth follows; an instance
+//! of a runtime configured without one) is rotated by copy-and-truncate instead
+//! ([`rotate_if_needed`]): whoever holds the file open with `O_APPEND` cannot be told to reopen
+//! it, so its content is copied to `<file>.1` and the original truncated; lines written between
+//! the copy and the truncation are lost.
 
 use std::ffi::OsString;
 use std::fs;
@@ -43,7 +44,7 @@ pub fn stamp(mut input: impl Read + AsFd, mut file: impl Write) -> io::Result<()
     let mut since = 0;
     loop {
         if !pending.is_empty() && !readable(&input, PARTIAL_WAIT)? {
-            write_line(&mut out, since, &pending);
+            write_line(&mut out, &units::rfc3339(since), &pending);
             pending.clear();
             flush(&mut out, &mut file);
             continue;
@@ -55,13 +56,15 @@ pub fn stamp(mut input: impl Read + AsFd, mut file: impl Write) -> io::Result<()
             Err(e) => return Err(e),
         };
         let now = units::now_ms();
+        // One stamp for all that one read gave (formatting it per line is most of the cost).
+        let stamp_now = units::rfc3339(now);
         let mut rest = &buf[..n];
         while let Some(end) = rest.iter().position(|&b| b == b'\n') {
             if pending.is_empty() {
-                write_line(&mut out, now, &rest[..end]);
+                write_line(&mut out, &stamp_now, &rest[..end]);
             } else {
                 pending.extend_from_slice(&rest[..end]);
-                write_line(&mut out, since, &pending);
+                write_line(&mut out, &units::rfc3339(since), &pending);
                 pending.clear();
             }
             rest = &rest[end + 1..];
@@ -72,22 +75,95 @@ pub fn stamp(mut input: impl Read + AsFd, mut file: impl Write) -> io::Result<()
             }
             pending.extend_from_slice(rest);
             while pending.len() >= LINE_MAX {
-                write_line(&mut out, since, &pending[..LINE_MAX]);
+                write_line(&mut out, &units::rfc3339(since), &pending[..LINE_MAX]);
                 pending.drain(..LINE_MAX);
             }
         }
         flush(&mut out, &mut file);
     }
     if !pending.is_empty() {
-        write_line(&mut out, since, &pending);
+        write_line(&mut out, &units::rfc3339(since), &pending);
     }
     flush(&mut out, &mut file);
     Ok(())
 }
 
-/// `line` (no newline), stamped with `ms`, cut at [`LINE_MAX`], added to `out`.
-fn write_line(out: &mut Vec<u8>, ms: i64, line: &[u8]) {
-    let stamp = units::rfc3339(ms);
+/// An instance's log file as the stamper writes it: appended to; when the next write would
+/// take it past `cap` bytes it is renamed to `<file>.1` (the older copies shift, the oldest
+/// beyond `keep` goes) and a new one is started. One write longer than `cap` is cut to it. A
+/// write that fails (a full disk) is dropped, never retried.
+pub struct LogFile {
+    path: PathBuf,
+    file: Option<fs::File>,
+    size: u64,
+    cap: u64,
+    keep: usize,
+}
+
+impl LogFile {
+    pub fn open(path: &Path, cap: u64, keep: usize) -> LogFile {
+        let mut log = LogFile {
+            path: path.to_path_buf(),
+            file: None,
+            size: 0,
+            cap: cap.max(1),
+            keep,
+        };
+        log.reopen();
+        log
+    }
+
+    fn reopen(&mut self) {
+        self.file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .ok();
+        self.size = self
+            .file
+            .as_ref()
+            .and_then(|f| f.metadata().ok())
+            .map_or(0, |m| m.len());
+    }
+
+    fn rotate(&mut self) {
+        self.file = None;
+        if self.keep == 0 {
+            let _ = fs::remove_file(&self.path);
+        } else {
+            for n in (1..self.keep).rev() {
+                let _ = fs::rename(numbered(&self.path, n), numbered(&self.path, n + 1));
+            }
+            let _ = fs::rename(&self.path, numbered(&self.path, 1));
+        }
+        self.reopen();
+    }
+}
+
+impl Write for LogFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let len = u64::try_from(buf.len()).unwrap_or(u64::MAX);
+        if self.size > 0 && self.size.saturating_add(len) > self.cap {
+            self.rotate();
+        }
+        let room = usize::try_from(self.cap.saturating_sub(self.size)).unwrap_or(usize::MAX);
+        let part = &buf[..buf.len().min(room)];
+        if let Some(f) = &mut self.file {
+            if f.write_all(part).is_ok() {
+                self.size += part.len() as u64;
+            }
+        }
+        // All of it is taken: what did not fit or could not be written is dropped.
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `line` (no newline), stamped with `stamp`, cut at [`LINE_MAX`], added to `out`.
+fn write_line(out: &mut Vec<u8>, stamp: &str, line: &[u8]) {
     let mut chunks = line.chunks(LINE_MAX).peekable();
     if chunks.peek().is_none() {
         out.extend_from_slice(stamp.as_bytes());
@@ -141,7 +217,7 @@ pub fn split_stamp(line: &str) -> (Option<i64>, &str) {
     }
 }
 
-/// Rotates `path` if it is larger than `max_bytes`, keeping `keep` old
+/// Rotates `path` by copy-and-truncate if it is larger than `max_bytes`, keeping `keep` old
 /// copies. Returns whether it rotated. A missing file is not an error.
 pub(crate) fn rotate_if_needed(path: &Path, max_bytes: u64, keep: usize) -> io::Result<bool> {
     let len = match fs::metadata(path) {
@@ -244,6 +320,35 @@ mod tests {
         });
         stamp(reader, Full).unwrap();
         feed.join().unwrap();
+    }
+
+    /// The file never passes its cap: it is renamed away (no free space needed) and the
+    /// oldest copy beyond `keep` goes.
+    #[test]
+    fn a_log_file_is_capped_as_it_is_written_and_rotated_by_rename() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("web.log");
+        let mut log = LogFile::open(&path, 100, 2);
+        for i in 0..30 {
+            log.write_all(format!("line {i:02} of the log\n").as_bytes())
+                .unwrap();
+        }
+        // One write longer than the cap is cut to it.
+        log.write_all(&[b'x'; 250]).unwrap();
+        for n in [0, 1, 2] {
+            let p = if n == 0 {
+                path.clone()
+            } else {
+                numbered(&path, n)
+            };
+            let len = fs::metadata(&p).unwrap().len();
+            assert!(len <= 100, "{} is {len} bytes", p.display());
+        }
+        assert!(!numbered(&path, 3).exists());
+        assert_eq!(fs::read(&path).unwrap(), vec![b'x'; 100]);
+        assert!(fs::read_to_string(numbered(&path, 1))
+            .unwrap()
+            .ends_with("line 29 of the log\n"));
     }
 
     #[test]

@@ -625,7 +625,10 @@ impl Supervisor {
             tokio::select! {
                 status = proc.wait() => return RunEnd::Exited(status),
                 grace = stop_requested(&mut self.stop_rx) => return RunEnd::StopRequested(grace),
-                _ = rotation.tick() => self.shared.rotate_log(&self.inst.spec.log_file).await,
+                // A stamper rotates its file itself, as it writes.
+                _ = rotation.tick(), if self.shared.opts.log_stamper.is_none() => {
+                    self.shared.rotate_log(&self.inst.spec.log_file).await;
+                }
             }
         }
     }
@@ -771,7 +774,11 @@ fn spawn_instance(
         None => shared.unjailed(&spec.id)?,
     };
     let output = match &shared.opts.log_stamper {
-        Some(stamper) => Output::Stamped(&spec.log_file, stamper),
+        Some(stamper) => Output::Stamped(
+            &spec.log_file,
+            stamper,
+            (shared.opts.log_max_bytes, shared.opts.log_keep),
+        ),
         None => Output::Append(&spec.log_file),
     };
     spawn(
@@ -792,12 +799,13 @@ fn spawn_instance(
 enum Output<'a> {
     /// Appended to this file directly (instances: their log is rotated by size).
     Append(&'a Path),
-    /// As `Append`, through the log stamper at this path (`<stamper> log-stamp`), which
-    /// stamps every line with its time. It is a process of its own, so it lives as long as
+    /// As `Append`, through the log stamper at this path (`<stamper> log-stamp <file> <cap>
+    /// <keep>`), which stamps every line with its time and rotates the file by rename at its
+    /// cap (`logs::LogFile`). It is a process of its own, so it lives as long as
     /// the command's output does, across berth restarts too. It runs as berth's user, never
     /// as the app's: a process of the app's user outside the jail could be taken over by the
     /// jailed app (signalled, or written through `/proc/<pid>/mem`). It only copies bytes.
-    Stamped(&'a Path, &'a Path),
+    Stamped(&'a Path, &'a Path, (u64, usize)),
     /// Through a pipe, appended to this file up to this many bytes, the rest read and dropped
     /// (tasks: their deploy log is never rotated, and a build must not fill the disk with it).
     Capped(&'a Path, u64),
@@ -917,7 +925,7 @@ fn spawn(
     owner: &str,
     how: RunAs<'_>,
 ) -> Result<(Proc, Option<u64>, Option<Copier>), RuntimeError> {
-    let (Output::Append(log_file) | Output::Stamped(log_file, _) | Output::Capped(log_file, _)) =
+    let (Output::Append(log_file) | Output::Stamped(log_file, ..) | Output::Capped(log_file, _)) =
         output;
     let log_err = |source| RuntimeError::LogFile {
         path: log_file.to_path_buf(),
@@ -933,15 +941,20 @@ fn spawn(
             let stderr = file.try_clone().map_err(log_err)?;
             (file.into(), stderr.into(), None)
         }
-        Output::Stamped(_, stamper) => {
+        Output::Stamped(path, stamper, (cap, keep)) => {
+            // Opened above only to check it can be: the stamper owns the file (it rotates it).
+            drop(file);
             let (reader, writer) = std::io::pipe().map_err(log_err)?;
             let stderr = writer.try_clone().map_err(log_err)?;
             let mut cmd = Command::new(stamper);
             cmd.arg("log-stamp")
+                .arg(path)
+                .arg(cap.to_string())
+                .arg(keep.to_string())
                 .env_clear()
                 .current_dir("/")
                 .stdin(reader)
-                .stdout(file)
+                .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 // Its own group: a signal to the command's group leaves it to read to the end.
                 .process_group(0)
