@@ -96,7 +96,7 @@ pub(crate) fn real_dir_beneath(root: &Path, rel: &Path) -> Result<std::path::Pat
 /// service), nor an image id: an app runs only what it built or a plain local image.
 fn check_named_image(docker: &DockerRuntime, image: &str) -> Result<(), String> {
     let ours = format!("{}/", docker.prefix());
-    if image.starts_with(&ours) || image.starts_with("sha256:") {
+    if image.starts_with(&ours) || runtime::is_image_id(image) {
         return Err(format!(
             "image {image:?} is one berth built (or an image id): name a local image by its tag, or build it"
         ));

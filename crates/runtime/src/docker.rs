@@ -42,7 +42,7 @@ mod hardening;
 mod services;
 mod swarm;
 
-pub use dockerfile::registry_host;
+pub use dockerfile::{is_image_id, registry_host};
 pub use services::{ServiceHealthcheck, ServiceInfo, ServiceRestart, ServiceRun};
 pub use swarm::{NodeInfo, SwarmOptions, SwarmRuntime, PROBE_LABEL};
 

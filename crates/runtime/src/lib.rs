@@ -27,8 +27,8 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 pub use docker::{
-    registry_host, DockerRuntime, NodeInfo, ServiceHealthcheck, ServiceInfo, ServiceRestart,
-    ServiceRun, SwarmOptions, SwarmRuntime, PROBE_LABEL,
+    is_image_id, registry_host, DockerRuntime, NodeInfo, ServiceHealthcheck, ServiceInfo,
+    ServiceRestart, ServiceRun, SwarmOptions, SwarmRuntime, PROBE_LABEL,
 };
 pub use multi::MultiRuntime;
 pub use process::{ProcessOptions, ProcessRuntime};

@@ -24,6 +24,8 @@
 /// `berth-1a2b3c4d/shop`): the images it names (`FROM`, `COPY --from`; build stages left
 /// out), or which line is refused and why.
 pub(crate) fn check(text: &str, own: &str) -> Result<Vec<String>, String> {
+    // Docker skips a byte order mark at the start, so the first instruction is read after it.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     if let Some(d) = directive(text) {
         return Err(format!(
             "Dockerfile: the parser directive `{d}` is not allowed (it changes how the Docker daemon reads the file; hint: remove it)"
@@ -64,6 +66,14 @@ pub(crate) fn check(text: &str, own: &str) -> Result<Vec<String>, String> {
             };
             stage_args.retain(|(n, _)| !names.contains(&n.as_str()));
             continue;
+        }
+        // Anything else Docker would refuse as well; berth refuses it first, so that no
+        // character it reads differently from Docker can hide a FROM or a COPY.
+        if !INSTRUCTIONS.contains(&keyword.as_str()) {
+            return at(format!(
+                "unknown instruction {:?} (hint: Docker's instructions are FROM, RUN, COPY, …)",
+                keyword.chars().take(40).collect::<String>()
+            ));
         }
         if !matches!(keyword.as_str(), "ARG" | "FROM" | "COPY" | "ADD") {
             continue;
@@ -175,17 +185,60 @@ pub(crate) fn check(text: &str, own: &str) -> Result<Vec<String>, String> {
     Ok(images)
 }
 
-/// The first parser directive of `text`, if it has one: a `# key=value` comment before any
-/// other line (Docker reads directives only there; blank lines end them too).
+/// The first parser directive of `text` other than `syntax`, if it has one. Docker reads
+/// directives from every `# key=value` comment at the top of the file (after a byte order
+/// mark, which it skips), up to the first line that is not one: so all of them are looked
+/// at, not only the first line.
 fn directive(text: &str) -> Option<String> {
-    // Directives end at the first line that is not one, so only the first line can start them.
-    let line = text.lines().next()?;
-    let (key, _) = line.trim_start().strip_prefix('#')?.split_once('=')?;
-    let key = key.trim();
-    (!key.is_empty()
-        && key.bytes().all(|b| b.is_ascii_alphanumeric())
-        && !key.eq_ignore_ascii_case("syntax"))
-    .then(|| line.trim().to_string())
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    for line in text.lines() {
+        let Some((key, _)) = line
+            .trim_start()
+            .strip_prefix('#')
+            .and_then(|c| c.split_once('='))
+        else {
+            return None;
+        };
+        let key = key.trim();
+        if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return None;
+        }
+        if !key.eq_ignore_ascii_case("syntax") {
+            return Some(line.trim().to_string());
+        }
+    }
+    None
+}
+
+/// The instructions of a Dockerfile (`MAINTAINER` is deprecated, still read).
+const INSTRUCTIONS: &[&str] = &[
+    "ADD",
+    "ARG",
+    "CMD",
+    "COPY",
+    "ENTRYPOINT",
+    "ENV",
+    "EXPOSE",
+    "FROM",
+    "HEALTHCHECK",
+    "LABEL",
+    "MAINTAINER",
+    "ONBUILD",
+    "RUN",
+    "SHELL",
+    "STOPSIGNAL",
+    "USER",
+    "VOLUME",
+    "WORKDIR",
+];
+
+/// Whether Docker may take `image` for an image ID: `sha256:…`, or hex digits only, of any
+/// length (the daemon resolves any unique prefix of an ID, `45c` included, and the build
+/// cache's intermediate images carry no labels to refuse them by).
+pub fn is_image_id(image: &str) -> bool {
+    let lower = image.to_ascii_lowercase();
+    lower.starts_with("sha256:")
+        || (!lower.is_empty() && lower.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// The registry host `image` is pulled from when it is not local, if it names one (Docker's
@@ -204,8 +257,7 @@ fn refused_image(image: &str, own: &str) -> Option<String> {
         Some((r, tag)) if !tag.contains('/') => r,
         _ => name,
     };
-    let hexish = |s: &str| s.len() >= 12 && s.bytes().all(|b| b.is_ascii_hexdigit());
-    if lower.starts_with("sha256:") || hexish(&lower) {
+    if is_image_id(&lower) {
         return Some(format!(
             "{image} is an image ID, which can name any image on this server (hint: name the image)"
         ));
@@ -413,6 +465,22 @@ mod tests {
                 "parser directive",
             ),
             ("#check=skip=all\nFROM alpine\n", "parser directive"),
+            // `syntax` is let through, but the directives after it are read too.
+            (
+                "# syntax=docker/dockerfile:1\n# escape=`\nFROM scratch\nWORKDIR /x\\\nCOPY --from=berth-1a2b3c4d/cvic:v1 /s /s\n",
+                "parser directive `# escape=`",
+            ),
+            // Docker skips a byte order mark before the directives.
+            (
+                "\u{feff}# escape=`\nFROM scratch\n",
+                "parser directive",
+            ),
+            // Any unique prefix of an ID names an image (an unlabelled intermediate one, too).
+            ("FROM 45c\n", "image ID"),
+            ("\u{feff}FROM berth-1a2b3c4d/cvic:v1\n", "another app"),
+            // A keyword berth would not read as FROM: refused, whatever Docker makes of it.
+            ("\u{200b}FROM berth-1a2b3c4d/cvic:v1\n", "unknown instruction"),
+            ("FROM scratch\nCOPY --from=45C6 /a /a\n", "image ID"),
             // A blank or comment line inside a continuation does not end the instruction.
             (
                 "FROM scratch\nCOPY \\\n\n--from=berth-1a2b3c4d/cvic:v2 /s /s\n",
