@@ -192,13 +192,11 @@ pub(crate) fn check(text: &str, own: &str) -> Result<Vec<String>, String> {
 fn directive(text: &str) -> Option<String> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for line in text.lines() {
-        let Some((key, _)) = line
+        // The first line that is not a `# key=value` comment ends the directives.
+        let (key, _) = line
             .trim_start()
             .strip_prefix('#')
-            .and_then(|c| c.split_once('='))
-        else {
-            return None;
-        };
+            .and_then(|c| c.split_once('='))?;
         let key = key.trim();
         if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return None;
