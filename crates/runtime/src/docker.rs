@@ -486,9 +486,11 @@ impl DockerRuntime {
         } else {
             dockerfile
         };
-        let text = tokio::fs::read_to_string(context.join(name))
+        let (dir, file) = (context.to_path_buf(), name.to_string());
+        let text = tokio::task::spawn_blocking(move || read_dockerfile(&dir, &file))
             .await
-            .map_err(|e| RuntimeError::Docker(format!("cannot read {name}: {e}")))?;
+            .map_err(|e| RuntimeError::Docker(e.to_string()))?
+            .map_err(RuntimeError::Docker)?;
         let own = tag.rsplit_once(':').map_or(tag, |(repo, _)| repo);
         dockerfile::check(&text, &own.to_ascii_lowercase()).map_err(RuntimeError::Docker)
     }
@@ -1671,6 +1673,48 @@ fn app_of(id: &str) -> &str {
     id.split('.').next().unwrap_or(id)
 }
 
+/// The most bytes of a Dockerfile berth reads.
+const MAX_DOCKERFILE: u64 = 1 << 20;
+
+/// The Dockerfile `name` of `context`, read as berth's user: every part of the path a real
+/// directory and the file a regular one (a build step may have left symlinks anywhere, to
+/// `/dev/zero` or to a file only root may read), at most [`MAX_DOCKERFILE`] bytes.
+fn read_dockerfile(context: &Path, name: &str) -> Result<String, String> {
+    use std::io::Read;
+    use std::path::Component;
+    let refused = |why: &str| Err(format!("cannot read {name}: {why}"));
+    let parts: Vec<Component<'_>> = Path::new(name)
+        .components()
+        .filter(|c| *c != Component::CurDir)
+        .collect();
+    let mut path = context.to_path_buf();
+    for (i, part) in parts.iter().enumerate() {
+        let Component::Normal(p) = part else {
+            return refused("it is not a path inside the build context");
+        };
+        path.push(p);
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) => return Err(format!("cannot read {name}: {e}")),
+        };
+        let last = i + 1 == parts.len();
+        if meta.file_type().is_symlink() || (last && !meta.is_file()) || (!last && !meta.is_dir()) {
+            return refused("it (or a directory on its way) is not a regular file of the source: a symlink, a device or a FIFO is not followed");
+        }
+    }
+    if parts.is_empty() {
+        return refused("no file named");
+    }
+    let mut text = String::new();
+    std::fs::File::open(&path)
+        .and_then(|f| f.take(MAX_DOCKERFILE + 1).read_to_string(&mut text))
+        .map_err(|e| format!("cannot read {name}: {e}"))?;
+    if text.len() as u64 > MAX_DOCKERFILE {
+        return refused("it is larger than 1 MiB");
+    }
+    Ok(text)
+}
+
 /// `$DOCKER_HOST` when it names a unix socket, else Docker's default socket.
 fn default_socket() -> PathBuf {
     std::env::var("DOCKER_HOST")
@@ -1818,6 +1862,38 @@ mod tests {
     fn names_are_sanitized() {
         assert_eq!(sanitize("hello.v3.web.1"), "hello.v3.web.1");
         assert_eq!(sanitize("a b/c:d"), "a-b-c-d");
+    }
+
+    /// A build step may replace the Dockerfile (or a directory on its way) with a symlink to
+    /// `/dev/zero` or to a file only root reads: berth does not follow it.
+    #[test]
+    fn a_dockerfile_is_read_only_as_a_regular_file_of_the_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = dir.path();
+        std::fs::create_dir_all(ctx.join("sub")).unwrap();
+        std::fs::write(ctx.join("Dockerfile"), "FROM scratch\n").unwrap();
+        std::fs::write(ctx.join("sub/Dockerfile"), "FROM scratch\n").unwrap();
+        assert_eq!(
+            read_dockerfile(ctx, "Dockerfile").unwrap(),
+            "FROM scratch\n"
+        );
+        assert!(read_dockerfile(ctx, "./sub/Dockerfile").is_ok());
+        std::os::unix::fs::symlink("/dev/zero", ctx.join("zero")).unwrap();
+        std::os::unix::fs::symlink("/etc", ctx.join("etc")).unwrap();
+        std::os::unix::fs::symlink("sub/Dockerfile", ctx.join("inner")).unwrap();
+        std::fs::write(ctx.join("big"), vec![b'#'; (MAX_DOCKERFILE + 1) as usize]).unwrap();
+        for (name, why) in [
+            ("zero", "symlink"),
+            ("etc/shadow", "symlink"),
+            ("inner", "symlink"),
+            ("sub", "regular file"),
+            ("../Dockerfile", "inside the build context"),
+            ("/etc/passwd", "inside the build context"),
+            ("big", "larger than 1 MiB"),
+        ] {
+            let err = read_dockerfile(ctx, name).unwrap_err();
+            assert!(err.contains(why), "{name}: {err}");
+        }
     }
 
     #[test]

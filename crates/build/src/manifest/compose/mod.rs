@@ -592,6 +592,9 @@ fn container_port(p: &serde_norway::Value) -> Result<u16, String> {
         .ok_or_else(|| format!("{text:?} is not a port mapping berth understands (\"8080:80\")"))
 }
 
+/// The longest healthcheck interval, timeout or start period taken.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
 /// Go-style durations as Compose writes them: `"10s"`, `"1m30s"`, `"500ms"`.
 fn duration(s: &str) -> Result<Duration, String> {
     let mut total = Duration::ZERO;
@@ -603,11 +606,16 @@ fn duration(s: &str) -> Result<Duration, String> {
         let unit_end = rest[digits..]
             .find(|c: char| c.is_ascii_digit())
             .map_or(rest.len(), |i| digits + i);
-        total += units::parse_duration(&rest[..unit_end])?;
+        total = total
+            .checked_add(units::parse_duration(&rest[..unit_end])?)
+            .ok_or_else(|| format!("duration {s:?} is too long"))?;
         rest = &rest[unit_end..];
     }
     if total.is_zero() {
         return Err(format!("invalid duration {s:?}"));
+    }
+    if total > MAX_DURATION {
+        return Err(format!("duration {s:?} is too long (at most 24h)"));
     }
     Ok(total)
 }

@@ -194,6 +194,10 @@ fn what_berth_does_not_support_is_named() {
                 "services.web.user: a name or uid[:gid]",
             ),
             (
+                "services:\n  web:\n    build: .\n  db:\n    image: x\n    healthcheck:\n      test: [\"CMD\", \"true\"]\n      interval: 18446744073709551615h18446744073709551615h\n",
+                "is too long",
+            ),
+            (
                 "services:\n  web:\n    build: .\n  db:\n    image: pg\n    volumes: [\"./data:/d\"]\n",
                 "bind mounts are not supported",
             ),
