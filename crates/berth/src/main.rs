@@ -70,6 +70,10 @@ fn main() {
         // stamped with its time, onto its log file (rotated by rename at its cap), or stdout
         // (runtime::logs); started by the process runtime.
         Some(a) if a == "log-stamp" => {
+            // The lowest priority: what an app prints costs the stamper more CPU than the app
+            // (a stamp on every line), and runs outside the app's own limits; so it only runs
+            // when nothing else wants the CPU, and a flooding app waits on its full pipe.
+            let _ = rustix::process::nice(19);
             let rest: Vec<String> = args.map(|a| a.to_string_lossy().into_owned()).collect();
             let copied = match rest.as_slice() {
                 [] => runtime::logs::stamp(std::io::stdin().lock(), std::io::stdout().lock()),
