@@ -97,6 +97,8 @@ pub struct Ctx {
     pub acme: Option<Arc<acme::Manager>>,
     /// Where uploads are spooled before they are unpacked.
     pub tmp_dir: PathBuf,
+    /// The followed streams open, per token (`stream::Streams`).
+    pub streams: stream::Streams,
 }
 
 pub fn router(ctx: Ctx) -> Router {

@@ -17,6 +17,75 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 const POLL: Duration = Duration::from_millis(200);
+
+/// Followed streams (SSE) one token may hold open at once. Each holds a connection of the
+/// admin listener, whose number is capped, and its keep-alives keep it from ever timing out:
+/// without a limit, one token holder could take every connection and shut everyone out.
+pub const STREAMS_PER_TOKEN: usize = 8;
+
+/// The followed streams open, per token id.
+#[derive(Clone, Default)]
+pub struct Streams(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<i64, usize>>>);
+
+/// One open followed stream of a token; dropping it (the stream ends or the client goes)
+/// gives it back.
+pub struct StreamSlot {
+    streams: Streams,
+    token: i64,
+}
+
+impl Streams {
+    fn counts(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<i64, usize>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A slot for one more stream of `caller`'s token, or 429.
+    fn take(&self, caller: &Caller) -> Result<StreamSlot, ApiError> {
+        let token = caller.0.id;
+        let mut counts = self.counts();
+        let open = counts.entry(token).or_insert(0);
+        if *open >= STREAMS_PER_TOKEN {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "this token already follows {STREAMS_PER_TOKEN} logs at once (hint: close one, or use another token)"
+                ),
+            ));
+        }
+        *open += 1;
+        Ok(StreamSlot {
+            streams: self.clone(),
+            token,
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut counts = self.streams.counts();
+        if let Some(open) = counts.get_mut(&self.token) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                counts.remove(&self.token);
+            }
+        }
+    }
+}
+
+/// An SSE response of `stream`, holding `slot` for as long as it is open.
+fn followed<S>(stream: S, slot: StreamSlot) -> Response
+where
+    S: futures_util::Stream<Item = Result<Event, Infallible>> + Send + 'static,
+{
+    use futures_util::StreamExt;
+    let stream = stream.map(move |e| {
+        let _held = &slot;
+        e
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
 /// A deploy's log is followed closer: `berth deploy` returns when it sees the end.
 const DEPLOY_POLL: Duration = Duration::from_millis(50);
 /// A plain (not followed) deploy log larger than this is cut to its end.
@@ -68,6 +137,7 @@ pub async fn deploy_log(
         let text = blocking(move || read_log(&path, MAX_PLAIN_LOG)).await?;
         return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response());
     }
+    let slot = ctx.streams.take(&caller)?;
     let mut follower = Follower::default();
     follower.add("", &d.log_path, true);
     // State: (follower, finished). One `log` event per batch of lines, then `end`.
@@ -101,9 +171,7 @@ pub async fn deploy_log(
             }
         },
     );
-    Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::default())
-        .into_response())
+    Ok(followed(stream, slot))
 }
 
 /// `GET /apps/{app}/logs`: what `berth logs` asks.
@@ -220,6 +288,7 @@ pub async fn app_logs(
     if !q.follow {
         return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response());
     }
+    let slot = ctx.streams.take(&caller)?;
     let first = (!text.is_empty()).then(|| text.trim_end().to_string());
     // Deploy events are followed by time: those after the newest one shown.
     let state = Followed {
@@ -315,9 +384,7 @@ pub async fn app_logs(
             tokio::time::sleep(POLL).await;
         }
     });
-    Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::default())
-        .into_response())
+    Ok(followed(stream, slot))
 }
 
 /// What following an app's logs carries from one poll to the next.

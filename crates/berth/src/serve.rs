@@ -219,6 +219,7 @@ async fn run(
             engine: engine.clone(),
             acme: acme.clone(),
             tmp_dir: data.join("tmp"),
+            streams: Default::default(),
         });
         // The proxy's guards, on the API's listener too: slow or idle clients there must not
         // hold berth's file descriptors.

@@ -48,7 +48,7 @@ fn logs_merge_all_instances_in_time_order_and_filter_by_time_type_instance_and_s
     // stamp of its own), and once a line longer than a log line may be.
     write_file(
         &src.join("Procfile"),
-        b"web: python3 app.py\nworker: sh -c 'echo \"1999-01-01T00:00:00.000Z web.2 | forged\"; head -c 40000 /dev/zero | tr \"\\\\0\" x; echo; i=0; while true; do i=$((i+1)); echo \"tick $i\"; sleep 0.05; done'\n",
+        b"web: python3 app.py\nliar: sh -c 'printf \"tick\\r2026-12-08T02:20:00.000Z berth | Deploy 99 forged\\n\"; exec sleep 1000'\nworker: sh -c 'echo \"1999-01-01T00:00:00.000Z web.2 | forged\"; head -c 40000 /dev/zero | tr \"\\\\0\" x; echo; i=0; while true; do i=$((i+1)); echo \"tick $i\"; sleep 0.05; done'\n",
     );
     let out = deploy(&b, "ticker", &src);
     assert!(out.status.success(), "{}", text(&out));
@@ -76,7 +76,7 @@ fn logs_merge_all_instances_in_time_order_and_filter_by_time_type_instance_and_s
     // What an app prints cannot pass for another instance's line, or another time.
     let forged = all
         .iter()
-        .find(|l| l.contains("forged"))
+        .find(|l| l.contains("web.2 | forged"))
         .expect("the forged line");
     assert_eq!(parts(forged).1, "worker.1", "{forged}");
     assert!(parts(forged).0 > "2026", "{forged}");
@@ -112,7 +112,7 @@ fn logs_merge_all_instances_in_time_order_and_filter_by_time_type_instance_and_s
     );
     assert!(logs(&b, &["--instance", "web.2", "-n", "1000"])
         .iter()
-        .all(|l| !l.contains("forged")));
+        .all(|l| !l.contains("web.2 | forged")));
 
     // --since and --until, as times and as durations back from now.
     let middle = parts(&all[all.len() / 2]).0.to_string();
@@ -173,6 +173,18 @@ fn logs_merge_all_instances_in_time_order_and_filter_by_time_type_instance_and_s
     let stamps: Vec<&str> = both.iter().map(|l| parts(l).0).collect();
     assert!(stamps.windows(2).all(|w| w[0] <= w[1]));
 
+    // A carriage return cannot start a line of its own, in a plain read or a followed one
+    // (an SSE client takes a lone \r for a line break).
+    let lied = all
+        .iter()
+        .find(|l| l.contains("Deploy 99"))
+        .expect("the liar's line");
+    assert_eq!(parts(lied).1, "liar.1", "{lied}");
+    assert!(
+        lied.contains("tick\\r2026-12-08T02:20:00.000Z berth | Deploy 99"),
+        "{lied}"
+    );
+
     // -f with --until ends by itself once that time has passed.
     let until = {
         let out = std::process::Command::new("date")
@@ -183,10 +195,19 @@ fn logs_merge_all_instances_in_time_order_and_filter_by_time_type_instance_and_s
     };
     let out = cli(
         &b,
-        &["logs", "-a", "ticker", "-f", "--until", &until, "-n", "1"],
+        &[
+            "logs", "-a", "ticker", "-f", "--until", &until, "-n", "1000",
+        ],
     );
     assert!(out.status.success(), "{}", text(&out));
     let followed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        followed
+            .lines()
+            .filter(|l| l.contains("Deploy 99"))
+            .all(|l| parts(l).1 == "liar.1"),
+        "{followed}"
+    );
     assert!(followed.lines().count() >= 2, "{followed}");
     assert!(
         followed.lines().all(|l| parts(l).0 <= until.as_str()),
@@ -207,4 +228,50 @@ fn logs_merge_all_instances_in_time_order_and_filter_by_time_type_instance_and_s
         v.to_string().contains("expected app, berth, router or all"),
         "{v}"
     );
+}
+
+/// One token can follow only so many logs at once: each followed stream holds one of the
+/// admin listener's connections for good, and a token holder must not take them all.
+#[test]
+fn a_token_follows_at_most_a_few_logs_at_once_and_never_locks_out_the_api() {
+    use std::io::{Read, Write};
+    let b = Berth::start(BIN, "");
+    create_app(&b, "quiet");
+    let token = deploy_token(&b, "quiet");
+    let follow = || {
+        let mut s = std::net::TcpStream::connect(b.admin).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "GET /api/v1/apps/quiet/logs?follow=true HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
+        )
+        .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
+            head.push(byte[0]);
+        }
+        let status = String::from_utf8_lossy(&head)
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .to_string();
+        (s, status)
+    };
+    let mut open: Vec<std::net::TcpStream> = Vec::new();
+    for _ in 0..8 {
+        let (s, status) = follow();
+        assert_eq!(status, "200");
+        open.push(s);
+    }
+    let (_, status) = follow();
+    assert_eq!(status, "429");
+    // The admin (and the API as a whole) is not locked out.
+    let (st, _) = api(&b, "GET", "/api/v1/apps", "");
+    assert_eq!(st, 200);
+    // A stream closed gives its slot back.
+    drop(open.pop());
+    eventually(T, "a slot free again", || {
+        (follow().1 == "200").then_some(())
+    });
 }

@@ -100,11 +100,15 @@ impl LogLine {
         }
     }
 
-    /// `2026-12-08T10:00:00.123Z web.1 | text`, as `berth logs` prints it.
+    /// `2026-12-08T10:00:00.123Z web.1 | text`, as `berth logs` prints it. A carriage return
+    /// in the text is shown as `\r`: a reader (an SSE client, a terminal) that takes it for a
+    /// line break would otherwise see the rest as a line of its own, with any time and source
+    /// the app cared to print.
     pub fn render(&self) -> String {
+        let text = self.text.replace('\r', "\\r");
         match self.time {
-            Some(t) => format!("{} {} | {}", units::rfc3339(t), self.source, self.text),
-            None => format!("{} | {}", self.source, self.text),
+            Some(t) => format!("{} {} | {text}", units::rfc3339(t), self.source),
+            None => format!("{} | {text}", self.source),
         }
     }
 }
