@@ -417,7 +417,7 @@ HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
     let (st, v) = api(&b, "GET", "/api/v1/apps/proc/volumes", "");
     assert_eq!(st, 200, "{v}");
     let volume = v[0].as_str().unwrap().to_string();
-    assert!(volume.ends_with("-proc-data"), "{v}");
+    assert!(volume.ends_with("-proc_data"), "{v}");
     let out = cli(&b, &["apps:destroy", "proc"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let said = String::from_utf8_lossy(&out.stderr);

@@ -814,7 +814,7 @@ async fn a_service_keeps_its_data_and_is_reached_only_from_its_own_app() {
     let line = lines[0].clone();
     log_containing(&db.log_file, "started 1").await;
 
-    let name = format!("{}-svc-shop-db", rt.prefix());
+    let name = format!("{}-svc-shop_db", rt.prefix());
     let c = inspect(&name).await.unwrap();
     assert_eq!(c.id.as_deref(), Some(first.container.as_str()));
     let labels = c.config.unwrap().labels.unwrap();
@@ -903,7 +903,7 @@ async fn a_service_keeps_its_data_and_is_reached_only_from_its_own_app() {
     // The app is destroyed: instances, services, volumes, network.
     rt.stop(&mine.id, Duration::ZERO).await.unwrap();
     rt.stop(&theirs.id, Duration::ZERO).await.unwrap();
-    let volume = format!("{}-shop-data", rt.prefix());
+    let volume = format!("{}-shop_data", rt.prefix());
     let docker = docker().await;
     assert!(docker.inspect_volume(&volume).await.is_ok());
     assert_eq!(rt.remove_services("shop", &[], true).await.unwrap(), 1);
@@ -992,7 +992,7 @@ async fn a_service_must_run_and_pass_its_healthcheck() {
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].name, "well");
     assert_eq!(left[0].state, "running");
-    let volume = format!("{}-hc-data", rt.prefix());
+    let volume = format!("{}-hc_data", rt.prefix());
     let docker = docker().await;
     assert!(docker.inspect_volume(&volume).await.is_ok(), "volumes kept");
     assert_eq!(rt.remove_services("hc", &[], true).await.unwrap(), 1);
@@ -1039,4 +1039,57 @@ async fn container_port_gets_the_traffic_and_port_env() {
     );
     rt.stop(&s.id, Duration::from_secs(1)).await.unwrap();
     rt.remove_app_network("cport").await;
+}
+
+/// Apps whose names start alike (`sq` + service `x-db`, `sq-x` + service `db`) never get the
+/// same container or volume name: one cannot take the other's first and make its deploys fail.
+/// A volume of the old naming (`<prefix>-<app>-<volume>`) that is the app's own keeps serving
+/// it (its data).
+#[tokio::test]
+async fn service_and_volume_names_of_two_apps_never_meet_and_old_volumes_are_kept() {
+    let owner = Owner::new();
+    let Some(rt) = connect(&owner).await else {
+        return;
+    };
+    let image = build(&rt, &owner, "sq", 1, SERVICE_CMD).await;
+    let ready = Duration::from_secs(30);
+    let mut first = service(&owner, "sq", "x-db", &image);
+    first.volumes = vec![("x-data".into(), "/data".into())];
+    rt.ensure_service(&first, ready).await.unwrap();
+    let second = service(&owner, "sq-x", "db", &image);
+    rt.ensure_service(&second, ready).await.unwrap();
+    assert_eq!(rt.services("sq").await.unwrap().len(), 1);
+    assert_eq!(rt.services("sq-x").await.unwrap().len(), 1);
+
+    // An old-named volume of app `lg`, with its data, is the one its service mounts.
+    let docker = docker().await;
+    let legacy = format!("{}-lg-data", rt.prefix());
+    docker
+        .create_volume(bollard::models::VolumeCreateOptions {
+            name: Some(legacy.clone()),
+            labels: Some(HashMap::from([
+                ("berth.owner".to_string(), owner.name()),
+                ("berth.app".to_string(), "lg".to_string()),
+            ])),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let lg = service(&owner, "lg", "db", &image);
+    let info = rt.ensure_service(&lg, ready).await.unwrap();
+    let c = docker
+        .inspect_container(&info.container, None::<InspectContainerOptions>)
+        .await
+        .unwrap();
+    let mounts: Vec<String> = c
+        .mounts
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| m.name)
+        .collect();
+    assert_eq!(mounts, vec![legacy], "the old volume is kept");
+    for app in ["sq", "sq-x", "lg"] {
+        rt.remove_services(app, &[], true).await.unwrap();
+    }
+    remove_everything_of(&owner.name()).await;
 }

@@ -124,6 +124,19 @@ impl DockerRuntime {
         let hash = definition_hash(svc, &image_id);
         let name = inner.service_container(&svc.app, &svc.name);
         let network = inner.ensure_network(&svc.app).await?;
+        // A container of the old naming that is this service's gives way to the new one (its
+        // data is in its volumes).
+        let legacy = inner.legacy_service_container(&svc.app, &svc.name);
+        if let Some(c) = inner.inspect(&legacy).await? {
+            let labels = c.config.and_then(|c| c.labels).unwrap_or_default();
+            if labels.get(OWNER_LABEL) == Some(&inner.owner)
+                && labels.get(APP_LABEL) == Some(&svc.app)
+                && labels.get(SERVICE_LABEL) == Some(&svc.name)
+            {
+                inner.unfollow_service(&legacy).await;
+                inner.stop_and_remove(&legacy, SERVICE_STOP_GRACE).await?;
+            }
+        }
 
         let mut kept = None;
         if let Some(c) = inner.inspect(&name).await? {
@@ -233,11 +246,24 @@ impl DockerRuntime {
 }
 
 impl Inner {
+    /// `<prefix>-svc-<app>_<service>`: an app name has no `_`, so no other app's service
+    /// (`shop` + `x-db` against `shop-x` + `db`) can take this name first.
     fn service_container(&self, app: &str, name: &str) -> String {
+        format!("{}-svc-{app}_{name}", self.prefix)
+    }
+
+    /// The name berth gave service containers before ([`Inner::service_container`]).
+    fn legacy_service_container(&self, app: &str, name: &str) -> String {
         format!("{}-svc-{app}-{name}", self.prefix)
     }
 
+    /// `<prefix>-<app>_<volume>` (see [`Inner::service_container`] for the `_`).
     fn volume_name(&self, app: &str, volume: &str) -> String {
+        format!("{}-{app}_{volume}", self.prefix)
+    }
+
+    /// The name berth gave volumes before: one of this app's keeps it (its data).
+    fn legacy_volume_name(&self, app: &str, volume: &str) -> String {
         format!("{}-{app}-{volume}", self.prefix)
     }
 
@@ -283,8 +309,11 @@ impl Inner {
             };
             // Labels are inherited by containers of images built from ours: the name says
             // it is ours.
-            let ours = format!("/{}", self.service_container(app, name));
-            if c.names.is_some_and(|n| n.contains(&ours)) {
+            let ours = [
+                format!("/{}", self.service_container(app, name)),
+                format!("/{}", self.legacy_service_container(app, name)),
+            ];
+            if c.names.is_some_and(|n| n.iter().any(|n| ours.contains(n))) {
                 out.push((name.clone(), id));
             }
         }
@@ -297,6 +326,15 @@ impl Inner {
         app: &str,
         volume: &str,
     ) -> Result<String, RuntimeError> {
+        // A volume of the old naming that is this app's holds its data: it stays in use.
+        let legacy = self.legacy_volume_name(app, volume);
+        if let Ok(v) = self.docker.inspect_volume(&legacy).await {
+            if v.labels.get(OWNER_LABEL) == Some(&self.owner)
+                && v.labels.get(APP_LABEL).map(String::as_str) == Some(app)
+            {
+                return Ok(legacy);
+            }
+        }
         let name = self.volume_name(app, volume);
         let created = self
             .docker
@@ -338,13 +376,17 @@ impl Inner {
             }))
             .await
             .map_err(|e| docker_err("cannot list volumes", e))?;
-        let ours = format!("{}-{app}-", self.prefix);
+        // Named as berth names them (now, or before: `volume_name`, `legacy_volume_name`).
+        let ours = [
+            format!("{}-{app}_", self.prefix),
+            format!("{}-{app}-", self.prefix),
+        ];
         let mut names: Vec<String> = listed
             .volumes
             .unwrap_or_default()
             .into_iter()
             .filter(|v| {
-                v.name.starts_with(&ours)
+                ours.iter().any(|o| v.name.starts_with(o))
                     && v.labels.get(OWNER_LABEL) == Some(&self.owner)
                     && v.labels.get(APP_LABEL).map(String::as_str) == Some(app)
             })
