@@ -90,6 +90,20 @@ fn a_dockerfile_app_runs_in_containers_and_redeploys_under_load_with_zero_errors
     assert_eq!(app_get(&b, "dock", "/"), (200, "dock v4\n".into()));
     assert_eq!(containers("dock"), before);
 
+    // A restart: a new container of the same release, which a kill -9 of berth adopts again.
+    let (st, v) = api(&b, "POST", "/api/v1/apps/dock/restart", "");
+    assert_eq!(st, 202, "{v}");
+    assert_eq!(
+        wait_deploy(&b, "dock", v["deploy"]["id"].as_i64().unwrap())["status"],
+        "succeeded"
+    );
+    let restarted = containers("dock");
+    assert_eq!(restarted.len(), 1, "{restarted:?}");
+    assert_ne!(restarted, before);
+    assert_eq!(app_get(&b, "dock", "/"), (200, "dock v4\n".into()));
+    b.crash_and_restart(BIN);
+    assert_eq!(containers("dock"), restarted);
+
     // A rollback runs the earlier image again, without a build.
     let (st, v) = api(
         &b,

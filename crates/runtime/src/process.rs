@@ -455,10 +455,12 @@ impl Runtime for ProcessRuntime {
                 TaskOutcome::TimedOut
             }
         };
-        // Background processes the task left behind die with it.
-        signal_group(proc.pid(), Signal::KILL);
-        confinement.remove().await;
+        // The process is reaped: its pid, and so its group id, may be another process's from
+        // now on, so the guard must never signal it.
         guard.0 = None;
+        // Background processes the task left behind die with it.
+        kill_leftovers(proc.pid(), &confinement);
+        confinement.remove().await;
         // Every writer is gone now: the copy ends, and the log is whole before the caller
         // writes to it again.
         if let Some(copier) = copier {
@@ -543,8 +545,7 @@ impl Supervisor {
             // Like a container: when the main process is gone, whatever it
             // left behind goes too (a leftover child could hold the port the
             // restarted app needs).
-            signal_group(proc.pid(), Signal::KILL);
-            inst.confinement.kill_all();
+            kill_leftovers(proc.pid(), &inst.confinement);
             let mut last_exit = describe(status);
             tracing::info!(instance = %spec.id, "exited: {last_exit}");
             shared.emit(Event::Exited {
@@ -723,12 +724,32 @@ async fn terminate(
     confinement: &Confinement,
 ) -> Option<ExitStatus> {
     signal_group(proc.pid(), Signal::TERM);
-    let exited = tokio::time::timeout(grace, proc.wait()).await;
-    signal_group(proc.pid(), Signal::KILL);
-    confinement.kill_all();
-    match exited {
-        Ok(status) => status,
-        Err(_) => proc.wait().await,
+    match tokio::time::timeout(grace, proc.wait()).await {
+        // Gone (and reaped): what it left is found by its cgroup, never by its old pid.
+        Ok(status) => {
+            kill_leftovers(proc.pid(), confinement);
+            status
+        }
+        // Still running, so its pid is still its own.
+        Err(_) => {
+            signal_group(proc.pid(), Signal::KILL);
+            confinement.kill_all();
+            proc.wait().await
+        }
+    }
+}
+
+/// SIGKILL what a process that has exited (and been reaped) left running. Its cgroup holds
+/// all of it and cannot be mistaken for another's. Its process group id is only used without
+/// a cgroup (berth unprivileged): once the leader is reaped and its group empties, the kernel
+/// may hand that number to a new process (pids wrap around at `pid_max`, 32768 here, within
+/// seconds on a busy machine), which a signal to the old group would kill: most likely how a
+/// build that had just started (itself a group leader) got a SIGKILL in CI.
+fn kill_leftovers(pgid: u32, confinement: &Confinement) {
+    if confinement.dirs.is_empty() {
+        signal_group(pgid, Signal::KILL);
+    } else {
+        confinement.kill_all();
     }
 }
 
