@@ -188,10 +188,16 @@ fn failed_health_check_keeps_the_old_release_and_rollback_needs_no_rebuild() {
         log.as_str().unwrap().contains("/health HTTP/1.1\" 500"),
         "the log tail: {log}"
     );
-    // Only v1's instance runs.
+    // Only v1's instance runs, and only its log is kept (the failed one's tail is in the deploy
+    // log; its files would otherwise pile up with every failed deploy).
     let (_, inst) = api(&b, "GET", "/api/v1/apps/app/instances", "");
     assert_eq!(inst.as_array().unwrap().len(), 1, "{inst}");
     assert_eq!(inst[0]["release"], 1);
+    let logs: Vec<String> = std::fs::read_dir(b.path("data/apps/app/logs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(logs.iter().all(|l| l.starts_with("app.v1.")), "{logs:?}");
 
     // v3 good, then `berth rollback` goes back to the previous good release (v1).
     python_app(&src, "third", 200);

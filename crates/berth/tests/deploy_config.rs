@@ -9,7 +9,7 @@ use common::apps::{api, create_app, upload, wait_deploy};
 use common::BIN;
 use serde_json::Value;
 use std::path::Path;
-use test_support::{write_file, Berth};
+use test_support::{eventually, write_file, Berth};
 
 /// An app whose `/` answers `<tag> <release> GREETING=<value>`; `build` is a build command.
 fn app_dir(dir: &Path, tag: &str, build: Option<&str>) {
@@ -251,6 +251,7 @@ fn restart_starts_new_instances_of_the_live_release_without_a_new_release() {
     wait_deploy(&b, "rs", upload_id(&b, "rs", &src));
     let instances = |b: &Berth| instances_of(b, "rs");
     let before = instances(&b);
+    let mut generations = vec![before.clone()];
     let stop = std::sync::atomic::AtomicBool::new(false);
     let failed = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|s| {
@@ -264,6 +265,7 @@ fn restart_starts_new_instances_of_the_live_release_without_a_new_release() {
         for _ in 0..2 {
             let out = common::apps::cli(&b, &["restart", "-a", "rs"]);
             assert!(out.status.success(), "{}", common::apps::text(&out));
+            generations.push(instances(&b));
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
     });
@@ -276,6 +278,14 @@ fn restart_starts_new_instances_of_the_live_release_without_a_new_release() {
     let after = instances(&b);
     assert_eq!(after.len(), 1, "{after:?}");
     assert_ne!(after[0].1, before[0].1, "a new process");
+    // The instances each restart replaced are stopped, not left running beside the new ones.
+    for old in &generations[..2] {
+        eventually(
+            common::apps::T,
+            "the replaced instance to be stopped",
+            || (!common::apps::pid_alive(old[0].1)).then_some(()),
+        );
+    }
     assert_eq!(after[0].0, "rs.v1.r2.web.1", "{after:?}");
     assert_eq!(body(&b, "rs"), "rs v1 GREETING=-\n");
     let (_, rels) = api(&b, "GET", "/api/v1/apps/rs/releases", "");

@@ -629,6 +629,11 @@ impl Engine {
         for (id, port) in started.instances {
             let _ = self.store.delete_instance(&id);
             self.release_port(port);
+            // What it printed is in the deploy log (its tail, when it failed its check); the
+            // files go with it, or every failed deploy would leave its instances' logs behind.
+            if let Some(app) = id.split('.').next() {
+                self.remove_instance_logs(app, &id);
+            }
         }
     }
 

@@ -102,6 +102,7 @@ impl Engine {
                 }
                 self.store.delete_instance(&inst.runtime_id)?;
                 self.release_port(inst.port);
+                self.remove_instance_logs(&inst.app, &inst.runtime_id);
             }
         }
         while kills.join_next().await.is_some() {}
@@ -289,6 +290,7 @@ impl Engine {
                 }
                 self.store.delete_instance(&row.runtime_id)?;
                 self.release_port(row.port);
+                self.remove_instance_logs(app, &row.runtime_id);
             }
         }
         let target = if web.is_empty() {

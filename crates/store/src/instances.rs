@@ -31,9 +31,8 @@ fn instance_from_row(r: &Row<'_>) -> Result<Instance> {
 }
 
 impl Store {
-    /// Inserts or updates the instance for (app, release, proc type, index).
-    /// `started_at` is reset only when the runtime id changes, i.e. when the
-    /// slot is filled by a new process rather than the same one changing state.
+    /// Inserts or updates the instance with this runtime id (a restart's new generation of a
+    /// slot is an instance of its own, beside the one it replaces until that one is retired).
     pub fn upsert_instance(&self, inst: &NewInstance) -> Result<Instance> {
         let pid_start = inst.pid_start.map(|v| to_i64(v, "pid_start")).transpose()?;
         self.write(|tx| {
@@ -42,12 +41,9 @@ impl Store {
                 "INSERT INTO instances (app_id, release_version, proc_type, idx, port, pid, \
                      pid_start, runtime_id, state, started_at) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
-                 ON CONFLICT (app_id, release_version, proc_type, idx) DO UPDATE SET \
+                 ON CONFLICT (runtime_id) DO UPDATE SET \
                      port = excluded.port, pid = excluded.pid, pid_start = excluded.pid_start, \
-                     state = excluded.state, \
-                     started_at = CASE WHEN runtime_id = excluded.runtime_id \
-                         THEN started_at ELSE excluded.started_at END, \
-                     runtime_id = excluded.runtime_id",
+                     state = excluded.state",
                 (
                     app_id,
                     inst.release_version,
@@ -63,16 +59,8 @@ impl Store {
             )?;
             query_opt(
                 tx,
-                &format!(
-                    "{INSTANCE_SELECT} WHERE i.app_id = ?1 AND i.release_version = ?2 \
-                     AND i.proc_type = ?3 AND i.idx = ?4"
-                ),
-                (
-                    app_id,
-                    inst.release_version,
-                    inst.proc_type.as_str(),
-                    inst.index,
-                ),
+                &format!("{INSTANCE_SELECT} WHERE i.runtime_id = ?1"),
+                [inst.runtime_id.as_str()],
                 instance_from_row,
             )?
             .ok_or_else(|| StoreError::NotFound(format!("instance {} not found", inst.runtime_id)))

@@ -217,6 +217,31 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE apps ADD COLUMN live_generation INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 7: an instance is its runtime id: two generations of one release (a restart) hold the
+    // same (release, type, index) slot at once while the new one starts.
+    r#"
+    CREATE TABLE instances_v7 (
+        id              INTEGER PRIMARY KEY,
+        app_id          INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+        release_version INTEGER NOT NULL,
+        proc_type       TEXT NOT NULL,
+        idx             INTEGER NOT NULL,
+        port            INTEGER NULL,
+        pid             INTEGER NULL,
+        pid_start       INTEGER NULL,
+        runtime_id      TEXT NOT NULL UNIQUE,
+        state           TEXT NOT NULL,
+        started_at      INTEGER NOT NULL
+    );
+    INSERT INTO instances_v7 (id, app_id, release_version, proc_type, idx, port, pid,
+        pid_start, runtime_id, state, started_at)
+    SELECT id, app_id, release_version, proc_type, idx, port, pid, pid_start, runtime_id,
+        state, started_at
+    FROM instances;
+    DROP TABLE instances;
+    ALTER TABLE instances_v7 RENAME TO instances;
+    CREATE INDEX instances_slot ON instances(app_id, release_version, proc_type, idx);
+    "#,
 ];
 
 /// The schema version this binary migrates to (`PRAGMA user_version`).
