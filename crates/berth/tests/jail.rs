@@ -601,7 +601,8 @@ fn a_hostile_container_keeps_no_privileges_and_reaches_no_other_app() {
         (
             "dthief3",
             dockerfile(format!("FROM scratch\nCOPY --from={victim_id} /www /www\n")),
-            "another app's image",
+            // Any prefix of an ID is one, refused by its form before the daemon is asked.
+            "is an image ID",
         ),
         (
             "dthief6",

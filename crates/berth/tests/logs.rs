@@ -62,6 +62,24 @@ fn logs_merge_all_instances_in_time_order_and_filter_by_time_type_instance_and_s
         (has("web.1") && has("web.2") && has("worker.1") && lines.len() > 60).then_some(())
     });
 
+    // Each instance's log stamper is in the instance's own cgroup: what it uses counts
+    // against the instance's limits and the app's budgets.
+    let stamper_cgroups: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            (cmd.contains("log-stamp") && cmd.contains("/ticker.v1.worker.1.log"))
+                .then(|| std::fs::read_to_string(e.path().join("cgroup")).unwrap_or_default())
+        })
+        .collect();
+    assert_eq!(stamper_cgroups.len(), 1, "{stamper_cgroups:?}");
+    assert!(
+        stamper_cgroups[0].contains("ticker.v1.worker.1"),
+        "{stamper_cgroups:?}"
+    );
+
     // -n counts lines in all, merged in time order, every line stamped and named.
     let lines = logs(&b, &["-n", "30"]);
     assert_eq!(lines.len(), 30, "{lines:#?}");

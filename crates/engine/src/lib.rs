@@ -798,6 +798,13 @@ impl Engine {
         }
         let mut formation = a.formation.clone();
         formation.extend(changes.clone());
+        let total: u64 = formation.values().map(|n| u64::from(*n)).sum();
+        if total > u64::from(build::manifest::MAX_INSTANCES) {
+            return Err(EngineError::BadInput(format!(
+                "that makes {total} instances in all; an app runs at most {}",
+                build::manifest::MAX_INSTANCES
+            )));
+        }
         self.store.set_formation(app, &formation, actor)?;
         let what: Vec<String> = changes.iter().map(|(k, v)| format!("{k}={v}")).collect();
         // In place, as `heroku ps:scale`: no new release (`scale.rs`).

@@ -321,6 +321,25 @@ impl Confinement {
         script
     }
 
+    /// Moves `pid` (a process berth started for the instance: its log stamper) into the
+    /// instance's cgroups, so what it uses counts against the instance's limits and its app's
+    /// budgets.
+    pub fn join(&self, pid: u32) -> io::Result<()> {
+        for dir in &self.dirs {
+            fs::write(dir.join("cgroup.procs"), pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Waits, up to `wait`, for the cgroups to empty on their own (the log stamper copying
+    /// the last lines, then leaving at the end of its input).
+    pub async fn settle(&self, wait: Duration) {
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline && self.dirs.iter().any(|d| !read_procs(d).is_empty()) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// SIGKILL everything still in the instance's cgroups: processes that
     /// left the process group (`setsid`, daemons) are still caught here.
     /// With cgroup v2's `cgroup.kill` (Linux 5.14) in one step that nothing forking escapes

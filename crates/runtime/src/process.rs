@@ -459,7 +459,7 @@ impl Runtime for ProcessRuntime {
         // now on, so the guard must never signal it.
         guard.0 = None;
         // Background processes the task left behind die with it.
-        kill_leftovers(proc.pid(), &confinement);
+        kill_leftovers(proc.pid(), &confinement).await;
         confinement.remove().await;
         // Every writer is gone now: the copy ends, and the log is whole before the caller
         // writes to it again.
@@ -545,7 +545,7 @@ impl Supervisor {
             // Like a container: when the main process is gone, whatever it
             // left behind goes too (a leftover child could hold the port the
             // restarted app needs).
-            kill_leftovers(proc.pid(), &inst.confinement);
+            kill_leftovers(proc.pid(), &inst.confinement).await;
             let mut last_exit = describe(status);
             tracing::info!(instance = %spec.id, "exited: {last_exit}");
             shared.emit(Event::Exited {
@@ -727,7 +727,7 @@ async fn terminate(
     match tokio::time::timeout(grace, proc.wait()).await {
         // Gone (and reaped): what it left is found by its cgroup, never by its old pid.
         Ok(status) => {
-            kill_leftovers(proc.pid(), confinement);
+            kill_leftovers(proc.pid(), confinement).await;
             status
         }
         // Still running, so its pid is still its own.
@@ -745,13 +745,20 @@ async fn terminate(
 /// may hand that number to a new process (pids wrap around at `pid_max`, 32768 here, within
 /// seconds on a busy machine), which a signal to the old group would kill: most likely how a
 /// build that had just started (itself a group leader) got a SIGKILL in CI.
-fn kill_leftovers(pgid: u32, confinement: &Confinement) {
+///
+/// The cgroup first gets a moment to empty on its own: the instance's log stamper is in it,
+/// copying the last lines the process wrote (a crash's message) before it leaves.
+async fn kill_leftovers(pgid: u32, confinement: &Confinement) {
     if confinement.dirs.is_empty() {
         signal_group(pgid, Signal::KILL);
     } else {
+        confinement.settle(LEFTOVER_WAIT).await;
         confinement.kill_all();
     }
 }
+
+/// How long what a process left gets to end on its own before it is killed.
+const LEFTOVER_WAIT: Duration = Duration::from_millis(300);
 
 /// Signals a process group; a group that is already gone is fine.
 fn signal_group(pgid: u32, signal: Signal) {
@@ -981,10 +988,21 @@ fn spawn(
                 .process_group(0)
                 .kill_on_drop(false);
             // Not waited for: tokio reaps a child it no longer has a handle on.
-            cmd.spawn().map_err(|source| RuntimeError::Spawn {
+            let stamper = cmd.spawn().map_err(|source| RuntimeError::Spawn {
                 id: format!("{id} (its log stamper)"),
                 source,
             })?;
+            // In the instance's cgroups: its CPU, memory and pid count against the instance's
+            // limits and its app's budgets, not the host's (an app with a thousand instances
+            // would otherwise have a thousand stampers outside every limit).
+            if let Some(pid) = stamper.id() {
+                confinement
+                    .join(pid)
+                    .map_err(|source| RuntimeError::Spawn {
+                        id: format!("{id} (its log stamper's cgroup)"),
+                        source,
+                    })?;
+            }
             (writer.into(), stderr.into(), None)
         }
         Output::Capped(_, cap) => {

@@ -16,6 +16,8 @@ mod compose;
 mod procfile;
 mod values;
 
+pub use values::MAX_INSTANCES;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Read;
@@ -559,6 +561,17 @@ fn assemble_with(
             Some(slot) => *slot = n,
             None => return Err(toml_err(line, unknown(&name))),
         }
+    }
+    let total: u64 = formation.values().map(|n| u64::from(*n)).sum();
+    if total > u64::from(MAX_INSTANCES) {
+        return Err(ManifestError::at(
+            "berth.toml",
+            None,
+            None,
+            format!(
+                "the formation asks for {total} instances in all; an app runs at most {MAX_INSTANCES}"
+            ),
+        ));
     }
 
     // Health: defaults, then app.json's first web check, then berth.toml.

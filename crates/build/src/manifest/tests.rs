@@ -406,3 +406,19 @@ fn services_in_berth_toml() {
         assert!(err.contains(want), "{toml}\n→ {err}");
     }
 }
+
+/// Every instance is a process and a log stamper on the server: an app has at most
+/// `MAX_INSTANCES` in all, however many process types its Procfile names.
+#[test]
+fn an_app_runs_at_most_a_few_hundred_instances_in_all() {
+    let procfile: String = (0..3).map(|i| format!("w{i}: sleep 1000\n")).collect();
+    let toml = "[formation]\nw0 = 100\nw1 = 100\nw2 = 1\n";
+    let err = load_files(&[("Procfile", procfile.as_str()), ("berth.toml", toml)]).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("201 instances in all; an app runs at most 200"),
+        "{err}"
+    );
+    let toml = "[formation]\nw0 = 100\nw1 = 99\nw2 = 1\n";
+    assert!(load_files(&[("Procfile", procfile.as_str()), ("berth.toml", toml)]).is_ok());
+}

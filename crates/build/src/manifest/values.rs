@@ -91,6 +91,10 @@ pub(crate) fn check_process_name(name: &str) -> Result<(), String> {
 /// start a thousand processes.
 pub(crate) const MAX_REPLICAS: u32 = 100;
 
+/// The most instances of one app, all process types together: each is a process (and a log
+/// stamper) on the server, and a Procfile may name any number of types.
+pub const MAX_INSTANCES: u32 = 200;
+
 /// A replica count, 0..=100. Zero is allowed: it keeps a process type defined but not running
 /// (`heroku ps:scale worker=0`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
