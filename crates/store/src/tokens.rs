@@ -108,11 +108,13 @@ impl Store {
         )?;
         if let Some(t) = &token {
             let now = now_ms();
-            conn.execute(
+            // Informational, and on the path of every call, read-only ones too: a write that
+            // fails (a full disk) must not refuse the call.
+            let _ = conn.execute(
                 "UPDATE tokens SET last_used_at = ?1 \
                  WHERE id = ?2 AND (last_used_at IS NULL OR last_used_at < ?3)",
                 (now, t.id, now - LAST_USED_GRANULARITY_MS),
-            )?;
+            );
         }
         Ok(token)
     }

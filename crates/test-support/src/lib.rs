@@ -54,6 +54,8 @@ pub struct Berth {
     server_section: String,
     /// Arguments after `serve --config <file>` (e.g. `--deploy DIR`).
     serve_args: Vec<String>,
+    /// The data dir is a tmpfs of its own (`start_on_small_disk`), unmounted at the end.
+    small_disk: bool,
 }
 
 impl Berth {
@@ -83,7 +85,47 @@ impl Berth {
         extra: &str,
         serve_args: &[&str],
     ) -> Berth {
+        Self::start_in(
+            tempfile::tempdir().unwrap(),
+            bin,
+            server_extra,
+            files,
+            extra,
+            serve_args,
+        )
+    }
+
+    /// Like `start`, with the data dir on a tmpfs of `mib` MiB of its own (as root), to fill
+    /// it: a full disk. Unmounted when the test is done with it.
+    pub fn start_on_small_disk(bin: &str, mib: u32, server_extra: &str) -> Berth {
         let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let ok = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={mib}m,mode=0700"),
+                "tmpfs",
+            ])
+            .arg(&data)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mount a tmpfs on {}", data.display());
+        let mut b = Self::start_in(dir, bin, server_extra, &[], "", &[]);
+        b.small_disk = true;
+        b
+    }
+
+    fn start_in(
+        dir: tempfile::TempDir,
+        bin: &str,
+        server_extra: &str,
+        files: &[(&str, &[u8])],
+        extra: &str,
+        serve_args: &[&str],
+    ) -> Berth {
         for (rel, content) in files {
             write_file(&dir.path().join(rel), content);
         }
@@ -122,6 +164,7 @@ impl Berth {
             log_path,
             token: String::new(),
             server_section,
+            small_disk: false,
         };
         b.wait_listening();
         b
@@ -236,6 +279,12 @@ impl Drop for Berth {
         let _ = self.child.kill();
         let _ = self.child.wait();
         self.remove_host_state();
+        if self.small_disk {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.path().join("data"))
+                .status();
+        }
     }
 }
 

@@ -1,0 +1,47 @@
+//! Issue 22, disk pressure: with berth's data dir on a small file system filled to the last
+//! byte, the read-only API and the CLI's read commands still answer (no write on their path
+//! may fail them), and all is well again once space is freed. Needs root (a tmpfs of its own).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::apps::*;
+use common::BIN;
+use std::io::Write;
+use test_support::Berth;
+
+/// Fills the file system of `path`'s directory: writes `path` until it is full.
+fn fill(path: &std::path::Path) {
+    let mut f = std::fs::File::create(path).unwrap();
+    let chunk = vec![0u8; 1 << 20];
+    while f.write_all(&chunk).is_ok() {}
+    let small = [0u8; 512];
+    while f.write_all(&small).is_ok() {}
+    let _ = f.write_all(&[0u8]);
+}
+
+#[test]
+fn read_only_calls_answer_on_a_full_disk() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root to mount a tmpfs");
+        return;
+    }
+    let b = Berth::start_on_small_disk(BIN, 30, "");
+    create_app(&b, "full");
+    // A token never used yet: its first use records when (a write, which will fail).
+    let token = deploy_token(&b, "full");
+    fill(&b.path("data/filler"));
+
+    let (st, v) = api(&b, "GET", "/api/v1/apps", "");
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = api_as(&b, &token, "GET", "/api/v1/apps/full", "", b"");
+    assert_eq!(st, 200, "{v}");
+    let out = cli(&b, &["apps"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("full"));
+
+    // Space again: writes work again.
+    std::fs::remove_file(b.path("data/filler")).unwrap();
+    create_app(&b, "after");
+}
