@@ -9,7 +9,7 @@ mod common;
 use common::apps::*;
 use common::BIN;
 use std::io::Write;
-use test_support::Berth;
+use test_support::{eventually, write_file, Berth};
 
 /// Fills the file system of `path`'s directory: writes `path` until it is full.
 fn fill(path: &std::path::Path) {
@@ -44,4 +44,43 @@ fn read_only_calls_answer_on_a_full_disk() {
     // Space again: writes work again.
     std::fs::remove_file(b.path("data/filler")).unwrap();
     create_app(&b, "after");
+}
+
+/// An app that floods its output fills its log files to their cap (`<file>` and 3 rotated
+/// copies of 10 MiB), never the disk, and keeps answering.
+#[test]
+fn an_app_flooding_its_log_stays_under_its_cap_and_keeps_answering() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root to mount a tmpfs");
+        return;
+    }
+    let b = Berth::start_on_small_disk(BIN, 120, "");
+    let src = tmpdir(&b, "src");
+    python_app(&src, "flood", 200);
+    write_file(
+        &src.join("Procfile"),
+        b"web: python3 app.py\nflood: yes 'a line that an app prints over and over, as fast as it can'\n",
+    );
+    let out = deploy(&b, "flood", &src);
+    assert!(out.status.success(), "{}", text(&out));
+    let logs = b.path("data/apps/flood/logs");
+    let total = || -> u64 {
+        std::fs::read_dir(&logs)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains(".flood."))
+            .map(|e| e.metadata().map_or(0, |m| m.len()))
+            .sum()
+    };
+    // Until it has been rotated three times over: its whole cap is in use.
+    eventually(
+        std::time::Duration::from_secs(120),
+        "the flood's log to fill its cap",
+        || logs.join("flood.v1.flood.1.log.3").exists().then_some(()),
+    );
+    // While it goes on flooding.
+    for _ in 0..50 {
+        assert!(total() <= 4 * (10 << 20), "{} bytes", total());
+        assert_eq!(app_get(&b, "flood", "/").0, 200);
+    }
 }
