@@ -84,3 +84,30 @@ fn an_app_flooding_its_log_stays_under_its_cap_and_keeps_answering() {
         assert_eq!(app_get(&b, "flood", "/").0, 200);
     }
 }
+
+/// Log files of instances berth no longer has (left by a crash between an instance's end and
+/// the removal of its files) are removed at the next start; the live ones and services' stay.
+#[test]
+fn stray_instance_logs_are_swept_at_start() {
+    let mut b = Berth::start(BIN, "");
+    let src = tmpdir(&b, "src");
+    python_app(&src, "kept", 200);
+    let out = deploy(&b, "kept", &src);
+    assert!(out.status.success(), "{}", text(&out));
+    let logs = b.path("data/apps/kept/logs");
+    for stray in [
+        "kept.v9.web.1.log",
+        "kept.v9.web.1.log.2",
+        "kept.v1.r3.web.2.log",
+    ] {
+        write_file(&logs.join(stray), b"old\n");
+    }
+    write_file(&logs.join("svc-db.log"), b"a service's\n");
+    b.crash_and_restart(BIN);
+    let mut left: Vec<String> = std::fs::read_dir(&logs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["kept.v1.web.1.log", "svc-db.log"]);
+}

@@ -124,6 +124,7 @@ impl Engine {
             }
         }
         self.remove_unwanted_services(&apps).await;
+        self.remove_stray_instance_logs(&apps);
         match self.runtime.sweep(ORPHAN_GRACE).await {
             Ok(0) => {}
             Ok(n) => tracing::warn!(stopped = n, "stopped processes left from an earlier run"),
@@ -141,6 +142,40 @@ impl Engine {
             });
         }
         Ok(())
+    }
+
+    /// The log files of instances berth no longer has (a crash between an instance's end and
+    /// its files' removal): without this sweep, each such crash would leave them for good.
+    /// Service logs (`svc-*`) are kept.
+    fn remove_stray_instance_logs(&self, apps: &[store::App]) {
+        let Ok(instances) = self.store.all_instances() else {
+            return;
+        };
+        for app in apps {
+            let Ok(entries) = std::fs::read_dir(self.app_dir(&app.name).join("logs")) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                // `<id>.log`, or a rotated copy `<id>.log.<n>`.
+                let Some(id) = name
+                    .rsplit_once(".log")
+                    .filter(|(_, rest)| {
+                        rest.is_empty()
+                            || rest
+                                .strip_prefix('.')
+                                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+                    })
+                    .map(|(id, _)| id)
+                else {
+                    continue;
+                };
+                let known = instances.iter().any(|i| i.runtime_id == id);
+                if !known && !id.starts_with("svc-") && id.starts_with(&format!("{}.", app.name)) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
     }
 
     /// Adopt or start the instances of a live release and record what to route.
