@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::apps::{api, app_get, create_app, upload, wait_deploy};
+use common::apps::{api, app_get, create_app, upload};
 use common::docker::{deploy_ok, docker_available, serial};
 use common::BIN;
 use std::path::{Path, PathBuf};
@@ -255,11 +255,8 @@ fn compose_files_of_real_projects_deploy_unchanged() {
     // Miniflux and PostgreSQL: the web starts once the database's healthcheck passes
     // (`depends_on` with `condition: service_healthy`, `start_period`).
     create_app(&b, "rss");
-    let (st, v) = upload(&b, "rss", &source(&b, "miniflux"));
-    assert_eq!(st, 202, "{v}");
-    let d = wait_deploy(&b, "rss", v["id"].as_i64().unwrap());
+    let d = deploy_ok(&b, "rss", &source(&b, "miniflux"));
     let log = log_of(&b, "rss", &d);
-    assert_eq!(d["status"], "succeeded", "{d}\n{log}");
     assert!(log.contains("Service db is running"), "{log}");
     let (_, status) = app_get(&b, "rss", "/cgi-bin/status");
     assert!(
@@ -327,11 +324,8 @@ networks:
   default: {}
 "#,
     );
-    let (st, v) = upload(&b, "keys", &src);
-    assert_eq!(st, 202, "{v}");
-    let d = wait_deploy(&b, "keys", v["id"].as_i64().unwrap());
+    let d = deploy_ok(&b, "keys", &src);
     let log = log_of(&b, "keys", &d);
-    assert_eq!(d["status"], "succeeded", "{d}\n{log}");
     for want in [
         "Warning: compose.yaml: services.web.container_name is ignored",
         "Warning: compose.yaml: services.web.labels are ignored",
